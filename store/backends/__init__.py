@@ -1,0 +1,1 @@
+"""phonevault.store.backends"""

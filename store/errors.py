@@ -1,0 +1,86 @@
+"""Typed errors of the store room. Each carries what was wrong and where; the CLI maps them to one line and an exit code."""
+
+from __future__ import annotations
+
+
+class PhonevaultError(Exception):
+    """Base of every expected failure. `exit_code` follows restic's documented codes."""
+
+    exit_code = 1
+
+
+class RepositoryNotFound(PhonevaultError):
+    exit_code = 10
+
+    def __init__(self, location: str, reason: str = "no phonevault repository here") -> None:
+        super().__init__(f"{location}: {reason}")
+        self.location = location
+
+
+class RepositoryExists(PhonevaultError):
+    def __init__(self, location: str) -> None:
+        super().__init__(f"{location}: a repository already exists here")
+        self.location = location
+
+
+class WrongPassword(PhonevaultError):
+    exit_code = 12
+
+    def __init__(self, location: str) -> None:
+        super().__init__(f"{location}: wrong password (no key in keys/ opens with it)")
+
+
+class CorruptObject(PhonevaultError):
+    """An object of the repository failed authentication, decoding or its content hash."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"corrupt object {name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class MissingObject(PhonevaultError):
+    def __init__(self, name: str, reason: str = "not found") -> None:
+        super().__init__(f"missing object {name}: {reason}")
+        self.name = name
+
+
+class ObjectExists(PhonevaultError):
+    """put_exclusive lost: another writer created the name first."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"object {name} already exists")
+        self.name = name
+
+
+class ConcurrentCommit(PhonevaultError):
+    """Another writer committed to the same device log first; this commit was not made (its data is kept and reused)."""
+
+    exit_code = 11
+
+    def __init__(self, device: str) -> None:
+        super().__init__(f"another backup of device {device} committed first; nothing was lost, run it again")
+        self.device = device
+
+
+class SnapshotNotFound(PhonevaultError):
+    def __init__(self, ref: str, reason: str = "no such snapshot") -> None:
+        super().__init__(f"{ref}: {reason}")
+        self.ref = ref
+
+
+class DeviceNotFound(PhonevaultError):
+    def __init__(self, ref: str, reason: str = "no such device in this vault") -> None:
+        super().__init__(f"{ref}: {reason}")
+        self.ref = ref
+
+
+class PathNotFound(PhonevaultError):
+    def __init__(self, path: str, where: str) -> None:
+        super().__init__(f"{path}: not in {where}")
+        self.path = path
+
+
+class UnsupportedFormat(PhonevaultError):
+    def __init__(self, what: str, version: object) -> None:
+        super().__init__(f"{what}: format version {version!r} is not supported by this phonevault")

@@ -1,0 +1,1 @@
+"""phonevault.sync.emulator"""

@@ -1,0 +1,63 @@
+"""Typed errors of the sync room (backup folders, plists, Manifest.db, devices, the emulator)."""
+
+from __future__ import annotations
+
+from phonevault.store.errors import PhonevaultError
+
+
+class BackupFolderInvalid(PhonevaultError):
+    """What cannot be a backup at all: not a folder, no Manifest.db, an unreadable catalog."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: not a usable MobileSync backup folder: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ManifestInvalid(PhonevaultError):
+    """Manifest.db (or Manifest.plist/Info.plist/Status.plist) could not be parsed."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class SourceIncomplete(PhonevaultError):
+    """The import stored everything that was there, but some source data was missing or unreadable (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} source file(s) missing or unreadable; the snapshot holds everything else")
+        self.problems = problems
+
+
+class DeviceError(PhonevaultError):
+    """A device (or the emulator) failed, refused or sent something malformed."""
+
+
+class DeviceNotConnected(DeviceError):
+    def __init__(self, reason: str = "no iPhone/iPad found through usbmuxd") -> None:
+        super().__init__(reason)
+
+
+class DeviceDisconnected(DeviceError):
+    def __init__(self, reason: str = "the device disconnected during the operation") -> None:
+        super().__init__(reason)
+
+
+class ProtocolError(DeviceError):
+    """A malformed or unexpected usbmux/lockdown/DeviceLink message."""
+
+    def __init__(self, layer: str, reason: str) -> None:
+        super().__init__(f"{layer}: {reason}")
+        self.layer = layer
+        self.reason = reason
+
+
+class DeviceReportedFailure(DeviceError):
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(f"the device reported failure {code}: {description}")
+        self.code = code
+        self.description = description
