@@ -1,0 +1,490 @@
+"""The sync room's one parser and writer of Apple backup metadata.
+
+Keeps: fileID naming, Info.plist / Manifest.plist / Status.plist reading, Info.plist writing (as pymobiledevice3
+writes it), and Manifest.db reading/writing with real NSKeyedArchiver ``MBFile`` blobs (format: reference §4).
+Everything else in phonevault reads Apple metadata only through this module.
+
+Invariants: reading never writes next to a user's backup (SQLite opened read-only and immutable, so no -wal/-shm
+appear); writing Manifest.db is deterministic (same entries → same bytes), so a synthetic phone and an export
+produce byte-identical folders. Memory: Manifest.db rows are streamed, one row at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import plistlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from phonevault.sync.errors import ManifestInvalid
+
+FLAG_FILE = 1
+FLAG_DIR = 2
+FLAG_SYMLINK = 4
+
+S_IFREG = 0o100000
+S_IFDIR = 0o040000
+S_IFLNK = 0o120000
+
+#: Apple's Manifest.db schema (iOS ≥ 10), statement for statement; indexes are part of it.
+MANIFEST_DB_SCHEMA = (
+    "CREATE TABLE Files (fileID TEXT PRIMARY KEY, domain TEXT, relativePath TEXT, flags INTEGER, file BLOB)",
+    "CREATE INDEX FilesDomainIdx ON Files(domain)",
+    "CREATE INDEX FilesRelativePathIdx ON Files(relativePath)",
+    "CREATE INDEX FilesFlagsIdx ON Files(flags)",
+    "CREATE TABLE Properties (key TEXT PRIMARY KEY, value BLOB)",
+)
+
+# The MBFile defaults a real device writes for a user-owned file (mobile = uid/gid 501).
+_MOBILE_UID = 501
+
+
+def file_id(domain: str, relative_path: str) -> str:
+    """The name of a file inside a backup folder: sha1("<domain>-<relativePath>"), lowercase hex."""
+    return hashlib.sha1(f"{domain}-{relative_path}".encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------- plists
+
+
+def _load_plist_dict(data: bytes, where: str, what: str) -> dict[str, Any]:
+    try:
+        value = plistlib.loads(data)
+    except Exception as exc:  # plistlib raises InvalidFileException, ExpatError, ValueError, … on damage
+        raise ManifestInvalid(where, f"{what} is not a plist ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, dict):
+        raise ManifestInvalid(where, f"{what} is a plist {type(value).__name__}, not a dict")
+    return value
+
+
+def _str(value: Any) -> str | None:
+    if value is None or isinstance(value, bytes | dict | list):
+        return None
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Who a backup belongs to. ``udid`` is "" only when a damaged Info.plist names no device at all."""
+
+    udid: str
+    name: str | None = None
+    product_type: str | None = None
+    ios_version: str | None = None
+    build: str | None = None
+    serial: str | None = None
+    imei: str | None = None
+    meid: str | None = None
+    phone_number: str | None = None
+    iccid: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        """A plain dict of the fields that are known (None fields are left out)."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DeviceInfo:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: _str(v) for k, v in values.items() if k in known}
+        kwargs["udid"] = kwargs.get("udid") or ""
+        return cls(**kwargs)
+
+
+def read_info_plist(data: bytes, where: str) -> DeviceInfo:
+    """Device identity from an Info.plist (XML or binary). Missing fields become None; only a non-dict is refused."""
+    d = _load_plist_dict(data, where, "Info.plist")
+    # "Target Identifier" keeps the device's own spelling; "Unique Identifier" is upper-cased by hosts.
+    udid = _str(d.get("Target Identifier")) or _str(d.get("Unique Identifier")) or ""
+    return DeviceInfo(
+        udid=udid,
+        name=_str(d.get("Device Name")) or _str(d.get("Display Name")),
+        product_type=_str(d.get("Product Type")),
+        ios_version=_str(d.get("Product Version")),
+        build=_str(d.get("Build Version")),
+        serial=_str(d.get("Serial Number")),
+        imei=_str(d.get("IMEI")),
+        meid=_str(d.get("MEID")),
+        phone_number=_str(d.get("Phone Number")),
+        iccid=_str(d.get("ICCID")),
+    )
+
+
+def info_plist_bytes(
+    lockdown_values: Mapping[str, Any],
+    *,
+    guid: bytes | None = None,
+    installed_applications: Iterable[str] = (),
+    applications: Mapping[str, Any] | None = None,
+    itunes_files: Mapping[str, bytes] | None = None,
+    last_backup_date: datetime | None = None,
+) -> bytes:
+    """An Info.plist exactly as pymobiledevice3 11.45 writes it (``init_mobile_backup_factory_info``, XML).
+
+    ``lockdown_values`` is lockdownd's root dict. pmd3 draws a random GUID per backup; pass one to stay deterministic.
+    ``last_backup_date`` is what libimobiledevice adds; pmd3 leaves it out.
+    """
+    root = lockdown_values
+    min_itunes = (root.get("com.apple.mobile.iTunes") or {}).get("MinITunesVersion") or "10.0.1"
+    info: dict[str, Any] = {
+        "iTunes Version": min_itunes,
+        "iTunes Files": dict(itunes_files or {}),
+        "Unique Identifier": root["UniqueDeviceID"].upper(),
+        "Target Type": "Device",
+        "Target Identifier": root["UniqueDeviceID"],
+        "Serial Number": root["SerialNumber"],
+        "Product Version": root["ProductVersion"],
+        "Product Type": root["ProductType"],
+        "Installed Applications": list(installed_applications),
+        "GUID": guid if guid is not None else os.urandom(16),
+        "Display Name": root["DeviceName"],
+        "Device Name": root["DeviceName"],
+        "Build Version": root["BuildVersion"],
+        "Applications": dict(applications or {}),
+    }
+    for lockdown_key, info_key in (
+        ("IntegratedCircuitCardIdentity", "ICCID"),
+        ("InternationalMobileEquipmentIdentity", "IMEI"),
+        ("MobileEquipmentIdentifier", "MEID"),
+        ("PhoneNumber", "Phone Number"),
+    ):
+        if lockdown_key in root:
+            info[info_key] = root[lockdown_key]
+    if root.get("com.apple.iTunes"):
+        info["iTunes Settings"] = root["com.apple.iTunes"]
+    if last_backup_date is not None:
+        info["Last Backup Date"] = last_backup_date
+    return plistlib.dumps(info, fmt=plistlib.FMT_XML, sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestPlist:
+    is_encrypted: bool
+    version: str | None
+    date: datetime | None
+    product_version: str | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def keybag(self) -> bytes | None:
+        """The BackupKeyBag TLV blob (reference §5), if present."""
+        value = self.raw.get("BackupKeyBag")
+        return value if isinstance(value, bytes) else None
+
+    @property
+    def manifest_key(self) -> bytes | None:
+        """u32le protection class + 40-byte wrapped key of an encrypted Manifest.db, if present."""
+        value = self.raw.get("ManifestKey")
+        return value if isinstance(value, bytes) else None
+
+
+def read_manifest_plist(data: bytes, where: str) -> ManifestPlist:
+    d = _load_plist_dict(data, where, "Manifest.plist")
+    lockdown = d.get("Lockdown") if isinstance(d.get("Lockdown"), dict) else {}
+    date = d.get("Date")
+    return ManifestPlist(
+        is_encrypted=bool(d.get("IsEncrypted", False)),
+        version=_str(d.get("Version")),
+        date=date if isinstance(date, datetime) else None,
+        product_version=_str(lockdown.get("ProductVersion")),
+        raw=d,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusPlist:
+    snapshot_state: str | None
+    is_full_backup: bool | None
+    date: datetime | None
+    uuid: str | None
+    version: str | None
+    backup_state: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """idevicebackup2 refuses to restore unless the last snapshot finished."""
+        return self.snapshot_state == "finished"
+
+
+def read_status_plist(data: bytes, where: str) -> StatusPlist:
+    d = _load_plist_dict(data, where, "Status.plist")
+    full = d.get("IsFullBackup")
+    date = d.get("Date")
+    return StatusPlist(
+        snapshot_state=_str(d.get("SnapshotState")),
+        is_full_backup=bool(full) if full is not None else None,
+        date=date if isinstance(date, datetime) else None,
+        uuid=_str(d.get("UUID")),
+        version=_str(d.get("Version")),
+        backup_state=_str(d.get("BackupState")),
+    )
+
+
+# --------------------------------------------------------------------------------------------------- MBFile
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One row of Manifest.db: where a file lives on the phone and what its MBFile says about it."""
+
+    file_id: str
+    domain: str
+    relative_path: str
+    flags: int
+    size: int
+    mode: int
+    mtime: int
+    target: str | None = None
+    protection_class: int | None = None
+    has_encryption_key: bool = False
+
+
+def encode_mbfile(mbfile: Mapping[str, Any]) -> bytes:
+    """NSKeyedArchiver binary plist of an ``MBFile`` whose fields are ``mbfile``.
+
+    str values become archived strings (RelativePath, Target), bytes become ``NSMutableData`` (EncryptionKey),
+    ints stay inline — the shape devices write. Deterministic: same fields → same bytes.
+    """
+    objects: list[Any] = ["$null", None]
+    top: dict[str, Any] = {}
+    data_class: plistlib.UID | None = None
+    for key in sorted(mbfile):
+        value = mbfile[key]
+        if value is None:
+            continue
+        if isinstance(value, str):
+            top[key] = plistlib.UID(len(objects))
+            objects.append(value)
+        elif isinstance(value, bytes | bytearray):
+            if data_class is None:
+                data_class = plistlib.UID(len(objects))
+                objects.append({"$classname": "NSMutableData", "$classes": ["NSMutableData", "NSData", "NSObject"]})
+            top[key] = plistlib.UID(len(objects))
+            objects.append({"NS.data": bytes(value), "$class": data_class})
+        elif isinstance(value, bool | int):
+            top[key] = int(value)
+        else:
+            raise TypeError(f"MBFile field {key!r}: cannot archive {type(value).__name__}")
+    top["$class"] = plistlib.UID(len(objects))
+    objects.append({"$classname": "MBFile", "$classes": ["MBFile", "NSObject"]})
+    objects[1] = top
+    archive = {
+        "$version": 100000,
+        "$archiver": "NSKeyedArchiver",
+        "$top": {"root": plistlib.UID(1)},
+        "$objects": objects,
+    }
+    return plistlib.dumps(archive, fmt=plistlib.FMT_BINARY, sort_keys=True)
+
+
+def decode_mbfile(blob: bytes) -> dict[str, Any]:
+    """The fields of an archived ``MBFile`` with every UID resolved (strings, NSData → bytes, NSDictionary → dict).
+
+    Raises ValueError naming what is wrong; callers turn it into ManifestInvalid with the fileID.
+    """
+    try:
+        archive = plistlib.loads(blob)
+    except Exception as exc:
+        raise ValueError(f"not a binary plist ({type(exc).__name__})") from None
+    if not isinstance(archive, dict) or archive.get("$archiver") != "NSKeyedArchiver":
+        raise ValueError("not an NSKeyedArchiver archive")
+    objects = archive.get("$objects")
+    root = (archive.get("$top") or {}).get("root")
+    if not isinstance(objects, list) or not isinstance(root, plistlib.UID):
+        raise ValueError("archive has no $objects or $top.root")
+
+    def resolve(value: Any, depth: int) -> Any:
+        if depth > 16:  # a cyclic or absurdly nested archive; MBFiles are two levels deep
+            raise ValueError("archive nests too deeply")
+        if isinstance(value, plistlib.UID):
+            if not 0 <= value.data < len(objects):
+                raise ValueError(f"UID {value.data} outside $objects")
+            value = objects[value.data]
+            if value == "$null":
+                return None
+        if isinstance(value, dict):
+            if "NS.data" in value:
+                return value["NS.data"]
+            if "NS.string" in value:
+                return value["NS.string"]
+            if "NS.keys" in value and "NS.objects" in value:
+                return {
+                    resolve(k, depth + 1): resolve(v, depth + 1)
+                    for k, v in zip(value["NS.keys"], value["NS.objects"], strict=False)
+                }
+            if "NS.objects" in value:
+                return [resolve(v, depth + 1) for v in value["NS.objects"]]
+            return {k: resolve(v, depth + 1) for k, v in value.items() if k != "$class"}
+        if isinstance(value, list):
+            return [resolve(v, depth + 1) for v in value]
+        return value
+
+    top = objects[root.data] if 0 <= root.data < len(objects) else None
+    if not isinstance(top, dict):
+        raise ValueError("$top.root is not an object")
+    class_ref = top.get("$class")
+    if isinstance(class_ref, plistlib.UID) and 0 <= class_ref.data < len(objects):
+        classname = (objects[class_ref.data] or {}).get("$classname")
+        if classname != "MBFile":
+            raise ValueError(f"root object is a {classname!r}, not an MBFile")
+    return resolve(top, 0)
+
+
+def mbfile_fields(entry: CatalogEntry, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The MBFile a device would write for ``entry``; ``extra`` adds or overrides fields (EncryptionKey, Birth, …)."""
+    inode = int(entry.file_id[:8], 16)  # stable per path, like a real inode for an unchanged file
+    fields_: dict[str, Any] = {
+        "RelativePath": entry.relative_path,
+        "Size": entry.size if entry.flags == FLAG_FILE else 0,
+        "Mode": entry.mode,
+        "UserID": _MOBILE_UID,
+        "GroupID": _MOBILE_UID,
+        "InodeNumber": inode,
+        "LastModified": entry.mtime,
+        "LastStatusChange": entry.mtime,
+        "Birth": entry.mtime,
+        "Flags": 0,
+        "ProtectionClass": entry.protection_class,
+        "Target": entry.target,
+    }
+    if extra:
+        fields_.update(extra)
+    if entry.has_encryption_key and not isinstance(fields_.get("EncryptionKey"), bytes):
+        raise ValueError(f"{entry.file_id}: has_encryption_key is set but no EncryptionKey bytes were given")
+    if not entry.has_encryption_key:
+        fields_.pop("EncryptionKey", None)
+    return fields_
+
+
+def entry_from_row(fid: str, domain: str, relative_path: str, flags: int, mbfile: Mapping[str, Any]) -> CatalogEntry:
+    def as_int(name: str, default: int | None = 0) -> int | None:
+        value = mbfile.get(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"MBFile {name} is {type(value).__name__}, not a number")
+        return int(value)
+
+    target = mbfile.get("Target")
+    return CatalogEntry(
+        file_id=fid,
+        domain=domain,
+        relative_path=relative_path,
+        flags=int(flags),
+        size=as_int("Size") or 0,
+        mode=as_int("Mode") or 0,
+        mtime=as_int("LastModified") or 0,
+        target=target if isinstance(target, str) else None,
+        protection_class=as_int("ProtectionClass", None),
+        has_encryption_key=isinstance(mbfile.get("EncryptionKey"), bytes),
+    )
+
+
+# --------------------------------------------------------------------------------------------------- Manifest.db
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    # immutable=1: SQLite neither locks nor creates -wal/-shm beside the user's backup.
+    uri = Path(path).absolute().as_uri() + "?mode=ro&immutable=1"
+    return sqlite3.connect(uri, uri=True)
+
+
+def read_manifest_rows(path: Path) -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
+    """Every Files row as (entry, decoded MBFile fields), in fileID order. Checks the file before returning."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestInvalid(str(path), "Manifest.db does not exist or is not a file")
+    try:
+        conn = _open_readonly(path)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise ManifestInvalid(
+            str(path), f"not an SQLite database ({exc}); an encrypted backup needs its password"
+        ) from None
+    if "Files" not in tables:
+        conn.close()
+        raise ManifestInvalid(str(path), "Manifest.db has no Files table")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(Files)")}
+    missing = {"fileID", "domain", "relativePath", "flags", "file"} - columns
+    if missing:
+        conn.close()
+        raise ManifestInvalid(str(path), f"Files table lacks column(s) {', '.join(sorted(missing))}")
+
+    def rows() -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
+        try:
+            cursor = conn.execute("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY fileID")
+            while True:
+                try:
+                    row = cursor.fetchone()
+                except sqlite3.DatabaseError as exc:
+                    raise ManifestInvalid(str(path), f"Files table unreadable: {exc}") from None
+                if row is None:
+                    return
+                fid, domain, relative_path, flags, blob = row
+                try:
+                    if not isinstance(fid, str) or not isinstance(domain, str) or not isinstance(flags, int):
+                        raise ValueError("fileID/domain/flags have the wrong type")
+                    if not isinstance(blob, bytes):
+                        raise ValueError("file column is not a blob")
+                    mbfile = decode_mbfile(blob)
+                    rel = relative_path if isinstance(relative_path, str) else mbfile.get("RelativePath", "")
+                    entry = entry_from_row(fid, domain, rel, flags, mbfile)
+                except ValueError as exc:
+                    raise ManifestInvalid(str(path), f"row fileID={fid!r}: undecodable MBFile: {exc}") from None
+                yield entry, mbfile
+        finally:
+            conn.close()
+
+    return rows()
+
+
+def read_manifest_db(path: Path) -> Iterator[CatalogEntry]:
+    """Every file, directory and symlink a Manifest.db lists, in fileID order (streamed)."""
+    rows = read_manifest_rows(path)
+    return (entry for entry, _ in rows)
+
+
+def write_manifest_db(
+    path: Path,
+    entries: Iterable[CatalogEntry],
+    extra_mbfile_fields: Mapping[str, Mapping[str, Any]] | None = None,
+    properties: Mapping[str, bytes] | None = None,
+) -> None:
+    """Write ``path`` as a Manifest.db in Apple's schema, atomically (temp file + rename) and deterministically.
+
+    ``extra_mbfile_fields`` maps fileID → MBFile fields to add/override (``EncryptionKey`` bytes for encrypted
+    backups, ``Birth``, ``InodeNumber``…). Rows go in fileID order in one transaction on a fresh file with a fixed
+    page size and a rollback journal, so the same entries always give the same bytes.
+    """
+    path = Path(path)
+    extra = extra_mbfile_fields or {}
+    rows = sorted(entries, key=lambda e: e.file_id)
+    tmp = path.with_name(path.name + ".tmp")
+    for stale in (tmp, tmp.with_name(tmp.name + "-journal")):
+        stale.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("BEGIN")
+        for statement in MANIFEST_DB_SCHEMA:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO Files (fileID, domain, relativePath, flags, file) VALUES (?, ?, ?, ?, ?)",
+            (
+                (e.file_id, e.domain, e.relative_path, e.flags, encode_mbfile(mbfile_fields(e, extra.get(e.file_id))))
+                for e in rows
+            ),
+        )
+        conn.executemany("INSERT INTO Properties (key, value) VALUES (?, ?)", sorted((properties or {}).items()))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    conn.close()
+    os.replace(tmp, path)
