@@ -1,0 +1,96 @@
+"""The one place that knows the chunking policy: which content gets which FastCDC parameters, and what is compressed.
+
+Files change in two different ways, so they are cut two different ways (DESIGN §2):
+- `fine` — SQLite databases, plists, XML/JSON/text: they change in place a page at a time, so small chunks
+  (FastCDC min 2 KiB / avg 8 KiB / max 64 KiB) keep a day's change to a few percent of the file; they are zstd
+  compressed.
+- `coarse` — photos, videos and anything else binary: they never change after capture, so large chunks
+  (min 256 KiB / avg 1 MiB / max 8 MiB) keep the index small; media formats are never compressed.
+The kind is sniffed from the first bytes of a file (backup folders name files by hash, so there is no extension).
+
+`StreamChunker` is push-based, because device uploads arrive as blocks we do not control. It keeps at most
+2 × max chunk size of a file in memory (16 MiB for coarse), whatever the file's size. The cut points it produces
+are exactly those of `FastCDC.cut_buf` over the whole file: a cut is decided by the bytes from the chunk's start up
+to at most max_size, so every chunk but the last in the buffer is final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import zstandard
+from pyfastcdc import FastCDC
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkProfile:
+    name: str
+    min_size: int
+    avg_size: int
+    max_size: int
+
+    def to_config(self) -> list[int]:
+        return [self.min_size, self.avg_size, self.max_size]
+
+
+FINE = ChunkProfile("fine", 2 << 10, 8 << 10, 64 << 10)
+COARSE = ChunkProfile("coarse", 256 << 10, 1 << 20, 8 << 20)
+PROFILES = {p.name: p for p in (FINE, COARSE)}
+SNIFF_LEN = 64 << 10  # bytes seen before the profile is chosen
+
+_STRUCTURED = (b"SQLite format 3\x00", b"bplist0", b"<?xml", b"<!DOCTYPE plist", b"<plist")
+_MEDIA = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"PK\x03\x04", b"\x1f\x8b", b"(\xb5/\xfd", b"ID3", b"RIFF", b"fLaC")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    profile: ChunkProfile
+    compress: bool
+
+
+def choose_policy(head: bytes) -> Policy:
+    """Pick chunking and compression for a file from its first bytes (up to SNIFF_LEN)."""
+    if head.startswith(_STRUCTURED) or head[:1] in (b"{", b"["):
+        return Policy(FINE, True)
+    if head.startswith(_MEDIA) or head[4:8] == b"ftyp" or len(head) < 64:
+        return Policy(COARSE, False)
+    # Unknown binary: compress only if a sample of it actually shrinks (encrypted iOS backups never do).
+    sample = head[:SNIFF_LEN]
+    shrinks = len(zstandard.ZstdCompressor(level=1).compress(sample)) < 0.9 * len(sample)
+    return Policy(FINE if shrinks and head.isascii() else COARSE, shrinks)
+
+
+class StreamChunker:
+    """Cut a stream fed in arbitrary blocks into FastCDC chunks with bounded memory."""
+
+    def __init__(self, profile: ChunkProfile) -> None:
+        self._cdc = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
+        self._buf = bytearray()
+        self._threshold = 2 * profile.max_size
+
+    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
+        self._buf += data
+        if len(self._buf) < self._threshold:
+            return
+        # Take only offsets from the cutter: its chunks are views into the buffer, which must be released before
+        # the buffer can shrink.
+        cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(self._buf)]
+        buf = self._buf
+        for off, length in cuts[:-1]:
+            yield bytes(buf[off : off + length])
+        del buf[: cuts[-1][0]]
+
+    def finish(self) -> Iterator[bytes]:
+        if self._buf:
+            for c in self._cdc.cut_buf(self._buf):
+                yield bytes(c.data)
+        self._buf = bytearray()
+
+
+def chunk_bytes(data: bytes, profile: ChunkProfile) -> list[bytes]:
+    """Reference cut of a whole buffer (tests and small data)."""
+    return [
+        bytes(c.data)
+        for c in FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size).cut_buf(data)
+    ]

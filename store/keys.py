@@ -1,0 +1,90 @@
+"""keys/<id>: the master secret wrapped by a password, one object per password.
+
+Format (version 1), plain JSON so a human can see which KDF a key uses:
+  {"version": 1, "kdf": "scrypt", "n": N, "r": r, "p": p, "salt": b64, "created": iso, "wrapped": b64}
+`wrapped` = nonce || AES-256-GCM(scrypt(password), master secret, ad=b"phonevault/v1/key"). Adding or changing a
+password writes or removes one such object; the data is never re-encrypted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from datetime import UTC, datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from .backends import Backend
+from .crypto import NONCE_LEN, MasterKey
+from .errors import CorruptObject, UnsupportedFormat, WrongPassword
+
+KEY_FORMAT = 1
+DEFAULT_SCRYPT_N = 2**15  # ~100 ms and 32 MiB per unlock on a laptop core
+_AD = b"phonevault/v1/key"
+
+
+def _kek(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(password.encode())
+
+
+def add_key(backend: Backend, master: MasterKey, password: str, scrypt_n: int = DEFAULT_SCRYPT_N) -> str:
+    """Wrap the master secret with a new password; returns the new key's id."""
+    salt = os.urandom(16)
+    r, p = 8, 1
+    nonce = os.urandom(NONCE_LEN)
+    wrapped = nonce + AESGCM(_kek(password, salt, scrypt_n, r, p)).encrypt(nonce, master.secret, _AD)
+    doc = {
+        "version": KEY_FORMAT,
+        "kdf": "scrypt",
+        "n": scrypt_n,
+        "r": r,
+        "p": p,
+        "salt": base64.b64encode(salt).decode(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wrapped": base64.b64encode(wrapped).decode(),
+    }
+    key_id = secrets.token_hex(16)
+    backend.put_exclusive(f"keys/{key_id}", json.dumps(doc, indent=1).encode())
+    return key_id
+
+
+def _try_unwrap(name: str, raw: bytes, password: str) -> MasterKey | None:
+    try:
+        doc = json.loads(raw)
+        if doc.get("version") != KEY_FORMAT or doc.get("kdf") != "scrypt":
+            raise UnsupportedFormat(name, doc.get("version"))
+        salt = base64.b64decode(doc["salt"])
+        wrapped = base64.b64decode(doc["wrapped"])
+        kek = _kek(password, salt, int(doc["n"]), int(doc["r"]), int(doc["p"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptObject(name, f"unreadable key file: {e}") from None
+    try:
+        return MasterKey(AESGCM(kek).decrypt(wrapped[:NONCE_LEN], wrapped[NONCE_LEN:], _AD))
+    except InvalidTag:
+        return None
+
+
+def unlock(backend: Backend, password: str) -> tuple[str, MasterKey]:
+    """Try every key object; returns (key id, master key) or raises WrongPassword.
+
+    A damaged key object does not stop the others from being tried."""
+    damaged: list[CorruptObject] = []
+    for name, _size in sorted(backend.list("keys/")):
+        try:
+            master = _try_unwrap(name, backend.get(name), password)
+        except CorruptObject as e:
+            damaged.append(e)
+            continue
+        if master is not None:
+            return name.removeprefix("keys/"), master
+    if damaged and len(damaged) == len(list(backend.list("keys/"))):
+        raise damaged[0]
+    raise WrongPassword(backend.location)
+
+
+def remove_key(backend: Backend, key_id: str) -> None:
+    backend.delete(f"keys/{key_id}")

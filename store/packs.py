@@ -1,0 +1,147 @@
+"""packs/<xx>/<pack-id>: many sealed blobs written once, with a sealed header at the end.
+
+Pack format (version 1):
+    sealed blob 0 || sealed blob 1 || … || sealed header || u32be header length || b"PVP" || u8 version
+The header, sealed with ad=b"phonevault/v1/pack-header", is msgpack [1, [[blob id, type, offset, length,
+raw length], …]], so the whole index can be rebuilt from packs alone (`check --repair-index`).
+A sealed blob is nonce || AES-256-GCM(flag || payload, ad=blob id), flag 0 = stored, 1 = zstd.
+pack-id = unkeyed BLAKE3 of the pack's bytes: `check --read-data` verifies a pack without trusting its name.
+
+`PackWriter` holds one pack in memory (≤ target size + one blob); data and tree blobs go to separate writers so
+tree packs stay small and hot in any cache.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import msgpack
+import zstandard
+
+from .backends import Backend
+from .crypto import MasterKey, content_hash
+from .errors import CorruptObject, UnsupportedFormat
+
+PACK_FORMAT = 1
+TRAILER = struct.Struct(">I3sB")
+MAGIC = b"PVP"
+HEADER_AD = b"phonevault/v1/pack-header"
+TARGET_PACK_SIZE = 16 << 20
+
+# blob types
+DATA, TREE, DELTA = 0, 1, 2
+TYPE_NAMES = {DATA: "data", TREE: "tree", DELTA: "delta"}
+
+_STORED, _ZSTD = b"\x00", b"\x01"
+_cctx = zstandard.ZstdCompressor(level=3)
+_dctx = zstandard.ZstdDecompressor()
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    """Where a blob lives: what an index entry says."""
+
+    pack: str
+    offset: int
+    length: int
+    raw_length: int
+    type: int
+
+
+def pack_name(pack_id: str) -> str:
+    return f"packs/{pack_id[:2]}/{pack_id}"
+
+
+def seal_blob(key: MasterKey, blob_id: bytes, plaintext: bytes, compress: bool) -> bytes:
+    if compress and len(plaintext) > 64:
+        packed = _cctx.compress(plaintext)
+        if len(packed) < len(plaintext) - len(plaintext) // 32:
+            return key.seal(_ZSTD + packed, blob_id)
+    return key.seal(_STORED + plaintext, blob_id)
+
+
+def open_blob(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> bytes:
+    inner = key.open(sealed, blob_id, where)
+    flag, payload = inner[:1], inner[1:]
+    if flag == _STORED:
+        return payload
+    if flag == _ZSTD:
+        try:
+            return _dctx.decompress(payload)
+        except zstandard.ZstdError as e:
+            raise CorruptObject(where, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
+    raise CorruptObject(where, f"blob {blob_id.hex()[:16]} has unknown flag {flag!r}")
+
+
+class PackWriter:
+    def __init__(self, backend: Backend, key: MasterKey, target_size: int = TARGET_PACK_SIZE) -> None:
+        self._backend = backend
+        self._key = key
+        self._target = target_size
+        self._parts: list[bytes] = []
+        self._entries: list[list] = []
+        self._size = 0
+        self.pending: dict[bytes, int] = {}  # blob id -> position in _entries (dedup within the open pack)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def full(self) -> bool:
+        return self._size >= self._target
+
+    def add(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> None:
+        self.pending[blob_id] = len(self._entries)
+        self._entries.append([blob_id, blob_type, self._size, len(sealed), raw_length])
+        self._parts.append(sealed)
+        self._size += len(sealed)
+
+    def finish(self) -> tuple[str, dict[bytes, BlobLocation]] | None:
+        """Write the pack (durable when this returns); returns its id and the locations of its blobs."""
+        if not self._entries:
+            return None
+        header = self._key.seal(msgpack.packb([PACK_FORMAT, self._entries]), HEADER_AD)
+        self._parts.append(header)
+        self._parts.append(TRAILER.pack(len(header), MAGIC, PACK_FORMAT))
+        data = b"".join(self._parts)
+        pack_id = content_hash(data)
+        self._backend.put(pack_name(pack_id), data)
+        locations = {e[0]: BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in self._entries}
+        self._parts, self._entries, self._size, self.pending = [], [], 0, {}
+        return pack_id, locations
+
+
+def parse_header(key: MasterKey, pack_id: str, tail: bytes, pack_size: int) -> dict[bytes, BlobLocation]:
+    """Decode a pack's header from the pack's last bytes (`tail` must include the whole header and trailer)."""
+    name = pack_name(pack_id)
+    if len(tail) < TRAILER.size:
+        raise CorruptObject(name, "too short for a pack trailer")
+    hlen, magic, version = TRAILER.unpack(tail[-TRAILER.size :])
+    if magic != MAGIC:
+        raise CorruptObject(name, "no pack trailer (not a phonevault pack)")
+    if version != PACK_FORMAT:
+        raise UnsupportedFormat(name, version)
+    if hlen + TRAILER.size > len(tail) or hlen + TRAILER.size > pack_size:
+        raise CorruptObject(name, f"header length {hlen} exceeds the pack")
+    sealed = tail[-TRAILER.size - hlen : -TRAILER.size]
+    try:
+        fmt, entries = msgpack.unpackb(key.open(sealed, HEADER_AD, name))
+        if fmt != PACK_FORMAT:
+            raise UnsupportedFormat(name, fmt)
+        return {bytes(e[0]): BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in entries}
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as e:
+        raise CorruptObject(name, f"unreadable pack header: {e}") from None
+
+
+def read_header(backend: Backend, key: MasterKey, pack_id: str, pack_size: int) -> dict[bytes, BlobLocation]:
+    name = pack_name(pack_id)
+    trailer = backend.get_range(name, pack_size - TRAILER.size, TRAILER.size)
+    hlen = TRAILER.unpack(trailer)[0]
+    if hlen + TRAILER.size > pack_size:
+        raise CorruptObject(name, f"header length {hlen} exceeds the pack")
+    tail = backend.get_range(name, pack_size - TRAILER.size - hlen, hlen + TRAILER.size)
+    return parse_header(key, pack_id, tail, pack_size)

@@ -1,0 +1,152 @@
+"""Projections: pure folds of a device's event log into what users look at.
+
+- `project(segments)` -> DeviceView: the device's identity, every snapshot with its tags/pins/forgotten mark, and
+  the current head (the last commit, or where a rollback moved it).
+- `fold_state(view, snapshot, get)` -> path -> FileEntry: the snapshot's content rebuilt from deltas alone, following
+  parent links from the first snapshot. `check` compares it with the snapshot's tree checkpoint.
+Nothing here does I/O except through the `get` callable it is handed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from .events import (
+    DeviceSeen,
+    Event,
+    Exported,
+    HeadMoved,
+    RestoredToDevice,
+    SnapshotCommitted,
+    SnapshotForgotten,
+    SnapshotPinned,
+    SnapshotTagged,
+)
+from .trees import FileEntry, GetBlob, apply_delta
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    id: bytes
+    device_key: str
+    seq: int
+    time: int
+    source: str
+    parent: bytes | None
+    deltas: tuple[bytes, ...]
+    tree: bytes
+    packs: tuple[str, ...]
+    stats: dict
+    meta: dict
+    tags: tuple[str, ...] = ()
+    pinned: bool = False
+    forgotten: bool = False
+
+    @property
+    def hex(self) -> str:
+        return self.id.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    kind: str  # "restored" | "exported"
+    snapshot: bytes
+    time: int
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    key: str
+    device: str | None  # the UDID from the latest DeviceSeen
+    info: dict
+    snapshots: tuple[SnapshotRecord, ...]  # in commit order
+    head: bytes | None
+    last_seq: int  # -1 for an empty log
+    audit: tuple[AuditRecord, ...] = field(default=())
+
+    def live(self) -> list[SnapshotRecord]:
+        return [s for s in self.snapshots if not s.forgotten]
+
+    def get(self, snapshot: bytes) -> SnapshotRecord | None:
+        for s in self.snapshots:
+            if s.id == snapshot:
+                return s
+        return None
+
+    @property
+    def head_record(self) -> SnapshotRecord | None:
+        return self.get(self.head) if self.head else None
+
+
+def project(device_key: str, segments: Iterable[tuple[int, list[Event]]]) -> DeviceView:
+    device: str | None = None
+    info: dict = {}
+    snaps: dict[bytes, SnapshotRecord] = {}
+    head: bytes | None = None
+    last_seq = -1
+    audit: list[AuditRecord] = []
+    for seq, events in segments:
+        last_seq = max(last_seq, seq)
+        for ev in events:
+            if isinstance(ev, DeviceSeen):
+                device, info = ev.device, dict(ev.info)
+            elif isinstance(ev, SnapshotCommitted):
+                snaps[ev.snapshot] = SnapshotRecord(
+                    ev.snapshot, device_key, seq, ev.time, ev.source, ev.parent, ev.deltas, ev.tree, ev.packs,
+                    dict(ev.stats), dict(ev.meta),
+                )  # fmt: skip
+                head = ev.snapshot
+            elif isinstance(ev, HeadMoved):
+                if ev.snapshot in snaps and not snaps[ev.snapshot].forgotten:
+                    head = ev.snapshot
+            elif isinstance(ev, SnapshotTagged):
+                if (s := snaps.get(ev.snapshot)) is not None:
+                    tags = [t for t in s.tags if t != ev.tag] + ([] if ev.removed else [ev.tag])
+                    snaps[ev.snapshot] = replace(s, tags=tuple(tags))
+            elif isinstance(ev, SnapshotPinned):
+                if (s := snaps.get(ev.snapshot)) is not None:
+                    snaps[ev.snapshot] = replace(s, pinned=ev.pinned)
+            elif isinstance(ev, SnapshotForgotten):
+                s = snaps.get(ev.snapshot)
+                # The current head and pinned snapshots cannot be forgotten, whatever a writer appended.
+                if s is not None and not s.pinned and ev.snapshot != head:
+                    snaps[ev.snapshot] = replace(s, forgotten=True)
+            elif isinstance(ev, RestoredToDevice | Exported):
+                kind = "restored" if isinstance(ev, RestoredToDevice) else "exported"
+                audit.append(AuditRecord(kind, ev.snapshot, ev.time, ev.target))
+    return DeviceView(device_key, device, info, tuple(snaps.values()), head, last_seq, tuple(audit))
+
+
+def lineage(view: DeviceView, snapshot: bytes) -> list[SnapshotRecord]:
+    """The chain of snapshots from the first one down to `snapshot`, following parent links."""
+    chain: list[SnapshotRecord] = []
+    cur: bytes | None = snapshot
+    seen: set[bytes] = set()
+    while cur is not None:
+        rec = view.get(cur)
+        if rec is None or cur in seen:
+            raise ValueError(f"broken parent chain at {cur.hex()}")
+        seen.add(cur)
+        chain.append(rec)
+        cur = rec.parent
+    chain.reverse()
+    return chain
+
+
+def fold_state(view: DeviceView, snapshot: bytes, get: GetBlob) -> dict[str, FileEntry]:
+    state: dict[str, FileEntry] = {}
+    for rec in lineage(view, snapshot):
+        for delta in rec.deltas:
+            apply_delta(state, get(delta), f"delta {delta.hex()[:16]}")
+    return state
+
+
+def at_or_before(view: DeviceView, time_us: int) -> SnapshotRecord | None:
+    """The latest live snapshot taken at or before a time: what "roll back to that date" means."""
+    best = None
+    for s in view.live():
+        if s.time <= time_us and (best is None or s.time >= best.time):
+            best = s
+    return best

@@ -1,0 +1,230 @@
+"""The repository: opens config and keys, reads blobs and event logs, appends events. Everything else builds on it.
+
+config (version 1) is sealed with ad=b"phonevault/v1/config": msgpack {"version", "id", "created", "chunker"}.
+Reads go: blob id -> LMDB cache (synced with index/ on open) -> one ranged read of a pack -> open + verify.
+Event logs are read incrementally: segments already in the cache are never fetched again.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgpack
+import platformdirs
+
+from . import keys as keyring
+from .backends import Backend
+from .backends.local import LocalBackend
+from .cache import Cache
+from .chunker import PROFILES
+from .crypto import MasterKey
+from .errors import (
+    ConcurrentCommit,
+    CorruptObject,
+    MissingObject,
+    ObjectExists,
+    PhonevaultError,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+)
+from .events import Event, decode_events, encode_events, open_segment, parse_segment_name, seal_segment, segment_name
+from .index import decode_index
+from .packs import BlobLocation, open_blob, pack_name
+from .projections import DeviceView, project
+from .trees import FileEntry
+
+CONFIG_FORMAT = 1
+CONFIG_AD = b"phonevault/v1/config"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def format_time(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    version: int
+    id: str
+    created: int
+    chunker: dict
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("PHONEVAULT_CACHE_DIR") or platformdirs.user_cache_dir("phonevault"))
+
+
+class Repository:
+    def __init__(self, backend: Backend, key_id: str, key: MasterKey, config: Config, cache: Cache) -> None:
+        self.backend = backend
+        self.key_id = key_id
+        self.key = key
+        self.config = config
+        self.cache = cache
+        self.warnings: list[str] = []  # damage met while reading; the CLI prints them and exits non-zero
+        self._views: dict[str, DeviceView] = {}
+        self._damaged: dict[str, list[str]] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: str,
+        *,
+        scrypt_n: int = keyring.DEFAULT_SCRYPT_N,
+        cache_root: Path | None = None,
+    ) -> Repository:
+        if backend.exists("config"):
+            raise RepositoryExists(backend.location)
+        if isinstance(backend, LocalBackend) and backend.root.exists() and any(backend.root.iterdir()):
+            raise RepositoryNotFound(backend.location, "directory exists and is not empty; refusing to init here")
+        master = MasterKey.generate()
+        cfg = {
+            "version": CONFIG_FORMAT,
+            "id": secrets.token_hex(16),
+            "created": now_us(),
+            "chunker": {name: p.to_config() for name, p in PROFILES.items()},
+        }
+        keyring.add_key(backend, master, password, scrypt_n)
+        backend.put_exclusive("config", master.seal(msgpack.packb(cfg), CONFIG_AD))
+        return cls.open(backend, password, cache_root=cache_root)
+
+    @classmethod
+    def open(cls, backend: Backend, password: str, *, cache_root: Path | None = None) -> Repository:
+        if not backend.exists("config"):
+            raise RepositoryNotFound(backend.location)
+        key_id, master = keyring.unlock(backend, password)
+        try:
+            raw = msgpack.unpackb(master.open(backend.get("config"), CONFIG_AD, "config"))
+            config = Config(raw["version"], raw["id"], raw["created"], raw["chunker"])
+        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
+            raise CorruptObject("config", str(e)) from None
+        if config.version != CONFIG_FORMAT:
+            raise UnsupportedFormat("config", config.version)
+        expected = {name: p.to_config() for name, p in PROFILES.items()}
+        if config.chunker != expected:
+            raise UnsupportedFormat("config (chunker parameters)", config.chunker)
+        cache = Cache((cache_root or default_cache_root()) / config.id)
+        repo = cls(backend, key_id, master, config, cache)
+        repo.sync_index()
+        return repo
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- blob index and reads ---------------------------------------------------------------------------------
+    def sync_index(self) -> None:
+        """Load index objects the cache has not seen; rebuild from scratch if one it holds has gone (prune)."""
+        present = {name for name, _ in self.backend.list("index/")}
+        loaded = self.cache.loaded_indexes()
+        if loaded - present:
+            self.cache.clear_index()
+            loaded = set()
+        for name in sorted(present - loaded):
+            try:
+                self.cache.add_index(name, decode_index(self.key, name, self.backend.get(name)))
+            except (CorruptObject, UnsupportedFormat, MissingObject) as e:
+                self.warnings.append(str(e))
+
+    def locate(self, blob_id: bytes) -> BlobLocation | None:
+        return self.cache.lookup(blob_id)
+
+    def get_blob(self, blob_id: bytes) -> bytes:
+        loc = self.locate(blob_id)
+        if loc is None:
+            raise MissingObject(f"blob {blob_id.hex()}", "not in any index")
+        name = pack_name(loc.pack)
+        return open_blob(self.key, blob_id, self.backend.get_range(name, loc.offset, loc.length), name)
+
+    def read_file(self, entry: FileEntry) -> Iterator[bytes]:
+        for chunk in entry.chunks:
+            yield self.get_blob(chunk)
+
+    # --- event logs -------------------------------------------------------------------------------------------
+    def device_keys(self) -> list[str]:
+        keys = set()
+        for name, _ in self.backend.list("events/"):
+            parsed = parse_segment_name(name)
+            if parsed:
+                keys.add(parsed[0])
+        return sorted(keys)
+
+    def _segments(self, device_key: str) -> Iterator[tuple[int, list[Event]]]:
+        seqs = sorted(p[1] for name, _ in self.backend.list(f"events/{device_key}/") if (p := parse_segment_name(name)))
+        damaged = []
+        for seq in seqs:
+            plain = self.cache.segment(device_key, seq)
+            name = segment_name(device_key, seq)
+            try:
+                if plain is None:
+                    events = open_segment(self.key, name, self.backend.get(name))
+                    self.cache.put_segment(device_key, seq, encode_events(events))
+                else:
+                    events = decode_events(plain, name)
+            except (CorruptObject, UnsupportedFormat, MissingObject) as e:
+                damaged.append(str(e))
+                # keep the seq counted so no writer reuses it
+                yield seq, []
+                continue
+            yield seq, events
+        self._damaged[device_key] = damaged
+        for d in damaged:
+            if d not in self.warnings:
+                self.warnings.append(d)
+
+    def view(self, device_key: str, *, refresh: bool = False) -> DeviceView:
+        if refresh or device_key not in self._views:
+            self._views[device_key] = project(device_key, self._segments(device_key))
+        return self._views[device_key]
+
+    def damaged_segments(self, device_key: str) -> list[str]:
+        self.view(device_key)
+        return self._damaged.get(device_key, [])
+
+    def devices(self) -> list[DeviceView]:
+        return [self.view(k) for k in self.device_keys()]
+
+    def device_key(self, device: str) -> str:
+        return self.key.name_hash(device)
+
+    def append(self, device_key: str, events: list[Event], *, expect_head: bytes | None | type = ...) -> int:
+        """Append one segment (one commit) to a device log; returns its seq.
+
+        Losing the put_exclusive race re-reads the log and retries, unless `expect_head` is given and the head moved
+        meanwhile: then the commit was staged on a stale parent and ConcurrentCommit is raised."""
+        for _attempt in range(100):
+            view = self.view(device_key, refresh=True)
+            if expect_head is not ... and view.head != expect_head:
+                raise ConcurrentCommit(view.device or device_key)
+            seq = view.last_seq + 1
+            name = segment_name(device_key, seq)
+            try:
+                self.backend.put_exclusive(name, seal_segment(self.key, name, events))
+            except ObjectExists:
+                continue
+            self._views.pop(device_key, None)
+            return seq
+        raise PhonevaultError(f"could not append to the log of {device_key}: too much contention")
+
+    def snapshot_record(self, device_key: str, snapshot: bytes):
+        rec = self.view(device_key).get(snapshot)
+        if rec is None:
+            raise MissingObject(f"snapshot {snapshot.hex()}")
+        return rec

@@ -1,0 +1,187 @@
+"""Snapshot trees (Merkle checkpoints) and deltas: pure encode/decode/diff over plain data.
+
+A snapshot's content is a flat map path -> FileEntry of a backup folder. Its tree is two levels, sharded by the
+first path component (a MobileSync folder's `xx/` directories; root-level files go to shard ""):
+    root node  = [TREE_FORMAT, "root",  [[shard, shard node id, files, bytes], …]]  sorted by shard
+    shard node = [TREE_FORMAT, "shard", [[path, size, mode, mtime_ns, [chunk id, …]], …]]  sorted by path
+Nodes are blobs (type TREE) addressed by their keyed hash, so an unchanged shard keeps its id and costs nothing to
+store again, and `diff` descends only into shards whose ids differ.
+A delta blob (type DELTA) lists what changed versus the parent: [TREE_FORMAT, "delta", [put entries], [removed
+paths]]. Folding deltas from the first snapshot reproduces every tree: the invariant `check` verifies.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import msgpack
+
+from .errors import CorruptObject, UnsupportedFormat
+
+TREE_FORMAT = 1
+DELTA_GROUP = 20_000  # entries per delta blob: keeps each blob a few MiB at most
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str  # relative to the backup folder, "/"-separated
+    size: int
+    mode: int
+    mtime_ns: int
+    chunks: tuple[bytes, ...] = ()
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    def encode(self) -> list:
+        return [self.path, self.size, self.mode, self.mtime_ns, list(self.chunks)]
+
+    @classmethod
+    def decode(cls, item: list) -> FileEntry:
+        path, size, mode, mtime_ns, chunks = item
+        return cls(path, size, mode, mtime_ns, tuple(bytes(c) for c in chunks))
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRef:
+    shard: str
+    node: bytes
+    files: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    path: str
+    kind: str  # "added" | "removed" | "modified"
+    old: FileEntry | None
+    new: FileEntry | None
+
+
+PutBlob = Callable[[bytes], bytes]  # plaintext -> blob id (the caller knows the blob type)
+GetBlob = Callable[[bytes], bytes]
+
+
+def shard_of(path: str) -> str:
+    head, sep, _ = path.partition("/")
+    return head if sep else ""
+
+
+def _unpack(data: bytes, kind: str, where: str) -> list:
+    try:
+        fmt, got_kind, *rest = msgpack.unpackb(data)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise CorruptObject(where, f"unreadable {kind} node: {e}") from None
+    if fmt != TREE_FORMAT:
+        raise UnsupportedFormat(where, fmt)
+    if got_kind != kind:
+        raise CorruptObject(where, f"expected a {kind} node, found {got_kind!r}")
+    return rest
+
+
+def encode_shard(entries: Iterable[FileEntry]) -> bytes:
+    return msgpack.packb([TREE_FORMAT, "shard", [e.encode() for e in sorted(entries, key=lambda e: e.path)]])
+
+
+def decode_shard(data: bytes, where: str = "tree") -> list[FileEntry]:
+    (items,) = _unpack(data, "shard", where)
+    return [FileEntry.decode(i) for i in items]
+
+
+def encode_root(shards: Iterable[ShardRef]) -> bytes:
+    rows = [[s.shard, s.node, s.files, s.size] for s in sorted(shards, key=lambda s: s.shard)]
+    return msgpack.packb([TREE_FORMAT, "root", rows])
+
+
+def decode_root(data: bytes, where: str = "tree") -> list[ShardRef]:
+    (rows,) = _unpack(data, "root", where)
+    return [ShardRef(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+
+def write_tree(state: Mapping[str, FileEntry], put_tree: PutBlob) -> bytes:
+    """Write every shard node and the root; returns the root id. Unchanged shards dedup by id."""
+    by_shard: dict[str, list[FileEntry]] = {}
+    for entry in state.values():
+        by_shard.setdefault(shard_of(entry.path), []).append(entry)
+    refs = [
+        ShardRef(shard, put_tree(encode_shard(entries)), len(entries), sum(e.size for e in entries))
+        for shard, entries in by_shard.items()
+    ]
+    return put_tree(encode_root(refs))
+
+
+def read_root(root: bytes, get: GetBlob) -> list[ShardRef]:
+    return decode_root(get(root), f"tree {root.hex()[:16]}")
+
+
+def iter_tree(root: bytes, get: GetBlob) -> Iterator[FileEntry]:
+    for ref in read_root(root, get):
+        yield from decode_shard(get(ref.node), f"tree {ref.node.hex()[:16]}")
+
+
+def load_tree(root: bytes, get: GetBlob) -> dict[str, FileEntry]:
+    return {e.path: e for e in iter_tree(root, get)}
+
+
+def lookup(root: bytes, path: str, get: GetBlob) -> FileEntry | None:
+    shard = shard_of(path)
+    for ref in read_root(root, get):
+        if ref.shard == shard:
+            for e in decode_shard(get(ref.node)):
+                if e.path == path:
+                    return e
+    return None
+
+
+def diff_trees(old_root: bytes | None, new_root: bytes, get: GetBlob) -> Iterator[Change]:
+    """Changes from old to new, descending only into shards whose node ids differ."""
+    old_refs = {r.shard: r for r in read_root(old_root, get)} if old_root else {}
+    new_refs = {r.shard: r for r in read_root(new_root, get)}
+    for shard in sorted(old_refs.keys() | new_refs.keys()):
+        a, b = old_refs.get(shard), new_refs.get(shard)
+        if a and b and a.node == b.node:
+            continue
+        old = {e.path: e for e in decode_shard(get(a.node))} if a else {}
+        new = {e.path: e for e in decode_shard(get(b.node))} if b else {}
+        yield from diff_states(old, new)
+
+
+def diff_states(old: Mapping[str, FileEntry], new: Mapping[str, FileEntry]) -> Iterator[Change]:
+    for path in sorted(old.keys() | new.keys()):
+        a, b = old.get(path), new.get(path)
+        if a is None:
+            yield Change(path, "added", None, b)
+        elif b is None:
+            yield Change(path, "removed", a, None)
+        elif a != b:
+            yield Change(path, "modified", a, b)
+
+
+def encode_deltas(changes: Iterable[Change]) -> list[bytes]:
+    """Delta blobs' plaintexts for a list of changes (puts and removes), in groups of DELTA_GROUP."""
+    puts: list[list] = []
+    removes: list[str] = []
+    out: list[bytes] = []
+    for c in changes:
+        if c.new is None:
+            removes.append(c.path)
+        else:
+            puts.append(c.new.encode())
+        if len(puts) + len(removes) >= DELTA_GROUP:
+            out.append(msgpack.packb([TREE_FORMAT, "delta", puts, removes]))
+            puts, removes = [], []
+    if puts or removes or not out:
+        out.append(msgpack.packb([TREE_FORMAT, "delta", puts, removes]))
+    return out
+
+
+def apply_delta(state: dict[str, FileEntry], data: bytes, where: str = "delta") -> None:
+    puts, removes = _unpack(data, "delta", where)
+    for path in removes:
+        state.pop(path, None)
+    for item in puts:
+        e = FileEntry.decode(item)
+        state[e.path] = e
