@@ -17,10 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .chunker import SNIFF_LEN, Policy, StreamChunker, choose_policy
+from .errors import PhonevaultError
 from .events import DeviceSeen, SnapshotCommitted
 from .index import write_index
-from .packs import DATA, DELTA, TREE, PackWriter, seal_blob
+from .packs import DATA, DELTA, TREE, PackWriter, pack_name, seal_blob
 from .projections import SnapshotRecord
+from .prune import candidate_packs
 from .repository import Repository, now_us
 from .trees import FileEntry, diff_states, encode_deltas, load_tree, write_tree
 
@@ -44,12 +46,26 @@ class BlobSink:
         self.repo = repo
         self.stats = WriteStats()
         self._packs = {DATA: PackWriter(repo.backend, repo.key), TREE: PackWriter(repo.backend, repo.key)}
+        self._avoid = candidate_packs(repo)  # packs a prune may delete: never dedup against them
+        self.reused_packs: set[str] = set()
 
     def _writer(self, blob_type: int) -> PackWriter:
         return self._packs[DATA if blob_type == DATA else TREE]
 
     def known(self, blob_id: bytes) -> bool:
-        return any(blob_id in w.pending for w in self._packs.values()) or self.repo.locate(blob_id) is not None
+        if any(blob_id in w.pending for w in self._packs.values()):
+            return True
+        loc = self.repo.locate(blob_id)
+        if loc is None or loc.pack in self._avoid:
+            return False
+        self.reused_packs.add(loc.pack)
+        return True
+
+    def verify_reused(self) -> None:
+        """Before committing: every pack this snapshot reuses must still exist (a prune may have swept it)."""
+        for pack in sorted(self.reused_packs - set(self.stats.packs)):
+            if not self.repo.backend.exists(pack_name(pack)):
+                raise PhonevaultError(f"pack {pack[:16]} that this backup reuses was pruned meanwhile; run it again")
 
     def put(self, blob_type: int, plaintext: bytes, compress: bool) -> tuple[bytes, bool]:
         """Store a blob unless known; returns (id, was new)."""
@@ -193,6 +209,7 @@ class SnapshotWriter:
         changes = list(diff_states(self.base, self.state))
         deltas = tuple(self.sink.put(DELTA, d, True)[0] for d in encode_deltas(changes))
         self.sink.flush()
+        self.sink.verify_reused()
         st = self.stats
         files = [e for e in self.state.values() if not e.is_dir]
         stats = {

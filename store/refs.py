@@ -1,0 +1,101 @@
+"""Naming devices and snapshots the way users do.
+
+Device: a UDID, a UDID prefix (≥ 4 chars), the device name (case-insensitive), or a device-key prefix.
+Snapshot: an id prefix (≥ 4 hex chars, unique across the vault), `latest` / `current` (with a device, or when the
+vault holds one device), or `DEVICE@WHEN` where WHEN is `latest`, `current`, an ISO date (`2026-11-25`: the end of
+that day) or date-time (`2026-11-25T14:30`), interpreted as UTC unless it carries an offset.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from .errors import DeviceNotFound, SnapshotNotFound
+from .projections import DeviceView, SnapshotRecord, at_or_before
+from .repository import Repository
+
+MIN_PREFIX = 4
+
+
+def parse_when(text: str) -> int:
+    """An ISO date or date-time -> microseconds since the epoch (a bare date means the end of that day)."""
+    try:
+        if len(text) == 10:
+            day = datetime.fromisoformat(text).replace(tzinfo=UTC)
+            dt = day + timedelta(days=1) - timedelta(microseconds=1)
+        else:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+    except ValueError:
+        raise SnapshotNotFound(text, "not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+    return int(dt.timestamp() * 1_000_000)
+
+
+def resolve_device(repo: Repository, ref: str) -> DeviceView:
+    views = repo.devices()
+    low = ref.lower()
+    exact = [v for v in views if v.device and v.device.lower() == low]
+    if exact:
+        return exact[0]
+    named = [v for v in views if str(v.info.get("name") or "").lower() == low]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise DeviceNotFound(ref, f"{len(named)} devices have this name; use a UDID prefix")
+    if len(ref) >= MIN_PREFIX:
+        pref = [v for v in views if (v.device or "").lower().startswith(low) or v.key.startswith(low)]
+        if len(pref) == 1:
+            return pref[0]
+        if len(pref) > 1:
+            raise DeviceNotFound(ref, "ambiguous device prefix")
+    raise DeviceNotFound(ref)
+
+
+def _only_device(repo: Repository, what: str) -> DeviceView:
+    views = repo.devices()
+    if len(views) == 1:
+        return views[0]
+    raise SnapshotNotFound(what, f"the vault holds {len(views)} devices: say which one, as DEVICE@{what}")
+
+
+def _pick(view: DeviceView, when: str) -> SnapshotRecord:
+    live = view.live()
+    if not live:
+        raise SnapshotNotFound(when, "this device has no snapshots")
+    if when == "latest":
+        return max(live, key=lambda s: (s.time, s.seq))
+    if when == "current":
+        rec = view.head_record
+        if rec is None:
+            raise SnapshotNotFound(when, "no current snapshot")
+        return rec
+    rec = at_or_before(view, parse_when(when))
+    if rec is None:
+        raise SnapshotNotFound(when, "no snapshot of this device at or before that time")
+    return rec
+
+
+def resolve_snapshot(repo: Repository, ref: str, device: str | None = None) -> tuple[DeviceView, SnapshotRecord]:
+    if "@" in ref:
+        dev, when = ref.rsplit("@", 1)
+        view = resolve_device(repo, dev)
+        return view, _pick(view, when)
+    if ref in ("latest", "current"):
+        view = resolve_device(repo, device) if device else _only_device(repo, ref)
+        return view, _pick(view, ref)
+    low = ref.lower()
+    if len(low) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in low):
+        raise SnapshotNotFound(ref, f"not a snapshot id prefix (≥ {MIN_PREFIX} hex chars), latest, or DEVICE@DATE")
+    hits = [(v, s) for v in repo.devices() for s in v.snapshots if s.hex.startswith(low)]
+    if device:
+        dv = resolve_device(repo, device)
+        hits = [(v, s) for v, s in hits if v.key == dv.key]
+    if not hits:
+        raise SnapshotNotFound(ref)
+    if len(hits) > 1:
+        raise SnapshotNotFound(ref, f"ambiguous: {len(hits)} snapshots start with it")
+    view, rec = hits[0]
+    if rec.forgotten:
+        raise SnapshotNotFound(ref, "this snapshot was forgotten")
+    return view, rec
