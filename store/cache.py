@@ -6,6 +6,8 @@ Databases:
   indexes   index object name -> b""        (which index objects `blobs` already holds)
   segments  "<device key>/<seq>" -> plaintext event segment   (segments are immutable, so this never goes stale)
   stat      source file key -> msgpack FileEntry fields   (folder import skips files whose stat is unchanged)
+  derived   "<kind>/<content id>" -> bytes: projections computed from immutable content (e.g. a snapshot's
+            catalog, keyed by the blob ids of the Manifest.db it came from), so they never go stale
 Deleting the directory loses nothing. The blob index lives on disk, memory-mapped: opening a repository costs
 memory proportional to nothing but LMDB's page cache, however large the repository grows.
 """
@@ -47,6 +49,7 @@ class Cache:
         self._indexes = env.open_db(b"indexes")
         self._segments = env.open_db(b"segments")
         self._stat = env.open_db(b"stat")
+        self._derived = env.open_db(b"derived")
         return env
 
     def close(self) -> None:
@@ -110,3 +113,13 @@ class Cache:
         with self.env.begin(write=True) as txn:
             for key, value in items:
                 txn.put(key, msgpack.packb(value), db=self._stat)
+
+    # --- derived projections ----------------------------------------------------------------------------------
+    def derived_get(self, key: bytes) -> bytes | None:
+        with self.env.begin() as txn:
+            raw = txn.get(key, db=self._derived)
+        return bytes(raw) if raw is not None else None
+
+    def derived_put(self, key: bytes, value: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(key, value, db=self._derived)

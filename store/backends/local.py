@@ -90,7 +90,7 @@ class LocalBackend:
         self._fsync_dir(path.parent)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        base = self.root / prefix if prefix.endswith("/") else (self.root / prefix).parent
+        base = self.root / prefix if prefix.endswith("/") or not prefix else (self.root / prefix).parent
         if not base.is_dir():
             return
         root_len = len(str(self.root)) + 1
