@@ -1,0 +1,361 @@
+"""com.apple.mobilebackup2, device side: Hello, then Backup / Restore / Info / List scripts over DeviceLink.
+
+Room: MobileBackup2. Invariant: a backup leaves the host folder equal to the device folder (every `xx/<fileID>`,
+Manifest.db, Manifest.plist, Status.plist byte for byte; Info.plist is the host's) or ends with a non-zero
+ErrorCode / a dropped link; a restore replaces the device folder only after every file arrived, so a failed
+restore leaves the phone as it was. The device folder is locked for the whole operation.
+
+Backup follows the reference's "suggested emulator backup script" (§4): download the host's Status.plist and
+Manifest.plist (and Manifest.db unless the plist is empty: pmd3 signals `--full` only by truncating
+Manifest.plist, it never sends ForceFullBackup), GetFreeDiskSpace, CreateDirectory Snapshot + Snapshot/xx,
+UploadFiles (changed files, then Manifest.db/Manifest.plist), MoveItems per file (moving whole directories
+would nest into existing ones under pmd3's `shutil.move`), RemoveItems for files the phone no longer has and
+for Snapshot, upload Status.plist (SnapshotState "finished", which idevicebackup2 checks), ProcessMessage 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import plistlib
+import shutil
+import ssl
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from phonevault.sync.errors import ManifestInvalid
+from phonevault.sync.manifest import FLAG_FILE, CatalogEntry, read_manifest_plist, read_manifest_rows
+
+from .devicelink import Aborted, DeviceLink, HostRefused, Upload
+from .wire import FrameError, Link, PeerClosed
+
+if TYPE_CHECKING:
+    from .device import Device
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_PROTOCOL_VERSIONS = (2.0, 2.1)
+METADATA = ("Manifest.db", "Manifest.plist")
+# A batch is a DL request: big enough to amortise the round trip, small enough for a modest plist.
+UPLOAD_BATCH_FILES = 256
+UPLOAD_BATCH_BYTES = 64 * 2**20
+MOVE_BATCH = 1024
+DOWNLOAD_BATCH = 256
+# -[MBDriveBackupEngine _prepareFreeSpace] wants 128 MiB beyond the upload, and asks the host to purge the
+# deficit + 2 GiB before giving up with MBErrorDomain 105 (pmd3 `DeviceLink.purge_disk_space`).
+FREE_SPACE_HEADROOM = 128 * 2**20
+PURGE_OVERSHOOT = 2 * 2**30
+
+ERROR_NO_COMMON_VERSION = 1
+ERROR_NO_SUCH_FILE = 4
+ERROR_UNSUPPORTED = 22
+ERROR_HOST_DISK_FULL = 105
+ERROR_INVALID_PASSWORD = 207
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one MobileBackup2 operation did, for tests and logs (counted by the device, not the host)."""
+
+    operation: str
+    kind: str = ""  # "full" / "incremental" for backups
+    uploaded: tuple[str, ...] = ()  # fileIDs of data files sent
+    uploaded_bytes: int = 0  # body bytes of every upload, metadata included
+    removed: tuple[str, ...] = ()  # fileIDs the host was told to delete
+    received: int = 0  # data files received by a restore
+    error_code: int | None = None  # the final ProcessMessage ErrorCode; None if the link dropped first
+    error: str = ""
+
+
+Catalog = dict[str, tuple[CatalogEntry, dict[str, Any]]]
+
+
+def serve(link: Link, device: Device) -> None:
+    """The mobilebackup2 service on one connection: handshake, then operations until Disconnect."""
+    fault = device.fault
+    dl = DeviceLink(link, upload_budget=fault.disconnect_after_upload_bytes if fault else None)
+    try:
+        dl.version_exchange()
+        while True:
+            message = dl.receive()
+            if message[0] == "DLMessageDisconnect":
+                return
+            if message[0] != "DLMessageProcessMessage" or len(message) < 2 or not isinstance(message[1], dict):
+                raise FrameError("mobilebackup2", f"unexpected {message[0]!r} while idle")
+            _dispatch(dl, device, message[1])
+    except Aborted as e:
+        log.warning("mobilebackup2 %s: %s", link.peer, e)
+        device.record(Report("Backup", uploaded_bytes=dl.uploaded_bytes, error=str(e)))
+    except (FrameError, OSError, ssl.SSLError) as e:
+        if not (isinstance(e, PeerClosed) and e.clean):
+            log.warning("mobilebackup2 %s: %s; closing the connection", link.peer, e)
+
+
+def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
+    name = request.get("MessageName")
+    if name == "Hello":
+        offered = request.get("SupportedProtocolVersions") or []
+        common = [v for v in SUPPORTED_PROTOCOL_VERSIONS if v in offered]
+        if common:
+            dl.process_message({"MessageName": "Response", "ErrorCode": 0, "ProtocolVersion": max(common)})
+        else:
+            dl.process_message({"MessageName": "Response", "ErrorCode": ERROR_NO_COMMON_VERSION})
+        return
+    if name in ("Backup", "Restore", "Info", "List"):
+        fault = device.fault
+        if fault is not None and fault.fail_with_code is not None:
+            # e.g. 208: the passcode was not entered in time; real devices fail before moving any file.
+            dl.finish(fault.fail_with_code, f"emulated failure {fault.fail_with_code}")
+            device.record(Report(name, error_code=fault.fail_with_code, error="fault"))
+            return
+        target = str(request.get("TargetIdentifier") or device.udid)
+        source = str(request.get("SourceIdentifier") or target)
+        with device.content.lock:
+            scratch = device.scratch_dir()
+            try:
+                if name == "Backup":
+                    report = _backup(dl, device, target, scratch)
+                elif name == "Restore":
+                    report = _restore(dl, device, source, request.get("Options") or {}, scratch)
+                elif name == "Info":
+                    report = _info(dl, source, scratch)
+                else:
+                    report = _list(dl, source, scratch)
+            except HostRefused as e:
+                log.warning("mobilebackup2: %s", e)
+                dl.finish(e.code if e.code > 0 else 104, e.reason)
+                report = Report(str(name), error_code=e.code, error=e.reason)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        device.record(report)
+        return
+    log.info("mobilebackup2: unsupported request %r", name)
+    dl.finish(ERROR_UNSUPPORTED, f"{name} is not supported by the emulator")
+
+
+# --------------------------------------------------------------------------------------------------- backup
+
+
+def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Report:
+    folder = device.content.folder
+    host = _download_host_state(dl, target, scratch)
+    mine = _catalog(folder / "Manifest.db")
+    kind = "full" if host is None else "incremental"
+    files = {fid: entry for fid, (entry, _) in mine.items() if entry.flags == FLAG_FILE}
+    if host is None:
+        changed = sorted(files)
+        removed: list[str] = []
+    else:
+        changed = sorted(fid for fid in files if host.get(fid) != mine[fid])
+        removed = sorted(fid for fid, (entry, _) in host.items() if entry.flags == FLAG_FILE and fid not in files)
+
+    uploads = [
+        Upload(_device_path(files[fid]), f"{target}/Snapshot/{fid[:2]}/{fid}", folder / fid[:2] / fid)
+        for fid in changed
+    ]
+    uploads += [Upload(f"/var/mobile/Library/Backup/{m}", f"{target}/Snapshot/{m}", folder / m) for m in METADATA]
+    fault = device.fault
+    if fault is not None and fault.bad_upload_path is not None:
+        uploads.insert(0, Upload("/var/mobile/evil", fault.bad_upload_path, b"not yours"))
+    total = sum(_size(u.source) for u in uploads)
+
+    free = dl.free_disk_space()
+    if free <= total + FREE_SPACE_HEADROOM:
+        deficit = total + FREE_SPACE_HEADROOM - free
+        dl.purge_disk_space(deficit + PURGE_OVERSHOOT)
+        description = f"Insufficient free disk space on backup computer (need {deficit} more bytes)"
+        dl.finish(ERROR_HOST_DISK_FULL, description)
+        return Report("Backup", kind, error_code=ERROR_HOST_DISK_FULL, error=description)
+
+    # Neither host creates parents (reference §3 stream B), and lid renames without creating them either.
+    dl.create_directory(f"{target}/Snapshot")
+    for prefix in sorted({fid[:2] for fid in changed}):
+        dl.create_directory(f"{target}/Snapshot/{prefix}")
+        dl.create_directory(f"{target}/{prefix}")
+
+    sent = 0
+    for batch in _batches(uploads, UPLOAD_BATCH_FILES, UPLOAD_BATCH_BYTES):
+        dl.upload_files(batch, sum(_size(u.source) for u in batch), _percent(sent, total, 0, 90))
+        sent += sum(_size(u.source) for u in batch)
+
+    moves = [(f"{target}/Snapshot/{fid[:2]}/{fid}", f"{target}/{fid[:2]}/{fid}") for fid in changed]
+    moves += [(f"{target}/Snapshot/{m}", f"{target}/{m}") for m in METADATA]
+    for i in range(0, len(moves), MOVE_BATCH):
+        dl.move_items(dict(moves[i : i + MOVE_BATCH]), _percent(i, len(moves), 90, 95))
+    for i in range(0, len(removed), MOVE_BATCH):
+        dl.remove_items([f"{target}/{fid[:2]}/{fid}" for fid in removed[i : i + MOVE_BATCH]], 96.0)
+    dl.remove_items([f"{target}/Snapshot"], 98.0)
+    status = folder / "Status.plist"
+    dl.upload_files(
+        [Upload("/var/mobile/Library/Backup/Status.plist", f"{target}/Status.plist", status)], _size(status), 99.0
+    )
+    dl.finish(0)
+    log.info(
+        "backup (%s): %d files uploaded, %d removed, %d bytes", kind, len(changed), len(removed), dl.uploaded_bytes
+    )
+    return Report("Backup", kind, tuple(changed), dl.uploaded_bytes, tuple(removed), error_code=0)
+
+
+def _download_host_state(dl: DeviceLink, target: str, scratch: Path) -> Catalog | None:
+    """The host's previous backup as a catalog, or None when this must be a full backup.
+
+    Full when Manifest.plist or Manifest.db is missing, empty or unreadable: pmd3 `backup(full=True)` deletes
+    and re-creates an empty Manifest.plist, which is how `--full` reaches the device.
+    """
+    here = scratch / "host"
+    dl.download_files([f"{target}/Status.plist"], lambda p: here / Path(p).name, 0.0)
+    dl.download_files([f"{target}/Manifest.plist"], lambda p: here / Path(p).name, 0.0)
+    plist = here / "Manifest.plist"
+    if not plist.is_file() or plist.stat().st_size == 0:
+        return None
+    try:
+        if read_manifest_plist(plist.read_bytes(), str(plist)).is_encrypted:
+            return None  # the emulator's phone never encrypts: an encrypted host backup cannot be continued
+    except ManifestInvalid:
+        return None
+    dl.download_files([f"{target}/Manifest.db"], lambda p: here / Path(p).name, 0.0)
+    db = here / "Manifest.db"
+    if not db.is_file() or db.stat().st_size == 0:
+        return None
+    try:
+        return _catalog(db)
+    except ManifestInvalid as e:
+        log.info("host Manifest.db unreadable (%s): full backup", e)
+        return None
+
+
+def _catalog(path: Path) -> Catalog:
+    """fileID → (entry, decoded MBFile): the MBFile carries size, mtime, inode and ctime, so comparing it
+    whole is how the device decides a file changed since the host's copy."""
+    return {entry.file_id: (entry, mbfile) for entry, mbfile in read_manifest_rows(path)}
+
+
+def _device_path(entry: CatalogEntry) -> str:
+    """Informational device-side path, shaped like real ones (`/var/mobile/Library/SMS/sms.db`)."""
+    domain = entry.domain
+    if domain.startswith("AppDomainGroup-"):
+        base = f"/var/mobile/Containers/Shared/AppGroup/{domain.removeprefix('AppDomainGroup-')}"
+    elif domain.startswith("AppDomain-"):
+        base = f"/var/mobile/Containers/Data/Application/{domain.removeprefix('AppDomain-')}"
+    elif domain in ("HomeDomain", "MediaDomain", "CameraRollDomain"):
+        base = "/var/mobile"
+    else:
+        base = f"/var/.backup/{domain}"
+    return f"{base}/{entry.relative_path}"
+
+
+def _size(source: Path | bytes) -> int:
+    if isinstance(source, bytes):
+        return len(source)
+    try:
+        return source.stat().st_size
+    except OSError:
+        return 0
+
+
+def _batches(uploads: list[Upload], max_files: int, max_bytes: int) -> Iterator[list[Upload]]:
+    batch: list[Upload] = []
+    size = 0
+    for upload in uploads:
+        if batch and (len(batch) >= max_files or size >= max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(upload)
+        size += _size(upload.source)
+    if batch:
+        yield batch
+
+
+def _percent(done: int, total: int, low: float, high: float) -> float:
+    return low + (high - low) * (done / total if total else 1.0)
+
+
+# --------------------------------------------------------------------------------------------------- restore
+
+
+def _restore(dl: DeviceLink, device: Device, source: str, options: dict[str, Any], scratch: Path) -> Report:
+    """Download the host's backup of `source` into a staging folder, then make it the phone's content.
+
+    Options (RestoreSystemFiles, RemoveItemsNotRestored, …) are logged, not modelled: the emulated phone
+    becomes exactly the restored backup.
+    """
+    log.info("restore from %s with options %s", source, {k: v for k, v in options.items() if k != "Password"})
+    staged = scratch / "restore" / device.udid
+    wanted = [f"{source}/{name}" for name in ("Manifest.plist", "Manifest.db", "Status.plist")]
+    errors = dl.download_files(wanted, lambda p: staged / Path(p).name, 0.0)
+    if errors:
+        return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, f"host could not send {', '.join(sorted(errors))}")
+    try:
+        if read_manifest_plist((staged / "Manifest.plist").read_bytes(), source).is_encrypted:
+            return _fail(dl, "Restore", ERROR_INVALID_PASSWORD, "encrypted backups cannot be restored to the emulator")
+        catalog = _catalog(staged / "Manifest.db")
+    except ManifestInvalid as e:
+        return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, str(e))
+    fids = sorted(fid for fid, (entry, _) in catalog.items() if entry.flags == FLAG_FILE)
+    for i in range(0, len(fids), DOWNLOAD_BATCH):
+        batch = [f"{source}/{fid[:2]}/{fid}" for fid in fids[i : i + DOWNLOAD_BATCH]]
+        errors = dl.download_files(
+            batch, lambda p: staged / p.rsplit("/", 2)[-2] / p.rsplit("/", 1)[-1], _percent(i, len(fids), 5, 95)
+        )
+        if errors:
+            missing = sorted(errors)
+            return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, f"{len(missing)} file(s) missing, first {missing[0]}")
+    info = device.content.folder / "Info.plist"
+    if info.exists():
+        # Info.plist describes the phone to the host; a restore does not change which phone this is.
+        shutil.copy2(info, staged / "Info.plist")
+    device.content.replace(staged)
+    dl.finish(0)
+    log.info("restore: %d files received", len(fids))
+    return Report("Restore", received=len(fids), error_code=0)
+
+
+def _fail(dl: DeviceLink, operation: str, code: int, description: str) -> Report:
+    log.warning("%s failed: %s", operation.lower(), description)
+    dl.finish(code, description)
+    return Report(operation, error_code=code, error=description)
+
+
+# --------------------------------------------------------------------------------------------------- info / list
+
+
+def _info(dl: DeviceLink, source: str, scratch: Path) -> Report:
+    """[unverified shape] Content = the host's Info.plist for `source`, minus its bulky data blobs."""
+    here = scratch / "info"
+    errors = dl.download_files([f"{source}/Info.plist"], lambda p: here / Path(p).name, 0.0)
+    if errors:
+        return _fail(dl, "Info", ERROR_NO_SUCH_FILE, f"no Info.plist for {source}")
+    try:
+        info = plistlib.loads((here / "Info.plist").read_bytes())
+    except Exception as e:
+        return _fail(dl, "Info", ERROR_NO_SUCH_FILE, f"Info.plist unreadable: {e}")
+    content = {k: v for k, v in info.items() if not isinstance(v, bytes | dict)} if isinstance(info, dict) else {}
+    dl.finish(0, content=content)
+    return Report("Info", error_code=0)
+
+
+def _list(dl: DeviceLink, source: str, scratch: Path) -> Report:
+    """[unverified shape] Content = CSV of the host's Manifest.db: domain, path, fileID, flags, size, mtime."""
+    here = scratch / "list"
+    errors = dl.download_files([f"{source}/Manifest.db"], lambda p: here / Path(p).name, 0.0)
+    if errors:
+        return _fail(dl, "List", ERROR_NO_SUCH_FILE, f"no Manifest.db for {source}")
+    try:
+        rows = _csv_rows(entry for entry, _ in read_manifest_rows(here / "Manifest.db"))
+    except ManifestInvalid as e:
+        return _fail(dl, "List", ERROR_NO_SUCH_FILE, str(e))
+    dl.finish(0, content="\n".join(rows) + "\n")
+    return Report("List", error_code=0)
+
+
+def _csv_rows(entries: Iterable[CatalogEntry]) -> list[str]:
+    def quote(text: str) -> str:
+        return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+    rows = ["Domain,RelativePath,FileID,Flags,Size,LastModified"]
+    rows += [
+        ",".join((quote(e.domain), quote(e.relative_path), e.file_id, str(e.flags), str(e.size), str(e.mtime)))
+        for e in entries
+    ]
+    return rows
