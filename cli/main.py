@@ -1,8 +1,43 @@
-"""phonevault command line entry point (wired up as commands land)."""
+"""phonevault command line: a thin skin over phonevault.store and phonevault.sync.
+
+Each command group lives in its own module; this one only assembles them and maps errors to exit codes.
+"""
+
+from __future__ import annotations
 
 import click
 
+from . import repo_cmds, snapshot_cmds
+from .context import run_cli
+from .import_cmd import import_
 
-@click.group()
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="phonevault")
+def cli() -> None:
+    """phonevault: every dated version of every iPhone and iPad, deduplicated and encrypted."""
+
+
+for command in (
+    repo_cmds.init,
+    repo_cmds.key,
+    repo_cmds.check,
+    repo_cmds.stats,
+    repo_cmds.prune,
+    import_,
+    snapshot_cmds.devices,
+    snapshot_cmds.snapshots,
+    snapshot_cmds.ls,
+    snapshot_cmds.diff,
+    snapshot_cmds.extract,
+    snapshot_cmds.export,
+    snapshot_cmds.rollback,
+    snapshot_cmds.tag,
+    snapshot_cmds.pin,
+    snapshot_cmds.forget,
+):
+    cli.add_command(command)
+
+
 def main() -> None:
-    """phonevault: every dated version of every iPhone, deduplicated and encrypted."""
+    run_cli(cli)

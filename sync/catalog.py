@@ -63,8 +63,18 @@ def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
         key,
         msgpack.packb(
             [
-                [c.file_id, c.domain, c.relative_path, c.flags, c.size, c.mode, c.mtime, c.target,
-                 c.protection_class, c.has_encryption_key]
+                [
+                    c.file_id,
+                    c.domain,
+                    c.relative_path,
+                    c.flags,
+                    c.size,
+                    c.mode,
+                    c.mtime,
+                    c.target,
+                    c.protection_class,
+                    c.has_encryption_key,
+                ]
                 for c in rows
             ]  # fmt: skip
         ),
@@ -177,4 +187,5 @@ def diff(repo: Repository, a: SnapshotRecord, b: SnapshotRecord) -> list[DiffRow
     def size(e: FileEntry | None) -> int | None:
         return e.size if e is not None else None
 
-    return [DiffRow(names.get(ch.path, ch.path), ch.kind, size(ch.old), size(ch.new)) for ch in changes]
+    rows = [DiffRow(names.get(ch.path, ch.path), ch.kind, size(ch.old), size(ch.new)) for ch in changes]
+    return sorted(rows, key=lambda r: r.path)

@@ -1,0 +1,102 @@
+"""Where the CLI finds the repository and its password, and how it turns errors into one line and an exit code.
+
+Repository: `--repo PATH` or `PHONEVAULT_REPO`, else `<user data dir>/phonevault/vault`.
+Password: `PHONEVAULT_PASSWORD`, else the first line of `PHONEVAULT_PASSWORD_FILE`, else a prompt on the terminal.
+Exit codes follow restic: 1 failed, 3 some source data unreadable, 10 no repository, 11 another writer won,
+12 wrong password, 130 interrupted. Tracebacks only for bugs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import platformdirs
+
+from phonevault.store.backends.local import LocalBackend
+from phonevault.store.errors import PhonevaultError, RepositoryNotFound
+from phonevault.store.repository import Repository
+
+
+def default_repo() -> Path:
+    return Path(platformdirs.user_data_dir("phonevault")) / "vault"
+
+
+def repo_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("PHONEVAULT_REPO") or default_repo()).expanduser()
+
+
+def get_password(*, confirm: bool = False, what: str = "vault password") -> str:
+    if (pw := os.environ.get("PHONEVAULT_PASSWORD")) is not None:
+        return pw
+    if path := os.environ.get("PHONEVAULT_PASSWORD_FILE"):
+        try:
+            return Path(path).read_text().splitlines()[0] if Path(path).read_text() else ""
+        except OSError as e:
+            raise PhonevaultError(f"PHONEVAULT_PASSWORD_FILE {path}: {e.strerror}") from None
+    if not sys.stdin.isatty():
+        raise PhonevaultError("no password: set PHONEVAULT_PASSWORD or PHONEVAULT_PASSWORD_FILE, or run in a terminal")
+    return click.prompt(what.capitalize(), hide_input=True, confirmation_prompt=confirm)
+
+
+def open_repo(path: Path) -> Repository:
+    if not path.exists():
+        raise RepositoryNotFound(str(path), "does not exist (create it with `phonevault init`)")
+    if not path.is_dir():
+        raise RepositoryNotFound(str(path), "is not a directory")
+    return Repository.open(LocalBackend(path), get_password())
+
+
+repo_option = click.option(
+    "--repo",
+    "-r",
+    "repo_arg",
+    metavar="PATH",
+    help="Vault location (default: $PHONEVAULT_REPO or the user data dir).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+def with_repo(fn: Callable) -> Callable:
+    """Add --repo, open the repository (asking for the password), pass it as `repo`, close it afterwards, and exit
+    non-zero if reading met damaged objects (after printing what was found)."""
+
+    @repo_option
+    @functools.wraps(fn)
+    def wrapper(repo_arg: str | None, **kwargs):
+        repo = open_repo(repo_path(repo_arg))
+        try:
+            result = fn(repo=repo, **kwargs)
+        finally:
+            warnings = list(repo.warnings)
+            repo.close()
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+        if warnings:
+            sys.exit(1)
+        return result
+
+    return wrapper
+
+
+def run_cli(main: click.Group) -> None:
+    try:
+        main.main(standalone_mode=False)
+    except PhonevaultError as e:
+        click.echo(f"phonevault: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("phonevault: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("phonevault: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        sys.exit(1)

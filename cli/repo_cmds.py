@@ -1,0 +1,195 @@
+"""Commands about the vault itself: init, key, check, stats, prune."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from phonevault.store import keys as keyring
+from phonevault.store.backends.local import LocalBackend
+from phonevault.store.check import check as run_check
+from phonevault.store.prune import prune as run_prune
+from phonevault.store.repository import Repository
+from phonevault.store.stats import usage
+
+from .context import get_password, json_option, repo_option, repo_path, with_repo
+from .render import emit_json, err, human, out, progress, table
+
+
+@click.command()
+@repo_option
+def init(repo_arg: str | None) -> None:
+    """Create a new, empty, encrypted vault."""
+    path = repo_path(repo_arg)
+    password = get_password(confirm=True, what="new vault password")
+    repo = Repository.init(LocalBackend(path), password)
+    out.print(f"created vault {repo.config.id} at {path}")
+    repo.close()
+
+
+@click.group()
+def key() -> None:
+    """Manage the passwords that open the vault (each wraps the same master key)."""
+
+
+@key.command("add")
+@with_repo
+def key_add(repo: Repository) -> None:
+    """Add another password."""
+    new = get_password(confirm=True, what="additional password") if sys.stdin.isatty() else _new_password_env()
+    key_id = keyring.add_key(repo.backend, repo.key, new)
+    out.print(f"added key {key_id}")
+
+
+@key.command("passwd")
+@with_repo
+def key_passwd(repo: Repository) -> None:
+    """Change the password used to open the vault (the old key is removed; data is not re-encrypted)."""
+    new = get_password(confirm=True, what="new password") if sys.stdin.isatty() else _new_password_env()
+    key_id = keyring.add_key(repo.backend, repo.key, new)
+    keyring.remove_key(repo.backend, repo.key_id)
+    out.print(f"password changed (key {repo.key_id} replaced by {key_id})")
+
+
+@key.command("list")
+@json_option
+@with_repo
+def key_list(repo: Repository, as_json: bool) -> None:
+    """List the keys (one per password)."""
+    ids = sorted(name.removeprefix("keys/") for name, _ in repo.backend.list("keys/"))
+    if as_json:
+        emit_json([{"id": i, "current": i == repo.key_id} for i in ids])
+    else:
+        table(None, ["key", "current"], [[i, "*" if i == repo.key_id else ""] for i in ids])
+
+
+def _new_password_env() -> str:
+    pw = os.environ.get("PHONEVAULT_NEW_PASSWORD")
+    if not pw:
+        raise click.UsageError("not a terminal: give the new password in PHONEVAULT_NEW_PASSWORD")
+    return pw
+
+
+@click.command()
+@click.option("--read-data", is_flag=True, help="Also read every pack and verify every blob.")
+@json_option
+@with_repo
+def check(repo: Repository, read_data: bool, as_json: bool) -> None:
+    """Verify the logs, that every snapshot tree equals the fold of its deltas, and index vs packs."""
+    with progress("checking", None) as update:
+        report = run_check(repo, read_data=read_data, progress=lambda phase, done, total: update(done, total))
+    if as_json:
+        emit_json(
+            {
+                "ok": report.ok,
+                "devices": report.devices,
+                "snapshots": report.snapshots,
+                "packs": report.packs,
+                "blobs_read": report.blobs_checked,
+                "bytes_read": report.bytes_read,
+                "errors": report.errors,
+                "notes": report.notes,
+            }
+        )
+    else:
+        for n in report.notes:
+            err.print(f"note: {n}")
+        for e in report.errors:
+            err.print(f"error: {e}")
+        what = f"{report.devices} device(s), {report.snapshots} snapshot(s), {report.packs} pack(s)"
+        if read_data:
+            what += f", {report.blobs_checked} blobs / {human(report.bytes_read)} read"
+        out.print(("no errors: " if report.ok else f"{len(report.errors)} error(s): ") + what)
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command()
+@json_option
+@with_repo
+def stats(repo: Repository, as_json: bool) -> None:
+    """Logical size vs stored size, dedup and compression ratios, per device."""
+    per_device, total, on_disk = usage(repo)
+    rows = per_device + [total]
+    if as_json:
+        emit_json(
+            {
+                "devices": [_usage_json(u) for u in per_device],
+                "total": _usage_json(total),
+                "repository_bytes": on_disk,
+            }
+        )
+        return
+    table(
+        None,
+        ["device", "snapshots", "logical", "unique", "stored", "dedup", "compression"],
+        [
+            [
+                u.name,
+                u.snapshots,
+                human(u.logical),
+                human(u.unique),
+                human(u.stored),
+                f"{u.dedup_ratio:.1f}x",
+                f"{u.compression_ratio:.2f}x",
+            ]
+            for u in rows
+        ],  # fmt: skip
+    )
+    out.print(f"repository on disk: {human(on_disk)}")
+
+
+def _usage_json(u) -> dict:
+    return {
+        "name": u.name,
+        "snapshots": u.snapshots,
+        "logical_bytes": u.logical,
+        "unique_bytes": u.unique,
+        "stored_bytes": u.stored,
+        "dedup_ratio": round(u.dedup_ratio, 3),
+        "compression_ratio": round(u.compression_ratio, 3),
+    }
+
+
+def parse_duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]] * 1_000_000)
+        return int(float(text) * 1_000_000)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{text!r} is not a duration like 0, 30m, 1h, 2d") from None
+
+
+@click.command()
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    help="Delete marked packs only once they have been marked this long (0: now; only safe if no backup runs).",
+)
+@json_option
+@with_repo
+def prune(repo: Repository, grace: str, as_json: bool) -> None:
+    """Reclaim space of forgotten snapshots (two-phase, safe with backups running)."""
+    r = run_prune(repo, grace_us=parse_duration(grace))
+    doc = {
+        "live_blobs": r.live_blobs,
+        "packs": r.packs,
+        "marked_packs": r.marked,
+        "marked_bytes": r.marked_bytes,
+        "repacked_packs": r.repacked,
+        "deleted_packs": r.deleted,
+        "deleted_bytes": r.deleted_bytes,
+        "pending_packs": r.pending,
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    out.print(
+        f"{r.packs} pack(s), {r.live_blobs} live blob(s); marked {r.marked} pack(s) ({human(r.marked_bytes)}), "
+        f"repacked {r.repacked}; deleted {r.deleted} pack(s) ({human(r.deleted_bytes)})"
+        + (f"; {r.pending} pack(s) wait for the grace period ({grace})" if r.pending else "")
+    )

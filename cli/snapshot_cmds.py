@@ -1,0 +1,330 @@
+"""Commands over history: devices, snapshots, ls, diff, extract, export, rollback, tag, pin, forget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from phonevault.store.history import apply_forget, plan_forget
+from phonevault.store.history import pin as set_pin
+from phonevault.store.history import rollback as do_rollback
+from phonevault.store.history import tag as set_tag
+from phonevault.store.projections import DeviceView, SnapshotRecord
+from phonevault.store.refs import resolve_device, resolve_snapshot
+from phonevault.store.repository import Repository, format_time
+from phonevault.store.retention import Policy
+from phonevault.sync.catalog import diff as catalog_diff
+from phonevault.sync.catalog import extract as catalog_extract
+from phonevault.sync.catalog import list_dir, load_catalog
+from phonevault.sync.mobilesync import export_snapshot
+
+from .context import json_option, with_repo
+from .render import emit_json, human, out, progress, table, when
+
+
+def device_json(v: DeviceView) -> dict:
+    live = v.live()
+    latest = max(live, key=lambda s: s.time) if live else None
+    return {
+        "device": v.device,
+        "name": v.info.get("name"),
+        "model": v.info.get("product_type"),
+        "ios_version": v.info.get("ios_version"),
+        "serial": v.info.get("serial"),
+        "imei": v.info.get("imei"),
+        "phone_number": v.info.get("phone_number"),
+        "snapshots": len(live),
+        "latest_backup": format_time(latest.time) if latest else None,
+        "current_snapshot": v.head.hex() if v.head else None,
+        "backup_size": latest.stats.get("size") if latest else None,
+        "stored_bytes": sum(s.stats.get("new_bytes", 0) for s in live),
+        "encrypted_by_phone": bool(latest and latest.meta.get("encrypted")),
+    }
+
+
+@click.command()
+@json_option
+@with_repo
+def devices(repo: Repository, as_json: bool) -> None:
+    """One row per device in the vault."""
+    docs = [device_json(v) for v in repo.devices()]
+    if as_json:
+        emit_json(docs)
+        return
+    table(
+        None,
+        [
+            "name",
+            "model",
+            "iOS",
+            "serial",
+            "IMEI",
+            "phone",
+            "snapshots",
+            "latest backup",
+            "size",
+            "stored",
+            "encrypted",
+        ],
+        [
+            [
+                d["name"],
+                d["model"],
+                d["ios_version"],
+                d["serial"],
+                d["imei"],
+                d["phone_number"],
+                d["snapshots"],
+                d["latest_backup"],
+                human(d["backup_size"]),
+                human(d["stored_bytes"]),
+                "yes" if d["encrypted_by_phone"] else "no",
+            ]
+            for d in docs
+        ],  # fmt: skip
+    )
+
+
+def snapshot_json(v: DeviceView, s: SnapshotRecord) -> dict:
+    return {
+        "id": s.hex,
+        "device": v.device,
+        "device_name": v.info.get("name"),
+        "time": format_time(s.time),
+        "source": s.source,
+        "parent": s.parent.hex() if s.parent else None,
+        "files": s.stats.get("files"),
+        "size": s.stats.get("size"),
+        "new_bytes": s.stats.get("new_bytes"),
+        "added": s.stats.get("added"),
+        "modified": s.stats.get("modified"),
+        "removed": s.stats.get("removed"),
+        "tags": list(s.tags),
+        "pinned": s.pinned,
+        "current": s.id == v.head,
+        "encrypted_by_phone": bool(s.meta.get("encrypted")),
+    }
+
+
+@click.command()
+@click.argument("device", required=False)
+@click.option("--all", "show_all", is_flag=True, help="Include forgotten snapshots.")
+@json_option
+@with_repo
+def snapshots(repo: Repository, device: str | None, show_all: bool, as_json: bool) -> None:
+    """Every dated version, oldest first (`*` marks each device's current backup)."""
+    views = [resolve_device(repo, device)] if device else repo.devices()
+    docs = []
+    for v in views:
+        for s in v.snapshots if show_all else v.live():
+            d = snapshot_json(v, s)
+            d["forgotten"] = s.forgotten
+            docs.append(d)
+    docs.sort(key=lambda d: d["time"])
+    if as_json:
+        emit_json(docs)
+        return
+    table(
+        None,
+        ["id", "device", "time", "source", "files", "size", "new", "tags", "current"],
+        [
+            [
+                d["id"][:8],
+                d["device_name"] or (d["device"] or "")[:12],
+                d["time"],
+                d["source"].split(":", 1)[0],
+                d["files"],
+                human(d["size"]),
+                human(d["new_bytes"]),
+                " ".join(d["tags"] + (["pinned"] if d["pinned"] else []) + (["forgotten"] if d["forgotten"] else [])),
+                "*" if d["current"] else "",
+            ]
+            for d in docs
+        ],  # fmt: skip
+    )
+
+
+@click.command("ls")
+@click.argument("snapshot")
+@click.argument("path", required=False, default="")
+@json_option
+@with_repo
+def ls(repo: Repository, snapshot: str, path: str, as_json: bool) -> None:
+    """Browse a snapshot by domain and path (no PATH lists the domains)."""
+    _view, snap = resolve_snapshot(repo, snapshot)
+    items = list_dir(load_catalog(repo, snap), path)
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": i.name,
+                    "path": i.path,
+                    "type": "dir" if i.is_dir else "file",
+                    "size": i.size,
+                    "mtime": format_time(i.mtime * 1_000_000) if i.mtime else None,
+                    "file_id": i.file_id,
+                }
+                for i in items
+            ]  # fmt: skip
+        )
+        return
+    table(
+        None,
+        ["name", "size", "modified"],
+        [[i.name + ("/" if i.is_dir else ""), human(i.size), when(i.mtime * 1_000_000)] for i in items],
+    )
+
+
+@click.command()
+@click.argument("snap_a")
+@click.argument("snap_b")
+@json_option
+@with_repo
+def diff(repo: Repository, snap_a: str, snap_b: str, as_json: bool) -> None:
+    """Added, removed and modified files between two snapshots."""
+    _va, a = resolve_snapshot(repo, snap_a)
+    _vb, b = resolve_snapshot(repo, snap_b)
+    rows = catalog_diff(repo, a, b)
+    if as_json:
+        emit_json(
+            {
+                "from": a.hex,
+                "to": b.hex,
+                "changes": [
+                    {"path": r.path, "change": r.kind, "old_size": r.old_size, "new_size": r.new_size} for r in rows
+                ],
+            }
+        )
+        return
+    sign = {"added": "+", "removed": "-", "modified": "M"}
+    for r in rows:
+        sizes = (
+            human(r.new_size)
+            if r.kind == "added"
+            else human(r.old_size)
+            if r.kind == "removed"
+            else f"{human(r.old_size)} -> {human(r.new_size)}"
+        )
+        out.print(f"{sign[r.kind]} {r.path}  ({sizes})")
+    counts = {k: sum(r.kind == k for r in rows) for k in sign}
+    out.print(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified")
+
+
+@click.command()
+@click.argument("snapshot")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Target folder.")
+@with_repo
+def extract(repo: Repository, snapshot: str, paths: tuple[str, ...], dest: Path) -> None:
+    """Copy files out of a snapshot by domain path, with their real names."""
+    _view, snap = resolve_snapshot(repo, snapshot)
+    for x in catalog_extract(repo, snap, list(paths), dest):
+        out.print(f"{x.source} -> {x.path} ({human(x.size)})")
+
+
+@click.command()
+@click.argument("snapshot")
+@click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Backup root.")
+@with_repo
+def export(repo: Repository, snapshot: str, dest: Path) -> None:
+    """Write a complete MobileSync backup folder (DEST/<UDID>/) that Finder, iTunes or idevicebackup2 restore from."""
+    view, snap = resolve_snapshot(repo, snapshot)
+    with progress("exporting", snap.stats.get("size")) as update:
+        result = export_snapshot(repo, view, snap, dest, progress=update)
+    out.print(f"exported snapshot {snap.hex[:8]} to {result.path}: {result.files} files, {human(result.bytes)}")
+
+
+@click.command()
+@click.argument("device")
+@click.option("--to", "target", required=True, help="A snapshot id prefix, or a date (YYYY-MM-DD[THH:MM]).")
+@with_repo
+def rollback(repo: Repository, device: str, target: str) -> None:
+    """Make an earlier version the device's current backup. Later versions stay in the vault."""
+    view = resolve_device(repo, device)
+    ref = target if _looks_like_id(target) else f"{view.device or view.key}@{target}"
+    _v, snap = resolve_snapshot(repo, ref, device=view.device)
+    do_rollback(repo, view, snap)
+    out.print(
+        f"{view.info.get('name') or view.device}: current backup is now {snap.hex[:8]} ({format_time(snap.time)})"
+    )
+
+
+def _looks_like_id(text: str) -> bool:
+    return len(text) >= 4 and all(c in "0123456789abcdef" for c in text.lower()) and "-" not in text
+
+
+@click.command()
+@click.argument("snapshot")
+@click.argument("tags", nargs=-1, required=True)
+@click.option("--remove", is_flag=True, help="Remove these tags instead of adding them.")
+@with_repo
+def tag(repo: Repository, snapshot: str, tags: tuple[str, ...], remove: bool) -> None:
+    """Label a snapshot."""
+    view, snap = resolve_snapshot(repo, snapshot)
+    set_tag(repo, view, snap, list(tags), remove=remove)
+    out.print(f"{snap.hex[:8]}: {'removed' if remove else 'added'} {', '.join(tags)}")
+
+
+@click.command()
+@click.argument("snapshot")
+@click.option("--unpin", is_flag=True, help="Allow retention to forget it again.")
+@with_repo
+def pin(repo: Repository, snapshot: str, unpin: bool) -> None:
+    """Protect a snapshot from retention (`forget` never removes a pinned snapshot)."""
+    view, snap = resolve_snapshot(repo, snapshot)
+    set_pin(repo, view, snap, not unpin)
+    out.print(f"{snap.hex[:8]}: {'unpinned' if unpin else 'pinned'}")
+
+
+@click.command()
+@click.argument("snapshots_", metavar="[SNAPSHOT]...", nargs=-1)
+@click.option("--device", help="Apply the policy to this device only.")
+@click.option("--keep-last", type=int, default=0)
+@click.option("--keep-daily", type=int, default=0)
+@click.option("--keep-weekly", type=int, default=0)
+@click.option("--keep-monthly", type=int, default=0)
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would be forgotten.")
+@json_option
+@with_repo
+def forget(
+    repo: Repository, snapshots_: tuple[str, ...], device: str | None, keep_last: int, keep_daily: int,
+    keep_weekly: int, keep_monthly: int, dry_run: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Forget snapshots by id, or by a --keep-* policy. Pinned and current snapshots are never forgotten.
+    Space comes back with `prune`."""
+    policy = Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
+    if snapshots_ and not policy.empty():
+        raise click.UsageError("give snapshot ids or a --keep-* policy, not both")
+    if not snapshots_ and policy.empty():
+        raise click.UsageError("nothing to forget: give snapshot ids or a --keep-* policy")
+    plans = []
+    if snapshots_:
+        by_device: dict[str, tuple[DeviceView, set[bytes]]] = {}
+        for ref in snapshots_:
+            v, s = resolve_snapshot(repo, ref)
+            by_device.setdefault(v.key, (v, set()))[1].add(s.id)
+        plans = [plan_forget(v, policy, ids) for v, ids in by_device.values()]
+    else:
+        views = [resolve_device(repo, device)] if device else repo.devices()
+        plans = [plan_forget(v, policy) for v in views]
+    if not dry_run:
+        for p in plans:
+            apply_forget(repo, p, "explicit" if snapshots_ else f"policy {policy}")
+    if as_json:
+        emit_json(
+            [
+                {
+                    "device": p.device.device,
+                    "keep": [s.hex for s in p.keep],
+                    "forget": [s.hex for s in p.forget],
+                    "dry_run": dry_run,
+                }
+                for p in plans
+            ]  # fmt: skip
+        )
+        return
+    for p in plans:
+        name = p.device.info.get("name") or p.device.device
+        verb = "would forget" if dry_run else "forgot"
+        out.print(f"{name}: keep {len(p.keep)}, {verb} {len(p.forget)}: {' '.join(s.hex[:8] for s in p.forget) or '-'}")
