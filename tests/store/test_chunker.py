@@ -1,0 +1,52 @@
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phonevault.store.chunker import COARSE, FINE, StreamChunker, choose_policy, chunk_bytes
+
+SMALL = FINE
+
+
+def feed_in_blocks(data: bytes, sizes: list[int], profile) -> list[bytes]:
+    sc = StreamChunker(profile)
+    out, pos, i = [], 0, 0
+    while pos < len(data):
+        n = sizes[i % len(sizes)]
+        out += list(sc.feed(data[pos : pos + n]))
+        pos += n
+        i += 1
+    return out + list(sc.finish())
+
+
+@given(st.binary(max_size=300_000), st.lists(st.integers(1, 70_000), min_size=1, max_size=8))
+def test_stream_chunks_reassemble_and_equal_whole_buffer_cut(data, sizes):
+    chunks = feed_in_blocks(data, sizes, SMALL)
+    assert b"".join(chunks) == data
+    assert chunks == chunk_bytes(data, SMALL)
+    assert all(len(c) <= SMALL.max_size for c in chunks)
+
+
+def test_stream_chunker_coarse_on_random_data_is_bounded_and_exact():
+    data = os.urandom(40 << 20)
+    chunks = feed_in_blocks(data, [32 << 10, 1 << 20, 7], COARSE)
+    assert chunks == chunk_bytes(data, COARSE)
+    assert all(len(c) <= COARSE.max_size for c in chunks[:-1])
+    assert 10 < len(chunks) < 200
+
+
+def test_local_edit_changes_few_fine_chunks():
+    base = bytearray(os.urandom(2 << 20))
+    before = set(chunk_bytes(bytes(base), FINE))
+    base[1_000_000:1_000_100] = os.urandom(100)
+    after = chunk_bytes(bytes(base), FINE)
+    assert sum(c not in before for c in after) <= 3
+
+
+def test_policy_by_content():
+    assert choose_policy(b"SQLite format 3\x00" + bytes(100)).profile is FINE
+    assert choose_policy(b"bplist00" + bytes(100)).compress
+    assert choose_policy(b"\x00\x00\x00\x18ftypheic" + os.urandom(1000)).profile is COARSE
+    assert not choose_policy(b"\xff\xd8\xff\xe1" + os.urandom(1000)).compress
+    assert not choose_policy(os.urandom(70_000)).compress  # encrypted backups never shrink
+    assert choose_policy(b"\x01\x02" * 40_000).compress
