@@ -169,8 +169,10 @@ def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Repor
         return Report("Backup", kind, error_code=ERROR_HOST_DISK_FULL, error=description)
 
     # Neither host creates parents (reference §3 stream B), and lid renames without creating them either.
+    # A full backup lays out all 256 shards as devices do (`Snapshot/00…ff`), an incremental only those it uses.
     dl.create_directory(f"{target}/Snapshot")
-    for prefix in sorted({fid[:2] for fid in changed}):
+    shards = {f"{n:02x}" for n in range(256)} if kind == "full" else {fid[:2] for fid in changed}
+    for prefix in sorted(shards):
         dl.create_directory(f"{target}/Snapshot/{prefix}")
         dl.create_directory(f"{target}/{prefix}")
 

@@ -115,7 +115,7 @@ class Device:
     # -- usbmuxd
 
     def pair_record(self) -> bytes:
-        return plistlib.dumps(self.pairing.host_record())
+        return plistlib.dumps(self.pairing.host_record(self.phone.lockdown_values().get("WiFiAddress", "")))
 
     def open_port(self, port: int) -> PortHandler | None:
         if port == LOCKDOWN_PORT:
@@ -143,7 +143,6 @@ class Device:
         values = dict(self.phone.lockdown_values())
         values.setdefault("UniqueDeviceID", self.udid)
         values["DevicePublicKey"] = self.pairing.device_public_key
-        values.setdefault("WiFiAddress", self.pairing.wifi_mac_address)
         # pmd3 `get_will_encrypt` reads it; the emulated phone never encrypts its backups.
         values.setdefault("com.apple.mobile.backup", {"WillEncrypt": False})
         return values

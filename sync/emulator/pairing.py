@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pymobiledevice3.ca import generate_pairing_cert_chain
 
 PAIRING_FILE = "pairing.plist"
-PAIRING_FORMAT_VERSION = 1
+PAIRING_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +42,8 @@ class Pairing:
     device_private_key: bytes
     device_public_key: bytes  # PKCS#1 "RSA PUBLIC KEY" PEM, as lockdownd's DevicePublicKey value
     escrow_bag: bytes
-    wifi_mac_address: str
 
-    def host_record(self) -> dict[str, Any]:
+    def host_record(self, wifi_mac_address: str) -> dict[str, Any]:
         """The pair record a host keeps (what usbmuxd's ReadPairRecord returns, serialized as a plist)."""
         return {
             "HostID": self.host_id,
@@ -55,7 +54,7 @@ class Pairing:
             "RootPrivateKey": self.root_private_key,
             "DeviceCertificate": self.device_certificate,
             "EscrowBag": self.escrow_bag,
-            "WiFiMACAddress": self.wifi_mac_address,
+            "WiFiMACAddress": wifi_mac_address,
         }
 
 
@@ -83,7 +82,6 @@ def _provision() -> Pairing:
     host_cert, host_key, device_cert, root_cert, root_key = generate_pairing_cert_chain(
         device_public, device_version="17.0"
     )
-    mac = uuid.uuid4().bytes[:6]
     return Pairing(
         host_id=str(uuid.uuid4()).upper(),
         system_buid=str(uuid.uuid4()).upper(),
@@ -98,7 +96,6 @@ def _provision() -> Pairing:
         device_public_key=device_public,
         # A real EscrowBag is an opaque keybag; hosts only echo it back in StartService.
         escrow_bag=os.urandom(64),
-        wifi_mac_address=":".join(f"{b:02x}" for b in mac),
     )
 
 
