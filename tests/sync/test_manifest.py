@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from phonevault.sync.errors import ManifestInvalid
 from phonevault.sync.manifest import (
     FLAG_DIR,
