@@ -9,6 +9,7 @@ import click
 
 from . import repo_cmds, snapshot_cmds
 from .context import run_cli
+from .demo import demo
 from .import_cmd import import_
 
 
@@ -35,6 +36,7 @@ for command in (
     snapshot_cmds.tag,
     snapshot_cmds.pin,
     snapshot_cmds.forget,
+    demo,
 ):
     cli.add_command(command)
 
