@@ -53,7 +53,9 @@ def looks_like_backup(path: Path) -> bool:
 def find_backup_folders(path: Path | None) -> list[Path]:
     """A `<UDID>/` folder -> [it]; a `Backup/` folder -> its device folders; None -> the default locations."""
     if path is None:
-        found = [d for loc in default_locations() if loc.is_dir() for d in sorted(loc.iterdir()) if looks_like_backup(d)]
+        found = [
+            d for loc in default_locations() if loc.is_dir() for d in sorted(loc.iterdir()) if looks_like_backup(d)
+        ]
         if not found:
             where = ", ".join(str(p) for p in default_locations())
             raise BackupFolderInvalid(where, "no backup folders in the default locations; give a PATH")
