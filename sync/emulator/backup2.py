@@ -68,9 +68,6 @@ class Report:
     error: str = ""
 
 
-Catalog = dict[str, tuple[CatalogEntry, dict[str, Any]]]
-
-
 def serve(link: Link, device: Device) -> None:
     """The mobilebackup2 service on one connection: handshake, then operations until Disconnect."""
     fault = device.fault
@@ -117,7 +114,8 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
                 if name == "Backup":
                     report = _backup(dl, device, target, scratch)
                 elif name == "Restore":
-                    report = _restore(dl, device, source, request.get("Options") or {}, scratch)
+                    options = request.get("Options")
+                    report = _restore(dl, device, source, options if isinstance(options, dict) else {}, scratch)
                 elif name == "Info":
                     report = _info(dl, source, scratch)
                 else:
@@ -139,21 +137,9 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
 
 def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Report:
     folder = device.content.folder
-    host = _download_host_state(dl, target, scratch)
-    mine = _catalog(folder / "Manifest.db")
-    kind = "full" if host is None else "incremental"
-    files = {fid: entry for fid, (entry, _) in mine.items() if entry.flags == FLAG_FILE}
-    if host is None:
-        changed = sorted(files)
-        removed: list[str] = []
-    else:
-        changed = sorted(fid for fid in files if host.get(fid) != mine[fid])
-        removed = sorted(fid for fid, (entry, _) in host.items() if entry.flags == FLAG_FILE and fid not in files)
-
-    uploads = [
-        Upload(_device_path(files[fid]), f"{target}/Snapshot/{fid[:2]}/{fid}", folder / fid[:2] / fid)
-        for fid in changed
-    ]
+    plan = _plan(folder / "Manifest.db", _download_host_manifest(dl, target, scratch))
+    changed = [fid for fid, _ in plan.changed]
+    uploads = [Upload(path, f"{target}/Snapshot/{fid[:2]}/{fid}", folder / fid[:2] / fid) for fid, path in plan.changed]
     uploads += [Upload(f"/var/mobile/Library/Backup/{m}", f"{target}/Snapshot/{m}", folder / m) for m in METADATA]
     fault = device.fault
     if fault is not None and fault.bad_upload_path is not None:
@@ -166,12 +152,12 @@ def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Repor
         dl.purge_disk_space(deficit + PURGE_OVERSHOOT)
         description = f"Insufficient free disk space on backup computer (need {deficit} more bytes)"
         dl.finish(ERROR_HOST_DISK_FULL, description)
-        return Report("Backup", kind, error_code=ERROR_HOST_DISK_FULL, error=description)
+        return Report("Backup", plan.kind, error_code=ERROR_HOST_DISK_FULL, error=description)
 
     # Neither host creates parents (reference §3 stream B), and lid renames without creating them either.
     # A full backup lays out all 256 shards as devices do (`Snapshot/00…ff`), an incremental only those it uses.
     dl.create_directory(f"{target}/Snapshot")
-    shards = {f"{n:02x}" for n in range(256)} if kind == "full" else {fid[:2] for fid in changed}
+    shards = {f"{n:02x}" for n in range(256)} if plan.kind == "full" else {fid[:2] for fid in changed}
     for prefix in sorted(shards):
         dl.create_directory(f"{target}/Snapshot/{prefix}")
         dl.create_directory(f"{target}/{prefix}")
@@ -185,8 +171,8 @@ def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Repor
     moves += [(f"{target}/Snapshot/{m}", f"{target}/{m}") for m in METADATA]
     for i in range(0, len(moves), MOVE_BATCH):
         dl.move_items(dict(moves[i : i + MOVE_BATCH]), _percent(i, len(moves), 90, 95))
-    for i in range(0, len(removed), MOVE_BATCH):
-        dl.remove_items([f"{target}/{fid[:2]}/{fid}" for fid in removed[i : i + MOVE_BATCH]], 96.0)
+    for i in range(0, len(plan.removed), MOVE_BATCH):
+        dl.remove_items([f"{target}/{fid[:2]}/{fid}" for fid in plan.removed[i : i + MOVE_BATCH]], 96.0)
     dl.remove_items([f"{target}/Snapshot"], 98.0)
     status = folder / "Status.plist"
     dl.upload_files(
@@ -194,16 +180,20 @@ def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Repor
     )
     dl.finish(0)
     log.info(
-        "backup (%s): %d files uploaded, %d removed, %d bytes", kind, len(changed), len(removed), dl.uploaded_bytes
+        "backup (%s): %d files uploaded, %d removed, %d bytes",
+        plan.kind,
+        len(changed),
+        len(plan.removed),
+        dl.uploaded_bytes,
     )
-    return Report("Backup", kind, tuple(changed), dl.uploaded_bytes, tuple(removed), error_code=0)
+    return Report("Backup", plan.kind, tuple(changed), dl.uploaded_bytes, tuple(plan.removed), error_code=0)
 
 
-def _download_host_state(dl: DeviceLink, target: str, scratch: Path) -> Catalog | None:
-    """The host's previous backup as a catalog, or None when this must be a full backup.
+def _download_host_manifest(dl: DeviceLink, target: str, scratch: Path) -> Path | None:
+    """The host's previous Manifest.db, or None when this must be a full backup.
 
-    Full when Manifest.plist or Manifest.db is missing, empty or unreadable: pmd3 `backup(full=True)` deletes
-    and re-creates an empty Manifest.plist, which is how `--full` reaches the device.
+    Full when Manifest.plist or Manifest.db is missing or empty: pmd3 `backup(full=True)` deletes and re-creates
+    an empty Manifest.plist, which is how `--full` reaches the device.
     """
     here = scratch / "host"
     dl.download_files([f"{target}/Status.plist"], lambda p: here / Path(p).name, 0.0)
@@ -218,19 +208,56 @@ def _download_host_state(dl: DeviceLink, target: str, scratch: Path) -> Catalog 
         return None
     dl.download_files([f"{target}/Manifest.db"], lambda p: here / Path(p).name, 0.0)
     db = here / "Manifest.db"
-    if not db.is_file() or db.stat().st_size == 0:
-        return None
-    try:
-        return _catalog(db)
-    except ManifestInvalid as e:
-        log.info("host Manifest.db unreadable (%s): full backup", e)
-        return None
+    return db if db.is_file() and db.stat().st_size > 0 else None
 
 
-def _catalog(path: Path) -> Catalog:
-    """fileID → (entry, decoded MBFile): the MBFile carries size, mtime, inode and ctime, so comparing it
-    whole is how the device decides a file changed since the host's copy."""
-    return {entry.file_id: (entry, mbfile) for entry, mbfile in read_manifest_rows(path)}
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    kind: str  # "full" / "incremental"
+    changed: list[tuple[str, str]]  # (fileID, device path) of the files to upload, in fileID order
+    removed: list[str]  # fileIDs the host has and the phone no longer does
+
+
+def _plan(mine: Path, host: Path | None) -> _Plan:
+    """What to upload, merging the phone's catalog with the host's in fileID order.
+
+    A file changed when its MBFile differs (size, mtime, inode, ctime… all of it). Both catalogs stream in
+    fileID order (`read_manifest_rows`), so memory follows the size of the change, not of the phone. An
+    unreadable host Manifest.db makes the backup full.
+    """
+    if host is not None:
+        try:
+            return _merge(mine, host)
+        except ManifestInvalid as e:
+            log.info("host Manifest.db unreadable (%s): full backup", e)
+    return _Plan("full", [(entry.file_id, _device_path(entry)) for entry, _ in _data_files(mine)], [])
+
+
+def _merge(mine: Path, host: Path) -> _Plan:
+    changed: list[tuple[str, str]] = []
+    removed: list[str] = []
+    theirs = _data_files(host)
+    other = next(theirs, None)
+    for row in _data_files(mine):
+        entry = row[0]
+        while other is not None and other[0].file_id < entry.file_id:
+            removed.append(other[0].file_id)
+            other = next(theirs, None)
+        if other is not None and other[0].file_id == entry.file_id:
+            unchanged = other == row
+            other = next(theirs, None)
+            if unchanged:
+                continue
+        changed.append((entry.file_id, _device_path(entry)))
+    while other is not None:
+        removed.append(other[0].file_id)
+        other = next(theirs, None)
+    return _Plan("incremental", changed, removed)
+
+
+def _data_files(manifest_db: Path) -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
+    """Rows with a body in `xx/<fileID>` (directories and symlinks live only in Manifest.db)."""
+    return ((entry, mbfile) for entry, mbfile in read_manifest_rows(manifest_db) if entry.flags == FLAG_FILE)
 
 
 def _device_path(entry: CatalogEntry) -> str:
@@ -291,10 +318,9 @@ def _restore(dl: DeviceLink, device: Device, source: str, options: dict[str, Any
     try:
         if read_manifest_plist((staged / "Manifest.plist").read_bytes(), source).is_encrypted:
             return _fail(dl, "Restore", ERROR_INVALID_PASSWORD, "encrypted backups cannot be restored to the emulator")
-        catalog = _catalog(staged / "Manifest.db")
+        fids = [entry.file_id for entry, _ in _data_files(staged / "Manifest.db")]
     except ManifestInvalid as e:
         return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, str(e))
-    fids = sorted(fid for fid, (entry, _) in catalog.items() if entry.flags == FLAG_FILE)
     for i in range(0, len(fids), DOWNLOAD_BATCH):
         batch = [f"{source}/{fid[:2]}/{fid}" for fid in fids[i : i + DOWNLOAD_BATCH]]
         errors = dl.download_files(

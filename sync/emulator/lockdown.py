@@ -79,7 +79,8 @@ def serve(link: Link, device: LockdownDevice) -> None:
             else:
                 reply["Value"] = value
         elif name in ("ValidatePair", "StartSession"):
-            host_id = request.get("HostID") or (request.get("PairRecord") or {}).get("HostID")
+            record = request.get("PairRecord")
+            host_id = request.get("HostID") or (record.get("HostID") if isinstance(record, dict) else None)
             if host_id != device.pairing.host_id:
                 # pmd3 `validate_pairing` treats InvalidHostID as "not paired" and would try to pair.
                 reply["Error"] = "InvalidHostID"
