@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from . import repo_cmds, snapshot_cmds
+from . import device_cmds, repo_cmds, snapshot_cmds
 from .context import run_cli
 from .demo import demo
 from .import_cmd import import_
@@ -36,6 +36,9 @@ for command in (
     snapshot_cmds.tag,
     snapshot_cmds.pin,
     snapshot_cmds.forget,
+    device_cmds.backup,
+    device_cmds.restore,
+    device_cmds.emulator,
     demo,
 ):
     cli.add_command(command)

@@ -100,6 +100,11 @@ class PackWriter:
         self._parts.append(sealed)
         self._size += len(sealed)
 
+    def sealed(self, blob_id: bytes) -> bytes | None:
+        """A blob still in the open pack (readers of a staged snapshot may need it before the pack is written)."""
+        pos = self.pending.get(blob_id)
+        return self._parts[pos] if pos is not None else None
+
     def finish(self) -> tuple[str, dict[bytes, BlobLocation]] | None:
         """Write the pack (durable when this returns); returns its id and the locations of its blobs."""
         if not self._entries:

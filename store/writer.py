@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .chunker import SNIFF_LEN, Policy, StreamChunker, choose_policy
 from .errors import PhonevaultError
 from .events import DeviceSeen, SnapshotCommitted
 from .index import write_index
-from .packs import DATA, DELTA, TREE, PackWriter, pack_name, seal_blob
+from .packs import DATA, DELTA, TREE, PackWriter, open_blob, pack_name, seal_blob
 from .projections import SnapshotRecord
 from .prune import candidate_packs
 from .repository import Repository, now_us
@@ -60,6 +60,13 @@ class BlobSink:
             return False
         self.reused_packs.add(loc.pack)
         return True
+
+    def get(self, blob_id: bytes) -> bytes:
+        """Read a blob, including one still in an open pack."""
+        for w in self._packs.values():
+            if (sealed := w.sealed(blob_id)) is not None:
+                return open_blob(self.repo.key, blob_id, sealed, "open pack")
+        return self.repo.get_blob(blob_id)
 
     def verify_reused(self) -> None:
         """Before committing: every pack this snapshot reuses must still exist (a prune may have swept it)."""
@@ -168,6 +175,11 @@ class SnapshotWriter:
         self.state[entry.path] = entry
         self.stats.new_files += int(new)
 
+    def read_file(self, entry: FileEntry) -> Iterator[bytes]:
+        """The bytes of a staged file, whether its chunks are already in packs or still in the open one."""
+        for chunk in entry.chunks:
+            yield self.sink.get(chunk)
+
     def put_entry(self, entry: FileEntry) -> bool:
         """Reuse an entry whose chunks are already stored (stat cache hit); False if any chunk is unknown."""
         if not all(self.sink.known(c) for c in entry.chunks):
@@ -199,6 +211,23 @@ class SnapshotWriter:
             new_path = dst + p[len(src) :]
             self.state[new_path] = FileEntry(new_path, e.size, e.mode, e.mtime_ns, e.chunks)
         return len(moved)
+
+    def copy(self, src: str, dst: str) -> int:
+        """Copy a path (or a subtree) within the staged tree; the chunks are shared, nothing is re-read."""
+        prefix = src.rstrip("/") + "/"
+        items = [e for p, e in self.state.items() if p == src or p.startswith(prefix)]
+        for e in items:
+            new_path = dst + e.path[len(src) :]
+            self.state[new_path] = FileEntry(new_path, e.size, e.mode, e.mtime_ns, e.chunks)
+        return len(items)
+
+    def drop_nonempty_dirs(self) -> None:
+        """Keep directory entries only where nothing lies under them: a folder on disk records no others, so a
+        device backup and an import of the same folder stage the same tree."""
+        parents = {p.rsplit("/", 1)[0] for p in self.state if "/" in p}
+        for p in [p for p, e in self.state.items() if e.is_dir]:
+            if any(q == p or q.startswith(p + "/") for q in parents):
+                del self.state[p]
 
     def commit(self, source: str, *, meta: dict | None = None, time_us: int | None = None) -> SnapshotRecord:
         """Write tree + deltas, then the event segment (the commit point). Raises ConcurrentCommit if another

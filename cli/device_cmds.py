@@ -1,0 +1,126 @@
+"""Device commands: backup, restore, and the built-in emulator."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import platformdirs
+
+from phonevault.store.refs import resolve_snapshot
+from phonevault.store.repository import Repository
+from phonevault.sync.backup2 import backup_device, find_devices, restore_device
+from phonevault.sync.phone import parse_size
+
+from .context import with_repo
+from .render import err, human, out, progress
+
+
+def default_emulator_dir() -> Path:
+    return Path(platformdirs.user_data_dir("phonevault")) / "emulator"
+
+
+@contextlib.contextmanager
+def device_address(use_emulator: bool, udid: str | None, day: int, size: str) -> Iterator[str | None]:
+    """The usbmuxd to talk to: $USBMUXD_SOCKET_ADDRESS or the system one; with --emulator and no device there,
+    a built-in emulator started in this process."""
+    address = os.environ.get("USBMUXD_SOCKET_ADDRESS") or None
+    if not use_emulator or (found := find_devices(address)) and (udid is None or udid in found):
+        yield address
+        return
+    from phonevault.sync.emulator import Emulator
+
+    emu = Emulator(default_emulator_dir(), size=parse_size(size), day=day).start()
+    err.print(f"no device connected: using the built-in emulator (udid {emu.udid}, day {day}) at {emu.address}")
+    try:
+        yield emu.address
+    finally:
+        emu.stop()
+
+
+emulator_options = [
+    click.option("--udid", help="Which device, when several are connected."),
+    click.option("--emulator", "use_emulator", is_flag=True, help="Use the built-in emulator if no device is found."),
+    click.option("--emulator-day", default=0, show_default=True, help="Day of the emulated phone's life."),
+    click.option("--emulator-size", default="64MB", show_default=True, help="Size of the emulated phone."),
+]
+
+
+def with_device_options(fn):
+    for opt in reversed(emulator_options):
+        fn = opt(fn)
+    return fn
+
+
+@click.command()
+@with_device_options
+@click.option("--full", is_flag=True, help="Ask the device for every file, not only what changed.")
+@with_repo
+def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day: int, emulator_size: str, full: bool):
+    """Back up a connected iPhone/iPad into a new dated snapshot (incremental after the first)."""
+    with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
+        with progress("receiving", None) as update:
+            r = backup_device(
+                repo,
+                udid=udid,
+                usbmux_address=address,
+                full=full,
+                progress=lambda files, nbytes: update(nbytes),
+                on_start=lambda u, name: err.print(f"backing up {name or u} ({u}) …"),
+            )
+    s = r.snapshot.stats
+    out.print(
+        f"{r.name or r.udid}: snapshot {r.snapshot.hex[:8]} ({'full' if r.full else 'incremental'}) — "
+        f"received {r.files_received} files, {human(r.bytes_received)}; backup holds {s['files']} files, "
+        f"{human(s['size'])}; {human(s['new_bytes'])} new in the vault"
+    )
+    for p in r.problems:
+        err.print(f"warning: {p}")
+    if r.problems:
+        sys.exit(3)
+
+
+@click.command()
+@click.argument("snapshot")
+@with_device_options
+@click.option("--backup-password", help="The phone's backup password, if it encrypted this backup.")
+@click.option("--no-reboot", is_flag=True, help="Do not reboot the device after restoring.")
+@click.option("--system", is_flag=True, help="Also restore system files.")
+@click.option("--remove", is_flag=True, help="Remove items on the device that are not in the backup.")
+@with_repo
+def restore(
+    repo: Repository, snapshot: str, udid: str | None, use_emulator: bool, emulator_day: int, emulator_size: str,
+    backup_password: str | None, no_reboot: bool, system: bool, remove: bool,
+) -> None:  # fmt: skip
+    """Restore a dated version (SNAPSHOT or DEVICE@DATE) to a connected device."""
+    view, snap = resolve_snapshot(repo, snapshot)
+    with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
+        r = restore_device(
+            repo, view, snap, udid=udid, usbmux_address=address, password=backup_password,
+            reboot=not no_reboot, system=system, remove=remove,
+        )  # fmt: skip
+    out.print(f"restored snapshot {snap.hex[:8]} to device {r.udid}: {human(r.bytes_sent)} sent")
+    for p in r.problems:
+        err.print(f"warning: {p}")
+
+
+@click.group()
+def emulator() -> None:
+    """The built-in iPhone emulator (usbmuxd + lockdownd + MobileBackup2 on 127.0.0.1)."""
+
+
+@emulator.command("serve")
+@click.option("--port", default=0, show_default=True, help="TCP port for its usbmuxd (0: any free port).")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="State folder (default: user data dir).")
+@click.option("--day", default=0, show_default=True, help="Day of the synthetic phone's life.")
+@click.option("--size", default="64MB", show_default=True, help="Size of the synthetic phone, e.g. 2GB.")
+@click.option("--seed", default=1, show_default=True)
+def emulator_serve(port: int, data: Path | None, day: int, size: str, seed: int) -> None:
+    """Run an emulated iPhone until interrupted; point clients at it with USBMUXD_SOCKET_ADDRESS."""
+    from phonevault.sync.emulator import serve
+
+    serve(port, data or default_emulator_dir(), day=day, size=parse_size(size), seed=seed)
