@@ -118,7 +118,7 @@ class Emulator:
         with self._mutex:
             links = list(self._links.items())
         for link, _ in links:
-            link.close()
+            link.abort()
         for _, thread in links:
             thread.join(timeout=5)
         if self._accept_thread is not None:

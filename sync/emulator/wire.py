@@ -93,10 +93,17 @@ class Link:
         self.sock = context.wrap_socket(self.sock, server_side=True)
         self.sock.settimeout(None)
 
-    def close(self) -> None:
-        """Abort the connection; safe to call from another thread to unblock a reader."""
+    def abort(self) -> None:
+        """Shut the connection down under its reader; safe from another thread (the owner still closes it).
+
+        Goes around `SSLSocket.shutdown`, which would also drop the TLS object a blocked reader is using.
+        """
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def close(self) -> None:
+        """Abort and release the connection; only the thread serving it calls this."""
+        self.abort()
         self.sock.close()
