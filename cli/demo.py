@@ -1,7 +1,7 @@
-"""`phonevault demo`: the whole story on a synthetic phone, with no phone and no vault needed.
+"""`phonevault demo`: the whole story on the built-in emulator, with no phone and no vault needed.
 
-Each step is a real command, run in-process exactly as a user would type it (and printed as such), against a fresh
-vault in a new directory.
+An emulated iPhone (usbmuxd + TLS lockdownd + MobileBackup2 on 127.0.0.1) is backed up on two days into a fresh
+vault; then every step is a real command, run in-process exactly as a user would type it (and printed as such).
 """
 
 from __future__ import annotations
@@ -14,36 +14,29 @@ from pathlib import Path
 
 import click
 
-from phonevault.sync.phone import SyntheticPhone, parse_size
+from phonevault.store.backends.local import LocalBackend
+from phonevault.store.repository import Repository
+from phonevault.store.trees import load_tree
+from phonevault.sync.emulator import Emulator
+from phonevault.sync.phone import parse_size
 
 from .render import out
 
 
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
-
-
 @click.command()
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), help="Where to put everything.")
-@click.option("--size", default="64MB", show_default=True, help="Size of the synthetic phone.")
-@click.pass_context
-def demo(ctx: click.Context, workdir: Path | None, size: str) -> None:
-    """Back up a synthetic iPhone twice, browse, diff, extract, roll back, export and check — in a fresh vault."""
+@click.option("--size", default="64MB", show_default=True, help="Size of the emulated phone.")
+def demo(workdir: Path | None, size: str) -> None:
+    """Back up an emulated iPhone on two days; browse, diff, extract, roll back, restore, export and check."""
     from .main import cli  # the same command tree the user types into
 
     started = time.monotonic()
     work = workdir or Path(tempfile.mkdtemp(prefix="phonevault-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    vault, finder = work / "vault", work / "MobileSync" / "Backup"
+    vault = work / "vault"
     os.environ["PHONEVAULT_REPO"] = str(vault)
     os.environ.setdefault("PHONEVAULT_PASSWORD", "demo")
     os.environ.setdefault("PHONEVAULT_CACHE_DIR", str(work / "cache"))
-    out.print(f"[bold]phonevault demo[/] in {work}  (vault: {vault}, password: $PHONEVAULT_PASSWORD or 'demo')\n")
 
     def run(*args: str, note: str = "") -> None:
         out.print(f"\n[bold cyan]$ phonevault {' '.join(args)}[/]" + (f"   [dim]# {note}[/]" if note else ""))
@@ -53,46 +46,71 @@ def demo(ctx: click.Context, workdir: Path | None, size: str) -> None:
             if e.code not in (0, None):
                 raise
 
-    phone = SyntheticPhone(seed=1, size=parse_size(size))
-    out.print(f"a synthetic {phone.device_info().product_type} backs up to {finder} (day 0) …")
-    device_dir = phone.write_backup(finder, day=0)
-    day0 = _digest(device_dir)
-    run("init", note="a new encrypted vault")
-    run("import", str(finder), note="day 0: Finder's backup folder becomes a dated snapshot")
-    out.print("\na day passes: new photos, an edited one, deleted ones, messages … Finder overwrites its folder.")
-    phone.write_backup(finder, day=1)
-    run("import", str(finder), note="day 1: only what changed is stored")
-    run("devices")
-    run("snapshots")
-    run("diff", _first_snapshot(), f"{phone.udid[:8]}@latest", note="what changed between the two days")
-    run("ls", f"{phone.udid[:8]}@latest", "CameraRollDomain/Media/DCIM/100APPLE")
-    photo = _a_photo(phone)
-    run("extract", f"{phone.udid[:8]}@latest", photo, "--to", str(work / "extracted"), note="one photo, by its name")
-    run("rollback", phone.udid[:8], "--to", _first_snapshot(), note="day 0 becomes current; day 1 stays")
-    run("snapshots")
-    run("export", f"{phone.udid[:8]}@current", "--to", str(work / "restored"), note="a folder Finder can restore")
-    same = _digest(work / "restored" / phone.udid) == day0
-    out.print(f"exported folder identical to the day-0 original: [bold]{'yes' if same else 'NO'}[/]")
-    run("forget", "--keep-last", "1", note="retention: pinned and current snapshots always stay")
-    run("prune", "--grace", "0")
-    run("stats")
-    run("check", "--read-data")
+    with Emulator(work / "emulator", size=parse_size(size), day=0) as emu:
+        os.environ["USBMUXD_SOCKET_ADDRESS"] = emu.address
+        out.print(
+            f"[bold]phonevault demo[/] in {work}\n"
+            f"vault: {vault} (password: $PHONEVAULT_PASSWORD or 'demo')\n"
+            f"an emulated iPhone is plugged in: usbmuxd at {emu.address} (USBMUXD_SOCKET_ADDRESS), udid {emu.udid}"
+        )
+        udid = emu.udid[:8]
+        run("init", note="a new encrypted vault")
+        run("backup", note="day 0: the first backup is full")
+        out.print("\n[dim]a day passes: new photos, an edited one, deleted ones, new messages …[/]")
+        emu.set_day(1)
+        run("backup", note="day 1: the phone sends only what changed; day 0 stays")
+        run("devices")
+        run("snapshots")
+        first, second = _snapshot_ids()
+        run("diff", first, second, note="what changed between the two days")
+        run("ls", f"{udid}@latest", "CameraRollDomain/Media/DCIM/100APPLE")
+        run("extract", f"{udid}@latest", _a_photo(), "--to", str(work / "extracted"), note="one photo, by its name")
+        run("rollback", udid, "--to", first, note="day 0 becomes current again; day 1 stays in the vault")
+        run("restore", f"{udid}@current", "--no-reboot", note="the phone gets day 0 back")
+        same = _device_equals_snapshot(emu.device_dir, first)
+        out.print(f"the phone's content now equals snapshot {first}: [bold]{'yes' if same else 'NO'}[/]")
+        run("export", f"{udid}@current", "--to", str(work / "export"), note="a folder Finder/iTunes can restore")
+        run("tag", second, "after-the-trip")
+        run("forget", "--keep-last", "1", "--dry-run", note="retention never forgets the current or pinned")
+        run("stats")
+        run("check", "--read-data")
     out.print(f"\ndemo finished in {time.monotonic() - started:.1f} s; everything is in {work}")
     if not same:
-        raise click.ClickException("exported folder differs from the original")
+        raise click.ClickException("the restored phone differs from the snapshot")
 
 
-def _first_snapshot() -> str:
-    from phonevault.store.backends.local import LocalBackend
-    from phonevault.store.repository import Repository
+def _open() -> Repository:
+    return Repository.open(LocalBackend(Path(os.environ["PHONEVAULT_REPO"])), os.environ["PHONEVAULT_PASSWORD"])
 
-    with Repository.open(LocalBackend(Path(os.environ["PHONEVAULT_REPO"])), os.environ["PHONEVAULT_PASSWORD"]) as repo:
+
+def _snapshot_ids() -> tuple[str, str]:
+    with _open() as repo:
+        live = repo.devices()[0].live()
+        return live[0].hex[:8], live[-1].hex[:8]
+
+
+def _device_equals_snapshot(device_dir: Path, snapshot: str) -> bool:
+    """Every phone file of the snapshot (the xx/ folders and Manifest.db) is on the emulated phone, byte for byte."""
+    with _open() as repo:
+        snap = next(s for s in repo.devices()[0].snapshots if s.hex.startswith(snapshot))
+        for path, entry in load_tree(snap.tree, repo.get_blob).items():
+            if entry.is_dir or ("/" not in path and path != "Manifest.db"):
+                continue
+            h = hashlib.sha256()
+            for chunk in repo.read_file(entry):
+                h.update(chunk)
+            target = device_dir / path
+            if not target.is_file() or hashlib.sha256(target.read_bytes()).digest() != h.digest():
+                return False
+    return True
+
+
+def _a_photo() -> str:
+    from phonevault.sync.catalog import load_catalog
+
+    with _open() as repo:
         view = repo.devices()[0]
-        return view.live()[0].hex[:8]
-
-
-def _a_photo(phone: SyntheticPhone) -> str:
-    for f in phone.files(1):
-        if f.relative_path.startswith("Media/DCIM/") and f.relative_path.endswith(".HEIC"):
-            return f"{f.domain}/{f.relative_path}"
-    raise click.ClickException("the synthetic phone has no photo")
+        for c in load_catalog(repo, view.live()[-1]):
+            if c.relative_path.startswith("Media/DCIM/") and c.relative_path.endswith((".HEIC", ".JPG")):
+                return f"{c.domain}/{c.relative_path}"
+    raise click.ClickException("the phone has no photo")

@@ -163,6 +163,15 @@ class SnapshotWriter:
         self.base: dict[str, FileEntry] = load_tree(self.parent.tree, repo.get_blob) if self.parent else {}
         self.state: dict[str, FileEntry] = dict(self.base) if incremental else {}
         self.sink = BlobSink(repo)
+        self._maybe_dirs: set[str] = set()  # every parent folder a staged path ever had (a superset)
+        for p in self.state:
+            self._note_parents(p)
+
+    def _set(self, entry: FileEntry) -> None:
+        self.state[entry.path] = entry
+        self._note_parents(entry.path)
+        if entry.is_dir:
+            self._maybe_dirs.add(entry.path)
 
     @property
     def stats(self) -> WriteStats:
@@ -172,7 +181,7 @@ class SnapshotWriter:
         return FileWriter(self, path, mode, mtime_ns)
 
     def _put(self, entry: FileEntry, *, new: bool) -> None:
-        self.state[entry.path] = entry
+        self._set(entry)
         self.stats.new_files += int(new)
 
     def read_file(self, entry: FileEntry) -> Iterator[bytes]:
@@ -184,41 +193,54 @@ class SnapshotWriter:
         """Reuse an entry whose chunks are already stored (stat cache hit); False if any chunk is unknown."""
         if not all(self.sink.known(c) for c in entry.chunks):
             return False
-        self.state[entry.path] = entry
+        self._set(entry)
         self.stats.reused_files += 1
         return True
 
     def add_dir(self, path: str, mode: int = 0o040755, mtime_ns: int = 0) -> None:
-        self.state[path] = FileEntry(path, 0, stat.S_IFDIR | (mode & 0o7777), mtime_ns)
+        self._set(FileEntry(path, 0, stat.S_IFDIR | (mode & 0o7777), mtime_ns))
 
     def get(self, path: str) -> FileEntry | None:
         return self.state.get(path)
 
+    def _subtree(self, path: str) -> list[str]:
+        """Paths at or under `path`. Only scans when `path` may be a directory: per-file moves and removes (the
+        device sends thousands) stay O(1) instead of O(files)."""
+        path = path.rstrip("/")
+        if path not in self._maybe_dirs:
+            return [path] if path in self.state else []
+        prefix = path + "/"
+        return [p for p in self.state if p == path or p.startswith(prefix)]
+
+    def _note_parents(self, path: str) -> None:
+        while "/" in path:
+            path = path.rsplit("/", 1)[0]
+            if path in self._maybe_dirs:
+                return
+            self._maybe_dirs.add(path)
+
     def remove(self, path: str) -> int:
         """Remove a path and everything under it; returns how many entries went."""
-        prefix = path.rstrip("/") + "/"
-        gone = [p for p in self.state if p == path or p.startswith(prefix)]
+        gone = self._subtree(path)
         for p in gone:
             del self.state[p]
         return len(gone)
 
     def move(self, src: str, dst: str) -> int:
-        prefix = src.rstrip("/") + "/"
-        moved = [p for p in self.state if p == src or p.startswith(prefix)]
+        moved = self._subtree(src)
+        if not moved:
+            return 0
         self.remove(dst)
         for p in moved:
             e = self.state.pop(p)
-            new_path = dst + p[len(src) :]
-            self.state[new_path] = FileEntry(new_path, e.size, e.mode, e.mtime_ns, e.chunks)
+            self._set(FileEntry(dst + p[len(src.rstrip("/")) :], e.size, e.mode, e.mtime_ns, e.chunks))
         return len(moved)
 
     def copy(self, src: str, dst: str) -> int:
         """Copy a path (or a subtree) within the staged tree; the chunks are shared, nothing is re-read."""
-        prefix = src.rstrip("/") + "/"
-        items = [e for p, e in self.state.items() if p == src or p.startswith(prefix)]
+        items = [self.state[p] for p in self._subtree(src)]
         for e in items:
-            new_path = dst + e.path[len(src) :]
-            self.state[new_path] = FileEntry(new_path, e.size, e.mode, e.mtime_ns, e.chunks)
+            self._set(FileEntry(dst + e.path[len(src.rstrip("/")) :], e.size, e.mode, e.mtime_ns, e.chunks))
         return len(items)
 
     def drop_nonempty_dirs(self) -> None:
