@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import plistlib
+import re
 import shutil
 import ssl
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUPPORTED_PROTOCOL_VERSIONS = (2.0, 2.1)
+FILE_ID = re.compile(r"[0-9a-f]{40}")
 METADATA = ("Manifest.db", "Manifest.plist")
 # A batch is a DL request: big enough to amortise the round trip, small enough for a modest plist.
 UPLOAD_BATCH_FILES = 256
@@ -50,6 +52,7 @@ PURGE_OVERSHOOT = 2 * 2**30
 ERROR_NO_COMMON_VERSION = 1
 ERROR_NO_SUCH_FILE = 4
 ERROR_UNSUPPORTED = 22
+ERROR_UPLOAD_FAILED = 104
 ERROR_HOST_DISK_FULL = 105
 ERROR_INVALID_PASSWORD = 207
 
@@ -121,9 +124,11 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
                 else:
                     report = _list(dl, source, scratch)
             except HostRefused as e:
+                # A host that cannot create, write or move what it was asked to: MBErrorDomain 104.
+                code = e.code if e.code > 0 else ERROR_UPLOAD_FAILED
                 log.warning("mobilebackup2: %s", e)
-                dl.finish(e.code if e.code > 0 else 104, e.reason)
-                report = Report(str(name), error_code=e.code, error=e.reason)
+                dl.finish(code, e.reason)
+                report = Report(str(name), error_code=code, error=e.reason)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         device.record(report)
@@ -321,6 +326,10 @@ def _restore(dl: DeviceLink, device: Device, source: str, options: dict[str, Any
         fids = [entry.file_id for entry, _ in _data_files(staged / "Manifest.db")]
     except ManifestInvalid as e:
         return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, str(e))
+    # fileIDs become local paths in the staging folder: only sha1 names, never "../x" from a hostile catalog.
+    bad = [fid for fid in fids if not FILE_ID.fullmatch(fid)]
+    if bad:
+        return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, f"{len(bad)} malformed fileID(s), first {bad[0]!r}")
     for i in range(0, len(fids), DOWNLOAD_BATCH):
         batch = [f"{source}/{fid[:2]}/{fid}" for fid in fids[i : i + DOWNLOAD_BATCH]]
         errors = dl.download_files(
