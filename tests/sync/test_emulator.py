@@ -32,6 +32,13 @@ def emulator(tmp_path: Path):
         yield emu
 
 
+@pytest.fixture(scope="module")
+def idle_emulator(tmp_path_factory: pytest.TempPathFactory):
+    """One emulator for the tests that only talk raw usbmux/lockdownd and change nothing."""
+    with Emulator(tmp_path_factory.mktemp("idle") / "emulator", seed=3, size=SIZE) as emu:
+        yield emu
+
+
 def pmd3(emu: Emulator, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     home.mkdir(exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "USBMUXD_SOCKET_ADDRESS": emu.address}
@@ -223,16 +230,16 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         struct.pack("<IIII", 1000, 1, 8, 1) + b"<?xml",  # truncated, then closed by us
     ],
 )
-def test_garbage_to_usbmux_closes_only_that_connection(emulator: Emulator, garbage: bytes) -> None:
-    host, port = emulator.address.split(":")
+def test_garbage_to_usbmux_closes_only_that_connection(idle_emulator: Emulator, garbage: bytes) -> None:
+    host, port = idle_emulator.address.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(garbage)
         if garbage.endswith(b"<?xml"):
             sock.shutdown(socket.SHUT_WR)
         assert _closed_by_peer(sock)
-    sock, reply = _mux_call(emulator.address, {"MessageType": "ListDevices"})
+    sock, reply = _mux_call(idle_emulator.address, {"MessageType": "ListDevices"})
     sock.close()
-    assert reply["DeviceList"][0]["Properties"]["SerialNumber"] == emulator.udid
+    assert reply["DeviceList"][0]["Properties"]["SerialNumber"] == idle_emulator.udid
 
 
 @pytest.mark.parametrize(
@@ -243,9 +250,9 @@ def test_garbage_to_usbmux_closes_only_that_connection(emulator: Emulator, garba
         struct.pack(">I", 5000) + b"truncated",
     ],
 )
-def test_garbage_to_lockdownd_closes_only_that_connection(emulator: Emulator, garbage: bytes) -> None:
+def test_garbage_to_lockdownd_closes_only_that_connection(idle_emulator: Emulator, garbage: bytes) -> None:
     sock, reply = _mux_call(
-        emulator.address, {"MessageType": "Connect", "DeviceID": 1, "PortNumber": socket.htons(62078)}
+        idle_emulator.address, {"MessageType": "Connect", "DeviceID": 1, "PortNumber": socket.htons(62078)}
     )
     with sock:
         assert reply == {"MessageType": "Result", "Number": 0}
@@ -254,7 +261,7 @@ def test_garbage_to_lockdownd_closes_only_that_connection(emulator: Emulator, ga
             sock.shutdown(socket.SHUT_WR)
         assert _closed_by_peer(sock)
     sock, reply = _mux_call(
-        emulator.address, {"MessageType": "Connect", "DeviceID": 1, "PortNumber": socket.htons(62078)}
+        idle_emulator.address, {"MessageType": "Connect", "DeviceID": 1, "PortNumber": socket.htons(62078)}
     )
     with sock:
         assert reply["Number"] == 0
@@ -264,9 +271,9 @@ def test_garbage_to_lockdownd_closes_only_that_connection(emulator: Emulator, ga
         assert plistlib.loads(_recv_exact(sock, length))["Type"] == "com.apple.mobile.lockdown"
 
 
-def test_connect_to_a_port_nobody_opened_is_refused(emulator: Emulator) -> None:
+def test_connect_to_a_port_nobody_opened_is_refused(idle_emulator: Emulator) -> None:
     sock, reply = _mux_call(
-        emulator.address, {"MessageType": "Connect", "DeviceID": 1, "PortNumber": socket.htons(50000)}
+        idle_emulator.address, {"MessageType": "Connect", "DeviceID": 1, "PortNumber": socket.htons(50000)}
     )
     sock.close()
     assert reply == {"MessageType": "Result", "Number": 3}
