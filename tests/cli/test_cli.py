@@ -208,3 +208,15 @@ def test_env_defaults_to_user_data_dir(pv, cli_env, tmp_path):
     r = pv("init", env=env, check=True)
     assert str(tmp_path / "xdg" / "phonevault" / "vault") in r.stdout
     assert os.path.isfile(tmp_path / "xdg" / "phonevault" / "vault" / "config")
+
+
+def test_keys_add_and_change_password(pv, cli_env):
+    pv("init", check=True)
+    pv("key", "add", env=dict(cli_env, PHONEVAULT_NEW_PASSWORD="second"), check=True)
+    keys = js(pv("key", "list", "--json"))
+    assert len(keys) == 2 and sum(k["current"] for k in keys) == 1
+    assert pv("snapshots", env=dict(cli_env, PHONEVAULT_PASSWORD="second")).returncode == 0
+    pv("key", "passwd", env=dict(cli_env, PHONEVAULT_PASSWORD="second", PHONEVAULT_NEW_PASSWORD="third"), check=True)
+    assert pv("snapshots", env=dict(cli_env, PHONEVAULT_PASSWORD="third")).returncode == 0
+    one_error_line(pv("snapshots", env=dict(cli_env, PHONEVAULT_PASSWORD="second")), 12, "wrong password")
+    assert pv("snapshots").returncode == 0  # the first password still opens it
