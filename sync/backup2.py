@@ -11,8 +11,8 @@ already written are reused by the next backup).
 from __future__ import annotations
 
 import asyncio
-import os
 import plistlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -40,7 +40,7 @@ from phonevault.store.trees import load_tree
 from phonevault.store.writer import SnapshotWriter
 
 from .devicelink import Progress, VaultDeviceLink
-from .errors import DeviceDisconnected, DeviceError, DeviceNotConnected, DeviceReportedFailure, ProtocolError
+from .errors import DeviceDisconnected, DeviceError, DeviceNotConnected, DeviceReportedFailure
 from .manifest import read_info_plist, read_manifest_plist
 
 
@@ -102,8 +102,6 @@ def _translate(e: BaseException) -> PhonevaultError:
 
 
 def _error_code(text: str) -> int:
-    import re
-
     m = re.search(r"'ErrorCode': (\d+)", text)
     return int(m.group(1)) if m else -1
 
@@ -123,6 +121,30 @@ async def _lockdown(udid: str | None, usbmux_address: str | None):
     if udid is not None and udid not in serials:
         raise DeviceNotConnected(f"device {udid} is not connected (connected: {', '.join(serials)})")
     return await create_using_usbmux(serial=udid or serials[0], usbmux_address=usbmux_address, autopair=False)
+
+
+@asynccontextmanager
+async def _connected(udid: str | None, usbmux_address: str | None) -> AsyncIterator[_VaultBackupService]:
+    """Lockdown + the MobileBackup2 service for one operation. Whatever goes wrong inside (a disconnect, a device
+    error, a malformed message) leaves as one typed PhonevaultError; the caller commits nothing."""
+    try:
+        lockdown = await _lockdown(udid, usbmux_address)
+    except PhonevaultError:
+        raise
+    except Exception as e:
+        raise _translate(e) from None
+    service = _VaultBackupService(lockdown)
+    try:
+        yield service
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except BaseException as e:  # noqa: BLE001 - every failure becomes one typed error
+        raise _translate(e) from None
+    finally:
+        with suppress(Exception):
+            await service.close()
+        with suppress(Exception):
+            await lockdown.close()
 
 
 def find_devices(usbmux_address: str | None = None) -> list[str]:
@@ -148,21 +170,12 @@ def backup_device(
 
 
 async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> DeviceBackupResult:
-    try:
-        lockdown = await _lockdown(udid, usbmux_address)
-    except PhonevaultError:
-        raise
-    except Exception as e:
-        raise _translate(e) from None
-    udid = lockdown.udid
-    values = lockdown.all_values
-    if on_start:
-        on_start(udid, values.get("DeviceName"))
-    head = repo.view(repo.device_key(udid), refresh=True).head_record
-    full = full or head is None
-    writer = SnapshotWriter(repo, udid, {}, incremental=not full)
-    service = _VaultBackupService(lockdown)
-    try:
+    async with _connected(udid, usbmux_address) as service:
+        udid = service.lockdown.udid
+        if on_start:
+            on_start(udid, service.lockdown.all_values.get("DeviceName"))
+        full = full or repo.view(repo.device_key(udid), refresh=True).head is None
+        writer = SnapshotWriter(repo, udid, {}, incremental=not full)
         async with service.vault_link(repo=repo, udid=udid, writer=writer, progress=progress) as dl:
             async with service.session(dl) as afc:
                 info = await service.init_mobile_backup_factory_info(afc)
@@ -173,15 +186,6 @@ async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> Devic
                     dl.put_bytes("Manifest.plist", b"")  # pmd3's signal for a full backup: an empty Manifest.plist
                 await dl.send_process_message({"MessageName": "Backup", "TargetIdentifier": udid})
                 await dl.dl_loop(lambda _percent: None)
-    except BaseException as e:  # noqa: BLE001 - everything ends here without a commit
-        if isinstance(e, KeyboardInterrupt | asyncio.CancelledError):
-            raise
-        raise _translate(e) from None
-    finally:
-        with suppress(Exception):
-            await service.close()
-        with suppress(Exception):
-            await lockdown.close()
     writer.drop_nonempty_dirs()
     device = read_info_plist(dl.read("Info.plist") or b"", "Info.plist")
     writer.info = device.to_dict()
@@ -243,15 +247,9 @@ async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, sys
     encrypted = bool(raw_manifest) and read_manifest_plist(raw_manifest, "Manifest.plist").is_encrypted
     if encrypted and not password:
         raise PhonevaultError("this backup was encrypted by the phone: give its backup password (--backup-password)")
-    try:
-        lockdown = await _lockdown(udid, usbmux_address)
-    except PhonevaultError:
-        raise
-    except Exception as e:
-        raise _translate(e) from None
-    service = _VaultBackupService(lockdown)
     # The link serves `<source>/…` from the snapshot: restoring one phone's backup onto another works as in Finder.
-    try:
+    async with _connected(udid, usbmux_address) as service:
+        target = service.lockdown.udid
         async with service.vault_link(repo=repo, udid=source, snapshot_state=state) as dl:
             async with service.session(dl) as afc:
                 options: dict = {
@@ -264,7 +262,7 @@ async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, sys
                 if encrypted:
                     options["Password"] = password
                 await dl.send_process_message(
-                    {"MessageName": "Restore", "TargetIdentifier": lockdown.udid, "SourceIdentifier": source,
+                    {"MessageName": "Restore", "TargetIdentifier": target, "SourceIdentifier": source,
                      "Options": options}
                 )  # fmt: skip
                 info = plistlib.loads(b"".join(repo.read_file(state["Info.plist"])))
@@ -274,21 +272,5 @@ async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, sys
                         "/iTunesRestore/RestoreApplications.plist", plistlib.dumps(info["Applications"])
                     )
                 await dl.dl_loop(lambda _percent: None)
-    except BaseException as e:  # noqa: BLE001
-        if isinstance(e, KeyboardInterrupt | asyncio.CancelledError):
-            raise
-        raise _translate(e) from None
-    finally:
-        with suppress(Exception):
-            await service.close()
-        with suppress(Exception):
-            await lockdown.close()
-    record_restore(repo, view, snap, f"device:{lockdown.udid}")
-    return RestoreResult(lockdown.udid, snap, dl.bytes_sent, dl.problems)
-
-
-def usbmux_address_from_env() -> str | None:
-    return os.environ.get("USBMUXD_SOCKET_ADDRESS") or None
-
-
-__all__ = ["backup_device", "restore_device", "find_devices", "ProtocolError"]
+    record_restore(repo, view, snap, f"device:{target}")
+    return RestoreResult(target, snap, dl.bytes_sent, dl.problems)
