@@ -40,7 +40,7 @@ from phonevault.store.trees import load_tree
 from phonevault.store.writer import SnapshotWriter
 
 from .devicelink import Progress, VaultDeviceLink
-from .errors import DeviceDisconnected, DeviceError, DeviceNotConnected, DeviceReportedFailure
+from .errors import DeviceDisconnected, DeviceError, DeviceNotConnected, DeviceReportedFailure, ProtocolError
 from .manifest import read_info_plist, read_manifest_plist
 
 
@@ -132,7 +132,8 @@ async def _connected(udid: str | None, usbmux_address: str | None) -> AsyncItera
     except PhonevaultError:
         raise
     except Exception as e:
-        raise _translate(e) from None
+        where = f"usbmuxd/lockdownd at {usbmux_address or 'the system socket'}"
+        raise ProtocolError(where, f"{type(e).__name__}: {e}") from None
     service = _VaultBackupService(lockdown)
     try:
         yield service

@@ -168,3 +168,57 @@ def test_cli_backup_failure_and_no_device_are_one_line(pv, cli_env, tmp_path):
     r = pv("backup", env=dict(cli_env, USBMUXD_SOCKET_ADDRESS="127.0.0.1:1"), timeout=60)
     assert r.returncode == 1 and "usbmuxd" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert pv("snapshots", "--json").stdout.strip() == "[]"
+
+
+def _bad_usbmuxd(reply: bytes):
+    """A loopback 'usbmuxd' that answers every connection with `reply` and hangs up."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    stop = threading.Event()
+
+    def loop():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(reply)
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return srv, stop, t
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"",  # hangs up at once
+        struct.pack("<IIII", 0xFFFFFFF0, 1, 8, 1),  # an absurd length prefix
+        struct.pack("<IIII", 16 + 9, 1, 8, 1) + b"not plist",  # a malformed plist
+        b"\x00" * 7,  # a truncated header
+    ],
+)
+def test_malformed_usbmuxd_replies_are_one_clear_error(pv, cli_env, reply):
+    pv("init", check=True)
+    srv, stop, t = _bad_usbmuxd(reply)
+    try:
+        address = f"127.0.0.1:{srv.getsockname()[1]}"
+        r = pv("backup", env=dict(cli_env, USBMUXD_SOCKET_ADDRESS=address), timeout=60)
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("phonevault: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert pv("snapshots", "--json").stdout.strip() == "[]"
