@@ -1,0 +1,108 @@
+"""The benchmark dataset: a synthetic phone's MobileSync folder on day 0 and day 2, and how results are verified.
+
+The phone is `phonevault.sync.phone.SyntheticPhone(seed, size, many_files=…)`, the project's one generator; its
+`write_backup(root, day)` makes `root/<udid>/` the folder a host holds after that day's backup, incrementally
+(files already right are kept), so moving the folder between day 0 and day 2 rewrites only what changed.
+
+Verification: a folder is summarised as {relative path: BLAKE3 of its bytes}; a restore passes when its summary
+equals the source's. The single file extracted by every tool is one photo that exists unchanged on both days.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from phonevault.sync.phone import SyntheticPhone
+
+SEED = 7
+READ = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    """The one file every tool extracts: its domain path (phonevault) and its path in the backup folder (peers)."""
+
+    domain_path: str
+    backup_path: str  # <udid>/<xx>/<fileID>
+    size: int
+
+
+@dataclass(slots=True)
+class Dataset:
+    """A synthetic phone written under `root`; `day` is the day the folder currently holds."""
+
+    phone: SyntheticPhone
+    root: Path
+    day: int = -1
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.phone.udid
+
+    def at_day(self, day: int) -> Path:
+        if day != self.day:
+            self.phone.write_backup(self.root, day)
+            self.day = day
+        return self.folder
+
+    def photo(self) -> Photo:
+        """The largest HEIC present and unchanged on day 0 and day 2 (so both restores must hold it)."""
+        day0 = {f.file_id: f for f in self.phone.files(0) if f.kind == "heic"}
+        kept = [f for f in self.phone.files(2) if f.file_id in day0 and day0[f.file_id] == f]
+        f = max(kept, key=lambda f: (f.size, f.file_id))
+        return Photo(f"{f.domain}/{f.relative_path}", f"{self.phone.udid}/{f.file_id[:2]}/{f.file_id}", f.size)
+
+
+def make_dataset(root: Path, size: int, many_files: int = 0) -> Dataset:
+    return Dataset(SyntheticPhone(SEED, size, many_files=many_files or False), root)
+
+
+def file_digest(path: Path) -> str:
+    h = blake3.blake3()
+    with open(path, "rb") as f:
+        while block := f.read(READ):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            full = Path(dirpath) / name
+            out[full.relative_to(folder).as_posix()] = file_digest(full)
+    return out
+
+
+def compare(expected: dict[str, str], got: dict[str, str]) -> str:
+    """'' when equal, else a one-line account of the first differences."""
+    if expected == got:
+        return ""
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    differ = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    parts = [
+        f"{len(v)} {what} (e.g. {v[0]})"
+        for what, v in (("missing", missing), ("extra", extra), ("differ", differ))
+        if v
+    ]
+    return "; ".join(parts)
+
+
+def find_dir(top: Path, name: str) -> Path | None:
+    """Where a restore put the folder called `name` (peers nest it under the source's absolute path)."""
+    for dirpath, dirs, _names in os.walk(top):
+        if name in dirs:
+            return Path(dirpath) / name
+    return None
+
+
+def find_file(top: Path, name: str) -> Path | None:
+    for dirpath, _dirs, names in os.walk(top):
+        if name in names:
+            return Path(dirpath) / name
+    return None

@@ -1,0 +1,117 @@
+"""Measuring one step: a child process's wall time, CPU seconds and peak RSS, from a cold page cache.
+
+How. Every measured command runs under GNU time (`/usr/bin/time -f '%U %S %M' -o FILE cmd…`), which reports the
+rusage that wait4 returns for its child: user + system CPU seconds of the child and of every descendant it waited
+for (so `find -exec cat` counts its cats), and the largest resident set of any of them, in KiB. Wall time is
+measured here with `time.perf_counter` around the whole run (GNU time's own %e has 10 ms resolution).
+
+Cold cache. Before each step `sync; echo 3 > /proc/sys/vm/drop_caches` writes dirty pages back and empties the page
+cache, so a step reads its input from disk. If that is not permitted (not root, a container), steps run warm and
+every measurement says so.
+
+A step's throughput is the bytes of the backup folder it moved (read, stored, restored) over its wall time, in
+MB/s with MB = 10^6 bytes. Steps whose cost does not scale with bytes (an unchanged re-import, one file) carry no
+throughput.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+GNU_TIME = "/usr/bin/time"
+
+
+class StepFailed(Exception):
+    """A measured command exited non-zero (or its result did not verify)."""
+
+
+@dataclass(slots=True)
+class Measurement:
+    """One step of one tool. `ok` is False when the command failed or its output did not verify."""
+
+    step: str
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    nbytes: int = 0
+    cold: bool = True
+    ok: bool = True
+    note: str = ""
+    extra: dict[str, float | int | str] = field(default_factory=dict)
+
+    @property
+    def mbps(self) -> float | None:
+        return self.nbytes / 1e6 / self.wall_s if self.nbytes and self.wall_s > 0 else None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "mbps": self.mbps}
+
+
+def drop_caches() -> bool:
+    """Write back and drop the page cache; True if the kernel let us."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def ensure_gnu_time() -> None:
+    """GNU time is the rusage reporter; Debian ships it as the `time` package."""
+    if Path(GNU_TIME).exists():
+        return
+    if shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "time"], check=False, capture_output=True)
+    if not Path(GNU_TIME).exists():
+        raise SystemExit("benchmarks need GNU time at /usr/bin/time (apt-get install time)")
+
+
+def timed(
+    step: str,
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    nbytes: int = 0,
+    cold: bool = True,
+    log: Path | None = None,
+) -> Measurement:
+    """Run `cmd` once under GNU time, from a cold cache if `cold`; raise StepFailed on a non-zero exit.
+
+    The command's stdout and stderr go to `log` (appended) so a failure can be read afterwards."""
+    was_cold = drop_caches() if cold else False
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        full = [GNU_TIME, "-f", "%U %S %M", "-o", report.name, *map(str, cmd)]
+        with open(log or os.devnull, "a") as out:
+            out.write(f"\n$ {' '.join(map(str, cmd))}\n")
+            out.flush()
+            start = time.perf_counter()
+            rc = subprocess.run(full, env=env, cwd=cwd, stdout=out, stderr=out, stdin=subprocess.DEVNULL).returncode
+            wall = time.perf_counter() - start
+        fields = report.read().split()
+    user, system, rss_kib = (float(x) for x in fields[-3:]) if len(fields) >= 3 else (0.0, 0.0, 0.0)
+    m = Measurement(step, wall, user + system, rss_kib / 1024, nbytes, was_cold)
+    if rc != 0:
+        raise StepFailed(f"{step}: `{' '.join(map(str, cmd))}` exited {rc} (see {log})")
+    return m
+
+
+def tree_bytes(path: Path) -> int:
+    """Apparent size of every regular file under path (what `du -sb` reports, minus directory entries)."""
+    total = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            total += st.st_size
+    return total

@@ -1,0 +1,127 @@
+"""One dataset size, every tool: the sequence of measured steps and how each is verified.
+
+Per size: write the synthetic phone's day-0 folder, hash it, time the references (`find … -exec cat {} +` to
+/dev/null, and `cp -r`), then for each tool in turn, on a fresh repository:
+
+1. first backup of the day-0 folder;
+2. the same backup again, nothing changed;
+3. the folder moved to day 2 (`write_backup(root, day=2)`), backed up; bytes added = repository size after minus
+   before (apparent size of every file, as `du -sb`);
+4. full restore of the latest snapshot, compared by hash with the day-2 folder;
+5. single-file restore of one photo, compared by hash with the source file;
+6. check reading every byte (`check --read-data`, `borg check --verify-data`).
+
+Tools run one after another, never in parallel; each step starts from a cold page cache (see measure.py). The
+folder goes back to day 0 before each tool (an incremental rewrite of what day 2 changed), and each tool's
+repository and restores are deleted before the next, so the disk holds one source, one repository, one restore.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dataset import Dataset, Photo, compare, file_digest, find_dir, find_file, folder_digest
+from measure import Measurement, StepFailed, timed, tree_bytes
+from tools import Tool
+
+FIRST, UNCHANGED, DAY2 = "first backup", "unchanged backup", "day-2 backup"
+RESTORE, ONE, CHECK = "full restore", "single file", "check --read-data"
+STEPS = (FIRST, UNCHANGED, DAY2, RESTORE, ONE, CHECK)
+
+
+@dataclass(slots=True)
+class Source:
+    """The dataset plus what verification needs, computed once per size."""
+
+    ds: Dataset
+    photo: Photo
+    digests: dict[int, dict[str, str]] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def at(self, day: int) -> Path:
+        folder = self.ds.at_day(day)
+        if day not in self.digests:
+            self.digests[day] = folder_digest(folder)
+            self.sizes[day] = tree_bytes(folder)
+        return folder
+
+
+def references(src: Source, work: Path, log: Path) -> dict[str, dict]:
+    """`cat` of every file to /dev/null and `cp -r` of the folder: what reading and copying the bytes costs."""
+    folder = src.at(0)
+    nbytes = src.sizes[0]
+    cat = timed("read (cat)", ["sh", "-c", 'find "$1" -type f -exec cat {} + > /dev/null', "sh", folder],
+                nbytes=nbytes, log=log)  # fmt: skip
+    copy = work / "cp"
+    shutil.rmtree(copy, ignore_errors=True)
+    cp = timed("copy (cp -r)", ["cp", "-r", folder, copy], nbytes=nbytes, log=log)
+    _verify(cp, src.digests[0], copy)
+    shutil.rmtree(copy)
+    return {"cat": cat.to_json(), "cp": cp.to_json()}
+
+
+def run_tool(tool: Tool, src: Source, work: Path, log: Path) -> dict:
+    """The six steps for one tool; a failing step ends the tool's sequence and is reported, the run goes on."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    steps: dict[str, dict] = {}
+    out: dict = {"steps": steps}
+    try:
+        _sequence(tool, src, work, log, steps, out)
+    except (StepFailed, subprocess.CalledProcessError, OSError) as e:
+        out["error"] = str(e)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _sequence(tool: Tool, src: Source, work: Path, log: Path, steps: dict[str, dict], out: dict) -> None:
+    def step(name: str, cmd, nbytes: int = 0) -> Measurement:
+        m = timed(name, cmd.argv, env=tool.env, cwd=cmd.cwd, nbytes=nbytes, log=log)
+        steps[name] = m.to_json()
+        return m
+
+    _run(tool, tool.init(), log)
+    folder = src.at(0)
+    step(FIRST, tool.backup(folder), src.sizes[0])
+    out["repo_after_first"] = tree_bytes(tool.repo)
+    step(UNCHANGED, tool.backup(folder))
+    before = tree_bytes(tool.repo)
+    folder = src.at(2)
+    step(DAY2, tool.backup(folder))
+    out["repo_after_day2"] = tree_bytes(tool.repo)
+    out["day2_added"] = out["repo_after_day2"] - before
+
+    target = work / "restore"
+    m = step(RESTORE, tool.restore(target), src.sizes[2])
+    _verify(m, src.digests[2], find_dir(target, src.ds.phone.udid))
+    steps[RESTORE] = m.to_json()
+    shutil.rmtree(target)
+
+    target = work / "one"
+    m = step(ONE, tool.restore_one(src.photo, target))
+    # phonevault extracts under the photo's real name, the peers under its fileID.
+    names = (src.photo.domain_path.rsplit("/", 1)[-1], src.photo.backup_path.rsplit("/", 1)[-1])
+    got = next((p for n in names if (p := find_file(target, n))), None)
+    expected = file_digest(src.ds.root / src.photo.backup_path)
+    m.ok = got is not None and file_digest(got) == expected
+    m.note = "" if m.ok else f"extracted photo missing or different ({got})"
+    steps[ONE] = m.to_json()
+    shutil.rmtree(target)
+
+    step(CHECK, tool.check(), out["repo_after_day2"])
+
+
+def _run(tool: Tool, cmd, log: Path) -> None:
+    with open(log, "a") as f:
+        f.write(f"\n$ {' '.join(map(str, cmd.argv))}\n")
+        f.flush()
+        subprocess.run(list(map(str, cmd.argv)), env=tool.env, cwd=cmd.cwd, stdout=f, stderr=f, check=True)
+
+
+def _verify(m: Measurement, expected: dict[str, str], folder: Path | None) -> None:
+    problem = compare(expected, folder_digest(folder)) if folder and folder.is_dir() else "restored folder not found"
+    m.ok, m.note = not problem, problem
