@@ -346,9 +346,11 @@ class SyntheticPhone:
             file_id(domain, path), domain, path, FLAG_FILE, size, S_IFREG | 0o644, mtime, None, pclass, False, kind, rev
         )
 
-    def _plist_file(self, domain: str, path: str, kind: str, rev: int, mtime: int, pclass: int) -> PhoneFile:
-        _, shape = self._plist_shape(domain, path, rev)
+    def _plist_file(self, domain: str, path: str, kind: str, rev: int, mtime: int | None, pclass: int) -> PhoneFile:
+        k, shape = self._plist_shape(domain, path, rev)
         size = len(_plist_template(kind == "plist-xml", shape)[0])
+        if mtime is None:  # day 0: some time in the 200 days before, from the same key (one hash per plist)
+            mtime = EPOCH - 1 - int.from_bytes(k[4:8]) % (200 * DAY)
         return self._file(domain, path, kind, size, mtime, rev, pclass)
 
     def _day0(self) -> _State:
@@ -357,8 +359,7 @@ class SyntheticPhone:
         for i in range(self.plist_count):
             domain, path = _plist_path(i)
             kind = "plist-xml" if i % 10 >= 7 else "plist-bin"
-            mtime = EPOCH - 1 - (int.from_bytes(_key(self.seed, "pm", i)[:4]) % (200 * DAY))
-            files[(domain, path)] = self._plist_file(domain, path, kind, 0, mtime, 4 if i % 3 == 0 else 3)
+            files[(domain, path)] = self._plist_file(domain, path, kind, 0, None, 4 if i % 3 == 0 else 3)
             plists.append((domain, path))
         for kind, (domain, path) in _DB_PATHS.items():
             files[(domain, path)] = self._file(domain, path, kind, -1, EPOCH - 3600, 0)
@@ -883,20 +884,23 @@ class SyntheticPhone:
         wanted = {f.file_id: f for f in files if f.flags == FLAG_FILE}
         for shard in range(256):
             (dest / f"{shard:02x}").mkdir(exist_ok=True)
-        have: dict[str, os.stat_result] = {}
-        for shard in range(256):
-            with os.scandir(dest / f"{shard:02x}") as it:
+
+        def scan(shard: int) -> list[tuple[str, os.stat_result]]:
+            prefix = f"{shard:02x}"
+            found = []
+            with os.scandir(dest / prefix) as it:
                 for entry in it:
-                    if (
-                        entry.name in wanted
-                        and entry.name[:2] == f"{shard:02x}"
-                        and entry.is_file(follow_symlinks=False)
-                    ):
-                        have[entry.name] = entry.stat(follow_symlinks=False)
+                    if entry.name in wanted and entry.name[:2] == prefix and entry.is_file(follow_symlinks=False):
+                        found.append((entry.name, entry.stat(follow_symlinks=False)))
                     elif entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(entry.path)
                     else:
-                        os.unlink(entry.path)
+                        os.unlink(entry.path)  # a file this day does not have (deleted photo, stray leftover)
+            return found
+
+        # stat() is a syscall per file: 300 000 of them take seconds, so shards are scanned by threads too.
+        with ThreadPoolExecutor(_WRITERS) as pool:
+            have = {name: st for found in pool.map(scan, range(256)) for name, st in found}
         todo = [
             f
             for fid, f in wanted.items()
