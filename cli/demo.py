@@ -17,7 +17,6 @@ import click
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.repository import Repository
 from phonevault.store.trees import load_tree
-from phonevault.sync.emulator import Emulator
 from phonevault.sync.phone import parse_size
 
 from .render import out
@@ -28,6 +27,8 @@ from .render import out
 @click.option("--size", default="64MB", show_default=True, help="Size of the emulated phone.")
 def demo(workdir: Path | None, size: str) -> None:
     """Back up an emulated iPhone on two days; browse, diff, extract, roll back, restore, export and check."""
+    from phonevault.sync.emulator import Emulator
+
     from .main import cli  # the same command tree the user types into
 
     started = time.monotonic()

@@ -13,7 +13,6 @@ import platformdirs
 
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
-from phonevault.sync.backup2 import backup_device, find_devices, restore_device
 from phonevault.sync.phone import parse_size
 
 from .context import with_repo
@@ -28,6 +27,8 @@ def default_emulator_dir() -> Path:
 def device_address(use_emulator: bool, udid: str | None, day: int, size: str) -> Iterator[str | None]:
     """The usbmuxd to talk to: $USBMUXD_SOCKET_ADDRESS or the system one; with --emulator and no device there,
     a built-in emulator started in this process."""
+    from phonevault.sync.backup2 import find_devices
+
     address = os.environ.get("USBMUXD_SOCKET_ADDRESS") or None
     if not use_emulator or (found := find_devices(address)) and (udid is None or udid in found):
         yield address
@@ -62,6 +63,8 @@ def with_device_options(fn):
 @with_repo
 def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day: int, emulator_size: str, full: bool):
     """Back up a connected iPhone/iPad into a new dated snapshot (incremental after the first)."""
+    from phonevault.sync.backup2 import backup_device  # pymobiledevice3 costs ~1 s to import: only when needed
+
     with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
         with progress("receiving", None) as update:
             r = backup_device(
@@ -97,6 +100,8 @@ def restore(
     backup_password: str | None, no_reboot: bool, system: bool, remove: bool,
 ) -> None:  # fmt: skip
     """Restore a dated version (SNAPSHOT or DEVICE@DATE) to a connected device."""
+    from phonevault.sync.backup2 import restore_device
+
     view, snap = resolve_snapshot(repo, snapshot)
     with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
         r = restore_device(

@@ -23,8 +23,7 @@ def import_(repo: Repository, path: Path | None) -> None:
     exit_code = 0
     for folder in find_backup_folders(path):
         try:
-            total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            with progress(f"importing {folder.name[:12]}", total) as update:
+            with progress(f"importing {folder.name[:12]}", None) as update:  # import_folder reports the total
                 r = import_folder(repo, folder, progress=update)
         except PhonevaultError as e:
             err.print(f"phonevault: {e}")

@@ -7,8 +7,8 @@ raw length], …]], so the whole index can be rebuilt from packs alone (`check -
 A sealed blob is nonce || AES-256-GCM(flag || payload, ad=blob id), flag 0 = stored, 1 = zstd.
 pack-id = unkeyed BLAKE3 of the pack's bytes: `check --read-data` verifies a pack without trusting its name.
 
-`PackWriter` holds one pack in memory (≤ target size + one blob); data and tree blobs go to separate writers so
-tree packs stay small and hot in any cache.
+`PackWriter` holds one pack in memory (≤ target size + one blob) and writes it once; data and tree blobs go to
+separate writers so tree packs stay small and hot in any cache.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ class PackWriter:
         return self._parts[pos] if pos is not None else None
 
     def finish(self) -> tuple[str, dict[bytes, BlobLocation]] | None:
-        """Write the pack (durable when this returns); returns its id and the locations of its blobs."""
+        """Write the pack (durable when this returns); returns its id and the locations of its blobs.
+        A writer writes one pack: start a new one for the next (this one stays readable until dropped)."""
         if not self._entries:
             return None
         header = self._key.seal(msgpack.packb([PACK_FORMAT, self._entries]), HEADER_AD)
@@ -115,9 +116,7 @@ class PackWriter:
         data = b"".join(self._parts)
         pack_id = content_hash(data)
         self._backend.put(pack_name(pack_id), data)
-        locations = {e[0]: BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in self._entries}
-        self._parts, self._entries, self._size, self.pending = [], [], 0, {}
-        return pack_id, locations
+        return pack_id, {e[0]: BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in self._entries}
 
 
 def parse_header(key: MasterKey, pack_id: str, tail: bytes, pack_size: int) -> dict[bytes, BlobLocation]:

@@ -185,6 +185,7 @@ def _repack(repo: Repository, pack: str, keep: set[bytes], result: PruneResult) 
         result.repacked_blobs += 1
         if writer.full():
             _finish(repo, writer)
+            writer = PackWriter(repo.backend, repo.key)
     _finish(repo, writer)
     result.repacked += 1
 

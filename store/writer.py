@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .chunker import SNIFF_LEN, Policy, StreamChunker, choose_policy
@@ -40,7 +41,13 @@ class WriteStats:
 
 
 class BlobSink:
-    """Deduplicating blob writer: known ids cost a cache lookup, new ones are sealed into the right open pack."""
+    """Deduplicating blob writer: known ids cost a cache lookup, new ones are sealed into the right open pack.
+
+    A full pack is written (pack, fsync, index object, cache) by one background thread while chunking goes on, so
+    disk and CPU overlap; at most MAX_INFLIGHT full packs wait for it, which bounds memory to
+    (2 open + MAX_INFLIGHT) × 16 MiB. `flush()` waits for all of them and re-raises a failed write."""
+
+    MAX_INFLIGHT = 2
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
@@ -48,12 +55,17 @@ class BlobSink:
         self._packs = {DATA: PackWriter(repo.backend, repo.key), TREE: PackWriter(repo.backend, repo.key)}
         self._avoid = candidate_packs(repo)  # packs a prune may delete: never dedup against them
         self.reused_packs: set[str] = set()
+        self._inflight: list[tuple[PackWriter, Future]] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     def _writer(self, blob_type: int) -> PackWriter:
         return self._packs[DATA if blob_type == DATA else TREE]
 
+    def _open_writers(self) -> list[PackWriter]:
+        return [*self._packs.values(), *(w for w, _ in self._inflight)]
+
     def known(self, blob_id: bytes) -> bool:
-        if any(blob_id in w.pending for w in self._packs.values()):
+        if any(blob_id in w.pending for w in self._open_writers()):
             return True
         loc = self.repo.locate(blob_id)
         if loc is None or loc.pack in self._avoid:
@@ -62,8 +74,8 @@ class BlobSink:
         return True
 
     def get(self, blob_id: bytes) -> bytes:
-        """Read a blob, including one still in an open pack."""
-        for w in self._packs.values():
+        """Read a blob, including one still in an open or not yet written pack."""
+        for w in self._open_writers():
             if (sealed := w.sealed(blob_id)) is not None:
                 return open_blob(self.repo.key, blob_id, sealed, "open pack")
         return self.repo.get_blob(blob_id)
@@ -86,10 +98,10 @@ class BlobSink:
         self.stats.new_raw += len(plaintext)
         self.stats.new_bytes += len(sealed)
         if writer.full():
-            self._flush(writer)
+            self._hand_off(DATA if blob_type == DATA else TREE)
         return blob_id, True
 
-    def _flush(self, writer: PackWriter) -> None:
+    def _write_pack(self, writer: PackWriter) -> None:
         done = writer.finish()
         if done is None:
             return
@@ -98,9 +110,34 @@ class BlobSink:
         self.repo.cache.add_index(name, locations)
         self.stats.packs.append(pack_id)
 
+    def _hand_off(self, kind: int) -> None:
+        writer = self._packs[kind]
+        if not len(writer):
+            return
+        self._packs[kind] = PackWriter(self.repo.backend, self.repo.key)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-writer")
+        self._inflight.append((writer, self._pool.submit(self._write_pack, writer)))
+        while len(self._inflight) > self.MAX_INFLIGHT or (self._inflight and self._inflight[0][1].done()):
+            self._retire()
+
+    def _retire(self) -> None:
+        _writer, future = self._inflight[0]
+        try:
+            future.result()  # re-raises a failed write here, in the caller's thread
+        finally:
+            self._inflight.pop(0)
+
     def flush(self) -> None:
-        for w in self._packs.values():
-            self._flush(w)
+        for kind in (DATA, TREE):
+            self._hand_off(kind)
+        while self._inflight:
+            self._retire()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 class FileWriter:
@@ -293,4 +330,5 @@ class SnapshotWriter:
             )  # fmt: skip
         )
         self.repo.append(self.device_key, events, expect_head=self.view.head)
+        self.sink.close()
         return self.repo.snapshot_record(self.device_key, snap_id)
