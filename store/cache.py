@@ -30,6 +30,8 @@ MAP_SIZE = 1 << 36  # address space only; the file grows as needed
 class Cache:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._rtxn: lmdb.Transaction | None = None
+        self._gen = self._rgen = 0
         path.mkdir(parents=True, exist_ok=True)
         self.env = self._open()
         with self.env.begin() as txn:
@@ -42,6 +44,19 @@ class Cache:
         with self.env.begin(write=True) as txn:
             txn.put(b"format", CACHE_FORMAT, db=self._meta)
 
+    def _read(self) -> lmdb.Transaction:
+        """One long-lived read transaction, renewed after any write: a fresh transaction per lookup cost ~20 µs,
+        which dominated re-importing a folder of 300 000 small files."""
+        if self._rtxn is None or self._rgen != self._gen:
+            if self._rtxn is not None:
+                self._rtxn.abort()
+            self._rgen = self._gen
+            self._rtxn = self.env.begin()
+        return self._rtxn
+
+    def _wrote(self) -> None:
+        self._gen += 1
+
     def _open(self) -> lmdb.Environment:
         env = lmdb.open(str(self.path), map_size=MAP_SIZE, max_dbs=8, readahead=False)
         self._meta = env.open_db(b"meta")
@@ -53,20 +68,22 @@ class Cache:
         return env
 
     def close(self) -> None:
+        if self._rtxn is not None:
+            self._rtxn.abort()
+            self._rtxn = None
         self.env.close()
 
     # --- blob index -------------------------------------------------------------------------------------------
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        with self.env.begin(buffers=False) as txn:
-            raw = txn.get(blob_id, db=self._blobs)
+        raw = self._read().get(blob_id, db=self._blobs)
         if raw is None:
             return None
         pack, off, length, raw_len, typ = msgpack.unpackb(raw)
         return BlobLocation(pack, off, length, raw_len, typ)
 
     def has_all(self, blob_ids: Iterable[bytes]) -> bool:
-        with self.env.begin() as txn:
-            return all(txn.get(b, db=self._blobs) is not None for b in blob_ids)
+        txn = self._read()
+        return all(txn.get(b, db=self._blobs) is not None for b in blob_ids)
 
     def loaded_indexes(self) -> set[str]:
         with self.env.begin() as txn:
@@ -79,11 +96,13 @@ class Cache:
                     bid, msgpack.packb([loc.pack, loc.offset, loc.length, loc.raw_length, loc.type]), db=self._blobs
                 )
             txn.put(name.encode(), b"", db=self._indexes)
+        self._wrote()
 
     def clear_index(self) -> None:
         with self.env.begin(write=True) as txn:
             txn.drop(self._blobs, delete=False)
             txn.drop(self._indexes, delete=False)
+        self._wrote()
 
     def all_locations(self) -> dict[bytes, BlobLocation]:
         out = {}
@@ -95,31 +114,31 @@ class Cache:
 
     # --- event segments ---------------------------------------------------------------------------------------
     def segment(self, device_key: str, seq: int) -> bytes | None:
-        with self.env.begin() as txn:
-            raw = txn.get(f"{device_key}/{seq}".encode(), db=self._segments)
+        raw = self._read().get(f"{device_key}/{seq}".encode(), db=self._segments)
         return bytes(raw) if raw is not None else None
 
     def put_segment(self, device_key: str, seq: int, plain: bytes) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(f"{device_key}/{seq}".encode(), plain, db=self._segments)
+        self._wrote()
 
     # --- stat cache -------------------------------------------------------------------------------------------
     def stat_get(self, key: bytes) -> list | None:
-        with self.env.begin() as txn:
-            raw = txn.get(key, db=self._stat)
+        raw = self._read().get(key, db=self._stat)
         return msgpack.unpackb(raw) if raw is not None else None
 
     def stat_put_many(self, items: Iterable[tuple[bytes, list]]) -> None:
         with self.env.begin(write=True) as txn:
             for key, value in items:
                 txn.put(key, msgpack.packb(value), db=self._stat)
+        self._wrote()
 
     # --- derived projections ----------------------------------------------------------------------------------
     def derived_get(self, key: bytes) -> bytes | None:
-        with self.env.begin() as txn:
-            raw = txn.get(key, db=self._derived)
+        raw = self._read().get(key, db=self._derived)
         return bytes(raw) if raw is not None else None
 
     def derived_put(self, key: bytes, value: bytes) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(key, value, db=self._derived)
+        self._wrote()
