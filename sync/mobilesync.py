@@ -19,6 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import blake3
+import msgpack
+
+from phonevault.store.cache import Cache
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
@@ -81,7 +85,25 @@ class FolderMeta:
     meta: dict = field(default_factory=dict)
 
 
-def read_folder_meta(folder: Path) -> FolderMeta:
+def catalog_sizes(manifest_db: Path, memo: Cache | None = None) -> dict[str, int]:
+    """fileID -> size of every file row of a Manifest.db. Decoding 17 000 MBFile archives takes ~2 s, so the result
+    is memoised under the Manifest.db's content hash: an unchanged folder re-imports without decoding any."""
+    key = None
+    if memo is not None:
+        h = blake3.blake3()
+        with open(manifest_db, "rb") as f:
+            while block := f.read(BLOCK):
+                h.update(block)
+        key = b"catalog-sizes/1/" + h.digest()
+        if (hit := memo.derived_get(key)) is not None:
+            return msgpack.unpackb(hit)
+    sizes = {e.file_id: e.size for e in read_manifest_db(manifest_db) if e.flags == 1}
+    if memo is not None:
+        memo.derived_put(key, msgpack.packb(sizes))
+    return sizes
+
+
+def read_folder_meta(folder: Path, memo: Cache | None = None) -> FolderMeta:
     problems: list[str] = []
     manifest_db = folder / "Manifest.db"
     if not manifest_db.is_file():
@@ -112,7 +134,7 @@ def read_folder_meta(folder: Path) -> FolderMeta:
     files: dict[str, int] = {}
     if not encrypted:
         try:
-            files = {e.file_id: e.size for e in read_manifest_db(manifest_db) if e.flags == 1}
+            files = catalog_sizes(manifest_db, memo)
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
     meta = {
@@ -156,7 +178,7 @@ def _walk(folder: Path) -> tuple[list[tuple[str, Path, os.stat_result]], list[tu
 
 def import_folder(repo: Repository, folder: Path, *, progress: Progress | None = None) -> ImportResult:
     folder = folder.resolve()
-    fm = read_folder_meta(folder)
+    fm = read_folder_meta(folder, repo.cache)
     problems = list(fm.problems)
     files, empty_dirs = _walk(folder)
     present = {rel.rsplit("/", 1)[-1]: st.st_size for rel, _p, st in files if "/" in rel}
