@@ -176,6 +176,37 @@ def _walk(folder: Path) -> tuple[list[tuple[str, Path, os.stat_result]], list[tu
     return files, empty_dirs
 
 
+class _ReadAhead:
+    """Asks the kernel to start reading the next files (up to WINDOW bytes ahead) while this one is chunked and
+    sealed, so disk and CPU overlap without a reader thread. A no-op where posix_fadvise does not exist."""
+
+    WINDOW = 64 << 20
+
+    def __init__(self, paths: list[Path], sizes: list[int]) -> None:
+        self.paths, self.sizes = paths, sizes
+        self.next = 0  # first file not yet advised
+        self.advised = 0  # bytes advised beyond the file being read
+
+    def advance(self, current: int) -> None:
+        if not hasattr(os, "posix_fadvise"):
+            return
+        if self.next <= current:
+            self.next, self.advised = current, 0
+        else:
+            self.advised -= self.sizes[current]
+        while self.next < len(self.paths) and self.advised < self.WINDOW:
+            try:
+                fd = os.open(self.paths[self.next], os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+            self.advised += self.sizes[self.next]
+            self.next += 1
+
+
 def import_folder(repo: Repository, folder: Path, *, progress: Progress | None = None) -> ImportResult:
     folder = folder.resolve()
     fm = read_folder_meta(folder, repo.cache)
@@ -192,6 +223,7 @@ def import_folder(repo: Repository, folder: Path, *, progress: Progress | None =
     total = sum(st.st_size for _r, _p, st in files if stat.S_ISREG(st.st_mode))
     done = 0
     new_stat: list[tuple[bytes, list]] = []
+    to_read: list[tuple[str, Path, os.stat_result, bytes]] = []
     for rel, full, st in files:
         if not stat.S_ISREG(st.st_mode):
             problems.append(f"{rel}: not a regular file (skipped)")
@@ -202,9 +234,13 @@ def import_folder(repo: Repository, folder: Path, *, progress: Progress | None =
             FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, tuple(bytes(c) for c in cached))
         ):
             done += st.st_size
-            if progress:
-                progress(done, total)
-            continue
+        else:
+            to_read.append((rel, full, st, key))
+    if progress:
+        progress(done, total)
+    ahead = _ReadAhead([full for _rel, full, _st, _key in to_read], [st.st_size for *_x, st, _k in to_read])
+    for i, (rel, full, st, key) in enumerate(to_read):
+        ahead.advance(i)
         try:
             fw = writer.open_file(rel, st.st_mode, st.st_mtime_ns)
             with open(full, "rb") as f:
