@@ -79,9 +79,8 @@ class PackWriter:
         self._backend = backend
         self._key = key
         self._target = target_size
-        self._parts: list[bytes] = []
+        self._buf = bytearray()  # the pack as it will be written: no join copy at the end
         self._entries: list[list] = []
-        self._size = 0
         self.pending: dict[bytes, int] = {}  # blob id -> position in _entries (dedup within the open pack)
 
     def __len__(self) -> int:
@@ -89,21 +88,23 @@ class PackWriter:
 
     @property
     def size(self) -> int:
-        return self._size
+        return len(self._buf)
 
     def full(self) -> bool:
-        return self._size >= self._target
+        return len(self._buf) >= self._target
 
     def add(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> None:
         self.pending[blob_id] = len(self._entries)
-        self._entries.append([blob_id, blob_type, self._size, len(sealed), raw_length])
-        self._parts.append(sealed)
-        self._size += len(sealed)
+        self._entries.append([blob_id, blob_type, len(self._buf), len(sealed), raw_length])
+        self._buf += sealed
 
     def sealed(self, blob_id: bytes) -> bytes | None:
         """A blob still in the open pack (readers of a staged snapshot may need it before the pack is written)."""
         pos = self.pending.get(blob_id)
-        return self._parts[pos] if pos is not None else None
+        if pos is None:
+            return None
+        _bid, _type, offset, length, _raw = self._entries[pos]
+        return bytes(self._buf[offset : offset + length])
 
     def finish(self) -> tuple[str, dict[bytes, BlobLocation]] | None:
         """Write the pack (durable when this returns); returns its id and the locations of its blobs.
@@ -111,11 +112,11 @@ class PackWriter:
         if not self._entries:
             return None
         header = self._key.seal(msgpack.packb([PACK_FORMAT, self._entries]), HEADER_AD)
-        self._parts.append(header)
-        self._parts.append(TRAILER.pack(len(header), MAGIC, PACK_FORMAT))
-        data = b"".join(self._parts)
-        pack_id = content_hash(data)
-        self._backend.put(pack_name(pack_id), data)
+        self._buf += header
+        self._buf += TRAILER.pack(len(header), MAGIC, PACK_FORMAT)
+        with memoryview(self._buf) as data:
+            pack_id = content_hash(data)
+            self._backend.put(pack_name(pack_id), data)
         return pack_id, {e[0]: BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in self._entries}
 
 

@@ -21,10 +21,10 @@ class Backend(Protocol):
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         """`length` bytes at `offset` (a blob inside a pack); raises MissingObject."""
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         """Create or replace atomically. Only used for content-addressed names, so replacing is idempotent."""
 
-    def put_exclusive(self, name: str, data: bytes) -> None:
+    def put_exclusive(self, name: str, data: bytes | memoryview) -> None:
         """Create atomically; raises ObjectExists if the name exists. Durable when it returns."""
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:

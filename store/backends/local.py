@@ -47,7 +47,7 @@ class LocalBackend:
             raise MissingObject(name, f"short read: {len(data)} of {length} bytes at offset {offset}")
         return data
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
+    def _write_temp(self, path: Path, data: bytes | memoryview) -> Path:
         parent = path.parent
         if parent not in self._made_dirs:
             parent.mkdir(parents=True, exist_ok=True)
@@ -72,13 +72,13 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
         tmp = self._write_temp(path, data)
         os.replace(tmp, path)
         self._fsync_dir(path.parent)
 
-    def put_exclusive(self, name: str, data: bytes) -> None:
+    def put_exclusive(self, name: str, data: bytes | memoryview) -> None:
         path = self._path(name)
         tmp = self._write_temp(path, data)
         try:
