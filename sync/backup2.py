@@ -39,6 +39,7 @@ from phonevault.store.repository import Repository
 from phonevault.store.trees import load_tree
 from phonevault.store.writer import SnapshotWriter
 
+from .catalog import load_catalog
 from .devicelink import Progress, VaultDeviceLink
 from .errors import DeviceDisconnected, DeviceError, DeviceNotConnected, DeviceReportedFailure, ProtocolError
 from .manifest import read_info_plist, read_manifest_plist
@@ -197,6 +198,9 @@ async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> Devic
             encrypted = read_manifest_plist(manifest_raw, "Manifest.plist").is_encrypted
     meta = {"encrypted": encrypted, "ios_version": device.ios_version, "full": full, "problems": len(dl.problems)}
     snap = writer.commit(f"device:{udid}", meta=meta)
+    if not encrypted:
+        with suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`
+            load_catalog(repo, snap)  # so ls/extract/diff of this backup start at once
     return DeviceBackupResult(udid, device.name, snap, full, dl.files_received, dl.bytes_received, dl.problems)
 
 

@@ -44,6 +44,35 @@ def backup_path(file_id: str) -> str:
     return f"{file_id[:2]}/{file_id}"
 
 
+class _Memo(dict):
+    """The previous Manifest.db's decoded rows; remembers in `fresh` every row this parse used or decoded, so the
+    stored memo only ever holds one Manifest.db's worth of rows."""
+
+    def __init__(self, old: dict) -> None:
+        super().__init__(old)
+        self.fresh: dict[bytes, list] = {}
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        if value is not None:
+            self.fresh[key] = value
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.fresh[key] = value
+
+
+def parse_manifest(repo: Repository, device_key: str, path: Path) -> list[CatalogEntry]:
+    """Read a Manifest.db with the device's row memo (LMDB `derived`), and keep the memo for next time."""
+    memo_key = b"mbfile-memo/1/" + device_key.encode()
+    raw = repo.cache.derived_get(memo_key)
+    memo = _Memo(msgpack.unpackb(raw) if raw else {})
+    rows = list(read_manifest_db(path, memo))
+    repo.cache.derived_put(memo_key, msgpack.packb(memo.fresh))
+    return rows
+
+
 def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
     if snap.meta.get("encrypted"):
         raise EncryptedBackup(snap.hex[:12])
@@ -58,7 +87,7 @@ def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
         with open(path, "wb") as f:
             for chunk in repo.read_file(entry):
                 f.write(chunk)
-        rows = list(read_manifest_db(path))
+        rows = parse_manifest(repo, snap.device_key, path)
     repo.cache.derived_put(
         key,
         msgpack.packb(

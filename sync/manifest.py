@@ -17,11 +17,13 @@ import os
 import plistlib
 import sqlite3
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import blake3
 
 from phonevault.sync.errors import ManifestInvalid
 
@@ -533,8 +535,8 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True)
 
 
-def read_manifest_rows(path: Path) -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
-    """Every Files row as (entry, decoded MBFile fields), in fileID order. Checks the file before returning."""
+def _open_checked(path: Path) -> sqlite3.Connection:
+    """Open a Manifest.db read-only, refusing what is not one (named in ManifestInvalid)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestInvalid(str(path), "Manifest.db does not exist or is not a file")
@@ -554,38 +556,77 @@ def read_manifest_rows(path: Path) -> Iterator[tuple[CatalogEntry, dict[str, Any
         conn.close()
         raise ManifestInvalid(str(path), f"Files table lacks column(s) {', '.join(sorted(missing))}")
 
+    return conn
+
+
+def read_manifest_rows(path: Path) -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
+    """Every Files row as (entry, decoded MBFile fields), in fileID order. Checks the file before returning."""
+    path = Path(path)
+    conn = _open_checked(path)
+
     def rows() -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
-        try:
-            cursor = conn.execute("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY fileID")
-            while True:
-                try:
-                    row = cursor.fetchone()
-                except sqlite3.DatabaseError as exc:
-                    raise ManifestInvalid(str(path), f"Files table unreadable: {exc}") from None
-                if row is None:
-                    return
-                fid, domain, relative_path, flags, blob = row
-                try:
-                    if not isinstance(fid, str) or not isinstance(domain, str) or not isinstance(flags, int):
-                        raise ValueError("fileID/domain/flags have the wrong type")
-                    if not isinstance(blob, bytes):
-                        raise ValueError("file column is not a blob")
-                    mbfile = decode_mbfile(blob)
-                    rel = relative_path if isinstance(relative_path, str) else mbfile.get("RelativePath", "")
-                    entry = entry_from_row(fid, domain, rel, flags, mbfile)
-                except ValueError as exc:
-                    raise ManifestInvalid(str(path), f"row fileID={fid!r}: undecodable MBFile: {exc}") from None
-                yield entry, mbfile
-        finally:
-            conn.close()
+        for fid, domain, relative_path, flags, blob in _raw_rows(conn, path):
+            yield _decode_row(path, fid, domain, relative_path, flags, blob)
 
     return rows()
 
 
-def read_manifest_db(path: Path) -> Iterator[CatalogEntry]:
-    """Every file, directory and symlink a Manifest.db lists, in fileID order (streamed)."""
-    rows = read_manifest_rows(path)
-    return (entry for entry, _ in rows)
+def _raw_rows(conn: sqlite3.Connection, path: Path) -> Iterator[tuple]:
+    try:
+        cursor = conn.execute("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY fileID")
+        while True:
+            try:
+                row = cursor.fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise ManifestInvalid(str(path), f"Files table unreadable: {exc}") from None
+            if row is None:
+                return
+            yield row
+    finally:
+        conn.close()
+
+
+def _decode_row(path: Path, fid: Any, domain: Any, relative_path: Any, flags: Any, blob: Any):
+    try:
+        if not isinstance(fid, str) or not isinstance(domain, str) or not isinstance(flags, int):
+            raise ValueError("fileID/domain/flags have the wrong type")
+        if not isinstance(blob, bytes):
+            raise ValueError("file column is not a blob")
+        mbfile = decode_mbfile(blob)
+        rel = relative_path if isinstance(relative_path, str) else mbfile.get("RelativePath", "")
+        return entry_from_row(fid, domain, rel, flags, mbfile), mbfile
+    except ValueError as exc:
+        raise ManifestInvalid(str(path), f"row fileID={fid!r}: undecodable MBFile: {exc}") from None
+
+
+def read_manifest_db(path: Path, memo: MutableMapping[bytes, list] | None = None) -> Iterator[CatalogEntry]:
+    """Every file, directory and symlink a Manifest.db lists, in fileID order (streamed).
+
+    `memo` maps a row's MBFile archive (by BLAKE3) to its decoded fields. Decoding costs ~120 µs a row in
+    pure Python, and from one backup to the next almost every row's archive is the same bytes, so a memo kept from
+    the previous Manifest.db of a device turns a 300 000-row parse from ~40 s into a hash and a lookup per row.
+    The memo is filled with every row read."""
+    if memo is None:
+        return (entry for entry, _ in read_manifest_rows(path))
+    conn = _open_checked(Path(path))
+
+    def memoised() -> Iterator[CatalogEntry]:
+        for fid, domain, relative_path, flags, blob in _raw_rows(conn, Path(path)):
+            key = blake3.blake3(blob).digest()[:16] if isinstance(blob, bytes) else b""
+            hit = memo.get(key) if key else None
+            if hit is not None and isinstance(fid, str) and isinstance(domain, str) and isinstance(flags, int):
+                size, mode, mtime, target, pclass, has_key, rel_fallback = hit
+                rel = relative_path if isinstance(relative_path, str) else rel_fallback
+                yield CatalogEntry(fid, domain, rel, flags, size, mode, mtime, target, pclass, has_key)
+                continue
+            entry, mbfile = _decode_row(Path(path), fid, domain, relative_path, flags, blob)
+            if key:
+                rel_fallback = mbfile.get("RelativePath", "") if isinstance(mbfile.get("RelativePath"), str) else ""
+                memo[key] = [entry.size, entry.mode, entry.mtime, entry.target, entry.protection_class,
+                             entry.has_encryption_key, rel_fallback]  # fmt: skip
+            yield entry
+
+    return memoised()
 
 
 def write_manifest_db(

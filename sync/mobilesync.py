@@ -12,6 +12,7 @@ Refused outright: not a folder, no Manifest.db, a Manifest.db that cannot be rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -19,10 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import blake3
-import msgpack
-
-from phonevault.store.cache import Cache
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
@@ -30,6 +27,7 @@ from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree
 from phonevault.store.writer import SnapshotWriter
 
+from .catalog import load_catalog, parse_manifest
 from .errors import BackupFolderInvalid, ManifestInvalid
 from .manifest import DeviceInfo, read_info_plist, read_manifest_db, read_manifest_plist, read_status_plist
 
@@ -85,25 +83,7 @@ class FolderMeta:
     meta: dict = field(default_factory=dict)
 
 
-def catalog_sizes(manifest_db: Path, memo: Cache | None = None) -> dict[str, int]:
-    """fileID -> size of every file row of a Manifest.db. Decoding 17 000 MBFile archives takes ~2 s, so the result
-    is memoised under the Manifest.db's content hash: an unchanged folder re-imports without decoding any."""
-    key = None
-    if memo is not None:
-        h = blake3.blake3()
-        with open(manifest_db, "rb") as f:
-            while block := f.read(BLOCK):
-                h.update(block)
-        key = b"catalog-sizes/1/" + h.digest()
-        if (hit := memo.derived_get(key)) is not None:
-            return msgpack.unpackb(hit)
-    sizes = {e.file_id: e.size for e in read_manifest_db(manifest_db) if e.flags == 1}
-    if memo is not None:
-        memo.derived_put(key, msgpack.packb(sizes))
-    return sizes
-
-
-def read_folder_meta(folder: Path, memo: Cache | None = None) -> FolderMeta:
+def read_folder_meta(folder: Path, repo: Repository | None = None) -> FolderMeta:
     problems: list[str] = []
     manifest_db = folder / "Manifest.db"
     if not manifest_db.is_file():
@@ -134,7 +114,12 @@ def read_folder_meta(folder: Path, memo: Cache | None = None) -> FolderMeta:
     files: dict[str, int] = {}
     if not encrypted:
         try:
-            files = catalog_sizes(manifest_db, memo)
+            rows = (
+                parse_manifest(repo, repo.device_key(device.udid), manifest_db)
+                if repo is not None
+                else read_manifest_db(manifest_db)
+            )
+            files = {e.file_id: e.size for e in rows if e.flags == 1}
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
     meta = {
@@ -209,7 +194,7 @@ class _ReadAhead:
 
 def import_folder(repo: Repository, folder: Path, *, progress: Progress | None = None) -> ImportResult:
     folder = folder.resolve()
-    fm = read_folder_meta(folder, repo.cache)
+    fm = read_folder_meta(folder, repo)
     problems = list(fm.problems)
     files, empty_dirs = _walk(folder)
     present = {rel.rsplit("/", 1)[-1]: st.st_size for rel, _p, st in files if "/" in rel}
@@ -261,6 +246,9 @@ def import_folder(repo: Repository, folder: Path, *, progress: Progress | None =
     snap = writer.commit(f"folder:{folder}", meta=meta)
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     repo.cache.stat_put_many(new_stat)
+    if not fm.encrypted:
+        with contextlib.suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`
+            load_catalog(repo, snap)  # cache it now (the row memo is warm): ls/extract/diff start at once
     return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
 
 

@@ -205,3 +205,17 @@ def test_manifest_db_with_missing_table_is_refused(repo, tmp_path):
     con.close()
     with pytest.raises(BackupFolderInvalid, match="Files"):
         import_folder(repo, dev)
+
+
+def test_row_memo_gives_the_same_catalog(phone, tmp_path):
+    """The memo is an optimisation only: with it, without it, warm or cold, day 0 or day 1, the rows are equal."""
+    from phonevault.sync.manifest import read_manifest_db
+
+    dev = phone.write_backup(tmp_path / "src", day=0)
+    memo: dict = {}
+    day0 = list(read_manifest_db(dev / "Manifest.db"))
+    assert list(read_manifest_db(dev / "Manifest.db", memo)) == day0
+    assert len(memo) == len(day0)
+    phone.write_backup(tmp_path / "src", day=1)
+    day1 = list(read_manifest_db(dev / "Manifest.db"))
+    assert list(read_manifest_db(dev / "Manifest.db", memo)) == day1 != day0
