@@ -122,6 +122,7 @@ class Repository:
 
     def close(self) -> None:
         self.cache.close()
+        self.backend.close()
 
     def __enter__(self) -> Repository:
         return self

@@ -34,3 +34,6 @@ class Backend(Protocol):
         """Remove; a missing name is not an error (prune may race with itself)."""
 
     def exists(self, name: str) -> bool: ...
+
+    def close(self) -> None:
+        """Release what the backend holds open (file descriptors, connections)."""

@@ -24,6 +24,14 @@ class LocalBackend:
         self.root = Path(root)
         self.location = str(self.root)
         self._made_dirs: set[Path] = set()
+        self._fds: dict[str, int] = {}
+
+    OPEN_PACKS = 16
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def _path(self, name: str) -> Path:
         if name.startswith("/") or ".." in name.split("/") or not name:
@@ -37,12 +45,17 @@ class LocalBackend:
             raise MissingObject(name) from None
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
-        try:
-            with open(self._path(name), "rb") as f:
-                f.seek(offset)
-                data = f.read(length)
-        except FileNotFoundError:
-            raise MissingObject(name) from None
+        # Reading a file back is a run of small ranged reads of the same few packs: keep their descriptors open.
+        fd = self._fds.pop(name, None)
+        if fd is None:
+            try:
+                fd = os.open(self._path(name), os.O_RDONLY)
+            except FileNotFoundError:
+                raise MissingObject(name) from None
+            while len(self._fds) >= self.OPEN_PACKS:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[name] = fd  # most recently used last
+        data = os.pread(fd, length, offset)
         if len(data) != length:
             raise MissingObject(name, f"short read: {len(data)} of {length} bytes at offset {offset}")
         return data
@@ -107,6 +120,8 @@ class LocalBackend:
                         continue
 
     def delete(self, name: str) -> None:
+        if (fd := self._fds.pop(name, None)) is not None:
+            os.close(fd)
         try:
             os.unlink(self._path(name))
         except FileNotFoundError:
