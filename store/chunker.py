@@ -9,7 +9,7 @@ Files change in two different ways, so they are cut two different ways (DESIGN �
 The kind is sniffed from the first bytes of a file (backup folders name files by hash, so there is no extension).
 
 `StreamChunker` is push-based, because device uploads arrive as blocks we do not control. It keeps at most
-2 × max chunk size of a file in memory (16 MiB for coarse), whatever the file's size. The cut points it produces
+max chunk size + 2 × average (10 MiB for coarse) of a file in memory, whatever the file's size. The cut points it produces
 are exactly those of `FastCDC.cut_buf` over the whole file: a cut is decided by the bytes from the chunk's start up
 to at most max_size, so every chunk but the last in the buffer is final.
 """
@@ -67,7 +67,8 @@ class StreamChunker:
     def __init__(self, profile: ChunkProfile) -> None:
         self._cdc = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
         self._buf = bytearray()
-        self._threshold = 2 * profile.max_size
+        # Cut once a full max-size chunk plus some slack is buffered: every chunk but the last is then final.
+        self._threshold = profile.max_size + 2 * profile.avg_size
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
         self._buf += data

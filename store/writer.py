@@ -47,7 +47,7 @@ class BlobSink:
     disk and CPU overlap; at most MAX_INFLIGHT full packs wait for it, which bounds memory to
     (2 open + MAX_INFLIGHT) × 16 MiB. `flush()` waits for all of them and re-raises a failed write."""
 
-    MAX_INFLIGHT = 2
+    MAX_INFLIGHT = 1
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo

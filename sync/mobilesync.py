@@ -141,11 +141,26 @@ class ImportResult:
     reused_files: int
 
 
-def _stat_key(path: Path, st: os.stat_result) -> bytes:
+def _stat_key(path: str, st: _Stat) -> bytes:
     return f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}".encode()
 
 
-def _walk(folder: Path) -> tuple[list[tuple[str, Path, os.stat_result]], list[tuple[str, os.stat_result]]]:
+@dataclass(frozen=True, slots=True)
+class _Stat:
+    """The five stat fields import needs (an os.stat_result is ~400 bytes; a folder can hold 300 000 files)."""
+
+    st_size: int
+    st_mode: int
+    st_mtime_ns: int
+    st_ino: int
+    st_ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _Stat:
+        return cls(st.st_size, st.st_mode, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def _walk(folder: Path) -> tuple[list[tuple[str, str, _Stat]], list[tuple[str, _Stat]]]:
     """Every regular file and every empty directory under folder, sorted, as paths relative to it."""
     files, empty_dirs = [], []
     for dirpath, dirs, names in os.walk(folder):
@@ -153,11 +168,10 @@ def _walk(folder: Path) -> tuple[list[tuple[str, Path, os.stat_result]], list[tu
         rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")
         prefix = "" if rel_dir == "." else rel_dir + "/"
         if not dirs and not names and prefix:
-            empty_dirs.append((prefix.rstrip("/"), os.stat(dirpath)))
+            empty_dirs.append((prefix.rstrip("/"), _Stat.of(os.stat(dirpath))))
         for name in sorted(names):
-            full = Path(dirpath) / name
-            st = os.lstat(full)
-            files.append((prefix + name, full, st))
+            full = os.path.join(dirpath, name)
+            files.append((prefix + name, full, _Stat.of(os.lstat(full))))
     return files, empty_dirs
 
 
@@ -167,7 +181,7 @@ class _ReadAhead:
 
     WINDOW = 64 << 20
 
-    def __init__(self, paths: list[Path], sizes: list[int]) -> None:
+    def __init__(self, paths: list[str], sizes: list[int]) -> None:
         self.paths, self.sizes = paths, sizes
         self.next = 0  # first file not yet advised
         self.advised = 0  # bytes advised beyond the file being read
@@ -208,7 +222,7 @@ def import_folder(repo: Repository, folder: Path, *, progress: Progress | None =
     total = sum(st.st_size for _r, _p, st in files if stat.S_ISREG(st.st_mode))
     done = 0
     new_stat: list[tuple[bytes, list]] = []
-    to_read: list[tuple[str, Path, os.stat_result, bytes]] = []
+    to_read: list[tuple[str, str, _Stat, bytes]] = []
     for rel, full, st in files:
         if not stat.S_ISREG(st.st_mode):
             problems.append(f"{rel}: not a regular file (skipped)")
