@@ -9,10 +9,13 @@ version does not take yet (`EncryptedBackup`); such snapshots can still be expor
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import stat
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, diff_trees, lookup
 
-from .manifest import CatalogEntry, read_manifest_db
+from .manifest import CatalogEntry, check_manifest_db, read_manifest_db
 
 CATALOG_CACHE_FORMAT = 1
 
@@ -63,14 +66,67 @@ class _Memo(dict):
         self.fresh[key] = value
 
 
+def _memo_key(device_key: str) -> bytes:
+    return b"mbfile-memo/1/" + device_key.encode()
+
+
+def _load_memo(repo: Repository, device_key: str) -> dict:
+    raw = repo.cache.derived_get(_memo_key(device_key))
+    return msgpack.unpackb(raw) if raw else {}
+
+
 def parse_manifest(repo: Repository, device_key: str, path: Path) -> list[CatalogEntry]:
     """Read a Manifest.db with the device's row memo (LMDB `derived`), and keep the memo for next time."""
-    memo_key = b"mbfile-memo/1/" + device_key.encode()
-    raw = repo.cache.derived_get(memo_key)
-    memo = _Memo(msgpack.unpackb(raw) if raw else {})
+    memo = _Memo(_load_memo(repo, device_key))
     rows = list(read_manifest_db(path, memo))
-    repo.cache.derived_put(memo_key, msgpack.packb(memo.fresh))
+    repo.cache.derived_put(_memo_key(device_key), msgpack.packb(memo.fresh))
     return rows
+
+
+def _parse_in_child(path: str, memo: dict) -> tuple[list[list], dict]:
+    m = _Memo(memo)
+    return [_row(c) for c in read_manifest_db(Path(path), m)], m.fresh
+
+
+def _row(c: CatalogEntry) -> list:
+    return [c.file_id, c.domain, c.relative_path, c.flags, c.size, c.mode, c.mtime, c.target, c.protection_class,
+            c.has_encryption_key]  # fmt: skip
+
+
+class ManifestParse:
+    """`parse_manifest` in another process, started now and collected with `result()`.
+
+    Decoding MBFile archives is pure Python and holds the GIL, so on a first import (no warm memo) it would add
+    seconds to the critical path; in a second process it runs on the other core while the files are read,
+    chunked and sealed. The file is checked here, synchronously, so an unusable catalog is refused before any
+    file is stored."""
+
+    def __init__(self, repo: Repository, device_key: str, path: Path) -> None:
+        check_manifest_db(path)
+        self._repo, self._device_key = repo, device_key
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self._future = self._pool.submit(_parse_in_child, str(path), _load_memo(repo, device_key))
+
+    def result(self) -> list[CatalogEntry]:
+        try:
+            rows, fresh = self._future.result()
+        except BrokenProcessPool as e:
+            raise PhonevaultError(f"parsing Manifest.db failed: {e}") from None
+        finally:
+            self.close()
+        self._repo.cache.derived_put(_memo_key(self._device_key), msgpack.packb(fresh))
+        return [CatalogEntry(*r) for r in rows]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def catalog_key(repo: Repository, manifest_db: FileEntry) -> bytes:
+    return b"catalog/%d/" % CATALOG_CACHE_FORMAT + repo.key.blob_id(b"".join(manifest_db.chunks))
+
+
+def store_catalog(repo: Repository, manifest_db: FileEntry, rows: list[CatalogEntry]) -> None:
+    repo.cache.derived_put(catalog_key(repo, manifest_db), msgpack.packb([_row(c) for c in rows]))
 
 
 def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
@@ -79,8 +135,7 @@ def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
     entry = lookup(snap.tree, "Manifest.db", repo.get_blob)
     if entry is None:
         raise PathNotFound("Manifest.db", f"snapshot {snap.hex[:12]}")
-    key = b"catalog/%d/" % CATALOG_CACHE_FORMAT + repo.key.blob_id(b"".join(entry.chunks))
-    if (cached := repo.cache.derived_get(key)) is not None:
+    if (cached := repo.cache.derived_get(catalog_key(repo, entry))) is not None:
         return [CatalogEntry(*row) for row in msgpack.unpackb(cached)]
     with tempfile.TemporaryDirectory(prefix="phonevault-catalog-") as tmp:
         path = Path(tmp) / "Manifest.db"
@@ -88,26 +143,7 @@ def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
             for chunk in repo.read_file(entry):
                 f.write(chunk)
         rows = parse_manifest(repo, snap.device_key, path)
-    repo.cache.derived_put(
-        key,
-        msgpack.packb(
-            [
-                [
-                    c.file_id,
-                    c.domain,
-                    c.relative_path,
-                    c.flags,
-                    c.size,
-                    c.mode,
-                    c.mtime,
-                    c.target,
-                    c.protection_class,
-                    c.has_encryption_key,
-                ]
-                for c in rows
-            ]  # fmt: skip
-        ),
-    )
+    store_catalog(repo, entry, rows)
     return rows
 
 

@@ -559,6 +559,11 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def check_manifest_db(path: Path) -> None:
+    """Raise ManifestInvalid unless `path` opens as a Manifest.db with a usable Files table."""
+    _open_checked(Path(path)).close()
+
+
 def read_manifest_rows(path: Path) -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
     """Every Files row as (entry, decoded MBFile fields), in fileID order. Checks the file before returning."""
     path = Path(path)
@@ -608,10 +613,11 @@ def read_manifest_db(path: Path, memo: MutableMapping[bytes, list] | None = None
     The memo is filled with every row read."""
     if memo is None:
         return (entry for entry, _ in read_manifest_rows(path))
-    conn = _open_checked(Path(path))
+    path = Path(path)
+    conn = _open_checked(path)
 
     def memoised() -> Iterator[CatalogEntry]:
-        for fid, domain, relative_path, flags, blob in _raw_rows(conn, Path(path)):
+        for fid, domain, relative_path, flags, blob in _raw_rows(conn, path):
             key = blake3.blake3(blob).digest()[:16] if isinstance(blob, bytes) else b""
             hit = memo.get(key) if key else None
             if hit is not None and isinstance(fid, str) and isinstance(domain, str) and isinstance(flags, int):
@@ -619,7 +625,7 @@ def read_manifest_db(path: Path, memo: MutableMapping[bytes, list] | None = None
                 rel = relative_path if isinstance(relative_path, str) else rel_fallback
                 yield CatalogEntry(fid, domain, rel, flags, size, mode, mtime, target, pclass, has_key)
                 continue
-            entry, mbfile = _decode_row(Path(path), fid, domain, relative_path, flags, blob)
+            entry, mbfile = _decode_row(path, fid, domain, relative_path, flags, blob)
             if key:
                 rel_fallback = mbfile.get("RelativePath", "") if isinstance(mbfile.get("RelativePath"), str) else ""
                 memo[key] = [entry.size, entry.mode, entry.mtime, entry.target, entry.protection_class,

@@ -12,7 +12,6 @@ Refused outright: not a folder, no Manifest.db, a Manifest.db that cannot be rea
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
@@ -27,9 +26,9 @@ from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree
 from phonevault.store.writer import SnapshotWriter
 
-from .catalog import load_catalog, parse_manifest
+from .catalog import ManifestParse, store_catalog
 from .errors import BackupFolderInvalid, ManifestInvalid
-from .manifest import DeviceInfo, read_info_plist, read_manifest_db, read_manifest_plist, read_status_plist
+from .manifest import CatalogEntry, DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
 
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
@@ -78,12 +77,12 @@ def find_backup_folders(path: Path | None) -> list[Path]:
 class FolderMeta:
     device: DeviceInfo
     encrypted: bool
-    catalog_files: dict[str, int]  # fileID -> size for flags=1 rows (empty if encrypted)
+    catalog: ManifestParse | None  # running in another process; None if the phone encrypted the backup
     problems: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
 
-def read_folder_meta(folder: Path, repo: Repository | None = None) -> FolderMeta:
+def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
     problems: list[str] = []
     manifest_db = folder / "Manifest.db"
     if not manifest_db.is_file():
@@ -111,15 +110,10 @@ def read_folder_meta(folder: Path, repo: Repository | None = None) -> FolderMeta
         device = DeviceInfo.from_dict({**device.to_dict(), "udid": folder.name})
         problems.append(f"no UDID in Info.plist or Manifest.plist; using the folder name {folder.name}")
     encrypted = bool(manifest and manifest.is_encrypted)
-    files: dict[str, int] = {}
+    catalog = None
     if not encrypted:
         try:
-            rows = (
-                parse_manifest(repo, repo.device_key(device.udid), manifest_db)
-                if repo is not None
-                else read_manifest_db(manifest_db)
-            )
-            files = {e.file_id: e.size for e in rows if e.flags == 1}
+            catalog = ManifestParse(repo, repo.device_key(device.udid), manifest_db)
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
     meta = {
@@ -129,7 +123,7 @@ def read_folder_meta(folder: Path, repo: Repository | None = None) -> FolderMeta
         "snapshot_state": status.snapshot_state if status else None,
         "is_full_backup": status.is_full_backup if status else None,
     }
-    return FolderMeta(device, encrypted, files, problems, meta)
+    return FolderMeta(device, encrypted, catalog, problems, meta)
 
 
 @dataclass(slots=True)
@@ -209,15 +203,32 @@ class _ReadAhead:
 def import_folder(repo: Repository, folder: Path, *, progress: Progress | None = None) -> ImportResult:
     folder = folder.resolve()
     fm = read_folder_meta(folder, repo)
+    try:
+        return _import(repo, folder, fm, progress)
+    finally:
+        if fm.catalog is not None:
+            fm.catalog.close()
+
+
+def _compare_with_catalog(files: list[tuple[str, str, _Stat]], catalog: list[CatalogEntry]) -> list[str]:
+    """What Manifest.db lists but the folder lacks, or holds at another size."""
+    present = {rel.rsplit("/", 1)[-1]: st.st_size for rel, _p, st in files if "/" in rel}
+    problems = []
+    for c in catalog:
+        if c.flags != 1:
+            continue
+        if c.file_id not in present:
+            problems.append(f"{c.file_id[:2]}/{c.file_id}: listed in Manifest.db but missing from the folder")
+        elif present[c.file_id] != c.size:
+            problems.append(
+                f"{c.file_id[:2]}/{c.file_id}: {present[c.file_id]} bytes, Manifest.db says {c.size} (truncated?)"
+            )
+    return problems
+
+
+def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress | None) -> ImportResult:
     problems = list(fm.problems)
     files, empty_dirs = _walk(folder)
-    present = {rel.rsplit("/", 1)[-1]: st.st_size for rel, _p, st in files if "/" in rel}
-    for fid, size in fm.catalog_files.items():
-        if fid not in present:
-            problems.append(f"{fid[:2]}/{fid}: listed in Manifest.db but missing from the folder")
-        elif present[fid] != size:
-            problems.append(f"{fid[:2]}/{fid}: {present[fid]} bytes, Manifest.db says {size} (truncated?)")
-
     writer = SnapshotWriter(repo, fm.device.udid, fm.device.to_dict(), incremental=False)
     total = sum(st.st_size for _r, _p, st in files if stat.S_ISREG(st.st_mode))
     done = 0
@@ -256,13 +267,19 @@ def import_folder(repo: Repository, folder: Path, *, progress: Progress | None =
             new_stat.append((key, list(entry.chunks)))
     for rel, st in empty_dirs:
         writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
+    catalog: list[CatalogEntry] = []
+    if fm.catalog is not None:
+        try:
+            catalog = fm.catalog.result()
+        except ManifestInvalid as e:
+            raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
+        problems += _compare_with_catalog(files, catalog)
     meta = dict(fm.meta, problems=len(problems))
     snap = writer.commit(f"folder:{folder}", meta=meta)
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     repo.cache.stat_put_many(new_stat)
-    if not fm.encrypted:
-        with contextlib.suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`
-            load_catalog(repo, snap)  # cache it now (the row memo is warm): ls/extract/diff start at once
+    if catalog and (manifest_db := writer.get("Manifest.db")) is not None:
+        store_catalog(repo, manifest_db, catalog)  # so ls/extract/diff of this snapshot start at once
     return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
 
 
