@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,6 +292,56 @@ class ExportResult:
     bytes: int
 
 
+def _set_meta(path: Path, e: FileEntry) -> None:
+    os.chmod(path, stat.S_IMODE(e.mode))
+    os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
+
+
+class _FileWriters:
+    """Creates small files from 4 threads: creating a file costs 100–300 µs of syscalls here, and a backup folder
+    holds tens of thousands of small ones. The syscalls release the GIL, so they overlap decryption in the caller.
+    At most MAX_PENDING bytes wait to be written."""
+
+    SMALL = 4 << 20
+    MAX_PENDING = 64 << 20
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="export")
+        self._budget = threading.BoundedSemaphore(self.MAX_PENDING // self.SMALL)
+        self._futures: list[Future] = []
+
+    def submit(self, path: Path, entry: FileEntry, data: bytes) -> None:
+        self._budget.acquire()
+        self._futures.append(self._pool.submit(self._write, path, entry, data))
+        if len(self._futures) > 256:
+            self._reap()
+
+    def _write(self, path: Path, entry: FileEntry, data: bytes) -> None:
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+            _set_meta(path, entry)
+        finally:
+            self._budget.release()
+
+    def _reap(self) -> None:
+        pending = []
+        for f in self._futures:
+            if f.done():
+                f.result()  # re-raise a failed write in the caller
+            else:
+                pending.append(f)
+        self._futures = pending
+
+    def __enter__(self) -> _FileWriters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+        for f in self._futures:
+            f.result()
+
+
 def export_snapshot(
     repo: Repository, view: DeviceView, snap: SnapshotRecord, dest_root: Path, *, progress: Progress | None = None
 ) -> ExportResult:
@@ -308,22 +360,32 @@ def export_snapshot(
     total = sum(e.size for e in entries)
     done = files = 0
     dirs: list[FileEntry] = []
-    for e in entries:
-        if e.is_dir:
-            (tmp / e.path).mkdir(parents=True, exist_ok=True)
-            dirs.append(e)
-            continue
-        out = tmp / e.path
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "wb") as f:
-            for chunk in repo.read_file(e):
-                f.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        os.chmod(out, stat.S_IMODE(e.mode))
-        os.utime(out, ns=(e.mtime_ns, e.mtime_ns))
-        files += 1
+    made: set[str] = set()
+    with _FileWriters() as writers:
+        for e in entries:
+            if e.is_dir:
+                (tmp / e.path).mkdir(parents=True, exist_ok=True)
+                dirs.append(e)
+                continue
+            parent = e.path.rpartition("/")[0]
+            if parent not in made:
+                (tmp / parent).mkdir(parents=True, exist_ok=True)
+                made.add(parent)
+            if e.size <= _FileWriters.SMALL:
+                data = b"".join(repo.read_file(e))
+                writers.submit(tmp / e.path, e, data)
+                done += len(data)
+            else:
+                with open(tmp / e.path, "wb") as f:
+                    for chunk in repo.read_file(e):
+                        f.write(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, total)
+                _set_meta(tmp / e.path, e)
+            files += 1
+            if progress:
+                progress(done, total)
     for d in dirs:
         os.utime(tmp / d.path, ns=(d.mtime_ns, d.mtime_ns))
     if target.exists():
