@@ -2,7 +2,8 @@
 
 `SnapshotWriter` holds the staged content of one backup (path -> FileEntry; about 200 bytes per file) and two
 pack writers (data, tree). Files arrive as pushed blocks (`open_file(...).write(block)`), so a 4 GB video costs the
-same memory as a 4 MB photo: one chunker buffer (≤ 16 MiB) plus one open pack (≤ 16 MiB).
+same memory as a 4 MB photo: one chunker buffer (≤ 10 MiB), one open data pack and one being written
+(≤ 16 MiB each, plus one blob).
 
 Write order, which crash safety rests on: data packs (+ their index objects) as they fill; at commit, tree nodes
 and delta blobs into tree packs (+ index); then the event segment via put_exclusive — the commit point. A crash
