@@ -201,7 +201,7 @@ def markdown(results: dict) -> str:
         f"## Results {results['date']}",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']:.0f} GiB RAM, {m['kernel']}; Python {m['python']}; "
-        f"{', '.join(f'{k} {v}' for k, v in results['versions'].items())}.",
+        f"{', '.join(f'{k} {v}' for k, v in results['versions'].items())} (commit {results.get('commit', '?')}).",
         f"Cache: {'cold (page cache dropped before every step)' if results['cold'] else '**warm** (could not drop caches)'}. "
         f"Cells: wall time · throughput · peak RSS · CPU seconds (user+system). Command: `{results['command']}`.",
         "",

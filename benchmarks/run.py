@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from phonevault.sync.phone import MANY_FILES, parse_size
 
 HERE = Path(__file__).resolve().parent
 GB = 2**30
+FROZEN = "PHONEVAULT_BENCH_COMMIT"  # set in the re-executed run: the commit whose code is measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device-size", default="1GB", help="emulated phone for the device path ('0': skip)")
     p.add_argument("--skip-peers", action="store_true", help="phonevault and the references only")
     p.add_argument("--workdir", type=Path, default=HERE / "work", help="generated data (default: benchmarks/work/)")
+    p.add_argument("--live-code", action="store_true", help="measure the working tree as it changes, not HEAD frozen")
     p.add_argument("--quick", action="store_true", help="smoke run: 256 MB, 3 000 many-files, 256 MB device path")
     return p.parse_args(argv)
 
@@ -112,6 +115,29 @@ def machine() -> dict:
             "python": platform.python_version()}  # fmt: skip
 
 
+def git_commit() -> str:
+    if commit := os.environ.get(FROZEN):
+        return commit
+    r = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return (r.stdout.strip() or "?") + " (live working tree)"
+
+
+def freeze_and_reexec(work: Path) -> None:
+    """Run again on a copy of HEAD's store/, sync/ and cli/ (first on PYTHONPATH, ahead of the editable install),
+    so commits landing in the shared working tree during a long run do not change the code being measured."""
+    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    code = work / "code"
+    shutil.rmtree(code, ignore_errors=True)
+    code.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(HERE), "archive", "--prefix=phonevault/", commit, "store", "sync", "cli"],
+                             capture_output=True, check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+    env = os.environ | {FROZEN: commit, "PYTHONPATH": str(code)}
+    print(f"measuring commit {commit} (a frozen copy in {code})", flush=True)
+    os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+
+
 def versions(peers: list[str]) -> dict[str, str]:
     out = {"phonevault": tool_version([str(VENV_BIN / "phonevault"), "--version"]).split()[-1]}
     if "restic" in peers:
@@ -156,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_gnu_time()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if not args.live_code and FROZEN not in os.environ:
+        freeze_and_reexec(work)
     log = work / "run.log"
     notes: list[str] = []
     peers = available_peers(args.skip_peers, notes)
@@ -166,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "commit": git_commit(),
         "machine": machine(),
         "versions": versions(peers),
         "cold": cold,

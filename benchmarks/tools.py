@@ -12,6 +12,7 @@ defaults (0.14: no compression, AES-256-CTR + Poly1305). Peers come from Debian 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -45,8 +46,12 @@ class Tool(Protocol):
 
 
 def base_env(home: Path) -> dict[str, str]:
+    """A clean environment; PYTHONPATH is kept so phonevault runs from the run's frozen copy of the code."""
     home.mkdir(parents=True, exist_ok=True)
-    return {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    if pythonpath := os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = pythonpath
+    return env
 
 
 @dataclass(slots=True)
