@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -103,15 +104,21 @@ class ManifestParse:
 
     def __init__(self, repo: Repository, device_key: str, path: Path) -> None:
         check_manifest_db(path)
-        self._repo, self._device_key = repo, device_key
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self._future = self._pool.submit(_parse_in_child, str(path), _load_memo(repo, device_key))
+        self._repo, self._device_key, self._path = repo, device_key, path
+        self._memo = _load_memo(repo, device_key)
+        # fork: the child needs nothing but this function and its arguments, and (unlike spawn) does not re-run
+        # the parent's __main__, which may be a script without a main guard.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux" else "spawn"
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method))
+        self._future = self._pool.submit(_parse_in_child, str(path), self._memo)
 
     def result(self) -> list[CatalogEntry]:
         try:
             rows, fresh = self._future.result()
-        except BrokenProcessPool as e:
-            raise PhonevaultError(f"parsing Manifest.db failed: {e}") from None
+        except (BrokenProcessPool, OSError):
+            # No second process to be had: parse here instead. Slower, never wrong.
+            memo = _Memo(self._memo)
+            rows, fresh = [_row(c) for c in read_manifest_db(self._path, memo)], memo.fresh
         finally:
             self.close()
         self._repo.cache.derived_put(_memo_key(self._device_key), msgpack.packb(fresh))
