@@ -219,3 +219,22 @@ def test_row_memo_gives_the_same_catalog(phone, tmp_path):
     phone.write_backup(tmp_path / "src", day=1)
     day1 = list(read_manifest_db(dev / "Manifest.db"))
     assert list(read_manifest_db(dev / "Manifest.db", memo)) == day1 != day0
+
+
+def test_import_from_a_script_without_main_guard(tmp_path):
+    """The Manifest.db parse runs in a second process; a caller whose __main__ is stdin must still work."""
+    import subprocess
+    import sys
+
+    dev = SyntheticPhone(seed=8, size=1 << 20).write_backup(tmp_path / "src")
+    script = f"""
+from pathlib import Path
+from phonevault.store.backends.local import LocalBackend
+from phonevault.store.repository import Repository
+from phonevault.sync.mobilesync import import_folder
+repo = Repository.init(LocalBackend(Path({str(tmp_path / "v")!r})), "pw", scrypt_n=2**10, cache_root=Path({str(tmp_path / "c")!r}))
+print(import_folder(repo, Path({str(dev)!r})).snapshot.stats["files"])
+"""
+    r = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.strip()) > 10
