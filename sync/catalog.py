@@ -9,8 +9,10 @@ version does not take yet (`EncryptedBackup`); such snapshots can still be expor
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -84,6 +86,15 @@ def parse_manifest(repo: Repository, device_key: str, path: Path) -> list[Catalo
     return rows
 
 
+def _die_with_parent(parent: int) -> None:
+    """The parse process must not outlive an import that was killed (SIGKILL leaves no chance to clean up)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _parse_in_child(path: str, memo: dict) -> tuple[list[list], dict]:
     m = _Memo(memo)
     return [_row(c) for c in read_manifest_db(Path(path), m)], m.fresh
@@ -109,7 +120,12 @@ class ManifestParse:
         # fork: the child needs nothing but this function and its arguments, and (unlike spawn) does not re-run
         # the parent's __main__, which may be a script without a main guard.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux" else "spawn"
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method))
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )
         self._future = self._pool.submit(_parse_in_child, str(path), self._memo)
 
     def result(self) -> list[CatalogEntry]:

@@ -149,6 +149,17 @@ def test_damaged_pack_index_and_event_are_named(pv, phone, cli_env, tmp_path):
     one_error_line(r, 1, "events/")
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and text in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
 def _kill_import_at(pv_exe, env, folder, delay):
     p = subprocess.Popen([pv_exe, "import", str(folder)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(delay)
@@ -167,6 +178,10 @@ def test_sigkill_during_import_leaves_a_clean_vault(pv, cli_env, tmp_path):
     for delay in [rng.uniform(0.3, 2.5) for _ in range(4)]:
         if _kill_import_at(exe, cli_env, dev, delay) == -signal.SIGKILL:
             killed += 1
+        deadline = time.monotonic() + 10  # nothing the import started outlives it (the Manifest.db parser)
+        while _processes_mentioning(str(dev)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_mentioning(str(dev)) == []
         r = js(pv("check", "--read-data", "--json"))
         assert r["ok"], r["errors"]  # leftovers are notes (harmless), never errors
         snaps = js(pv("snapshots", "--json"))
