@@ -95,9 +95,18 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _parse_in_child(path: str, memo: dict) -> tuple[list[list], dict]:
-    m = _Memo(memo)
-    return [_row(c) for c in read_manifest_db(Path(path), m)], m.fresh
+def _parse_packed(path: Path, packed_memo: bytes | None) -> ParsedCatalog:
+    memo = _Memo(msgpack.unpackb(packed_memo) if packed_memo else {})
+    rows, sizes = [], {}
+    for c in read_manifest_db(path, memo):
+        rows.append(_row(c))
+        if c.flags == 1:
+            sizes[c.file_id] = c.size
+    return ParsedCatalog(msgpack.packb(rows), sizes, msgpack.packb(memo.fresh))
+
+
+def _parse_in_child(path: str, packed_memo: bytes | None) -> ParsedCatalog:
+    return _parse_packed(Path(path), packed_memo)
 
 
 def _row(c: CatalogEntry) -> list:
@@ -105,18 +114,29 @@ def _row(c: CatalogEntry) -> list:
             c.has_encryption_key]  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedCatalog:
+    """What an import needs from its Manifest.db, compact: the rows already packed for the catalog cache, and the
+    size of every file row (to name missing and truncated files)."""
+
+    packed_rows: bytes
+    file_sizes: dict[str, int]
+    packed_memo: bytes
+
+
 class ManifestParse:
-    """`parse_manifest` in another process, started now and collected with `result()`.
+    """A Manifest.db parse in another process, started now and collected with `result()`.
 
     Decoding MBFile archives is pure Python and holds the GIL, so on a first import (no warm memo) it would add
     seconds to the critical path; in a second process it runs on the other core while the files are read,
-    chunked and sealed. The file is checked here, synchronously, so an unusable catalog is refused before any
-    file is stored."""
+    chunked and sealed. Everything crosses the process boundary packed, so the parent never holds the decoded
+    memo or catalog as Python objects (~1 KB a row). The file is checked here, synchronously, so an unusable
+    catalog is refused before any file is stored."""
 
     def __init__(self, repo: Repository, device_key: str, path: Path) -> None:
         check_manifest_db(path)
         self._repo, self._device_key, self._path = repo, device_key, path
-        self._memo = _load_memo(repo, device_key)
+        self._memo = repo.cache.derived_get(_memo_key(device_key))
         # fork: the child needs nothing but this function and its arguments, and (unlike spawn) does not re-run
         # the parent's __main__, which may be a script without a main guard.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux" else "spawn"
@@ -128,17 +148,15 @@ class ManifestParse:
         )
         self._future = self._pool.submit(_parse_in_child, str(path), self._memo)
 
-    def result(self) -> list[CatalogEntry]:
+    def result(self) -> ParsedCatalog:
         try:
-            rows, fresh = self._future.result()
+            parsed = self._future.result()
         except (BrokenProcessPool, OSError):
-            # No second process to be had: parse here instead. Slower, never wrong.
-            memo = _Memo(self._memo)
-            rows, fresh = [_row(c) for c in read_manifest_db(self._path, memo)], memo.fresh
+            parsed = _parse_packed(self._path, self._memo)  # no second process to be had: slower, never wrong
         finally:
             self.close()
-        self._repo.cache.derived_put(_memo_key(self._device_key), msgpack.packb(fresh))
-        return [CatalogEntry(*r) for r in rows]
+        self._repo.cache.derived_put(_memo_key(self._device_key), parsed.packed_memo)
+        return parsed
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -148,8 +166,8 @@ def catalog_key(repo: Repository, manifest_db: FileEntry) -> bytes:
     return b"catalog/%d/" % CATALOG_CACHE_FORMAT + repo.key.blob_id(b"".join(manifest_db.chunks))
 
 
-def store_catalog(repo: Repository, manifest_db: FileEntry, rows: list[CatalogEntry]) -> None:
-    repo.cache.derived_put(catalog_key(repo, manifest_db), msgpack.packb([_row(c) for c in rows]))
+def store_catalog(repo: Repository, manifest_db: FileEntry, packed_rows: bytes) -> None:
+    repo.cache.derived_put(catalog_key(repo, manifest_db), packed_rows)
 
 
 def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
@@ -166,7 +184,7 @@ def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
             for chunk in repo.read_file(entry):
                 f.write(chunk)
         rows = parse_manifest(repo, snap.device_key, path)
-    store_catalog(repo, entry, rows)
+    store_catalog(repo, entry, msgpack.packb([_row(c) for c in rows]))
     return rows
 
 

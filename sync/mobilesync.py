@@ -30,7 +30,7 @@ from phonevault.store.writer import SnapshotWriter
 
 from .catalog import ManifestParse, store_catalog
 from .errors import BackupFolderInvalid, ManifestInvalid
-from .manifest import CatalogEntry, DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
+from .manifest import DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
 
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
@@ -156,7 +156,7 @@ class _Stat:
         return cls(st.st_size, st.st_mode, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def _walk(folder: Path) -> tuple[list[tuple[str, str, _Stat]], list[tuple[str, _Stat]]]:
+def _walk(folder: Path) -> tuple[list[tuple[str, _Stat]], list[tuple[str, _Stat]]]:
     """Every regular file and every empty directory under folder, sorted, as paths relative to it."""
     files, empty_dirs = [], []
     for dirpath, dirs, names in os.walk(folder):
@@ -166,8 +166,7 @@ def _walk(folder: Path) -> tuple[list[tuple[str, str, _Stat]], list[tuple[str, _
         if not dirs and not names and prefix:
             empty_dirs.append((prefix.rstrip("/"), _Stat.of(os.stat(dirpath))))
         for name in sorted(names):
-            full = os.path.join(dirpath, name)
-            files.append((prefix + name, full, _Stat.of(os.lstat(full))))
+            files.append((prefix + name, _Stat.of(os.lstat(os.path.join(dirpath, name)))))
     return files, empty_dirs
 
 
@@ -212,19 +211,15 @@ def import_folder(repo: Repository, folder: Path, *, progress: Progress | None =
             fm.catalog.close()
 
 
-def _compare_with_catalog(files: list[tuple[str, str, _Stat]], catalog: list[CatalogEntry]) -> list[str]:
-    """What Manifest.db lists but the folder lacks, or holds at another size."""
-    present = {rel.rsplit("/", 1)[-1]: st.st_size for rel, _p, st in files if "/" in rel}
+def _compare_with_catalog(files: list[tuple[str, _Stat]], listed: dict[str, int]) -> list[str]:
+    """What Manifest.db lists (fileID -> size) but the folder lacks, or holds at another size."""
+    present = {rel.rsplit("/", 1)[-1]: st.st_size for rel, st in files if "/" in rel}
     problems = []
-    for c in catalog:
-        if c.flags != 1:
-            continue
-        if c.file_id not in present:
-            problems.append(f"{c.file_id[:2]}/{c.file_id}: listed in Manifest.db but missing from the folder")
-        elif present[c.file_id] != c.size:
-            problems.append(
-                f"{c.file_id[:2]}/{c.file_id}: {present[c.file_id]} bytes, Manifest.db says {c.size} (truncated?)"
-            )
+    for fid, size in listed.items():
+        if fid not in present:
+            problems.append(f"{fid[:2]}/{fid}: listed in Manifest.db but missing from the folder")
+        elif present[fid] != size:
+            problems.append(f"{fid[:2]}/{fid}: {present[fid]} bytes, Manifest.db says {size} (truncated?)")
     return problems
 
 
@@ -232,11 +227,13 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
     problems = list(fm.problems)
     files, empty_dirs = _walk(folder)
     writer = SnapshotWriter(repo, fm.device.udid, fm.device.to_dict(), incremental=False)
-    total = sum(st.st_size for _r, _p, st in files if stat.S_ISREG(st.st_mode))
+    total = sum(st.st_size for _r, st in files if stat.S_ISREG(st.st_mode))
     done = 0
     new_stat: list[tuple[bytes, list]] = []
     to_read: list[tuple[str, str, _Stat, bytes]] = []
-    for rel, full, st in files:
+    base = str(folder) + os.sep
+    for rel, st in files:
+        full = base + rel.replace("/", os.sep)
         if not stat.S_ISREG(st.st_mode):
             problems.append(f"{rel}: not a regular file (skipped)")
             continue
@@ -269,19 +266,19 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
             new_stat.append((key, list(entry.chunks)))
     for rel, st in empty_dirs:
         writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
-    catalog: list[CatalogEntry] = []
+    catalog = None
     if fm.catalog is not None:
         try:
             catalog = fm.catalog.result()
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
-        problems += _compare_with_catalog(files, catalog)
+        problems += _compare_with_catalog(files, catalog.file_sizes)
     meta = dict(fm.meta, problems=len(problems))
     snap = writer.commit(f"folder:{folder}", meta=meta)
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     repo.cache.stat_put_many(new_stat)
     if catalog and (manifest_db := writer.get("Manifest.db")) is not None:
-        store_catalog(repo, manifest_db, catalog)  # so ls/extract/diff of this snapshot start at once
+        store_catalog(repo, manifest_db, catalog.packed_rows)  # so ls/extract/diff of this snapshot start at once
     return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
 
 
