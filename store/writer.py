@@ -26,7 +26,7 @@ from .packs import DATA, DELTA, TREE, PackWriter, open_blob, pack_name, seal_blo
 from .projections import SnapshotRecord
 from .prune import candidate_packs
 from .repository import Repository, now_us
-from .trees import FileEntry, diff_states, encode_deltas, load_tree, write_tree
+from .trees import FileEntry, diff_trees, encode_deltas, load_tree, write_tree
 
 
 @dataclass(slots=True)
@@ -198,8 +198,11 @@ class SnapshotWriter:
         self.device_key = repo.device_key(device)
         self.view = repo.view(self.device_key, refresh=True)
         self.parent: SnapshotRecord | None = self.view.head_record if parent is ... else self.view.get(parent)
-        self.base: dict[str, FileEntry] = load_tree(self.parent.tree, repo.get_blob) if self.parent else {}
-        self.state: dict[str, FileEntry] = dict(self.base) if incremental else {}
+        # Only an incremental writer starts from the parent's content; the delta against the parent is computed at
+        # commit by diffing trees, which descends only into shards whose ids changed (no second full copy here).
+        self.state: dict[str, FileEntry] = (
+            load_tree(self.parent.tree, repo.get_blob) if incremental and self.parent else {}
+        )
         self.sink = BlobSink(repo)
         self._maybe_dirs: set[str] = set()  # every parent folder a staged path ever had (a superset)
         for p in self.state:
@@ -293,9 +296,10 @@ class SnapshotWriter:
         """Write tree + deltas, then the event segment (the commit point). Raises ConcurrentCommit if another
         backup of this device committed since this one started; nothing is lost (its blobs are reused next time)."""
         self.sink.flush()
+        self.sink.verify_reused()
         put_tree = lambda data: self.sink.put(TREE, data, True)[0]  # noqa: E731
         tree = write_tree(self.state, put_tree)
-        changes = list(diff_states(self.base, self.state))
+        changes = list(diff_trees(self.parent.tree if self.parent else None, tree, self.sink.get))
         deltas = tuple(self.sink.put(DELTA, d, True)[0] for d in encode_deltas(changes))
         self.sink.flush()
         self.sink.verify_reused()
