@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -62,8 +63,13 @@ def progress(description: str, total: int | None) -> Iterator:
     )
     with bar:
         task = bar.add_task(description, total=total)
+        last = [0.0]
 
         def update(done: int, total_now: int | None = None) -> None:
-            bar.update(task, completed=done, total=total_now if total_now is not None else total)
+            # Called per block by the library; redrawing is only worth it ten times a second.
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or (total_now is not None and done >= total_now):
+                last[0] = now
+                bar.update(task, completed=done, total=total_now if total_now is not None else total)
 
         yield update

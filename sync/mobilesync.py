@@ -175,6 +175,7 @@ class _ReadAhead:
     sealed, so disk and CPU overlap without a reader thread. A no-op where posix_fadvise does not exist."""
 
     WINDOW = 64 << 20
+    MIN_SIZE = 256 << 10
 
     def __init__(self, paths: list[str], sizes: list[int]) -> None:
         self.paths, self.sizes = paths, sizes
@@ -189,14 +190,16 @@ class _ReadAhead:
         else:
             self.advised -= self.sizes[current]
         while self.next < len(self.paths) and self.advised < self.WINDOW:
-            try:
-                fd = os.open(self.paths[self.next], os.O_RDONLY)
+            # Small files are not worth an extra open and close: the kernel reads them in one go anyway.
+            if self.sizes[self.next] >= self.MIN_SIZE:
                 try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
+                    fd = os.open(self.paths[self.next], os.O_RDONLY)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    pass
             self.advised += self.sizes[self.next]
             self.next += 1
 
