@@ -130,7 +130,7 @@ def freeze_and_reexec(work: Path) -> None:
     code = work / "code"
     shutil.rmtree(code, ignore_errors=True)
     code.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(HERE), "archive", "--prefix=phonevault/", commit, "store", "sync", "cli"],
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", "--prefix=phonevault/", commit, "store", "sync", "cli"],
                              capture_output=True, check=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
     env = os.environ | {FROZEN: commit, "PYTHONPATH": str(code)}
