@@ -17,7 +17,7 @@ from phonevault.store.trees import load_tree
 from phonevault.sync.backup2 import backup_device, restore_device
 from phonevault.sync.devicelink import VaultDeviceLink, normalize
 from phonevault.sync.emulator import Emulator, Fault
-from phonevault.sync.errors import DeviceDisconnected, DeviceReportedFailure, ProtocolError
+from phonevault.sync.errors import DeviceDisconnected, DeviceError, DeviceReportedFailure, ProtocolError
 from phonevault.sync.manifest import read_info_plist
 from phonevault.sync.mobilesync import import_folder
 from tests.sync.test_emulator import pmd3
@@ -222,3 +222,42 @@ def test_malformed_usbmuxd_replies_are_one_clear_error(pv, cli_env, reply):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("phonevault: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert pv("snapshots", "--json").stdout.strip() == "[]"
+
+
+def test_device_busy_with_another_sync_is_refused_cleanly(repo, emu):
+    """Another host holds the device's sync lock (as a second backup of the same phone would): phonevault waits,
+    gives up with one clear error, and commits nothing."""
+    import threading
+
+    from pymobiledevice3.lockdown import create_using_usbmux
+    from pymobiledevice3.services.afc import AFC_LOCK_EX, AFC_LOCK_UN, AfcService
+
+    locked, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def other_host():
+        async def hold():
+            lockdown = await create_using_usbmux(usbmux_address=emu.address, autopair=False)
+            async with AfcService(lockdown) as afc:
+                handle = await afc.fopen("/com.apple.itunes.lock_sync", "r+")
+                await afc.lock(handle, AFC_LOCK_EX)
+                locked.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.05)
+                await afc.lock(handle, AFC_LOCK_UN)
+                await afc.fclose(handle)
+            await lockdown.close()
+
+        asyncio.run(hold())
+        done.set()
+
+    t = threading.Thread(target=other_host, daemon=True)
+    t.start()
+    assert locked.wait(30)
+    try:
+        with pytest.raises(DeviceError, match="lock"):
+            backup_device(repo, usbmux_address=emu.address)
+    finally:
+        release.set()
+        t.join(30)
+    assert snapshots(repo) == 0
+    assert backup_device(repo, usbmux_address=emu.address).full  # once the other sync is over, it works
