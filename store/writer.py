@@ -56,6 +56,7 @@ class BlobSink:
         self._packs = {DATA: PackWriter(repo.backend, repo.key), TREE: PackWriter(repo.backend, repo.key)}
         self._avoid = candidate_packs(repo)  # packs a prune may delete: never dedup against them
         self.reused_packs: set[str] = set()
+        self._verified: set[str] = set()  # reused packs already seen to exist
         self._inflight: list[tuple[PackWriter, Future]] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -83,9 +84,10 @@ class BlobSink:
 
     def verify_reused(self) -> None:
         """Before committing: every pack this snapshot reuses must still exist (a prune may have swept it)."""
-        for pack in sorted(self.reused_packs - set(self.stats.packs)):
+        for pack in sorted(self.reused_packs - set(self.stats.packs) - self._verified):
             if not self.repo.backend.exists(pack_name(pack)):
                 raise PhonevaultError(f"pack {pack[:16]} that this backup reuses was pruned meanwhile; run it again")
+            self._verified.add(pack)
 
     def put(self, blob_type: int, plaintext: bytes, compress: bool) -> tuple[bytes, bool]:
         """Store a blob unless known; returns (id, was new)."""

@@ -73,19 +73,6 @@ def _memo_key(device_key: str) -> bytes:
     return b"mbfile-memo/1/" + device_key.encode()
 
 
-def _load_memo(repo: Repository, device_key: str) -> dict:
-    raw = repo.cache.derived_get(_memo_key(device_key))
-    return msgpack.unpackb(raw) if raw else {}
-
-
-def parse_manifest(repo: Repository, device_key: str, path: Path) -> list[CatalogEntry]:
-    """Read a Manifest.db with the device's row memo (LMDB `derived`), and keep the memo for next time."""
-    memo = _Memo(_load_memo(repo, device_key))
-    rows = list(read_manifest_db(path, memo))
-    repo.cache.derived_put(_memo_key(device_key), msgpack.packb(memo.fresh))
-    return rows
-
-
 def _die_with_parent(parent: int) -> None:
     """The parse process must not outlive an import that was killed (SIGKILL leaves no chance to clean up)."""
     if sys.platform == "linux":
@@ -183,9 +170,10 @@ def load_catalog(repo: Repository, snap: SnapshotRecord) -> list[CatalogEntry]:
         with open(path, "wb") as f:
             for chunk in repo.read_file(entry):
                 f.write(chunk)
-        rows = parse_manifest(repo, snap.device_key, path)
-    store_catalog(repo, entry, msgpack.packb([_row(c) for c in rows]))
-    return rows
+        parsed = _parse_packed(path, repo.cache.derived_get(_memo_key(snap.device_key)))
+    repo.cache.derived_put(_memo_key(snap.device_key), parsed.packed_memo)
+    store_catalog(repo, entry, parsed.packed_rows)
+    return [CatalogEntry(*row) for row in msgpack.unpackb(parsed.packed_rows)]
 
 
 @dataclass(frozen=True, slots=True)
