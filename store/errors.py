@@ -84,3 +84,30 @@ class PathNotFound(PhonevaultError):
 class UnsupportedFormat(PhonevaultError):
     def __init__(self, what: str, version: object) -> None:
         super().__init__(f"{what}: format version {version!r} is not supported by this phonevault")
+
+
+class PackPruned(PhonevaultError):
+    """A pack this commit depends on was deleted by a prune that ran meanwhile. Nothing was committed and nothing
+    stored is lost; running the backup again stores the missing data anew."""
+
+    def __init__(self, pack: str) -> None:
+        super().__init__(f"pack {pack[:16]} that this backup depends on was pruned meanwhile; run it again")
+        self.pack = pack
+
+
+class CacheCorrupt(PhonevaultError):
+    """The local cache (never the vault) is damaged or does not match the vault; it is rebuilt from the vault."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"local cache {path}: {reason} (the vault is not affected; the cache is rebuilt)")
+        self.path = path
+        self.reason = reason
+
+
+class UnsafePath(PhonevaultError):
+    """A path named by a backup folder, a Manifest.db or a device would land outside its target; refused."""
+
+    def __init__(self, path: str, target: str, reason: str = "it would land outside the target") -> None:
+        super().__init__(f"refusing path {path!r} under {target}: {reason}")
+        self.path = path
+        self.target = target
