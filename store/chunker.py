@@ -1,6 +1,6 @@
 """The one place that knows the chunking policy: which content gets which FastCDC parameters, and what is compressed.
 
-Files change in two different ways, so they are cut two different ways (DESIGN §2):
+Files change in two different ways, so they are cut two different ways:
 - `fine` — SQLite databases, plists, XML/JSON/text: they change in place a page at a time, so small chunks
   (FastCDC min 2 KiB / avg 8 KiB / max 64 KiB) keep a day's change to a few percent of the file; they are zstd
   compressed.
@@ -49,9 +49,26 @@ class Policy:
     compress: bool
 
 
+_TEXT_SAMPLE = 4096
+_CONTROL = bytes(range(32)).replace(b"\t", b"").replace(b"\n", b"").replace(b"\r", b"")
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes read as UTF-8 text without control characters. One leading `{` is not enough:
+    1 random file in 128 starts with `{` or `[`, and encrypted iOS backup files are random."""
+    sample = head[:_TEXT_SAMPLE]
+    if len(sample.translate(None, _CONTROL)) != len(sample):
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(sample) - 3  # only a multi-byte character cut off by the sample's end
+    return True
+
+
 def choose_policy(head: bytes) -> Policy:
     """Pick chunking and compression for a file from its first bytes (up to SNIFF_LEN)."""
-    if head.startswith(_STRUCTURED) or head[:1] in (b"{", b"["):
+    if head.startswith(_STRUCTURED) or (head[:1] in (b"{", b"[") and _is_text(head)):
         return Policy(FINE, True)
     if head.startswith(_MEDIA) or head[4:8] == b"ftyp" or len(head) < 64:
         return Policy(COARSE, False)

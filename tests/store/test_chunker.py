@@ -1,6 +1,7 @@
 import os
+import random
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phonevault.store.chunker import COARSE, FINE, StreamChunker, choose_policy, chunk_bytes
@@ -48,5 +49,16 @@ def test_policy_by_content():
     assert choose_policy(b"bplist00" + bytes(100)).compress
     assert choose_policy(b"\x00\x00\x00\x18ftypheic" + os.urandom(1000)).profile is COARSE
     assert not choose_policy(b"\xff\xd8\xff\xe1" + os.urandom(1000)).compress
-    assert not choose_policy(os.urandom(70_000)).compress  # encrypted backups never shrink
+    assert not choose_policy(bytes(random.Random(1).randbytes(70_000))).compress  # encrypted backups never shrink
+    assert choose_policy(b'{"a": [1, 2, "\xc3\xa9"]}\n' * 100).profile is FINE
+    assert choose_policy(b"[1, 2, 3]").compress
+
+
+@settings(max_examples=300)
+@given(st.integers(0, 2**64).map(random.Random), st.integers(64, 70_000), st.sampled_from([b"", b"{", b"["]))
+def test_random_bytes_never_get_the_structured_policy(rnd, size, lead):
+    """Random content (an encrypted iOS backup file) never gets small chunks and a zstd pass, whatever its first
+    byte: 1 file in 128 starts with `{` or `[`."""
+    policy = choose_policy(lead + rnd.randbytes(size))
+    assert policy.profile is COARSE and not policy.compress
     assert choose_policy(b"\x01\x02" * 40_000).compress
