@@ -50,7 +50,10 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
 
 @contextmanager
 def progress(description: str, total: int | None) -> Iterator:
-    """Yields update(done, total) for a byte-counting bar on stderr (shown only on a terminal)."""
+    """Yields update(done, total) for a byte-counting bar on stderr. On a terminal it is a live bar; otherwise (a
+    log, cron, a script) one line at each 10 % step of a known total, e.g. `importing 00008030: 40 % (19.2 MiB of
+    48.0 MiB)`, which is also what scripts and tests can wait for."""
+    tty = sys.stderr.isatty()
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -59,17 +62,26 @@ def progress(description: str, total: int | None) -> Iterator:
         TimeRemainingColumn(),
         console=err,
         transient=True,
-        disable=not sys.stderr.isatty(),
+        disable=not tty,
     )
     with bar:
         task = bar.add_task(description, total=total)
         last = [0.0]
+        step = [0]  # the last 10 % step printed as a line
 
         def update(done: int, total_now: int | None = None) -> None:
+            known = total_now if total_now is not None else total
+            if not tty:
+                if known and (s := min(10, done * 10 // known)) > step[0]:
+                    step[0] = s
+                    err.print(
+                        f"{description}: {s * 10} % ({human(done)} of {human(known)})", soft_wrap=True, markup=False
+                    )
+                return
             # Called per block by the library; redrawing is only worth it ten times a second.
             now = time.monotonic()
             if now - last[0] >= 0.1 or (total_now is not None and done >= total_now):
                 last[0] = now
-                bar.update(task, completed=done, total=total_now if total_now is not None else total)
+                bar.update(task, completed=done, total=known)
 
         yield update
