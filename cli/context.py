@@ -8,6 +8,7 @@ Exit codes follow restic: 1 failed, 3 some source data unreadable, 10 no reposit
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import lmdb
 import platformdirs
 
 from phonevault.store.backends.local import LocalBackend
@@ -100,3 +102,16 @@ def run_cli(main: click.Group) -> None:
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as e:
+        # The machine, not phonevault: a full disk, a permission, an I/O error. Nothing is committed before its
+        # data is durable, so the vault is as it was; say what and where in one line.
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"phonevault: {where}{e.strerror or e}{_ENOSPC_HINT if e.errno in _FULL else ''}", err=True)
+        sys.exit(1)
+    except lmdb.Error as e:
+        click.echo(f"phonevault: the local cache failed ({e}); the vault is not affected", err=True)
+        sys.exit(1)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_ENOSPC_HINT = " (nothing partial was committed; free some space and run it again: stored data is reused)"

@@ -10,6 +10,7 @@ import click
 from phonevault.store import keys as keyring
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.check import check as run_check
+from phonevault.store.errors import PhonevaultError
 from phonevault.store.prune import prune as run_prune
 from phonevault.store.repository import Repository
 from phonevault.store.stats import usage
@@ -23,6 +24,8 @@ from .render import emit_json, err, human, out, progress, table
 def init(repo_arg: str | None) -> None:
     """Create a new, empty, encrypted vault."""
     path = repo_path(repo_arg)
+    if path.exists() and not path.is_dir():
+        raise PhonevaultError(f"{path}: is a file; a vault needs a new or empty folder")
     password = get_password(confirm=True, what="new vault password")
     repo = Repository.init(LocalBackend(path), password)
     out.print(f"created vault {repo.config.id} at {path}")

@@ -111,3 +111,10 @@ class UnsafePath(PhonevaultError):
         super().__init__(f"refusing path {path!r} under {target}: {reason}")
         self.path = path
         self.target = target
+
+
+class PasswordRefused(PhonevaultError):
+    """A new vault password that would protect nothing (empty or only whitespace)."""
+
+    def __init__(self, reason: str = "an empty password protects nothing; choose one") -> None:
+        super().__init__(f"password refused: {reason}")

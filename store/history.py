@@ -56,9 +56,19 @@ def apply_forget(repo: Repository, plan: ForgetPlan, reason: str) -> None:
         repo.append(plan.device.key, [SnapshotForgotten(s.id, t, reason) for s in plan.forget])
 
 
-def record_export(repo: Repository, view: DeviceView, snap: SnapshotRecord, target: str) -> None:
-    repo.append(view.key, [Exported(snap.id, now_us(), target)])
+def _audit(repo: Repository, view: DeviceView, event: Exported | RestoredToDevice) -> str | None:
+    """Append an audit event. Best effort: the data is already out, and a vault on a full or read-only disk must
+    not turn a successful export or restore into a failure. Returns why it was not recorded, if it was not."""
+    try:
+        repo.append(view.key, [event])
+    except OSError as e:
+        return f"the vault could not record this in its log ({e.strerror or e})"
+    return None
 
 
-def record_restore(repo: Repository, view: DeviceView, snap: SnapshotRecord, target: str) -> None:
-    repo.append(view.key, [RestoredToDevice(snap.id, now_us(), target)])
+def record_export(repo: Repository, view: DeviceView, snap: SnapshotRecord, target: str) -> str | None:
+    return _audit(repo, view, Exported(snap.id, now_us(), target))
+
+
+def record_restore(repo: Repository, view: DeviceView, snap: SnapshotRecord, target: str) -> str | None:
+    return _audit(repo, view, RestoredToDevice(snap.id, now_us(), target))

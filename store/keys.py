@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .backends import Backend
 from .crypto import NONCE_LEN, MasterKey
-from .errors import CorruptObject, UnsupportedFormat, WrongPassword
+from .errors import CorruptObject, PasswordRefused, UnsupportedFormat, WrongPassword
 
 KEY_FORMAT = 1
 DEFAULT_SCRYPT_N = 2**15  # ~100 ms and 32 MiB per unlock on a laptop core
@@ -33,6 +33,8 @@ def _kek(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 def add_key(backend: Backend, master: MasterKey, password: str, scrypt_n: int = DEFAULT_SCRYPT_N) -> str:
     """Wrap the master secret with a new password; returns the new key's id."""
+    if not password.strip():
+        raise PasswordRefused()
     salt = os.urandom(16)
     r, p = 8, 1
     nonce = os.urandom(NONCE_LEN)
