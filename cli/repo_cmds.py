@@ -51,8 +51,7 @@ def key_add(repo: Repository) -> None:
 def key_passwd(repo: Repository) -> None:
     """Change the password used to open the vault (the old key is removed; data is not re-encrypted)."""
     new = get_password(confirm=True, what="new password") if sys.stdin.isatty() else _new_password_env()
-    key_id = keyring.add_key(repo.backend, repo.key, new)
-    keyring.remove_key(repo.backend, repo.key_id)
+    key_id = keyring.change_password(repo.backend, repo.key, repo.key_id, new)
     out.print(f"password changed (key {repo.key_id} replaced by {key_id})")
 
 
@@ -61,7 +60,7 @@ def key_passwd(repo: Repository) -> None:
 @with_repo
 def key_list(repo: Repository, as_json: bool) -> None:
     """List the keys (one per password)."""
-    ids = sorted(name.removeprefix("keys/") for name, _ in repo.backend.list("keys/"))
+    ids = keyring.list_keys(repo.backend)
     if as_json:
         emit_json([{"id": i, "current": i == repo.key_id} for i in ids])
     else:

@@ -90,3 +90,16 @@ def unlock(backend: Backend, password: str) -> tuple[str, MasterKey]:
 
 def remove_key(backend: Backend, key_id: str) -> None:
     backend.delete(f"keys/{key_id}")
+
+
+def change_password(backend: Backend, master: MasterKey, old_key_id: str, new_password: str) -> str:
+    """Replace the key `old_key_id` by one for `new_password`; returns the new key's id. The new key is written
+    before the old one is removed, so a crash in between leaves both passwords working, never neither."""
+    key_id = add_key(backend, master, new_password)
+    remove_key(backend, old_key_id)
+    return key_id
+
+
+def list_keys(backend: Backend) -> list[str]:
+    """The ids of every key (one per password), sorted."""
+    return sorted(name.removeprefix("keys/") for name, _ in backend.list("keys/"))
