@@ -118,3 +118,22 @@ class PasswordRefused(PhonevaultError):
 
     def __init__(self, reason: str = "an empty password protects nothing; choose one") -> None:
         super().__init__(f"password refused: {reason}")
+
+
+class ReadOnlyVault(PhonevaultError):
+    """A command that only reads the vault tried to change it (put, put_exclusive or delete). Nothing was written;
+    the command holds a read-only handle precisely so that such a slip fails loudly instead of changing the vault."""
+
+    def __init__(self, location: str, operation: str, name: str) -> None:
+        super().__init__(f"{location}: opened read-only; refusing to {operation} {name}")
+        self.location = location
+        self.operation = operation
+        self.name = name
+
+
+class UnsupportedBackend(PhonevaultError):
+    """A vault location names storage this phonevault cannot reach (an unknown scheme, or one not built yet)."""
+
+    def __init__(self, location: str, reason: str) -> None:
+        super().__init__(f"{location}: {reason}")
+        self.location = location
