@@ -1,8 +1,8 @@
 """The benchmark dataset: a synthetic phone's MobileSync folder on day 0 and day 2, and how results are verified.
 
-The phone is `phonevault.sync.phone.SyntheticPhone(seed, size, many_files=…)`, the project's one generator; its
-`write_backup(root, day)` makes `root/<udid>/` the folder a host holds after that day's backup, incrementally
-(files already right are kept), so moving the folder between day 0 and day 2 rewrites only what changed.
+The phone is `phonevault.sync.emulator.phone.SyntheticPhone(seed, size, many_files=…)`, the project's one
+generator; its `write_backup(root, day)` makes `root/<udid>/` the folder a host holds after that day's backup,
+incrementally (files already right are kept), so moving the folder between day 0 and day 2 rewrites only what changed.
 
 Verification: a folder is summarised as {relative path: BLAKE3 of its bytes}; a restore passes when its summary
 equals the source's. The single file extracted by every tool is one photo that exists unchanged on both days.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import blake3
 
-from phonevault.sync.phone import SyntheticPhone
+from phonevault.sync.emulator.phone import SyntheticPhone
 
 SEED = 7
 READ = 1 << 20
@@ -51,10 +51,10 @@ class Dataset:
 
     def photo(self) -> Photo:
         """The largest HEIC present and unchanged on day 0 and day 2 (so both restores must hold it)."""
-        day0 = {f.file_id: f for f in self.phone.files(0) if f.kind == "heic"}
-        kept = [f for f in self.phone.files(2) if f.file_id in day0 and day0[f.file_id] == f]
-        f = max(kept, key=lambda f: (f.size, f.file_id))
-        return Photo(f"{f.domain}/{f.relative_path}", f"{self.phone.udid}/{f.file_id[:2]}/{f.file_id}", f.size)
+        day0 = {f.entry.file_id: f for f in self.phone.files(0) if f.kind == "heic"}
+        kept = [f.entry for f in self.phone.files(2) if f.entry.file_id in day0 and day0[f.entry.file_id] == f]
+        e = max(kept, key=lambda e: (e.size, e.file_id))
+        return Photo(f"{e.domain}/{e.relative_path}", f"{self.phone.udid}/{e.file_id[:2]}/{e.file_id}", e.size)
 
 
 def make_dataset(root: Path, size: int, many_files: int = 0) -> Dataset:

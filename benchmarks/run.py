@@ -30,7 +30,8 @@ from report import markdown, plot
 from suite import Source, references, run_tool
 from tools import VENV_BIN, Borg, Phonevault, Restic, Tool, ensure_peer, tool_version
 
-from phonevault.sync.phone import MANY_FILES, parse_size
+from phonevault.cli.sizes import parse_size
+from phonevault.sync.emulator.phone import MANY_FILES
 
 HERE = Path(__file__).resolve().parent
 GB = 2**30

@@ -17,9 +17,9 @@ import click
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.repository import Repository
 from phonevault.store.trees import load_tree
-from phonevault.sync.phone import parse_size
 
 from .render import out
+from .sizes import parse_size
 
 
 @click.command()

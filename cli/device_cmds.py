@@ -13,10 +13,10 @@ import platformdirs
 
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
-from phonevault.sync.phone import parse_size
 
 from .context import with_repo
 from .render import err, human, out, progress
+from .sizes import parse_size
 
 
 def default_emulator_dir() -> Path:

@@ -3,6 +3,10 @@
 Layers, one module each: `wire` (framing), `usbmux`, `lockdown`, `pairing`, `services` (notification_proxy,
 afc, installation_proxy, springboardservices), `devicelink`, `backup2`, `device` (identity, content, ports),
 `server` (listener, threads, the public `Emulator`).
+
+What the phone holds is the synthetic phone, `phone.SyntheticPhone`, built from `seeds`, `identity`, `days` (which
+files exist on day N), `content` and `databases` (their bytes), `ioscrypto` (iOS backup encryption) and `folder`
+(the MobileSync folder writer). It is test rig, not product: no product module imports this package.
 """
 
 from .backup2 import Report

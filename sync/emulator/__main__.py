@@ -1,4 +1,6 @@
-"""`python -m phonevault.sync.emulator serve --port P --data DIR [--day N] [--size 2GB] [--seed S]`."""
+"""`python -m phonevault.sync.emulator serve --port P --data DIR [--day N] [--size 2GB] [--seed S]`
+or `… write OUT [--day N] [--size 2GB] [--seed S] [--password PW] [--many-files N]` (the synthetic phone's
+backup folder after day N, at OUT/<udid>, without serving it)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from phonevault.sync.phone import parse_size
+from phonevault.cli.sizes import parse_size
 
+from .phone import SyntheticPhone
 from .server import DEFAULT_SIZE, serve
 
 
@@ -21,7 +24,18 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="phone size, e.g. 64MB, 2GB")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("-v", "--verbose", action="store_true")
+    write = commands.add_parser("write", help="write the synthetic iPhone's backup folder to OUT/<udid>")
+    write.add_argument("out", type=Path, help="backup root; the folder is OUT/<udid>")
+    write.add_argument("--day", type=int, default=0, help="the folder after this day's backup")
+    write.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="phone size, e.g. 64MB, 6GB")
+    write.add_argument("--seed", type=int, default=1)
+    write.add_argument("--password", default=None, help="make an iOS-encrypted backup")
+    write.add_argument("--many-files", type=int, default=0, metavar="N", help="N small plists instead of the default")
     args = parser.parse_args(argv)
+    if args.command == "write":
+        phone = SyntheticPhone(args.seed, args.size, password=args.password, many_files=args.many_files or False)
+        print(phone.write_backup(args.out, args.day))
+        return
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
     serve(args.port, args.data, day=args.day, size=args.size, seed=args.seed)
 

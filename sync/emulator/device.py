@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from phonevault.sync.manifest import read_manifest_db
-from phonevault.sync.phone import SyntheticPhone
 
 from . import backup2, lockdown, pairing, services
+from .phone import SyntheticPhone
 from .usbmux import LOCKDOWN_PORT, PortHandler
 from .wire import Link
 

@@ -16,11 +16,10 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from phonevault.sync.phone import SyntheticPhone
-
 from . import usbmux
 from .backup2 import Report
 from .device import Device, Fault
+from .phone import SyntheticPhone
 from .wire import Link
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,9 @@
-"""The synthetic phone: realistic content, deterministic days, backup folders fresh = incremental, encryption (§5)."""
+"""The synthetic phone: realistic content, deterministic days, backup folders fresh = incremental, iOS encryption."""
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import os
 import plistlib
 import sqlite3
 import struct
@@ -14,7 +13,12 @@ import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from phonevault.sync.emulator.__main__ import main
+from phonevault.sync.emulator.ioscrypto import KEYBAG_CLASSES, encrypt, encrypted_size, password_key, wrapped_key
+from phonevault.sync.emulator.phone import MANY_FILES, SyntheticPhone
 from phonevault.sync.manifest import (
     FLAG_DIR,
     FLAG_FILE,
@@ -25,7 +29,6 @@ from phonevault.sync.manifest import (
     read_manifest_rows,
     read_status_plist,
 )
-from phonevault.sync.phone import MANY_FILES, SyntheticPhone, main, parse_size, password_key
 
 MiB = 2**20
 
@@ -70,33 +73,34 @@ def test_identity_is_stable_per_seed() -> None:
 def test_day0_content_is_a_realistic_mix(phone: SyntheticPhone) -> None:
     files = phone.files(0)
     kinds = collections.Counter(f.kind for f in files)
-    total = sum(f.size for f in files if f.flags == FLAG_FILE)
+    total = sum(f.entry.size for f in files if f.entry.flags == FLAG_FILE)
     assert 0.9 * phone.size <= total <= 1.1 * phone.size
     assert kinds["heic"] + kinds["jpg"] >= 3 and kinds["thumb"] >= 3
     assert kinds["plist-bin"] + kinds["plist-xml"] >= 16 * MiB // (32 * 1024) and kinds["plist-xml"] > 0
     assert kinds["dir"] > 10 and kinds["symlink"] >= 1
-    assert len({f.file_id for f in files}) == len(files)
-    for f in files:
-        assert f.file_id == file_id(f.domain, f.relative_path)
-        if f.flags == FLAG_FILE:
-            parent = f.relative_path.rsplit("/", 1)[0]
-            assert any(d.flags == FLAG_DIR and (d.domain, d.relative_path) == (f.domain, parent) for d in files)
+    entries = [f.entry for f in files]
+    assert len({e.file_id for e in entries}) == len(entries)
+    for e in entries:
+        assert e.file_id == file_id(e.domain, e.relative_path)
+        if e.flags == FLAG_FILE:
+            parent = e.relative_path.rsplit("/", 1)[0]
+            assert any(d.flags == FLAG_DIR and (d.domain, d.relative_path) == (e.domain, parent) for d in entries)
             break
     heic = next(f for f in files if f.kind == "heic")
-    assert heic.domain == "CameraRollDomain" and heic.relative_path.startswith("Media/DCIM/1")
+    assert heic.entry.domain == "CameraRollDomain" and heic.entry.relative_path.startswith("Media/DCIM/1")
     data = body(phone, heic)
-    assert len(data) == heic.size and 1_500_000 <= heic.size <= 4_000_000 and data[4:12] == b"ftypheic"
+    assert len(data) == heic.entry.size and 1_500_000 <= heic.entry.size <= 4_000_000 and data[4:12] == b"ftypheic"
     jpg = next(f for f in files if f.kind in ("jpg", "thumb"))
     data = body(phone, jpg)
     assert data[:4] == b"\xff\xd8\xff\xe1" and data.endswith(b"\xff\xd9")
     plist = next(f for f in files if f.kind == "plist-bin")
-    assert isinstance(plistlib.loads(body(phone, plist)), dict) and len(body(phone, plist)) == plist.size
+    assert isinstance(plistlib.loads(body(phone, plist)), dict) and len(body(phone, plist)) == plist.entry.size
     xml = next(f for f in files if f.kind == "plist-xml")
     assert body(phone, xml).startswith(b"<?xml") and isinstance(plistlib.loads(body(phone, xml)), dict)
 
 
 def test_databases_are_real_sqlite(phone: SyntheticPhone, tmp_path: Path) -> None:
-    by_path = {(f.domain, f.relative_path): f for f in phone.files(0)}
+    by_path = {(f.entry.domain, f.entry.relative_path): f for f in phone.files(0)}
     for key, query in (
         (("HomeDomain", "Library/SMS/sms.db"), "SELECT count(*) FROM message"),
         (("CameraRollDomain", "Media/PhotoData/Photos.sqlite"), "SELECT count(*) FROM ZASSET"),
@@ -105,18 +109,18 @@ def test_databases_are_real_sqlite(phone: SyntheticPhone, tmp_path: Path) -> Non
         f = by_path[key]
         copy = tmp_path / key[1].rsplit("/", 1)[1]
         copy.write_bytes(body(phone, f))
-        assert copy.stat().st_size == f.size
+        assert copy.stat().st_size == f.entry.size
         (count,) = sqlite3.connect(copy).execute(query).fetchone()
         assert count > 0
     photos = sqlite3.connect(tmp_path / "Photos.sqlite")
     names = {n for (n,) in photos.execute("SELECT ZFILENAME FROM ZASSET")}
-    originals = {f.relative_path.rsplit("/", 1)[1] for f in by_path.values() if f.kind in ("heic", "jpg", "video")}
+    originals = {k[1].rsplit("/", 1)[1] for k, f in by_path.items() if f.kind in ("heic", "jpg", "video")}
     assert names == originals
 
 
 def test_days_change_a_little_and_keep_the_rest(phone: SyntheticPhone) -> None:
-    day0 = {(f.domain, f.relative_path): f for f in phone.files(0) if f.flags == FLAG_FILE}
-    day1 = {(f.domain, f.relative_path): f for f in phone.files(1) if f.flags == FLAG_FILE}
+    day0 = {(f.entry.domain, f.entry.relative_path): f for f in phone.files(0) if f.entry.flags == FLAG_FILE}
+    day1 = {(f.entry.domain, f.entry.relative_path): f for f in phone.files(1) if f.entry.flags == FLAG_FILE}
     new = day1.keys() - day0.keys()
     gone = day0.keys() - day1.keys()
     changed = {k for k in day0.keys() & day1.keys() if day0[k] != day1[k]}
@@ -129,7 +133,9 @@ def test_days_change_a_little_and_keep_the_rest(phone: SyntheticPhone) -> None:
     for k in list(day0.keys() & day1.keys() - changed)[:50]:
         assert body(phone, day0[k]) == body(phone, day1[k])
     edited = next(k for k in changed if day1[k].kind in ("heic", "jpg"))
-    assert body(phone, day0[edited]) != body(phone, day1[edited]) and day1[edited].mtime > day0[edited].mtime
+    assert (
+        body(phone, day0[edited]) != body(phone, day1[edited]) and day1[edited].entry.mtime > day0[edited].entry.mtime
+    )
     # SQLite changes in place: same page size, a few dozen pages touched (inserts reach the guid and handle indexes),
     # the rest byte-identical — what small CDC chunks rely on. A rebuilt database would differ everywhere.
     sms0, sms1 = (body(phone, d[("HomeDomain", "Library/SMS/sms.db")]) for d in (day0, day1))
@@ -143,21 +149,22 @@ def test_write_backup_fresh_equals_incremental(phone: SyntheticPhone, tmp_path: 
     inc = phone.write_backup(tmp_path / "inc", 0)
     assert inc == tmp_path / "inc" / phone.udid
     untouched = next(f for f in phone.files(2) if f.kind == "plist-bin" and f.rev == 0)
-    inode = (inc / untouched.file_id[:2] / untouched.file_id).stat().st_ino
+    untouched_path = inc / untouched.entry.file_id[:2] / untouched.entry.file_id
+    inode = untouched_path.stat().st_ino
     (inc / "ab" / "stray-file").write_bytes(b"left over")
     phone.write_backup(tmp_path / "inc", 2)
     fresh = SyntheticPhone(seed=7, size=16 * MiB).write_backup(tmp_path / "fresh", 2)
     assert tree_hash(inc) == tree_hash(fresh)
-    assert (inc / untouched.file_id[:2] / untouched.file_id).stat().st_ino == inode  # not rewritten
+    assert untouched_path.stat().st_ino == inode  # not rewritten
 
     files = phone.files(2)
     entries = list(read_manifest_db(fresh / "Manifest.db"))
-    assert entries == sorted((f.catalog_entry() for f in files), key=lambda e: e.file_id)
+    assert entries == sorted((f.entry for f in files), key=lambda e: e.file_id)
     on_disk = {p.name for p in fresh.glob("??/*")}
-    assert on_disk == {f.file_id for f in files if f.flags == FLAG_FILE}
+    assert on_disk == {f.entry.file_id for f in files if f.entry.flags == FLAG_FILE}
     some = next(f for f in files if f.kind == "heic")
-    assert (fresh / some.file_id[:2] / some.file_id).read_bytes() == body(phone, some)
-    assert (fresh / some.file_id[:2] / some.file_id).stat().st_mtime == some.mtime
+    some_path = fresh / some.entry.file_id[:2] / some.entry.file_id
+    assert some_path.read_bytes() == body(phone, some) and some_path.stat().st_mtime == some.entry.mtime
 
     info = read_info_plist((fresh / "Info.plist").read_bytes(), "Info.plist")
     assert info == phone.device_info()
@@ -215,7 +222,8 @@ def test_encrypted_backup_opens_with_the_password(tmp_path: Path) -> None:
     plain = tmp_path / "Manifest.plain.db"
     plain.write_bytes(decrypt(db_key, (folder / "Manifest.db").read_bytes()))
     rows = {e.file_id: (e, mb) for e, mb in read_manifest_rows(plain)}
-    sms = phone_file = next(f for f in phone.files(1) if f.relative_path == "Library/SMS/sms.db")
+    phone_file = next(f for f in phone.files(1) if f.entry.relative_path == "Library/SMS/sms.db")
+    sms = phone_file.entry
     entry, mbfile = rows[sms.file_id]
     assert entry.has_encryption_key and entry.size == sms.size
     wrapped = mbfile["EncryptionKey"]
@@ -225,18 +233,33 @@ def test_encrypted_backup_opens_with_the_password(tmp_path: Path) -> None:
     assert decrypt(file_key, ciphertext) == b"".join(phone.open(phone_file))
 
 
-def test_sizes_many_files_and_cli(tmp_path: Path) -> None:
-    assert parse_size("64MB") == 64 * MiB and parse_size("6GB") == 6 * 2**30 and parse_size("1000") == 1000
-    assert parse_size("1.5GiB") == 3 * 2**29
-    with pytest.raises(ValueError):
-        parse_size("lots")
+@settings(max_examples=50, deadline=None)
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    data=st.binary(max_size=300),
+    cuts=st.lists(st.integers(0, 300), max_size=4),
+    pclass=st.sampled_from(KEYBAG_CLASSES),
+    file_key=st.binary(min_size=32, max_size=32),
+)
+def test_ioscrypto_round_trips_through_an_independent_decryptor(
+    key: bytes, data: bytes, cuts: list[int], pclass: int, file_key: bytes
+) -> None:
+    # However the plaintext is cut into pieces, the ciphertext is the one AES-CBC/PKCS#7 of the whole.
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    pieces = iter([data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
+    ciphertext = b"".join(encrypt(key, pieces))
+    assert len(ciphertext) == encrypted_size(len(data)) and decrypt(key, ciphertext) == data
+    wrapped = wrapped_key(pclass, key, file_key)
+    assert struct.unpack("<I", wrapped[:4])[0] == pclass and aes_key_unwrap(key, wrapped[4:]) == file_key
+
+
+def test_many_files_and_the_write_command(tmp_path: Path) -> None:
     assert SyntheticPhone(many_files=True).plist_count == MANY_FILES >= 300_000
     small = SyntheticPhone(seed=5, size=4 * MiB, many_files=3000)
     files = small.files(0)
     assert sum(f.kind.startswith("plist") for f in files) == 3000
     # Many files stay small files: photos still make up most of the phone.
-    assert sum(f.size for f in files if f.kind.startswith("plist")) < 0.3 * small.size
+    assert sum(f.entry.size for f in files if f.kind.startswith("plist")) < 0.3 * small.size
     assert any(f.kind in ("heic", "jpg") for f in files)
-    assert main([str(tmp_path), "--size", "4MB", "--day", "1", "--seed", "5"]) == 0
-    folder = tmp_path / SyntheticPhone(seed=5).udid
-    assert (folder / "Manifest.db").exists() and os.listdir(folder / "00") is not None
+    main(["write", str(tmp_path / "cli"), "--size", "4MB", "--day", "1", "--seed", "5", "--many-files", "3000"])
+    assert tree_hash(tmp_path / "cli" / small.udid) == tree_hash(small.write_backup(tmp_path / "api", 1))
