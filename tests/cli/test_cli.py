@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from phonevault.sync.phone import SyntheticPhone
+from phonevault.sync.emulator.phone import SyntheticPhone
 from tests.sync.test_mobilesync import tree_digest
 
 
