@@ -33,6 +33,38 @@ class SourceIncomplete(PhonevaultError):
         self.problems = problems
 
 
+class CatalogProblems(PhonevaultError):
+    """A snapshot's Manifest.db has rows that cannot be used (undecodable, a fileID listed twice); everything else
+    was listed or extracted, the rows are named in `problems` (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, snapshot: str, problems: list[str]) -> None:
+        super().__init__(f"snapshot {snapshot}: {len(problems)} unusable row(s) in its Manifest.db (named above)")
+        self.problems = problems
+
+
+class ExtractIncomplete(PhonevaultError):
+    """Extract wrote every file it could; the ones in `problems` were not (missing from the snapshot, an unsafe
+    path, an unusable catalog row, a write that failed). `extracted` is what was written (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, problems: list[str], extracted: list) -> None:
+        super().__init__(f"{len(problems)} file(s) not extracted (named above); the other {len(extracted)} were")
+        self.problems = problems
+        self.extracted = extracted
+
+
+class TargetConflict(PhonevaultError):
+    """Extract or export would replace or merge something in its target; refused before anything is written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}; nothing was written")
+        self.path = path
+        self.reason = reason
+
+
 class DeviceError(PhonevaultError):
     """A device (or the emulator) failed, refused or sent something malformed."""
 

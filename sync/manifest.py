@@ -5,8 +5,11 @@ writes it), and Manifest.db reading/writing with real NSKeyedArchiver ``MBFile``
 Everything else in phonevault reads Apple metadata only through this module.
 
 Invariants: reading never writes next to a user's backup (SQLite opened read-only and immutable, so no -wal/-shm
-appear); writing Manifest.db is deterministic (same entries → same bytes), so a synthetic phone and an export
-produce byte-identical folders. Memory: Manifest.db rows are streamed, one row at a time.
+appear), and a Manifest.db given as bytes (one from the vault) is parsed in memory, never written to a file;
+writing Manifest.db is deterministic (same entries → same bytes), so a synthetic phone and an export produce
+byte-identical folders. Plist booleans are taken only when they are booleans: any other value reads as None and
+is named in the reader's `problems`. Memory: Manifest.db rows are streamed, one row at a time; a Manifest.db given
+as bytes is held once more by SQLite while it is read (~400 bytes a row).
 """
 
 from __future__ import annotations
@@ -165,13 +168,26 @@ def info_plist_bytes(
     return plistlib.dumps(info, fmt=plistlib.FMT_XML, sort_keys=True)
 
 
+def _flag(d: Mapping[str, Any], key: str, absent: bool | None, where: str, problems: list[str]) -> bool | None:
+    """A plist boolean. Anything else (the string "yes", 0, a date) is never guessed at: it reads as None (unknown)
+    and is named in `problems`, so the caller decides what an unknown value means."""
+    if key not in d:
+        return absent
+    value = d[key]
+    if isinstance(value, bool):
+        return value
+    problems.append(f"{where}: {key} is {value!r} ({type(value).__name__}), not a boolean; taken as unknown")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ManifestPlist:
-    is_encrypted: bool
+    is_encrypted: bool | None  # None: IsEncrypted holds something other than a boolean (named in `problems`)
     version: str | None
     date: datetime | None
     product_version: str | None
     raw: dict[str, Any] = field(repr=False)
+    problems: tuple[str, ...] = ()
 
     @property
     def keybag(self) -> bytes | None:
@@ -190,12 +206,14 @@ def read_manifest_plist(data: bytes, where: str) -> ManifestPlist:
     d = _load_plist_dict(data, where, "Manifest.plist")
     lockdown = d.get("Lockdown") if isinstance(d.get("Lockdown"), dict) else {}
     date = d.get("Date")
+    problems: list[str] = []
     return ManifestPlist(
-        is_encrypted=bool(d.get("IsEncrypted", False)),
+        is_encrypted=_flag(d, "IsEncrypted", False, where, problems),
         version=_str(d.get("Version")),
         date=date if isinstance(date, datetime) else None,
         product_version=_str(lockdown.get("ProductVersion")),
         raw=d,
+        problems=tuple(problems),
     )
 
 
@@ -207,6 +225,7 @@ class StatusPlist:
     uuid: str | None
     version: str | None
     backup_state: str | None = None
+    problems: tuple[str, ...] = ()  # fields of the wrong type, each read as unknown
 
     @property
     def finished(self) -> bool:
@@ -216,15 +235,16 @@ class StatusPlist:
 
 def read_status_plist(data: bytes, where: str) -> StatusPlist:
     d = _load_plist_dict(data, where, "Status.plist")
-    full = d.get("IsFullBackup")
     date = d.get("Date")
+    problems: list[str] = []
     return StatusPlist(
         snapshot_state=_str(d.get("SnapshotState")),
-        is_full_backup=bool(full) if full is not None else None,
+        is_full_backup=_flag(d, "IsFullBackup", None, where, problems),
         date=date if isinstance(date, datetime) else None,
         uuid=_str(d.get("UUID")),
         version=_str(d.get("Version")),
         backup_state=_str(d.get("BackupState")),
+        problems=tuple(problems),
     )
 
 
@@ -529,61 +549,103 @@ def entry_from_row(fid: str, domain: str, relative_path: str, flags: int, mbfile
 # --------------------------------------------------------------------------------------------------- Manifest.db
 
 
+#: What `check_manifest_db`, `read_manifest_rows` and `read_manifest_db` read: a file (opened read-only and
+#: immutable), or the bytes of one (a database image, parsed in memory: nothing is written anywhere).
+ManifestSource = Path | str | bytes | bytearray
+
+
+@dataclass(frozen=True, slots=True)
+class RowProblem:
+    """A Files row that cannot be used. `domain`/`relative_path` are None where the row does not hold text."""
+
+    file_id: str
+    domain: str | None
+    relative_path: str | None
+    reason: str
+
+
 def _open_readonly(path: Path) -> sqlite3.Connection:
     # immutable=1: SQLite neither locks nor creates -wal/-shm beside the user's backup.
     uri = Path(path).absolute().as_uri() + "?mode=ro&immutable=1"
     return sqlite3.connect(uri, uri=True)
 
 
-def _open_checked(path: Path) -> sqlite3.Connection:
-    """Open a Manifest.db read-only, refusing what is not one (named in ManifestInvalid)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestInvalid(str(path), "Manifest.db does not exist or is not a file")
+def _open_image(data: bytes | bytearray) -> sqlite3.Connection:
+    """An in-memory database from a Manifest.db's bytes (sqlite3 `deserialize`: no file, no temp file).
+
+    SQLite copies the image, so a caller's buffer is needed only for this call. A WAL-mode header (file format
+    bytes 18–19 = 2) cannot be opened from memory; a Manifest.db as stored is complete without its -wal, so the
+    header is switched to rollback mode (1) in the copy handed to SQLite, exactly what opening the file does."""
+    if len(data) < 100:
+        raise sqlite3.DatabaseError("shorter than an SQLite header")
+    if data[18:20] == b"\x02\x02":
+        data = bytearray(data) if isinstance(data, bytes) else data
+        data[18:20] = b"\x01\x01"
+    conn = sqlite3.connect(":memory:")
     try:
-        conn = _open_readonly(path)
+        conn.deserialize(data)
+        conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _where(source: ManifestSource, where: str | None) -> str:
+    return where or (str(source) if isinstance(source, Path | str) else "Manifest.db")
+
+
+def _open_checked(source: ManifestSource, where: str) -> sqlite3.Connection:
+    """Open a Manifest.db read-only, refusing what is not one (named in ManifestInvalid)."""
+    if isinstance(source, Path | str) and not Path(source).is_file():
+        raise ManifestInvalid(where, "Manifest.db does not exist or is not a file")
+    try:
+        conn = _open_image(source) if isinstance(source, bytes | bytearray) else _open_readonly(Path(source))
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         raise ManifestInvalid(
-            str(path), f"not an SQLite database ({exc}); an encrypted backup needs its password"
+            where, f"not an SQLite database ({exc}); an encrypted backup needs its password"
         ) from None
     if "Files" not in tables:
         conn.close()
-        raise ManifestInvalid(str(path), "Manifest.db has no Files table")
+        raise ManifestInvalid(where, "Manifest.db has no Files table")
     columns = {r[1] for r in conn.execute("PRAGMA table_info(Files)")}
     missing = {"fileID", "domain", "relativePath", "flags", "file"} - columns
     if missing:
         conn.close()
-        raise ManifestInvalid(str(path), f"Files table lacks column(s) {', '.join(sorted(missing))}")
-
+        raise ManifestInvalid(where, f"Files table lacks column(s) {', '.join(sorted(missing))}")
     return conn
 
 
-def check_manifest_db(path: Path) -> None:
-    """Raise ManifestInvalid unless `path` opens as a Manifest.db with a usable Files table."""
-    _open_checked(Path(path)).close()
+def check_manifest_db(source: ManifestSource, where: str | None = None) -> None:
+    """Raise ManifestInvalid unless `source` opens as a Manifest.db with a usable Files table."""
+    _open_checked(source, _where(source, where)).close()
 
 
-def read_manifest_rows(path: Path) -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
-    """Every Files row as (entry, decoded MBFile fields), in fileID order. Checks the file before returning."""
-    path = Path(path)
-    conn = _open_checked(path)
+def read_manifest_rows(source: ManifestSource, where: str | None = None) -> Iterator[tuple[CatalogEntry, dict]]:
+    """Every Files row as (entry, decoded MBFile fields), in fileID order; an undecodable row raises ManifestInvalid.
+    Checks the database before returning."""
+    where = _where(source, where)
+    conn = _open_checked(source, where)
 
     def rows() -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
-        for fid, domain, relative_path, flags, blob in _raw_rows(conn, path):
-            yield _decode_row(path, fid, domain, relative_path, flags, blob)
+        for row in _raw_rows(conn, where):
+            try:
+                yield _decode(*row)
+            except ValueError as exc:
+                raise ManifestInvalid(where, f"row fileID={row[0]!r}: undecodable MBFile: {exc}") from None
 
     return rows()
 
 
-def _raw_rows(conn: sqlite3.Connection, path: Path) -> Iterator[tuple]:
+def _raw_rows(conn: sqlite3.Connection, where: str) -> Iterator[tuple]:
     try:
         cursor = conn.execute("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY fileID")
         while True:
             try:
                 row = cursor.fetchone()
             except sqlite3.DatabaseError as exc:
-                raise ManifestInvalid(str(path), f"Files table unreadable: {exc}") from None
+                raise ManifestInvalid(where, f"Files table unreadable: {exc}") from None
             if row is None:
                 return
             yield row
@@ -591,48 +653,67 @@ def _raw_rows(conn: sqlite3.Connection, path: Path) -> Iterator[tuple]:
         conn.close()
 
 
-def _decode_row(path: Path, fid: Any, domain: Any, relative_path: Any, flags: Any, blob: Any):
-    try:
-        if not isinstance(fid, str) or not isinstance(domain, str) or not isinstance(flags, int):
-            raise ValueError("fileID/domain/flags have the wrong type")
-        if not isinstance(blob, bytes):
-            raise ValueError("file column is not a blob")
-        mbfile = decode_mbfile(blob)
-        rel = relative_path if isinstance(relative_path, str) else mbfile.get("RelativePath", "")
-        return entry_from_row(fid, domain, rel, flags, mbfile), mbfile
-    except ValueError as exc:
-        raise ManifestInvalid(str(path), f"row fileID={fid!r}: undecodable MBFile: {exc}") from None
+def _decode(fid: Any, domain: Any, relative_path: Any, flags: Any, blob: Any) -> tuple[CatalogEntry, dict[str, Any]]:
+    """One Files row; ValueError names what is wrong with it."""
+    if not isinstance(fid, str) or not isinstance(domain, str) or not isinstance(flags, int):
+        raise ValueError("fileID/domain/flags have the wrong type")
+    if not isinstance(blob, bytes):
+        raise ValueError("file column is not a blob")
+    mbfile = decode_mbfile(blob)
+    rel = relative_path if isinstance(relative_path, str) else mbfile.get("RelativePath", "")
+    if not isinstance(rel, str):
+        raise ValueError("no relativePath and no RelativePath in the MBFile")
+    return entry_from_row(fid, domain, rel, flags, mbfile), mbfile
 
 
-def read_manifest_db(path: Path, memo: MutableMapping[bytes, list] | None = None) -> Iterator[CatalogEntry]:
+def read_manifest_db(
+    source: ManifestSource,
+    memo: MutableMapping[bytes, list] | None = None,
+    problems: list[RowProblem] | None = None,
+    where: str | None = None,
+) -> Iterator[CatalogEntry]:
     """Every file, directory and symlink a Manifest.db lists, in fileID order (streamed).
+
+    An undecodable row raises ManifestInvalid naming its fileID, unless `problems` is given: then the row is
+    appended there and skipped, so one bad row never hides the others.
 
     `memo` maps a row's MBFile archive (by BLAKE3) to its decoded fields. Decoding costs ~120 µs a row in
     pure Python, and from one backup to the next almost every row's archive is the same bytes, so a memo kept from
     the previous Manifest.db of a device turns a 300 000-row parse from ~40 s into a hash and a lookup per row.
     The memo is filled with every row read."""
-    if memo is None:
-        return (entry for entry, _ in read_manifest_rows(path))
-    path = Path(path)
-    conn = _open_checked(path)
+    where = _where(source, where)
+    conn = _open_checked(source, where)
 
-    def memoised() -> Iterator[CatalogEntry]:
-        for fid, domain, relative_path, flags, blob in _raw_rows(conn, path):
-            key = blake3.blake3(blob).digest()[:16] if isinstance(blob, bytes) else b""
+    def entries() -> Iterator[CatalogEntry]:
+        for fid, domain, relative_path, flags, blob in _raw_rows(conn, where):
+            key = blake3.blake3(blob).digest()[:16] if memo is not None and isinstance(blob, bytes) else b""
             hit = memo.get(key) if key else None
             if hit is not None and isinstance(fid, str) and isinstance(domain, str) and isinstance(flags, int):
                 size, mode, mtime, target, pclass, has_key, rel_fallback = hit
                 rel = relative_path if isinstance(relative_path, str) else rel_fallback
                 yield CatalogEntry(fid, domain, rel, flags, size, mode, mtime, target, pclass, has_key)
                 continue
-            entry, mbfile = _decode_row(path, fid, domain, relative_path, flags, blob)
+            try:
+                entry, mbfile = _decode(fid, domain, relative_path, flags, blob)
+            except ValueError as exc:
+                if problems is None:
+                    raise ManifestInvalid(where, f"row fileID={fid!r}: undecodable MBFile: {exc}") from None
+                problems.append(
+                    RowProblem(
+                        str(fid),
+                        domain if isinstance(domain, str) else None,
+                        relative_path if isinstance(relative_path, str) else None,
+                        f"undecodable MBFile: {exc}",
+                    )
+                )
+                continue
             if key:
                 rel_fallback = mbfile.get("RelativePath", "") if isinstance(mbfile.get("RelativePath"), str) else ""
                 memo[key] = [entry.size, entry.mode, entry.mtime, entry.target, entry.protection_class,
                              entry.has_encryption_key, rel_fallback]  # fmt: skip
             yield entry
 
-    return memoised()
+    return entries()
 
 
 def write_manifest_db(

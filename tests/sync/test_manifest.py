@@ -22,6 +22,8 @@ from phonevault.sync.manifest import (
     S_IFREG,
     CatalogEntry,
     DeviceInfo,
+    RowProblem,
+    check_manifest_db,
     decode_mbfile,
     encode_mbfile,
     file_id,
@@ -314,3 +316,56 @@ def test_manifest_and_status_plists() -> None:
     )
     with pytest.raises(ManifestInvalid, match="Status.plist"):
         read_status_plist(b"", "Status.plist")
+
+
+def test_bytes_and_file_give_the_same_rows_without_a_file(tmp_path: Path) -> None:
+    """A Manifest.db from the vault is parsed from its bytes (in memory); a WAL-mode one too."""
+    entries = [entry("HomeDomain", f"Library/p{i}.plist", size=i) for i in range(50)]
+    db = tmp_path / "Manifest.db"
+    write_manifest_db(db, entries)
+    assert list(read_manifest_db(db.read_bytes())) == list(read_manifest_db(db))
+    assert list(read_manifest_db(bytearray(db.read_bytes()), {})) == list(read_manifest_db(db))
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    image = db.read_bytes()
+    assert image[18:20] == b"\x02\x02"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert list(read_manifest_db(image)) == sorted(entries, key=lambda e: e.file_id)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    check_manifest_db(image)
+    for bad, why in ((b"", "shorter"), (b"\x8f" * 4096, "not a database"), (b"SQLite format 3\x00" + bytes(84), "")):
+        with pytest.raises(ManifestInvalid, match=f"snap: .*{why}"):
+            check_manifest_db(bad, "snap")
+
+
+def test_undecodable_rows_are_collected_when_asked(tmp_path: Path) -> None:
+    db = tmp_path / "Manifest.db"
+    write_manifest_db(db, [entry("HomeDomain", "good"), entry("HomeDomain", "zgood")])
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO Files VALUES ('ffbad', 'HomeDomain', 'bad', 1, x'00010203')")
+    conn.execute("INSERT INTO Files VALUES ('ffbae', NULL, 'worse', 1, NULL)")
+    conn.commit()
+    conn.close()
+    problems: list[RowProblem] = []
+    rows = list(read_manifest_db(db.read_bytes(), {}, problems))
+    assert sorted(r.relative_path for r in rows) == ["good", "zgood"]
+    assert [(p.file_id, p.domain, p.relative_path) for p in problems] == [
+        ("ffbad", "HomeDomain", "bad"),
+        ("ffbae", None, "worse"),
+    ]
+    assert "undecodable" in problems[0].reason
+
+
+def test_plist_flags_that_are_not_booleans_read_as_unknown() -> None:
+    for value in ("yes", "no", 1, 0, b"\x01", [True]):
+        m = read_manifest_plist(plistlib.dumps({"IsEncrypted": value}, fmt=plistlib.FMT_BINARY), "/b/Manifest.plist")
+        assert m.is_encrypted is None
+        assert m.problems == (f"/b/Manifest.plist: IsEncrypted is {value!r} ({type(value).__name__}), not a boolean; "
+                              "taken as unknown",)  # fmt: skip
+        s = read_status_plist(plistlib.dumps({"IsFullBackup": value}), "Status.plist")
+        assert s.is_full_backup is None and len(s.problems) == 1 and "IsFullBackup" in s.problems[0]
+    for value in (True, False):
+        m = read_manifest_plist(plistlib.dumps({"IsEncrypted": value}), "Manifest.plist")
+        assert m.is_encrypted is value and m.problems == ()
+    assert read_status_plist(plistlib.dumps({}), "Status.plist").problems == ()
