@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from phonevault.store.repository import format_time
 
@@ -44,7 +45,7 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        t.add_row(*(Text("" if v is None else str(v)) for v in r))  # plain text: names come from phones
     out.print(t)
 
 
