@@ -65,7 +65,7 @@ def demo(workdir: Path | None, size: str) -> None:
         first, second = _snapshot_ids()
         run("diff", first, second, note="what changed between the two days")
         run("ls", f"{udid}@latest", "CameraRollDomain/Media/DCIM/100APPLE")
-        run("extract", f"{udid}@latest", _a_photo(), "--to", str(work / "extracted"), note="one photo, by its name")
+        run("extract", f"{udid}@latest", _a_photo(), "--to", str(work / "extracted"), note="a photo, at its full path")
         run("rollback", udid, "--to", first, note="day 0 becomes current again; day 1 stays in the vault")
         run("restore", f"{udid}@current", "--no-reboot", note="the phone gets day 0 back")
         same = _device_equals_snapshot(emu.device_dir, first)

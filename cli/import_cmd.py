@@ -10,6 +10,7 @@ import click
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.repository import Repository
 from phonevault.sync.mobilesync import find_backup_folders, import_folder
+from phonevault.sync.paths import shown
 
 from .context import with_repo
 from .render import err, human, out, progress
@@ -26,19 +27,20 @@ def import_(repo: Repository, path: Path | None) -> None:
             with progress(f"importing {folder.name[:12]}", None) as update:  # import_folder reports the total
                 r = import_folder(repo, folder, progress=update)
         except PhonevaultError as e:
-            err.print(f"phonevault: {e}")
+            err.print(f"phonevault: {e}", markup=False, soft_wrap=True)
             exit_code = max(exit_code, e.exit_code)
             continue
         s = r.snapshot.stats
         out.print(
-            f"{r.device.name or r.device.udid}: snapshot {r.snapshot.hex[:8]} — {s['files']} files, {human(s['size'])}; "
+            f"{shown(r.device.name or r.device.udid)}: snapshot {r.snapshot.hex[:8]} — {s['files']} files, {human(s['size'])}; "
             f"{s['added']} added, {s['modified']} modified, {s['removed']} removed; "
-            f"{human(s['new_bytes'])} new in the vault ({r.reused_files} files unchanged since last import)"
+            f"{human(s['new_bytes'])} new in the vault ({r.reused_files} files unchanged since last import)",
+            markup=False,
         )
         if r.snapshot.meta.get("encrypted"):
             err.print("note: the phone encrypted this backup; it is stored as-is (browsing it needs its password)")
-        for p in r.problems:
-            err.print(f"warning: {p}")
+        for p in r.problems:  # names from the backup: plain text, never markup
+            err.print(f"warning: {p}", markup=False, soft_wrap=True)
         if r.problems:
             err.print(f"{len(r.problems)} problem(s) in the source; every file that was there is in the snapshot")
             exit_code = max(exit_code, 3)

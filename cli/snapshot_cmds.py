@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
+from phonevault.store.errors import PathNotFound
 from phonevault.store.history import apply_forget, plan_forget
 from phonevault.store.history import pin as set_pin
 from phonevault.store.history import rollback as do_rollback
@@ -17,10 +19,18 @@ from phonevault.store.retention import Policy
 from phonevault.sync.catalog import diff as catalog_diff
 from phonevault.sync.catalog import extract as catalog_extract
 from phonevault.sync.catalog import list_dir, load_catalog
+from phonevault.sync.errors import CatalogProblems, ExtractIncomplete
 from phonevault.sync.mobilesync import export_snapshot
+from phonevault.sync.paths import shown
 
 from .context import json_option, with_repo
-from .render import emit_json, human, out, progress, table, when
+from .render import emit_json, err, human, out, progress, table, when
+
+
+def warn(problems: list[str]) -> None:
+    """Problems on stderr, one line each, as plain text (names come from phones: no markup, no escapes)."""
+    for p in problems:
+        err.print(f"warning: {p}", markup=False, soft_wrap=True)
 
 
 def device_json(v: DeviceView) -> dict:
@@ -151,9 +161,24 @@ def snapshots(repo: Repository, device: str | None, show_all: bool, as_json: boo
 @json_option
 @with_repo
 def ls(repo: Repository, snapshot: str, path: str, as_json: bool) -> None:
-    """Browse a snapshot by domain and path (no PATH lists the domains)."""
+    """Browse a snapshot by domain and path (no PATH lists the domains). Unusable catalog rows are named on
+    stderr (exit 3)."""
     _view, snap = resolve_snapshot(repo, snapshot)
-    items = list_dir(load_catalog(repo, snap), path)
+    catalog = load_catalog(repo, snap)
+    problems = catalog.problems_under(path)
+    try:
+        items = list_dir(catalog, path)
+    except PathNotFound:
+        if not problems:
+            raise
+        items = []
+    _print_listing(items, as_json)
+    if problems:
+        warn(problems)
+        raise CatalogProblems(snap.hex[:12], problems)
+
+
+def _print_listing(items: list, as_json: bool) -> None:
     if as_json:
         emit_json(
             [
@@ -172,7 +197,7 @@ def ls(repo: Repository, snapshot: str, path: str, as_json: bool) -> None:
     table(
         None,
         ["name", "size", "modified"],
-        [[i.name + ("/" if i.is_dir else ""), human(i.size), when(i.mtime * 1_000_000)] for i in items],
+        [[shown(i.name) + ("/" if i.is_dir else ""), human(i.size), when(i.mtime * 1_000_000)] for i in items],
     )
 
 
@@ -206,7 +231,7 @@ def diff(repo: Repository, snap_a: str, snap_b: str, as_json: bool) -> None:
             if r.kind == "removed"
             else f"{human(r.old_size)} -> {human(r.new_size)}"
         )
-        out.print(f"{sign[r.kind]} {r.path}  ({sizes})")
+        out.print(f"{sign[r.kind]} {shown(r.path)}  ({sizes})", markup=False)
     counts = {k: sum(r.kind == k for r in rows) for k in sign}
     out.print(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified")
 
@@ -215,12 +240,25 @@ def diff(repo: Repository, snap_a: str, snap_b: str, as_json: bool) -> None:
 @click.argument("snapshot")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Target folder.")
+@click.option("--overwrite", is_flag=True, help="Replace files that already exist under --to.")
 @with_repo
-def extract(repo: Repository, snapshot: str, paths: tuple[str, ...], dest: Path) -> None:
-    """Copy files out of a snapshot by domain path, with their real names."""
+def extract(repo: Repository, snapshot: str, paths: tuple[str, ...], dest: Path, overwrite: bool) -> None:
+    """Copy files out of a snapshot by domain path to DEST/<domain path>, e.g. --to ex gives
+    ex/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC. Existing files are never replaced without --overwrite;
+    a file that cannot be extracted is named on stderr, every other one is extracted (exit 3)."""
     _view, snap = resolve_snapshot(repo, snapshot)
-    for x in catalog_extract(repo, snap, list(paths), dest):
-        out.print(f"{x.source} -> {x.path} ({human(x.size)})")
+    try:
+        done = catalog_extract(repo, snap, list(paths), dest, overwrite=overwrite)
+    except ExtractIncomplete as e:
+        _print_extracted(e.extracted)
+        warn(e.problems)
+        raise
+    _print_extracted(done)
+
+
+def _print_extracted(done: list) -> None:
+    for x in done:
+        out.print(f"{shown(x.source)} -> {shown(str(x.path))} ({human(x.size)})", markup=False)
 
 
 @click.command()
@@ -232,7 +270,13 @@ def export(repo: Repository, snapshot: str, dest: Path) -> None:
     view, snap = resolve_snapshot(repo, snapshot)
     with progress("exporting", snap.stats.get("size")) as update:
         result = export_snapshot(repo, view, snap, dest, progress=update)
-    out.print(f"exported snapshot {snap.hex[:8]} to {result.path}: {result.files} files, {human(result.bytes)}")
+    out.print(
+        f"exported snapshot {snap.hex[:8]} to {result.path}: {result.files} files, {human(result.bytes)}", markup=False
+    )
+    if result.problems:
+        warn(result.problems)
+        err.print(f"{len(result.problems)} path(s) of the snapshot refused; everything else was exported", markup=False)
+        sys.exit(3)
 
 
 @click.command()

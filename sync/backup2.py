@@ -6,6 +6,13 @@ Status.plist and an empty Manifest.plist for a full backup, the `Backup` request
 `VaultDeviceLink`, a staged snapshot. The snapshot is committed only after the device reports success
 (ErrorCode 0); a disconnect, a device error or a malformed message leaves the vault exactly as it was (the packs
 already written are reused by the next backup).
+
+Nothing here writes a local file: a backup streams into the store, a restore streams out of a snapshot, and the
+one device-side path written is the constant `/iTunesRestore/RestoreApplications.plist`. The device's UDID names
+its folder in every DeviceLink path (and in an export), so a backup refuses a UDID that is not one safe folder
+name (`paths.safe_component`) before anything is stored, and a restore refuses such a source. An `IsEncrypted`
+that is not a boolean is never guessed at: a backup decides it from the Manifest.db (a database or not) and names
+the problem; a restore uses what the vault decided when the snapshot was stored.
 """
 
 from __future__ import annotations
@@ -41,8 +48,16 @@ from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
 from .devicelink import Progress, VaultDeviceLink
-from .errors import DeviceDisconnected, DeviceError, DeviceNotConnected, DeviceReportedFailure, ProtocolError
-from .manifest import read_info_plist, read_manifest_plist
+from .errors import (
+    DeviceDisconnected,
+    DeviceError,
+    DeviceNotConnected,
+    DeviceReportedFailure,
+    ManifestInvalid,
+    ProtocolError,
+)
+from .manifest import check_manifest_db, read_info_plist, read_manifest_plist
+from .paths import safe_component
 
 
 @dataclass(slots=True)
@@ -173,7 +188,7 @@ def backup_device(
 
 async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> DeviceBackupResult:
     async with _connected(udid, usbmux_address) as service:
-        udid = service.lockdown.udid
+        udid = safe_component(service.lockdown.udid, "a backup folder name")
         if on_start:
             on_start(udid, service.lockdown.all_values.get("DeviceName"))
         full = full or repo.view(repo.device_key(udid), refresh=True).head is None
@@ -191,17 +206,38 @@ async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> Devic
     writer.drop_nonempty_dirs()
     device = read_info_plist(dl.read("Info.plist") or b"", "Info.plist")
     writer.info = device.to_dict()
-    manifest_raw = dl.read("Manifest.plist")
-    encrypted = False
-    if manifest_raw:
-        with suppress(Exception):
-            encrypted = read_manifest_plist(manifest_raw, "Manifest.plist").is_encrypted
-    meta = {"encrypted": encrypted, "ios_version": device.ios_version, "full": full, "problems": len(dl.problems)}
+    problems = list(dl.problems)
+    encrypted = _encrypted(dl.read("Manifest.plist"), lambda: dl.read("Manifest.db"), problems)
+    meta = {"encrypted": encrypted, "ios_version": device.ios_version, "full": full, "problems": len(problems)}
     snap = writer.commit(f"device:{udid}", meta=meta)
     if not encrypted:
         with suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`
-            load_catalog(repo, snap)  # so ls/extract/diff of this backup start at once
-    return DeviceBackupResult(udid, device.name, snap, full, dl.files_received, dl.bytes_received, dl.problems)
+            catalog = load_catalog(repo, snap)  # so ls/extract/diff of this backup start at once
+            problems += [p.message for p in catalog.problems]
+    return DeviceBackupResult(udid, device.name, snap, full, dl.files_received, dl.bytes_received, problems)
+
+
+def _encrypted(manifest_plist: bytes | None, manifest_db: Callable[[], bytes | None], problems: list[str]) -> bool:
+    """Whether the phone encrypted this backup: Manifest.plist's IsEncrypted when it is a boolean, else whether
+    the Manifest.db (in memory) fails to open as a database, the problem named either way."""
+    flag: bool | None = False
+    if manifest_plist:
+        try:
+            plist = read_manifest_plist(manifest_plist, "Manifest.plist")
+        except ManifestInvalid as e:
+            problems.append(str(e))
+        else:
+            problems += plist.problems
+            flag = plist.is_encrypted
+    if flag is not None:
+        return flag
+    try:
+        check_manifest_db(manifest_db() or b"", "Manifest.db")
+    except ManifestInvalid:
+        problems.append("Manifest.db is encrypted (not a database): stored as it is, not browsable")
+        return True
+    problems.append("Manifest.db is a plain database: the backup is taken as not encrypted by the phone")
+    return False
 
 
 def _new_status(full: bool) -> bytes:
@@ -243,13 +279,17 @@ def restore_device(
 
 async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, system, remove) -> RestoreResult:
     state = load_tree(snap.tree, repo.get_blob)
-    source = view.device or ""
+    # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
+    source = safe_component(view.device or "", "a backup folder name")
     manifest = state.get("Manifest.plist")
     for needed in ("Info.plist", "Manifest.plist", "Status.plist"):
         if needed not in state:
             raise PhonevaultError(f"snapshot {snap.hex[:8]} has no {needed}; a device cannot restore from it")
     raw_manifest = b"".join(repo.read_file(manifest))
     encrypted = bool(raw_manifest) and read_manifest_plist(raw_manifest, "Manifest.plist").is_encrypted
+    if encrypted is None:  # not a boolean: what the import decided from the Manifest.db itself
+        encrypted = bool(snap.meta.get("encrypted"))
+    problems: list[str] = []
     if encrypted and not password:
         raise PhonevaultError("this backup was encrypted by the phone: give its backup password (--backup-password)")
     # The link serves `<source>/…` from the snapshot: restoring one phone's backup onto another works as in Finder.
@@ -270,12 +310,26 @@ async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, sys
                     {"MessageName": "Restore", "TargetIdentifier": target, "SourceIdentifier": source,
                      "Options": options}
                 )  # fmt: skip
-                info = plistlib.loads(b"".join(repo.read_file(state["Info.plist"])))
-                if info.get("Applications") is not None:
+                applications = _applications(b"".join(repo.read_file(state["Info.plist"])), problems)
+                if applications is not None:
                     await afc.makedirs("/iTunesRestore")
                     await afc.set_file_contents(
-                        "/iTunesRestore/RestoreApplications.plist", plistlib.dumps(info["Applications"])
+                        "/iTunesRestore/RestoreApplications.plist", plistlib.dumps(applications)
                     )
                 await dl.dl_loop(lambda _percent: None)
     record_restore(repo, view, snap, f"device:{target}")
-    return RestoreResult(target, snap, dl.bytes_sent, dl.problems)
+    return RestoreResult(target, snap, dl.bytes_sent, problems + dl.problems)
+
+
+def _applications(info_plist: bytes, problems: list[str]) -> dict | None:
+    """Info.plist's Applications dict (what the device reinstalls), or None, naming anything unusable."""
+    try:
+        info = plistlib.loads(info_plist)
+    except Exception as e:  # plistlib raises several types on damage
+        problems.append(f"Info.plist is not a plist ({type(e).__name__}); no app list sent to the device")
+        return None
+    applications = info.get("Applications") if isinstance(info, dict) else None
+    if applications is not None and not isinstance(applications, dict):
+        problems.append(f"Info.plist: Applications is a {type(applications).__name__}, not a dict; not sent")
+        return None
+    return applications

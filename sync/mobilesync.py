@@ -5,9 +5,15 @@ exactly what was imported: same bytes, same names, same modes and mtimes. Import
 pushes them into the store's chunker (memory does not depend on file size) and skips files whose stat (size, mtime,
 inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata.
 
-Imperfect sources (DESIGN §8): files listed in Manifest.db but absent, or whose size disagrees with it, are named
-in `problems`; everything present is stored exactly and the snapshot is committed; the CLI then exits 3.
+Imperfect sources: files listed in Manifest.db but absent, or whose size disagrees with it, Manifest.db rows that
+cannot be used (undecodable, a fileID listed twice), plist flags that are not booleans, and a UDID that cannot name
+a folder (the folder's own name is used instead) are named in `problems`; everything present is stored exactly and
+the snapshot is committed; the CLI then exits 3. An `IsEncrypted` that is not a boolean is decided by the
+Manifest.db itself: it opens as a database (plaintext, browsable) or it does not (stored as the phone encrypted it).
 Refused outright: not a folder, no Manifest.db, a Manifest.db that cannot be read (unless the phone encrypted it).
+
+Export writes `<root>/<UDID>/` only if the UDID is one safe folder name and every file only at a tree path that
+stays inside it (`paths`); a partial export is removed when the export fails.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phonevault.store.errors import PhonevaultError
+from phonevault.store.errors import UnsafePath
 from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.repository import Repository
@@ -29,8 +35,9 @@ from phonevault.store.trees import FileEntry, iter_tree
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import ManifestParse, store_catalog
-from .errors import BackupFolderInvalid, ManifestInvalid
-from .manifest import DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
+from .errors import BackupFolderInvalid, ManifestInvalid, TargetConflict
+from .manifest import DeviceInfo, check_manifest_db, read_info_plist, read_manifest_plist, read_status_plist
+from .paths import Target, safe_component, shown, unsafe_reason
 
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
@@ -104,14 +111,30 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
     info = read_plist("Info.plist", read_info_plist)
     manifest = read_plist("Manifest.plist", read_manifest_plist)
     status = read_plist("Status.plist", read_status_plist)
+    for plist in (manifest, status):
+        problems += plist.problems if plist is not None else ()
     device = info or DeviceInfo(udid="")
     if not device.udid and manifest is not None:
-        lockdown = manifest.raw.get("Lockdown") or {}
-        device = DeviceInfo.from_dict({**device.to_dict(), "udid": lockdown.get("UniqueDeviceID") or ""})
+        lockdown = manifest.raw.get("Lockdown")
+        udid = lockdown.get("UniqueDeviceID") if isinstance(lockdown, dict) else None
+        device = DeviceInfo.from_dict({**device.to_dict(), "udid": udid or ""})
+    if device.udid and (why := unsafe_reason(device.udid, component=True)) is not None:
+        # The UDID names the folder an export writes; a phone writes its own Info.plist, so it may name anything.
+        problems.append(f"the backup names its device {device.udid!r}, which cannot name a folder ({why})")
+        device = DeviceInfo.from_dict({**device.to_dict(), "udid": ""})
     if not device.udid:
+        if unsafe_reason(folder.name, component=True) is not None:
+            raise BackupFolderInvalid(str(folder), "no usable UDID in Info.plist or Manifest.plist, nor as its name")
         device = DeviceInfo.from_dict({**device.to_dict(), "udid": folder.name})
-        problems.append(f"no UDID in Info.plist or Manifest.plist; using the folder name {folder.name}")
-    encrypted = bool(manifest and manifest.is_encrypted)
+        problems.append(f"no usable UDID in Info.plist or Manifest.plist; using the folder name {shown(folder.name)}")
+    encrypted = manifest.is_encrypted if manifest is not None else False
+    if encrypted is None:
+        encrypted = not _opens_as_database(manifest_db)
+        problems.append(
+            "Manifest.db is encrypted (not a database): stored as it is, not browsable"
+            if encrypted
+            else "Manifest.db is a plain database: the backup is taken as not encrypted by the phone"
+        )
     catalog = None
     if not encrypted:
         try:
@@ -126,6 +149,14 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
         "is_full_backup": status.is_full_backup if status else None,
     }
     return FolderMeta(device, encrypted, catalog, problems, meta)
+
+
+def _opens_as_database(manifest_db: Path) -> bool:
+    try:
+        check_manifest_db(manifest_db)
+    except ManifestInvalid:
+        return False
+    return True
 
 
 @dataclass(slots=True)
@@ -275,13 +306,14 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
             catalog = fm.catalog.result()
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
+        problems += catalog.problems
         problems += _compare_with_catalog(files, catalog.file_sizes)
     meta = dict(fm.meta, problems=len(problems))
     snap = writer.commit(f"folder:{folder}", meta=meta)
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     repo.cache.stat_put_many(new_stat)
     if catalog and (manifest_db := writer.get("Manifest.db")) is not None:
-        store_catalog(repo, manifest_db, catalog.packed_rows)  # so ls/extract/diff of this snapshot start at once
+        store_catalog(repo, manifest_db, catalog.packed)  # so ls/extract/diff of this snapshot start at once
     return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
 
 
@@ -290,6 +322,7 @@ class ExportResult:
     path: Path
     files: int
     bytes: int
+    problems: list[str] = field(default_factory=list)  # tree paths refused (never written), each named
 
 
 def _set_meta(path: Path, e: FileEntry) -> None:
@@ -346,50 +379,71 @@ def export_snapshot(
     repo: Repository, view: DeviceView, snap: SnapshotRecord, dest_root: Path, *, progress: Progress | None = None
 ) -> ExportResult:
     """Write `dest_root/<UDID>/` bit-for-bit as imported. Built under a temporary name and renamed at the end, so a
-    crash never leaves a half-exported folder that looks complete."""
-    udid = view.device or view.key
+    crash never leaves a half-exported folder that looks complete; a failure removes it. The UDID must be one safe
+    folder name and every tree path must stay inside the folder (UnsafePath; a refused tree path is named in
+    `problems` and the rest is exported)."""
+    udid = safe_component(view.device or view.key, str(dest_root))
     target = dest_root / udid
-    if target.exists() and any(target.iterdir()):
-        raise PhonevaultError(f"{target}: already exists and is not empty; export into an empty place")
+    if os.path.islink(target):
+        raise TargetConflict(str(target), "is a symbolic link; export into a real folder")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise TargetConflict(str(target), "already exists and is not an empty folder; export into an empty place")
     dest_root.mkdir(parents=True, exist_ok=True)
     tmp = dest_root / f".{udid}.phonevault-partial"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        result = _export_into(repo, snap, tmp, target, progress)
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    record_export(repo, view, snap, str(target))
+    return result
+
+
+def _export_into(
+    repo: Repository, snap: SnapshotRecord, tmp: Path, target: Path, progress: Progress | None
+) -> ExportResult:
     entries = list(iter_tree(snap.tree, repo.get_blob))
     total = sum(e.size for e in entries)
     done = files = 0
-    dirs: list[FileEntry] = []
-    made: set[str] = set()
+    dirs: list[tuple[Path, FileEntry]] = []
+    made: set[Path] = set()
+    problems: list[str] = []
+    under = Target(tmp)
     with _FileWriters() as writers:
         for e in entries:
-            if e.is_dir:
-                (tmp / e.path).mkdir(parents=True, exist_ok=True)
-                dirs.append(e)
+            try:
+                local = under.join(e.path)
+            except UnsafePath as exc:
+                problems.append(str(exc).replace(str(tmp), str(target)))
                 continue
-            parent = e.path.rpartition("/")[0]
-            if parent not in made:
-                (tmp / parent).mkdir(parents=True, exist_ok=True)
-                made.add(parent)
+            if e.is_dir:
+                local.mkdir(parents=True, exist_ok=True)
+                dirs.append((local, e))
+                continue
+            if local.parent not in made:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                made.add(local.parent)
             if e.size <= _FileWriters.SMALL:
                 data = b"".join(repo.read_file(e))
-                writers.submit(tmp / e.path, e, data)
+                writers.submit(local, e, data)
                 done += len(data)
             else:
-                with open(tmp / e.path, "wb") as f:
+                with open(local, "wb") as f:
                     for chunk in repo.read_file(e):
                         f.write(chunk)
                         done += len(chunk)
                         if progress:
                             progress(done, total)
-                _set_meta(tmp / e.path, e)
+                _set_meta(local, e)
             files += 1
             if progress:
                 progress(done, total)
-    for d in dirs:
-        os.utime(tmp / d.path, ns=(d.mtime_ns, d.mtime_ns))
-    if target.exists():
-        target.rmdir()
-    os.replace(tmp, target)
-    record_export(repo, view, snap, str(target))
-    return ExportResult(target, files, done)
+    for local, d in dirs:
+        os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
+    return ExportResult(target, files, done, problems)

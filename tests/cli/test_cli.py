@@ -69,7 +69,9 @@ def test_the_whole_story(pv, phone, tmp_path):
     photo = next(x for x in dcim if x["type"] == "file" and x["name"].endswith((".HEIC", ".JPG")))
     out = tmp_path / "photos"
     pv("extract", b[:8], photo["path"], "--to", str(out), check=True)
-    assert (out / photo["name"]).read_bytes() == (dev / photo["file_id"][:2] / photo["file_id"]).read_bytes()
+    assert (out / photo["path"]).read_bytes() == (dev / photo["file_id"][:2] / photo["file_id"]).read_bytes()
+    again = pv("extract", b[:8], photo["path"], "--to", str(out))  # never over an existing file without --overwrite
+    one_error_line(again, 1, "already exists", "--overwrite")
 
     pv("tag", a[:8], "before-trip", check=True)
     pv("rollback", phone.udid[:8], "--to", a[:8], check=True)

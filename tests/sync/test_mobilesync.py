@@ -83,7 +83,7 @@ def test_catalog_browse_extract_and_diff(repo, phone, tmp_path):
     photos = [c for c in catalog if c.relative_path.startswith("Media/DCIM/") and c.flags == 1]
     photo = photos[0]
     got = extract(repo, b, [f"CameraRollDomain/{photo.relative_path}"], tmp_path / "out")
-    assert got[0].path.name == Path(photo.relative_path).name
+    assert got[0].path == tmp_path / "out" / "CameraRollDomain" / photo.relative_path  # its full domain path
     assert got[0].path.read_bytes() == (dev / photo.file_id[:2] / photo.file_id).read_bytes()
     rows = diff(repo, a, b)
     kinds = {r.kind for r in rows}
