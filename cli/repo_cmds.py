@@ -170,7 +170,8 @@ def parse_duration(text: str) -> int:
     "--grace",
     default="1h",
     show_default=True,
-    help="Delete marked packs only once they have been marked this long (0: now; only safe if no backup runs).",
+    help="Delete marked packs only once they have been marked this long (0: now). Packs a running backup may "
+    "need are never deleted: they wait for a prune after that backup has finished.",
 )
 @json_option
 @with_repo
@@ -186,12 +187,22 @@ def prune(repo: Repository, grace: str, as_json: bool) -> None:
         "deleted_packs": r.deleted,
         "deleted_bytes": r.deleted_bytes,
         "pending_packs": r.pending,
+        "held_packs": r.held,
+        "running_backups": r.running_backups,
+        "notes": r.notes,
     }
     if as_json:
         emit_json(doc)
         return
+    for n in r.notes:
+        err.print(f"note: {n}")
     out.print(
         f"{r.packs} pack(s), {r.live_blobs} live blob(s); marked {r.marked} pack(s) ({human(r.marked_bytes)}), "
         f"repacked {r.repacked}; deleted {r.deleted} pack(s) ({human(r.deleted_bytes)})"
         + (f"; {r.pending} pack(s) wait for the grace period ({grace})" if r.pending else "")
     )
+    if r.held:
+        out.print(
+            f"{r.running_backups} backup(s) running: {r.held} marked pack(s) are kept until they finish; "
+            "a prune after that frees them"
+        )

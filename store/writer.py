@@ -1,31 +1,49 @@
-"""Staging and committing a snapshot: the write path of DESIGN §4.
+"""Staging and committing a snapshot: the write path.
 
-`SnapshotWriter` holds the staged content of one backup (path -> FileEntry; about 200 bytes per file) and two
-pack writers (data, tree). Files arrive as pushed blocks (`open_file(...).write(block)`), so a 4 GB video costs the
-same memory as a 4 MB photo: one chunker buffer (≤ 10 MiB), one open data pack and one being written
-(≤ 16 MiB each, plus one blob).
+`SnapshotWriter` holds the staged content of one backup (a StagedTree: path -> FileEntry, about 200 bytes per file,
+plus a folder index of ~40 bytes per entry once a device moves or copies something) and two pack writers (data,
+tree). Files arrive as pushed blocks (`open_file(...).write(block)`), so a 4 GB video costs the same memory as a
+4 MB photo: one chunker buffer (≤ 10 MiB), one open data pack and one being written (≤ 16 MiB each, plus one blob).
 
 Write order, which crash safety rests on: data packs (+ their index objects) as they fill; at commit, tree nodes
 and delta blobs into tree packs (+ index); then the event segment via put_exclusive — the commit point. A crash
 before that leaves only unreferenced packs, whose blobs a resumed backup finds in the index and does not write again.
+
+Against a prune running meanwhile (the protocol is stated in full in store/prune.py):
+1. the writer registers first: a sealed `writers/<random>` marker [1, started_us, refreshed_us], refreshed by a
+   daemon thread every minute and deleted when the writer commits or is closed (`close()`, `with`, garbage
+   collection or interpreter exit, whichever comes first). A prune sweeps no candidate pack that a writer which
+   started before the candidate was marked could depend on while that writer's marker is fresh;
+2. it then reads the prune markers and never deduplicates against a candidate pack;
+3. before the commit point it checks that every pack it depends on — every pack it wrote and every pack it
+   deduplicated against — still exists, and raises PackPruned otherwise (nothing is committed). Content inherited
+   from the parent is protected by the registration alone (checking it would mean locating every chunk of the
+   snapshot): the parent is the device's head, which no forget can mark, and if the head moves the commit fails
+   with ConcurrentCommit.
+
+Every path staged is a safe relative path, whoever the caller is (a folder walk, a device): see store/staged.py,
+which also bounds the cost of every edit of the staged tree.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .chunker import SNIFF_LEN, Policy, StreamChunker, choose_policy
-from .errors import PhonevaultError
+from .errors import PackPruned, PhonevaultError
 from .events import DeviceSeen, SnapshotCommitted
 from .index import write_index
 from .packs import DATA, DELTA, TREE, PackWriter, open_blob, pack_name, seal_blob
 from .projections import SnapshotRecord
-from .prune import candidate_packs
+from .prune import WRITER_REFRESH_S, candidate_packs, seal_writer_marker, writer_marker_name
 from .repository import Repository, now_us
+from .staged import StagedTree, check_path
 from .trees import FileEntry, diff_trees, encode_deltas, load_tree, write_tree
 
 
@@ -39,6 +57,53 @@ class WriteStats:
     new_bytes: int = 0  # stored (sealed, compressed) bytes of new blobs
     reused_files: int = 0  # skipped by stat cache
     packs: list[str] = field(default_factory=list)
+
+
+class WriterRegistration:
+    """This writer's `writers/<random>` marker (format in store/prune.py): put at once, put again every
+    REFRESH_S by a daemon thread, deleted by `release()`. Holds no reference to the writer, so a writer that is
+    dropped without being closed is still collected, and its finalizer releases the marker."""
+
+    REFRESH_S = WRITER_REFRESH_S
+
+    def __init__(self, repo: Repository) -> None:
+        self._backend = repo.backend
+        self._key = repo.key
+        self.name = writer_marker_name()
+        self.started_us = now_us()
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._released = False
+        self._put(self.started_us)  # a failure here stops the writer before it decided anything
+        self._thread = threading.Thread(target=self._refresh, name="writer-marker", daemon=True)
+        self._thread.start()
+
+    def _put(self, refreshed_us: int) -> None:
+        self._backend.put(self.name, seal_writer_marker(self._key, self.name, self.started_us, refreshed_us))
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.REFRESH_S):
+            with self._lock:  # never put again after release() deleted the marker
+                if self._released:
+                    return
+                try:
+                    self._put(now_us())
+                except (OSError, PhonevaultError):
+                    pass  # tried again next time; if it keeps failing the marker goes stale and step 3 still holds
+
+    def release(self) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child (the Manifest.db parser) exiting must not unregister its parent
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            self._stop.set()
+        try:
+            self._backend.delete(self.name)
+        except (OSError, PhonevaultError):
+            pass  # left behind, it goes stale in ten minutes and the next prune removes it
 
 
 class BlobSink:
@@ -56,7 +121,7 @@ class BlobSink:
         self._packs = {DATA: PackWriter(repo.backend, repo.key), TREE: PackWriter(repo.backend, repo.key)}
         self._avoid = candidate_packs(repo)  # packs a prune may delete: never dedup against them
         self.reused_packs: set[str] = set()
-        self._verified: set[str] = set()  # reused packs already seen to exist
+        self._verified: set[str] = set()  # dependencies already seen to exist
         self._inflight: list[tuple[PackWriter, Future]] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -82,11 +147,12 @@ class BlobSink:
                 return open_blob(self.repo.key, blob_id, sealed, "open pack")
         return self.repo.get_blob(blob_id)
 
-    def verify_reused(self) -> None:
-        """Before committing: every pack this snapshot reuses must still exist (a prune may have swept it)."""
-        for pack in sorted(self.reused_packs - set(self.stats.packs) - self._verified):
+    def verify_packs(self) -> None:
+        """Before committing: every pack this snapshot depends on — reused or written by this writer — must still
+        exist (a prune may have swept it). Each is checked once per writer."""
+        for pack in sorted((self.reused_packs | set(self.stats.packs)) - self._verified):
             if not self.repo.backend.exists(pack_name(pack)):
-                raise PhonevaultError(f"pack {pack[:16]} that this backup reuses was pruned meanwhile; run it again")
+                raise PackPruned(pack)
             self._verified.add(pack)
 
     def put(self, blob_type: int, plaintext: bytes, compress: bool) -> tuple[bytes, bool]:
@@ -191,40 +257,61 @@ class FileWriter:
 
 class SnapshotWriter:
     """Stage one snapshot of one device. `incremental=True` starts from the parent's content (device backups send
-    only changes); `False` starts empty (a folder import lists everything)."""
+    only changes); `False` starts empty (a folder import lists everything).
+
+    `commit()` ends the writer whether it succeeds or raises; a writer abandoned before committing should be
+    closed (`close()`, or use it as a context manager) so running prunes stop holding packs back for it at once;
+    if it is not, its marker goes when the writer is garbage-collected or the process exits."""
 
     def __init__(self, repo: Repository, device: str, info: dict, *, incremental: bool, parent: bytes | None = ...):
         self.repo = repo
         self.device = device
         self.info = dict(info)
-        self.device_key = repo.device_key(device)
-        self.view = repo.view(self.device_key, refresh=True)
-        self.parent: SnapshotRecord | None = self.view.head_record if parent is ... else self.view.get(parent)
-        # Only an incremental writer starts from the parent's content; the delta against the parent is computed at
-        # commit by diffing trees, which descends only into shards whose ids changed (no second full copy here).
-        self.state: dict[str, FileEntry] = (
-            load_tree(self.parent.tree, repo.get_blob) if incremental and self.parent else {}
-        )
-        self.sink = BlobSink(repo)
-        self._maybe_dirs: set[str] = set()  # every parent folder a staged path ever had (a superset)
-        for p in self.state:
-            self._note_parents(p)
+        self.sink: BlobSink | None = None
+        # Register before deciding anything about reuse, then read the prune markers (BlobSink), then catch the
+        # cache up with index objects a sweep deleted before those markers were read.
+        self._registration = WriterRegistration(repo)
+        self._finalizer = weakref.finalize(self, self._registration.release)
+        try:
+            self.sink = BlobSink(repo)
+            repo.sync_index()
+            self.device_key = repo.device_key(device)
+            self.view = repo.view(self.device_key, refresh=True)
+            self.parent: SnapshotRecord | None = self.view.head_record if parent is ... else self.view.get(parent)
+            # Only an incremental writer starts from the parent's content; the delta against the parent is computed
+            # at commit by diffing trees, which descends only into shards whose ids changed.
+            self.tree = StagedTree(load_tree(self.parent.tree, repo.get_blob) if incremental and self.parent else {})
+        except BaseException:
+            self.close()
+            raise
 
-    def _set(self, entry: FileEntry) -> None:
-        self.state[entry.path] = entry
-        self._note_parents(entry.path)
-        if entry.is_dir:
-            self._maybe_dirs.add(entry.path)
+    def close(self) -> None:
+        """End this writer without committing (a no-op after commit): its marker goes, its pack thread stops."""
+        self._finalizer()
+        if self.sink is not None:
+            self.sink.close()
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def state(self) -> dict[str, FileEntry]:
+        return self.tree.state
 
     @property
     def stats(self) -> WriteStats:
         return self.sink.stats
 
     def open_file(self, path: str, mode: int = 0o100644, mtime_ns: int = 0) -> FileWriter:
+        if path not in self.tree.state:
+            check_path(path)  # before a byte of it is stored
         return FileWriter(self, path, mode, mtime_ns)
 
     def _put(self, entry: FileEntry, *, new: bool) -> None:
-        self._set(entry)
+        self.tree.set(entry)
         self.stats.new_files += int(new)
 
     def read_file(self, entry: FileEntry) -> Iterator[bytes]:
@@ -236,75 +323,49 @@ class SnapshotWriter:
         """Reuse an entry whose chunks are already stored (stat cache hit); False if any chunk is unknown."""
         if not all(self.sink.known(c) for c in entry.chunks):
             return False
-        self._set(entry)
+        self.tree.set(entry)
         self.stats.reused_files += 1
         return True
 
     def add_dir(self, path: str, mode: int = 0o040755, mtime_ns: int = 0) -> None:
-        self._set(FileEntry(path, 0, stat.S_IFDIR | (mode & 0o7777), mtime_ns))
+        self.tree.set(FileEntry(path, 0, stat.S_IFDIR | (mode & 0o7777), mtime_ns))
 
     def get(self, path: str) -> FileEntry | None:
-        return self.state.get(path)
-
-    def _subtree(self, path: str) -> list[str]:
-        """Paths at or under `path`. Only scans when `path` may be a directory: per-file moves and removes (the
-        device sends thousands) stay O(1) instead of O(files)."""
-        path = path.rstrip("/")
-        if path not in self._maybe_dirs:
-            return [path] if path in self.state else []
-        prefix = path + "/"
-        return [p for p in self.state if p == path or p.startswith(prefix)]
-
-    def _note_parents(self, path: str) -> None:
-        while "/" in path:
-            path = path.rsplit("/", 1)[0]
-            if path in self._maybe_dirs:
-                return
-            self._maybe_dirs.add(path)
+        return self.tree.get(path)
 
     def remove(self, path: str) -> int:
         """Remove a path and everything under it; returns how many entries went."""
-        gone = self._subtree(path)
-        for p in gone:
-            del self.state[p]
-        return len(gone)
+        return self.tree.remove(path)
 
     def move(self, src: str, dst: str) -> int:
-        moved = self._subtree(src)
-        if not moved:
-            return 0
-        self.remove(dst)
-        for p in moved:
-            e = self.state.pop(p)
-            self._set(FileEntry(dst + p[len(src.rstrip("/")) :], e.size, e.mode, e.mtime_ns, e.chunks))
-        return len(moved)
+        return self.tree.move(src, dst)
 
     def copy(self, src: str, dst: str) -> int:
         """Copy a path (or a subtree) within the staged tree; the chunks are shared, nothing is re-read."""
-        items = [self.state[p] for p in self._subtree(src)]
-        for e in items:
-            self._set(FileEntry(dst + e.path[len(src.rstrip("/")) :], e.size, e.mode, e.mtime_ns, e.chunks))
-        return len(items)
+        return self.tree.copy(src, dst)
 
     def drop_nonempty_dirs(self) -> None:
-        """Keep directory entries only where nothing lies under them: a folder on disk records no others, so a
-        device backup and an import of the same folder stage the same tree."""
-        parents = {p.rsplit("/", 1)[0] for p in self.state if "/" in p}
-        for p in [p for p, e in self.state.items() if e.is_dir]:
-            if any(q == p or q.startswith(p + "/") for q in parents):
-                del self.state[p]
+        self.tree.drop_nonempty_dirs()
 
     def commit(self, source: str, *, meta: dict | None = None, time_us: int | None = None) -> SnapshotRecord:
-        """Write tree + deltas, then the event segment (the commit point). Raises ConcurrentCommit if another
-        backup of this device committed since this one started; nothing is lost (its blobs are reused next time)."""
+        """Write tree + deltas, check every pack this snapshot depends on, then append the event segment (the
+        commit point). Raises ConcurrentCommit if another backup of this device committed since this one started,
+        PackPruned if a prune deleted a pack it needs; nothing is lost either way (run it again: what was stored is
+        reused). The writer is closed afterwards, whatever happened."""
+        try:
+            return self._commit(source, meta, time_us)
+        finally:
+            self.close()
+
+    def _commit(self, source: str, meta: dict | None, time_us: int | None) -> SnapshotRecord:
         self.sink.flush()
-        self.sink.verify_reused()
+        self.sink.verify_packs()  # early: before the tree is written
         put_tree = lambda data: self.sink.put(TREE, data, True)[0]  # noqa: E731
         tree = write_tree(self.state, put_tree)
         changes = list(diff_trees(self.parent.tree if self.parent else None, tree, self.sink.get))
         deltas = tuple(self.sink.put(DELTA, d, True)[0] for d in encode_deltas(changes))
         self.sink.flush()
-        self.sink.verify_reused()
+        self.sink.verify_packs()  # the tree packs, and what the tree and deltas reused
         st = self.stats
         files = [e for e in self.state.values() if not e.is_dir]
         stats = {
@@ -337,5 +398,4 @@ class SnapshotWriter:
             )  # fmt: skip
         )
         self.repo.append(self.device_key, events, expect_head=self.view.head)
-        self.sink.close()
         return self.repo.snapshot_record(self.device_key, snap_id)

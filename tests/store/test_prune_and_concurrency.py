@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from phonevault.store.check import check
-from phonevault.store.errors import ConcurrentCommit, CorruptObject, PhonevaultError
+from phonevault.store.errors import ConcurrentCommit, CorruptObject, PackPruned
 from phonevault.store.history import apply_forget, plan_forget
 from phonevault.store.prune import prune
 from phonevault.store.retention import Policy
@@ -170,7 +170,7 @@ def test_damaged_objects_are_named_and_do_not_spread(repo, tmp_path):
     fresh.close()
 
 
-def test_pruned_reused_pack_aborts_commit(repo):
+def test_pruned_reused_pack_aborts_commit(repo):  # a pack deleted behind prune's back: still no bad commit
     snapshot(repo, {"ab/a": os.urandom(300_000)})
     w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=False)
     fw = w.open_file("ab/a")
@@ -180,5 +180,226 @@ def test_pruned_reused_pack_aborts_commit(repo):
     fw.close()
     for name, _ in list(repo.backend.list("packs/")):
         repo.backend.delete(name)
-    with pytest.raises(PhonevaultError, match="pruned meanwhile"):
+    with pytest.raises(PackPruned, match="pruned meanwhile"):
         w.commit("test")
+    assert len(repo.view(repo.device_key(DEV), refresh=True).snapshots) == 1
+
+
+# --------------------------------------------------------------------------------------------------- prune against
+# a commit in flight. The tester ran `prune --grace 0` 1.5 s into an import: the import exited 0 and `check` found
+# 4 048 blobs missing, because prune swept the import's own packs and the import did not check its own packs.
+
+
+def stage(w, files: dict[str, bytes]) -> None:
+    for p, d in files.items():
+        fw = w.open_file(p)
+        fw.write(d)
+        fw.close()
+
+
+def writer_markers(repo) -> list[str]:
+    return sorted(n for n, _ in repo.backend.list("writers/"))
+
+
+@pytest.fixture
+def other(repo, tmp_path):
+    """A second process's view of the same vault: its own Repository and cache (as `phonevault prune` would be)."""
+    from tests.conftest import reopen
+
+    r = reopen(repo, cache_root=tmp_path / "other-cache")
+    yield r
+    r.close()
+
+
+def test_prune_grace_0_during_a_backup_keeps_its_packs_and_the_commit_is_whole(repo, other):
+    files = {f"ab/{i}": os.urandom(150_000) for i in range(6)}
+    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=False)
+    stage(w, files)
+    w.sink.flush()  # its packs are on disk, referenced by nothing yet
+    assert w.stats.packs and len(writer_markers(repo)) == 1
+    r = prune(other, grace_us=0)
+    assert (r.running_backups, r.deleted) == (1, 0)
+    assert r.held == r.marked >= len(w.stats.packs)  # marked (unreferenced), but not swept
+    rec = w.commit("test")
+    assert writer_markers(repo) == []
+    assert read_all(repo, rec) == files
+    assert check(other, read_data=True).ok
+    # With the backup finished, the next prune drops the marker and deletes nothing the snapshot needs.
+    r = prune(other, grace_us=0)
+    assert (r.held, r.running_backups, r.deleted) == (0, 0, 0)
+    assert list(other.backend.list("prune/")) == []
+    assert check(other, read_data=True).ok
+
+
+def test_a_pack_a_running_backup_reuses_from_a_forgotten_snapshot_is_kept(repo, other):
+    photo = os.urandom(1 << 20)
+    snapshot(repo, {"ab/photo": photo})
+    snapshot(repo, {"ab/x": b"x"})
+    view = repo.view(repo.device_key(DEV), refresh=True)
+    apply_forget(repo, plan_forget(view, Policy(last=1)), "test")  # the photo's only snapshot is forgotten
+    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    stage(w, {"ab/photo": photo})  # the photo is back: deduplicated against the forgotten snapshot's pack
+    assert w.sink.reused_packs
+    r = prune(other, grace_us=0)
+    assert r.held >= 1 and r.deleted == 0
+    rec = w.commit("test")
+    assert rec.stats["new_raw"] < len(photo)
+    r = prune(other, grace_us=0)  # the sweep sees the new commit: the photo's pack is live again
+    assert r.held == 0
+    assert read_all(other, rec)["ab/photo"] == photo
+    assert check(other, read_data=True).ok
+
+
+def test_grace_keeps_its_meaning_and_an_old_marker_waits_for_an_older_backup(repo, other):
+    snapshot(repo, {"ab/old": os.urandom(200_000)})
+    snapshot(repo, {"ab/new": b"n"})
+    view = repo.view(repo.device_key(DEV), refresh=True)
+    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)  # started before the mark
+    apply_forget(repo, plan_forget(view, Policy(last=1)), "test")
+    r = prune(other, grace_us=10**12)
+    assert r.marked >= 1 and r.pending == r.marked and r.deleted == 0
+    r = prune(other, grace_us=0)  # grace passed for that marker, but the backup that started before it runs on
+    assert r.held >= 1 and r.deleted == 0 and r.pending == 0
+    w.close()  # the backup is abandoned: nothing holds the marker any more
+    assert writer_markers(repo) == []
+    r = prune(other, grace_us=0)
+    assert r.held == 0 and r.deleted >= 1
+    assert check(other, read_data=True).ok
+
+
+def test_a_stale_writer_marker_never_blocks_prune(repo, other):
+    from phonevault.store.prune import WRITER_STALE_US, seal_writer_marker
+    from phonevault.store.repository import now_us
+
+    snapshot(repo, {"ab/old": os.urandom(200_000)})
+    snapshot(repo, {"ab/new": b"n"})
+    view = repo.view(repo.device_key(DEV), refresh=True)
+    apply_forget(repo, plan_forget(view, Policy(last=1)), "test")
+    # A backup killed hours ago left its marker, last refreshed just over the stale age ago; and one unreadable.
+    dead = "writers/" + "d" * 32
+    t = now_us()
+    repo.backend.put(dead, seal_writer_marker(repo.key, dead, t - 3 * 3600 * 10**6, t - WRITER_STALE_US - 10**6))
+    repo.backend.put("writers/" + "e" * 32, b"garbage")
+    r = prune(other, grace_us=0)
+    assert r.running_backups == 0 and r.held == 0 and r.deleted >= 1 and r.stale_writers == 2
+    assert any(dead in n and "killed or crashed" in n for n in r.notes)
+    assert writer_markers(repo) == []
+    assert check(other, read_data=True).ok
+
+
+def test_a_writer_whose_own_pack_was_swept_raises_pack_pruned_and_commits_nothing(repo, other):
+    """The last line of defence: a writer paused for longer than the stale age (a laptop asleep mid-backup) loses
+    its protection; its check before committing catches the deleted pack."""
+    from phonevault.store.prune import WRITER_STALE_US, seal_writer_marker
+    from phonevault.store.repository import now_us
+
+    files = {"ab/a": os.urandom(300_000)}
+    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=False)
+    stage(w, files)
+    w.sink.flush()
+    (name,) = writer_markers(repo)
+    t = now_us()
+    repo.backend.put(name, seal_writer_marker(repo.key, name, t - WRITER_STALE_US * 2, t - WRITER_STALE_US * 2))
+    r = prune(other, grace_us=0)
+    assert r.stale_writers == 1 and r.deleted >= 1
+    with pytest.raises(PackPruned, match="run it again"):
+        w.commit("test")
+    assert repo.view(repo.device_key(DEV), refresh=True).snapshots == ()
+    assert check(other).ok
+    # Run again: it stores the data anew and commits.
+    rec = snapshot(repo, files)
+    assert read_all(repo, rec) == files and check(repo, read_data=True).ok
+
+
+def test_the_writer_marker_lives_exactly_as_long_as_the_writer(repo, monkeypatch):
+    import gc
+    import time
+
+    from phonevault.store.prune import read_writers
+    from phonevault.store.writer import WriterRegistration
+
+    monkeypatch.setattr(WriterRegistration, "REFRESH_S", 0.02)
+    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=False)
+    (first,) = read_writers(repo)[0]
+    assert first.refreshed_us == first.started_us
+    deadline = time.monotonic() + 30
+    while (m := read_writers(repo)[0][0]).refreshed_us == first.refreshed_us:  # the daemon thread refreshes it
+        assert time.monotonic() < deadline, "the writer marker was never refreshed"
+        time.sleep(0.01)
+    assert m.started_us == first.started_us
+    w.commit("one")
+    assert writer_markers(repo) == []
+    # Every way a writer ends removes its marker: close, a context manager, a failed commit, being dropped.
+    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    w.close()
+    with SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True):
+        assert len(writer_markers(repo)) == 1
+    loser = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    snapshot(repo, {"x": b"x"})
+    with pytest.raises(ConcurrentCommit):
+        loser.commit("late")
+    SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)  # dropped at once
+    gc.collect()
+    assert writer_markers(repo) == []
+
+
+def test_cli_prune_grace_0_while_an_import_runs_holds_its_packs(pv, cli_env, tmp_path):
+    """The tester's reproduction, made deterministic: an import is held at its progress hook once its first pack is
+    on disk, `phonevault prune --grace 0` runs in another process, then the import finishes."""
+    import json
+    import time
+    from pathlib import Path
+
+    from phonevault.store.backends.local import LocalBackend
+    from phonevault.store.repository import Repository
+    from phonevault.sync.emulator.phone import SyntheticPhone
+    from phonevault.sync.mobilesync import import_folder
+    from tests.conftest import PASSWORD
+
+    pv("init", check=True)
+    folder = SyntheticPhone(seed=11, size=2 << 20).write_backup(tmp_path / "src")
+    big = folder / "ff" / ("ff" + "0" * 38)
+    big.parent.mkdir(exist_ok=True)
+    # Two 16 MiB packs' worth: the first is written (behind a 10 MiB chunker buffer) well before the import ends.
+    with open(big, "wb") as f:
+        for _ in range(40):
+            f.write(os.urandom(1 << 20))
+    repo = Repository.open(LocalBackend(Path(cli_env["PHONEVAULT_REPO"])), PASSWORD, cache_root=tmp_path / "lib")
+    held, release = threading.Event(), threading.Event()
+    outcome: dict = {}
+
+    def hook(_done: int, _total: int) -> None:
+        if not held.is_set() and any(True for _ in repo.backend.list("index/")):
+            held.set()
+            assert release.wait(120), "the test never released the import"
+
+    def run() -> None:
+        try:
+            outcome["result"] = import_folder(repo, folder, progress=hook)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            outcome["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not held.wait(0.05) and t.is_alive():
+            assert time.monotonic() < deadline, "the import is stuck"
+        assert held.is_set(), f"the import never wrote a pack before finishing: {outcome}"
+        r = pv("prune", "--grace", "0", "--json", check=True, timeout=120)
+        doc = json.loads(r.stdout)
+        assert doc["running_backups"] == 1 and doc["held_packs"] >= 1 and doc["deleted_packs"] == 0, doc
+        r = pv("prune", "--grace", "0", check=True, timeout=120)
+        assert "1 backup(s) running" in r.stdout and "a prune after that frees them" in r.stdout, r.stdout
+    finally:
+        release.set()
+        t.join(120)
+    assert "error" not in outcome, outcome
+    snap = outcome["result"].snapshot
+    stored = load_tree(snap.tree, repo.get_blob)[big.relative_to(folder).as_posix()]
+    assert b"".join(repo.read_file(stored)) == big.read_bytes()
+    repo.close()
+    assert pv("check", "--read-data").returncode == 0
+    doc = json.loads(pv("prune", "--grace", "0", "--json", check=True).stdout)  # the import is over
+    assert doc["running_backups"] == doc["held_packs"] == doc["deleted_packs"] == 0, doc
+    assert pv("check", "--read-data").returncode == 0
