@@ -1,4 +1,4 @@
-"""The host side of DeviceLink as a *virtual backup directory over the store* (DESIGN §7).
+"""The host side of DeviceLink as a *virtual backup directory over the store*.
 
 pymobiledevice3's `DeviceLink` answers the device's file-system requests against a real folder. `VaultDeviceLink`
 subclasses it and answers them against a staged snapshot instead:
@@ -9,6 +9,17 @@ subclasses it and answers them against a staged snapshot instead:
 Paths arrive relative to the backup root (`<UDID>/Snapshot/ab/ab12…`); anything that is absolute, climbs with
 `..`, or lies outside `<UDID>/` is refused with ProtocolError before a byte is stored. In restore mode the tree is
 read-only (a snapshot); the device only downloads.
+
+A device is not trusted to be reasonable. What it can make the host hold or do is bounded (`StagingLimits`), and
+going past a bound ends the backup with DeviceLimitExceeded (nothing is committed):
+- every staged path is a safe relative path of bounded length, name length and depth (store/staged.py);
+- the staged tree holds at most `entries` files and folders (real phones stay near 1 M files);
+- one CopyItem copies at most `copy_one` entries and all CopyItems of a backup create at most `copy_total`, so
+  copying a folder back and forth cannot double the tree again and again; copying or moving a folder into itself
+  is refused;
+- all MoveItems of a backup move at most `move_total` entries (a real backup moves each uploaded file once).
+Each request costs O(what it names or touches) (the staged tree's folder index): a flood of requests costs at most
+the bounds above plus O(1) per request, which the device pays for in bytes sent.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,11 +49,13 @@ from pymobiledevice3.services.device_link import (
 )
 
 from phonevault.store.backends.local import LocalBackend
+from phonevault.store.errors import UnsafePath
 from phonevault.store.repository import Repository
+from phonevault.store.staged import StagedTree
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
-from .errors import ProtocolError
+from .errors import DeviceLimitExceeded, ProtocolError
 
 FRAME = 32 * 1024  # Apple's DeviceLink BufferSize: bigger frames got BackupAgent2 jetsammed (pmd3 #1165)
 MAX_NAME = 4096  # libimobiledevice aborts on longer names too
@@ -49,6 +64,25 @@ _HDR = struct.Struct(">IB")
 ENOENT = 2
 
 Progress = Callable[[int, int], None]  # (files received, bytes received)
+
+
+@dataclass(frozen=True, slots=True)
+class StagingLimits:
+    """What one device backup may stage (see the module docstring)."""
+
+    entries: int = 2_000_000
+    copy_one: int = 1 << 16
+    copy_total: int = 1 << 18
+    move_total: int = 4_000_000
+
+
+@contextmanager
+def _device_paths() -> Iterator[None]:
+    """A path the store refuses is the device's fault: report it as the device's error."""
+    try:
+        yield
+    except UnsafePath as e:
+        raise ProtocolError("DeviceLink", str(e)) from None
 
 
 def normalize(path: str, udid: str) -> str:
@@ -73,6 +107,7 @@ class VaultDeviceLink(DeviceLink):
         writer: SnapshotWriter | None = None,
         snapshot_state: dict[str, FileEntry] | None = None,
         progress: Progress | None = None,
+        limits: StagingLimits = StagingLimits(),
     ) -> None:
         # DeviceLink wants a root path only for its file-system handlers, all of which are overridden here.
         root = repo.backend.root if isinstance(repo.backend, LocalBackend) else Path(".")
@@ -80,8 +115,11 @@ class VaultDeviceLink(DeviceLink):
         self.repo = repo
         self.udid = udid
         self.writer = writer
-        self._readonly = snapshot_state
+        self._readonly = StagedTree(snapshot_state if snapshot_state is not None else {}) if writer is None else None
         self.progress = progress
+        self.limits = limits
+        self._copied = 0  # entries created by CopyItem so far
+        self._moved = 0  # entries moved by MoveItems so far
         self.problems: list[str] = []
         self.files_received = 0
         self.bytes_received = 0
@@ -92,8 +130,16 @@ class VaultDeviceLink(DeviceLink):
 
     # --- the staged tree ------------------------------------------------------------------------------------
     @property
+    def tree(self) -> StagedTree:
+        return self.writer.tree if self.writer is not None else self._readonly
+
+    @property
     def state(self) -> dict[str, FileEntry]:
-        return self.writer.state if self.writer is not None else (self._readonly or {})
+        return self.tree.state
+
+    def _room_for(self, n: int, what: str) -> None:
+        if len(self.state) + n > self.limits.entries:
+            raise DeviceLimitExceeded(f"{what}: too many files and folders staged", self.limits.entries)
 
     def _rel(self, path: str) -> str:
         return normalize(path, self.udid)
@@ -142,7 +188,12 @@ class VaultDeviceLink(DeviceLink):
             host_name = await self._name()
             rel = self._rel(host_name)
             size, code = await self._block_header()
-            fw = self.writer.open_file(rel, 0o100644, time.time_ns()) if self._mutable(f"upload {rel}") else None
+            fw = None
+            if self._mutable(f"upload {rel}"):
+                if rel not in self.state:
+                    self._room_for(1, f"uploading {rel}")
+                with _device_paths():
+                    fw = self.writer.open_file(rel, 0o100644, time.time_ns())
             while code == CODE_FILE_DATA:
                 data = await self._recvall(size)
                 if fw is not None:
@@ -191,30 +242,42 @@ class VaultDeviceLink(DeviceLink):
 
     async def contents_of_directory(self, message: Any) -> None:
         rel = self._rel(message[1])
-        prefix = rel + "/" if rel else ""
         listing: dict[str, dict[str, Any]] = {}
-        for path, e in self.state.items():
-            if not path.startswith(prefix):
-                continue
-            name, sep, _ = path[len(prefix) :].partition("/")
-            is_dir = bool(sep) or e.is_dir
+        for name, e, has_children in self.tree.children(rel):
+            is_dir = has_children or e is None or e.is_dir
             listing[name] = {
                 "DLFileType": "DLFileTypeDirectory" if is_dir else "DLFileTypeRegular",
                 "DLFileSize": 0 if is_dir else e.size,
-                "DLFileModificationDate": _naive_utc(e.mtime_ns),
+                "DLFileModificationDate": _naive_utc(e.mtime_ns if e is not None else 0),
             }
         await self.status_response(0, status_dict=listing)
 
     async def create_directory(self, message: Any) -> None:
         rel = self._rel(message[1])
         if rel and self._mutable(f"create {rel}"):
-            self.writer.add_dir(rel, stat.S_IFDIR | 0o755, time.time_ns())
+            if rel not in self.state:
+                self._room_for(1, f"creating {rel}")
+            with _device_paths():
+                self.writer.add_dir(rel, stat.S_IFDIR | 0o755, time.time_ns())
         await self.status_response(0)
 
     async def move_items(self, message: Any) -> None:
         for src, dst in dict(message[1]).items():
             s, d = self._rel(src), self._rel(dst)
-            if self._mutable(f"move {s}") and self.writer.move(s, d) == 0:
+            if not self._mutable(f"move {s}"):
+                continue
+            if s != d:
+                with _device_paths():
+                    self.tree.check_relocation(s, d, "moved")
+            left = self.limits.move_total - self._moved
+            if self.tree.count(s, left + 1) > left:
+                raise DeviceLimitExceeded(
+                    f"MoveItems {s} -> {d}: too many entries moved in one backup", self.limits.move_total
+                )
+            with _device_paths():
+                n = self.writer.move(s, d)
+            self._moved += n
+            if n == 0:
                 self.problems.append(f"{s}: the device moved it but it was never uploaded")
         await self.status_response(0)
 
@@ -228,7 +291,18 @@ class VaultDeviceLink(DeviceLink):
     async def copy_item(self, message: Any) -> None:
         s, d = self._rel(message[1]), self._rel(message[2])
         if self._mutable(f"copy {s}"):
-            self.writer.copy(s, d)
+            lim = self.limits
+            with _device_paths():
+                self.tree.check_relocation(s, d, "copied")
+            allowed = min(lim.copy_one, lim.copy_total - self._copied)
+            n = self.tree.count(s, allowed + 1)
+            if n > lim.copy_one:
+                raise DeviceLimitExceeded(f"CopyItem {s} -> {d} copies too many entries", lim.copy_one)
+            if n > allowed:
+                raise DeviceLimitExceeded(f"CopyItem {s} -> {d}: too many entries copied in one backup", lim.copy_total)
+            self._room_for(n, f"CopyItem {s} -> {d}")
+            with _device_paths():
+                self._copied += self.writer.copy(s, d)
         await self.status_response(0)
 
     async def get_free_disk_space(self, _message: Any) -> None:

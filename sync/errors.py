@@ -93,3 +93,12 @@ class DeviceReportedFailure(DeviceError):
         super().__init__(f"the device reported failure {code}: {description}")
         self.code = code
         self.description = description
+
+
+class DeviceLimitExceeded(ProtocolError):
+    """The device asked for more than any real backup needs (files, copies, moves); the backup is refused."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__("DeviceLink", f"{what} (limit {limit:,}); a hostile or broken device, backup refused")
+        self.what = what
+        self.limit = limit
