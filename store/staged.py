@@ -129,8 +129,12 @@ class StagedTree:
     def set(self, entry: FileEntry) -> None:
         if entry.path not in self.state:
             check_path(entry.path)
-            if self._kids is not None:
-                self._link(entry.path)
+        self._put(entry)
+
+    def _put(self, entry: FileEntry) -> None:
+        """`set` for a path already checked."""
+        if self._kids is not None and entry.path not in self.state:
+            self._link(entry.path)
         self.state[entry.path] = entry
 
     def remove(self, path: str) -> int:
@@ -167,7 +171,7 @@ class StagedTree:
             if (e := self.state.get(p)) is not None
         ]
         for e in out:
-            if e.path not in self.state:
+            if len(e.path) != len(dst) and e.path not in self.state:  # dst itself was checked above
                 check_path(e.path)
         return out
 
@@ -181,7 +185,7 @@ class StagedTree:
         self.remove(src)
         self.remove(dst)
         for e in moved:
-            self.set(e)
+            self._put(e)
         return len(moved)
 
     def copy(self, src: str, dst: str) -> int:
@@ -191,7 +195,7 @@ class StagedTree:
             raise UnsafePath(dst, src, "a path cannot be copied onto itself")
         copied = self._relocated(src, dst, "copied")
         for e in copied:
-            self.set(e)
+            self._put(e)
         return len(copied)
 
     def drop_nonempty_dirs(self) -> None:
