@@ -550,7 +550,8 @@ def entry_from_row(fid: str, domain: str, relative_path: str, flags: int, mbfile
 
 
 #: What `check_manifest_db`, `read_manifest_rows` and `read_manifest_db` read: a file (opened read-only and
-#: immutable), or the bytes of one (a database image, parsed in memory: nothing is written anywhere).
+#: immutable), or the bytes of one (a database image, parsed in memory: nothing is written anywhere). A bytearray
+#: is consumed: emptied as soon as SQLite holds its own copy, so a large image is held twice only for that moment.
 ManifestSource = Path | str | bytes | bytearray
 
 
@@ -588,6 +589,8 @@ def _open_image(data: bytes | bytearray) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
+    if isinstance(data, bytearray):
+        data.clear()  # SQLite has its copy; the rows are read with the image in memory once
     return conn
 
 

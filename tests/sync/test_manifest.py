@@ -324,7 +324,9 @@ def test_bytes_and_file_give_the_same_rows_without_a_file(tmp_path: Path) -> Non
     db = tmp_path / "Manifest.db"
     write_manifest_db(db, entries)
     assert list(read_manifest_db(db.read_bytes())) == list(read_manifest_db(db))
-    assert list(read_manifest_db(bytearray(db.read_bytes()), {})) == list(read_manifest_db(db))
+    image = bytearray(db.read_bytes())
+    assert list(read_manifest_db(image, {})) == list(read_manifest_db(db))
+    assert image == bytearray()  # consumed: the image is not held twice while rows are read
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.close()
