@@ -202,18 +202,31 @@ def test_sigkill_during_import_leaves_a_clean_vault(pv, cli_env, tmp_path):
     assert js(pv("check", "--read-data", "--json"))["ok"]
 
 
+def _wait_for_progress(p: subprocess.Popen) -> None:
+    for line in p.stderr:
+        if re.search(r": \d+ % \(", line):
+            return
+    raise AssertionError(f"no progress line before exit {p.wait()}")
+
+
 def test_two_imports_of_one_device_at_once(pv, cli_env, tmp_path):
+    """Both imports are staging before either commits (the first is stopped with SIGSTOP until the second has
+    begun), so exactly one commits and the other exits 11, whatever the machine's speed."""
     phone = SyntheticPhone(seed=34, size=40 << 20)
     a = phone.write_backup(tmp_path / "a", day=0)
     b = phone.write_backup(tmp_path / "b", day=1)
     pv("init", check=True)
     exe = str(Path(sys.executable).with_name("phonevault"))
-    procs = [
-        subprocess.Popen(
+    procs = []
+    for x in (a, b):
+        p = subprocess.Popen(
             [exe, "import", str(x)], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for x in (a, b)
-    ]
+        _wait_for_progress(p)
+        if not procs:
+            p.send_signal(signal.SIGSTOP)
+        procs.append(p)
+    procs[0].send_signal(signal.SIGCONT)
     results = [(p.wait(), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 11], results
