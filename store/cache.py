@@ -1,52 +1,266 @@
-"""The local LMDB cache: derived data only, rebuilt from the repository whenever it is missing or stale.
+"""The local LMDB cache: derived data only, sealed, checked against the vault, rebuilt whenever it is missing, stale
+or damaged. Deleting it loses nothing.
 
-Lives in `<user cache dir>/phonevault/<repo id>/` (XDG on Linux) so two repositories can never share one.
-Databases:
-  blobs     blob id (32 bytes) -> msgpack [pack id, offset, length, raw length, type]   (from index/ objects)
-  indexes   index object name -> b""        (which index objects `blobs` already holds)
-  segments  "<device key>/<seq>" -> plaintext event segment   (segments are immutable, so this never goes stale)
-  stat      source file key -> msgpack FileEntry fields   (folder import skips files whose stat is unchanged)
-  derived   "<kind>/<content id>" -> bytes: projections computed from immutable content (e.g. a snapshot's
-            catalog, keyed by the blob ids of the Manifest.db it came from), so they never go stale
-Deleting the directory loses nothing. The blob index lives on disk, memory-mapped: opening a repository costs
+Lives in `<user cache dir>/phonevault/<repo id>/` (XDG on Linux): the directory 0700, its files 0600. Copies of one
+vault (`cp -r`, a restored Time Machine copy) have the same repo id and so share one cache: nothing in it is trusted
+for being there (see Trust below), so each copy still sees only itself.
+
+Format (CACHE_FORMAT 2). Every LMDB key is a keyed hash and every value is sealed, so the file shows no UDID, device
+name, file name, domain or source path, and a value cannot be moved under another key undetected:
+  key    = keyed BLAKE3 (the cache hash key) of `<db> 0x00 <natural key>`, 32 bytes (CacheKey.key)
+  value  = nonce (12 random bytes) ‖ AES-256-GCM(the cache encryption key, plaintext, ad = `<db>/` ‖ key) ‖ tag (16)
+Both keys are derived from the master secret with HKDF-SHA256 (crypto.CacheKey), apart from the vault's subkeys.
+Databases, natural key -> plaintext:
+  meta      "format" -> CACHE_FORMAT. A cache without it (an older, plaintext one) is wiped, not read.
+  blobs     blob id -> msgpack [pack id (32 bytes), offset, length, raw length, type]. The key is the blob id
+            itself, already a keyed hash.
+  indexes   index object name -> b"": which index objects `blobs` holds.
+  segments  (16 bytes of H("segdev", device key)) ‖ (16 bytes of H("segments", name 0x00 size 0x00 first 12
+            bytes)) -> the segment's plaintext. The 16-byte device prefix lets one device's entries be scanned.
+  stat      source file key (path and stat fields) -> msgpack [chunk ids]
+  derived   "<kind>/<content id>" -> bytes (a snapshot's catalog, the MBFile decoding memo)
+The sidecar file `state` is sealed (ad "cache-state") msgpack [size, mtime ns, ctime ns, inode] of data.mdb as the
+last clean close left it.
+
+Trust: what is cached is used only where it provably describes this vault.
+  segments  are keyed by what the vault's object is: its name, its listed size and its first 12 bytes — the nonce
+            it was sealed with, fresh and random for every object, so they name one sealed object. Reading a log
+            costs one listing of the device folder and a 12-byte read per segment; a segment whose key misses is
+            fetched, opened and cached, and the device's entries that match no segment of the vault are dropped.
+  blobs     index object names are content addresses (index/<pack id>, the pack id a hash of the pack's bytes), so
+            a loaded name stands for the right locations; if the cache holds a name the vault lacks, the blob index
+            is cleared and reloaded (Repository.sync_index).
+  stat      an entry is used only if every chunk it names is in this vault's blob index (writer.put_entry), and a
+            commit checks that every pack it reuses exists.
+  derived   keyed by content (a Manifest.db's blob ids, an MBFile's hash): the same key always means the same value.
+
+Damage is the cache's, never the vault's: a value that fails to open or decode, or an lmdb.Error, is CacheCorrupt;
+the directory is wiped and created anew, `on_reset` reloads the blob index from the vault, the operation goes on, and
+`notes` says so in one line. LMDB trusts its file's structure (a damaged B-tree can crash the process, not only
+raise), so a data.mdb that differs from what the last clean close recorded in `state` (a crash, or a change made
+behind phonevault's back) is verified page by page with py-lmdb's offline verifier before LMDB walks it (~0.4 s per
+50 MB); a clean one costs a stat and a small read.
+
+Memory: the blob index lives on disk, memory-mapped; one long-lived read transaction serves lookups. Opening costs
 memory proportional to nothing but LMDB's page cache, however large the repository grows.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterable
+import stat
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import lmdb
 import msgpack
 
+from .backends.local import mkdirs_private
+from .crypto import MasterKey
+from .errors import CacheCorrupt, PhonevaultError
 from .packs import BlobLocation
 
-CACHE_FORMAT = b"1"
+try:  # py-lmdb ≥ 3.0: a pure-Python structural verifier that never hands the file to liblmdb
+    from lmdb.verify import verify as _verify_file
+except ImportError:  # pragma: no cover - older py-lmdb: damage is caught only where LMDB itself reports it
+    _verify_file = None
+
+CACHE_FORMAT = b"2"
 MAP_SIZE = 1 << 36  # address space only; the file grows as needed
+STATE = "state"
+STATE_AD = b"cache-state"
+MAX_RESETS = 3  # per process: a cache that keeps failing once rebuilt is a problem of the disk, not of its content
+_DBS = (b"meta", b"blobs", b"indexes", b"segments", b"stat", b"derived")
+_UNPACK_ERRORS = (ValueError, TypeError, IndexError, AttributeError, msgpack.UnpackException)
+
+_open_here: set[str] = set()  # cache directories open in this process (LMDB refuses a second open of one)
+_open_here_lock = threading.Lock()
 
 
 class Cache:
-    def __init__(self, path: Path) -> None:
+    """One repository's cache. Reads come from the thread that owns the repository; `add_index` may also come from
+    the pack writer's thread (writes and resets are serialised by a lock)."""
+
+    def __init__(self, path: Path, key: MasterKey) -> None:
         self.path = path
+        self._where = str(path)
+        self._ck = key.cache_key()
+        self.on_reset: Callable[[], None] | None = None  # the repository reloads what the vault must give back
+        self.notes: list[str] = []  # damage found and repaired, one line each
+        self._lock = threading.RLock()
         self._rtxn: lmdb.Transaction | None = None
         self._gen = self._rgen = 0
-        path.mkdir(parents=True, exist_ok=True)
-        self.env = self._open()
-        with self.env.begin() as txn:
-            fmt = txn.get(b"format", db=self._meta)
-        if fmt not in (None, CACHE_FORMAT):
+        self._resets = 0
+        self._deferred: CacheCorrupt | None = None  # found on another thread; repaired by the next read
+        self._format_key = self._ck.key(b"meta", b"format")
+        self.env: lmdb.Environment | None = None
+        mkdirs_private(path)
+        try:
+            if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
+                os.chmod(path, 0o700)  # ours alone (a cache dir made by an older phonevault was 0755)
+        except OSError:
+            pass
+        self._claimed = os.path.realpath(path)
+        with _open_here_lock:
+            if self._claimed in _open_here:
+                raise PhonevaultError(f"local cache {path}: already open in this process (close the other repository)")
+            _open_here.add(self._claimed)
+        try:
+            self._start()
+        except BaseException:
+            self._release()
+            raise
+
+    # --- opening, verifying, wiping ---------------------------------------------------------------------------
+    def _start(self) -> None:
+        """Open the environment, after wiping it if it is damaged or not of this format."""
+        try:
+            problem = self._try_open()
+        except (lmdb.Error, CacheCorrupt) as e:
+            problem = f"unreadable ({_reason(e)})"
+        if problem is None:
+            return
+        if problem != "older format":
+            self.notes.append(str(CacheCorrupt(self._where, problem)))
+        self._wipe()
+        try:
+            problem = self._try_open()
+        except (lmdb.Error, CacheCorrupt) as e:
+            problem = _reason(e)
+        if problem is not None:
+            raise PhonevaultError(f"local cache {self.path}: cannot be created ({problem})")
+
+    def _try_open(self) -> str | None:
+        """Open `self.env`; None if it is a sound cache of this format, else why not (and `self.env` is closed)."""
+        suspect = self._changed_since_close()
+        self.env = lmdb.open(self._where, map_size=MAP_SIZE, max_dbs=8, readahead=False, mode=0o700)
+        problem = self._verify() if suspect else None
+        if problem is None:
+            self._meta, self._blobs, self._indexes, self._segments, self._stat, self._derived = (
+                self.env.open_db(name) for name in _DBS
+            )
+            with self.env.begin(write=True) as txn:
+                raw = txn.get(self._format_key, db=self._meta)
+                if raw is None:
+                    dbs = (self._blobs, self._indexes, self._segments, self._stat, self._derived, self._meta)
+                    if any(txn.stat(db)["entries"] for db in dbs):
+                        problem = "older format"
+                    else:
+                        txn.put(self._format_key, self._seal(b"meta", self._format_key, CACHE_FORMAT), db=self._meta)
+                elif self._open(b"meta", self._format_key, raw) != CACHE_FORMAT:
+                    problem = "older format"
+        if problem is not None:
+            self._close_env()
+        return problem
+
+    def _changed_since_close(self) -> bool:
+        """Whether data.mdb is not what the last clean close left (then LMDB must not walk it unverified)."""
+        try:
+            st = os.stat(self.path / "data.mdb")
+        except FileNotFoundError:
+            return False  # LMDB creates it empty
+        try:
+            recorded = msgpack.unpackb(self._ck.open((self.path / STATE).read_bytes(), STATE_AD, self._where))
+        except (OSError, CacheCorrupt, *_UNPACK_ERRORS):
+            return True
+        return recorded != [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def _verify(self) -> str | None:
+        if _verify_file is None:
+            return None
+        # A read transaction pins the current snapshot: while it lives, no concurrent writer reuses a page the
+        # verifier may be walking, so another process using this cache cannot make it look damaged.
+        pin = self.env.begin()
+        try:
+            problems = _verify_file(self._where)
+        except Exception as e:  # the verifier reading a damaged file: however it fails, the file is damaged
+            return f"fails verification ({_reason(e)})"
+        finally:
+            pin.abort()
+        return f"fails verification ({problems[0]})" if problems else None
+
+    def _record_state(self) -> None:
+        """After a clean close: what data.mdb looks like, so the next open can trust it without verifying."""
+        try:
+            st = os.stat(self.path / "data.mdb")
+            sealed = self._ck.seal(msgpack.packb([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]), STATE_AD)
+            tmp = self.path / f".{STATE}-{os.getpid()}-{threading.get_ident()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, sealed)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path / STATE)
+        except OSError:
+            pass  # without it the next open verifies the file: slower, never wrong
+
+    def _close_env(self) -> None:
+        if self._rtxn is not None:
+            self._rtxn.abort()
+            self._rtxn = None
+        if self.env is not None:
             self.env.close()
-            shutil.rmtree(path)
-            path.mkdir(parents=True)
-            self.env = self._open()
-        with self.env.begin(write=True) as txn:
-            txn.put(b"format", CACHE_FORMAT, db=self._meta)
+            self.env = None
+
+    def _wipe(self) -> None:
+        self._close_env()
+        try:
+            shutil.rmtree(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise PhonevaultError(f"local cache {self.path}: cannot be removed to rebuild it ({e.strerror})") from None
+        mkdirs_private(self.path)
+
+    def _recover(self, err: Exception) -> None:
+        """The cache failed while in use: wipe it, start empty, and let the repository reload from the vault."""
+        with self._lock:
+            self._resets += 1
+            if self._resets > MAX_RESETS:
+                raise PhonevaultError(
+                    f"local cache {self.path}: still failing after {MAX_RESETS} rebuilds ({_reason(err)}); "
+                    "check the disk, or delete the folder"
+                ) from None
+            self.notes.append(str(CacheCorrupt(self._where, _reason(err))))
+            self._deferred = None
+            self._wipe()
+            self._start()
+            self._gen += 1
+        if self.on_reset is not None:
+            self.on_reset()
+
+    def _release(self) -> None:
+        with _open_here_lock:
+            _open_here.discard(self._claimed)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.env is None:
+                return
+            self._close_env()
+            self._record_state()
+            self._release()
+
+    # --- sealing ----------------------------------------------------------------------------------------------
+    def _seal(self, db: bytes, key: bytes, plain: bytes) -> bytes:
+        return self._ck.seal(plain, db + b"/" + key)
+
+    def _open(self, db: bytes, key: bytes, raw: bytes) -> bytes:
+        return self._ck.open(raw, db + b"/" + key, self._where)
+
+    def _unpack(self, db: bytes, key: bytes, raw: bytes):
+        try:
+            return msgpack.unpackb(self._open(db, key, raw))
+        except _UNPACK_ERRORS as e:
+            raise CacheCorrupt(self._where, f"an entry of {db.decode()} does not decode ({e})") from None
 
     def _read(self) -> lmdb.Transaction:
         """One long-lived read transaction, renewed after any write: a fresh transaction per lookup cost ~20 µs,
         which dominated re-importing a folder of 300 000 small files."""
+        if self._deferred is not None:
+            raise self._deferred
         if self._rtxn is None or self._rgen != self._gen:
             if self._rtxn is not None:
                 self._rtxn.abort()
@@ -54,91 +268,168 @@ class Cache:
             self._rtxn = self.env.begin()
         return self._rtxn
 
-    def _wrote(self) -> None:
-        self._gen += 1
-
-    def _open(self) -> lmdb.Environment:
-        env = lmdb.open(str(self.path), map_size=MAP_SIZE, max_dbs=8, readahead=False)
-        self._meta = env.open_db(b"meta")
-        self._blobs = env.open_db(b"blobs")
-        self._indexes = env.open_db(b"indexes")
-        self._segments = env.open_db(b"segments")
-        self._stat = env.open_db(b"stat")
-        self._derived = env.open_db(b"derived")
-        return env
-
-    def close(self) -> None:
-        if self._rtxn is not None:
-            self._rtxn.abort()
-            self._rtxn = None
-        self.env.close()
+    def _write(self, fn: Callable[[lmdb.Transaction], None]) -> None:
+        try:
+            with self._lock:
+                if self._deferred is not None:
+                    raise self._deferred
+                with self.env.begin(write=True) as txn:
+                    fn(txn)
+                self._gen += 1
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
 
     # --- blob index -------------------------------------------------------------------------------------------
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        raw = self._read().get(blob_id, db=self._blobs)
-        if raw is None:
-            return None
-        pack, off, length, raw_len, typ = msgpack.unpackb(raw)
-        return BlobLocation(pack, off, length, raw_len, typ)
+        # The hot path of an unchanged re-import (one lookup per file): unpacking and opening inlined.
+        try:
+            raw = self._read().get(blob_id, db=self._blobs)
+            if raw is None:
+                return None
+            pack, off, length, raw_len, typ = msgpack.unpackb(self._ck.open(raw, b"blobs/" + blob_id, self._where))
+            return BlobLocation(pack.hex(), off, length, raw_len, typ)
+        except _UNPACK_ERRORS as e:
+            self._recover(CacheCorrupt(self._where, f"a blob location does not decode ({e})"))
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+        return self.lookup(blob_id)
 
     def has_all(self, blob_ids: Iterable[bytes]) -> bool:
-        txn = self._read()
-        return all(txn.get(b, db=self._blobs) is not None for b in blob_ids)
+        return all(self.lookup(b) is not None for b in blob_ids)
 
-    def loaded_indexes(self) -> set[str]:
-        with self.env.begin() as txn:
-            return {bytes(k).decode() for k, _ in txn.cursor(db=self._indexes)}
+    def index_plan(self, present: Iterable[str]) -> tuple[list[str], bool]:
+        """Of the vault's index objects `present`: those the blob index lacks, and whether it holds one the vault does
+        not (then it is stale: clear it and load them all)."""
+        by_key = {self._ck.key(b"indexes", name.encode()): name for name in present}
+        try:
+            loaded = {bytes(k) for k in self._read().cursor(db=self._indexes).iternext(values=False)}
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+            return self.index_plan(by_key.values())
+        return [name for k, name in by_key.items() if k not in loaded], bool(loaded - by_key.keys())
 
     def add_index(self, name: str, locations: dict[bytes, BlobLocation]) -> None:
-        with self.env.begin(write=True) as txn:
-            for bid, loc in locations.items():
-                txn.put(
-                    bid, msgpack.packb([loc.pack, loc.offset, loc.length, loc.raw_length, loc.type]), db=self._blobs
-                )
-            txn.put(name.encode(), b"", db=self._indexes)
-        self._wrote()
+        """Record one index object's locations. May run on the pack writer's thread: if LMDB fails here the repair
+        waits for the next read (in the reading thread); the index object is in the vault already, so the rebuilt
+        cache gets these locations back from it."""
+        key = self._ck.key(b"indexes", name.encode())
+        try:
+            with self._lock:
+                if self._deferred is not None:
+                    return
+                with self.env.begin(write=True) as txn:
+                    for bid, loc in locations.items():
+                        value = msgpack.packb(
+                            [bytes.fromhex(loc.pack), loc.offset, loc.length, loc.raw_length, loc.type]
+                        )
+                        txn.put(bid, self._seal(b"blobs", bid, value), db=self._blobs)
+                    txn.put(key, self._seal(b"indexes", key, b""), db=self._indexes)
+                self._gen += 1
+        except lmdb.Error as e:
+            self._deferred = CacheCorrupt(self._where, _reason(e))
 
     def clear_index(self) -> None:
-        with self.env.begin(write=True) as txn:
+        def clear(txn: lmdb.Transaction) -> None:
             txn.drop(self._blobs, delete=False)
             txn.drop(self._indexes, delete=False)
-        self._wrote()
+
+        self._write(clear)
 
     def all_locations(self) -> dict[bytes, BlobLocation]:
         out = {}
-        with self.env.begin() as txn:
-            for k, v in txn.cursor(db=self._blobs):
-                pack, off, length, raw_len, typ = msgpack.unpackb(v)
-                out[bytes(k)] = BlobLocation(pack, off, length, raw_len, typ)
+        try:
+            with self.env.begin() as txn:
+                for k, v in txn.cursor(db=self._blobs):
+                    pack, off, length, raw_len, typ = self._unpack(b"blobs", bytes(k), v)
+                    out[bytes(k)] = BlobLocation(pack.hex(), off, length, raw_len, typ)
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+            return self.all_locations()
         return out
 
     # --- event segments ---------------------------------------------------------------------------------------
-    def segment(self, device_key: str, seq: int) -> bytes | None:
-        raw = self._read().get(f"{device_key}/{seq}".encode(), db=self._segments)
-        return bytes(raw) if raw is not None else None
+    def segment_key(self, device_key: str, name: str, size: int, head: bytes) -> bytes:
+        """The key of one sealed segment object: its name, its size and its first 12 bytes (its nonce)."""
+        what = b"%s\0%d\0%s" % (name.encode(), size, head)
+        return self._device_prefix(device_key) + self._ck.key(b"segments", what, 16)
 
-    def put_segment(self, device_key: str, seq: int, plain: bytes) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.put(f"{device_key}/{seq}".encode(), plain, db=self._segments)
-        self._wrote()
+    def _device_prefix(self, device_key: str) -> bytes:
+        return self._ck.key(b"segdev", device_key.encode(), 16)
+
+    def segment(self, key: bytes) -> bytes | None:
+        try:
+            raw = self._read().get(key, db=self._segments)
+            return None if raw is None else self._open(b"segments", key, raw)
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+            return None
+
+    def put_segment(self, key: bytes, plain: bytes) -> None:
+        self._write(lambda txn: txn.put(key, self._seal(b"segments", key, plain), db=self._segments))
+
+    def retain_segments(self, device_key: str, keep: Iterable[bytes]) -> int:
+        """Drop this device's cached segments that match no segment of the vault; returns how many went."""
+        prefix, keep = self._device_prefix(device_key), set(keep)
+        dropped = 0
+
+        def drop(txn: lmdb.Transaction) -> None:
+            nonlocal dropped
+            cur = txn.cursor(db=self._segments)
+            ok = cur.set_range(prefix)
+            while ok and cur.key()[:16] == prefix:
+                if cur.key() in keep:
+                    ok = cur.next()
+                else:
+                    dropped += 1
+                    ok = cur.delete()  # moves to the next entry
+
+        self._write(drop)
+        return dropped
 
     # --- stat cache -------------------------------------------------------------------------------------------
     def stat_get(self, key: bytes) -> list | None:
-        raw = self._read().get(key, db=self._stat)
-        return msgpack.unpackb(raw) if raw is not None else None
+        k = self._ck.key(b"stat", key)
+        try:
+            raw = self._read().get(k, db=self._stat)
+            if raw is None:
+                return None
+            chunks = msgpack.unpackb(self._ck.open(raw, b"stat/" + k, self._where))
+            if isinstance(chunks, list):
+                return chunks
+            self._recover(CacheCorrupt(self._where, "a stat entry is not a list of chunks"))
+        except _UNPACK_ERRORS as e:
+            self._recover(CacheCorrupt(self._where, f"a stat entry does not decode ({e})"))
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+        return None
 
     def stat_put_many(self, items: Iterable[tuple[bytes, list]]) -> None:
-        with self.env.begin(write=True) as txn:
-            for key, value in items:
-                txn.put(key, msgpack.packb(value), db=self._stat)
-        self._wrote()
+        sealed = []
+        for key, value in items:
+            k = self._ck.key(b"stat", key)
+            sealed.append((k, self._seal(b"stat", k, msgpack.packb(value))))
+
+        def put(txn: lmdb.Transaction) -> None:
+            for k, v in sealed:
+                txn.put(k, v, db=self._stat)
+
+        self._write(put)
 
     # --- derived projections ----------------------------------------------------------------------------------
     def derived_get(self, key: bytes) -> bytes | None:
-        raw = self._read().get(key, db=self._derived)
-        return bytes(raw) if raw is not None else None
+        k = self._ck.key(b"derived", key)
+        try:
+            raw = self._read().get(k, db=self._derived)
+            return None if raw is None else self._open(b"derived", k, raw)
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+            return None
 
     def derived_put(self, key: bytes, value: bytes) -> None:
-        with self.env.begin(write=True) as txn:
-            txn.put(key, value, db=self._derived)
-        self._wrote()
+        k = self._ck.key(b"derived", key)
+        sealed = self._seal(b"derived", k, bytes(value))
+        self._write(lambda txn: txn.put(k, sealed, db=self._derived))
+
+
+def _reason(e: Exception) -> str:
+    return e.reason if isinstance(e, CacheCorrupt) else f"{type(e).__name__}: {e}"

@@ -85,7 +85,7 @@ def check(repo: Repository, *, read_data: bool = False, progress: Progress | Non
                 rep.errors.append(f"{where}: {e}")
                 continue
             for bid in blobs - needed:
-                loc = repo.locate(bid)
+                loc = repo.locate_needed(bid)
                 if loc is None:
                     rep.errors.append(f"{where}: blob {bid.hex()[:16]}… is missing from the index")
                 elif loc.pack not in packs:

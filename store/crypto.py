@@ -1,8 +1,10 @@
 """Keys and sealing: the only place that touches key material.
 
-A repository has one random 32-byte master secret. Three independent subkeys are derived from it with HKDF-SHA256:
-the AES-256-GCM encryption key, the BLAKE3 key for blob ids (so nobody without the key can probe the repository
-for a known file), and the BLAKE3 key for object names (device log names never reveal a UDID).
+A repository has one random 32-byte master secret. Independent subkeys are derived from it with HKDF-SHA256 (the
+info string names each): the AES-256-GCM encryption key, the BLAKE3 key for blob ids (so nobody without the key can
+probe the repository for a known file), the BLAKE3 key for object names (device log names never reveal a UDID),
+and the local cache's own pair (`CacheKey`: an AES-256-GCM key for its values and a BLAKE3 key for its LMDB keys),
+so nothing sealed in the cache can pass for a vault object or the reverse.
 
 Sealed format (version 1): nonce (12 random bytes) || AES-256-GCM ciphertext || tag (16). The associated data
 binds a sealed object to where it belongs (a blob to its id, an event segment to its name), so objects cannot be
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import CorruptObject
+from .errors import CacheCorrupt, CorruptObject
 
 NONCE_LEN = 12
 TAG_LEN = 16
@@ -60,6 +62,9 @@ class MasterKey:
         nonce = os.urandom(NONCE_LEN)
         return nonce + self._aead.encrypt(nonce, bytes(plaintext), ad)
 
+    def cache_key(self) -> CacheKey:
+        return CacheKey(self.secret)
+
     def open(self, sealed: bytes | memoryview, ad: bytes, name: str) -> bytes:
         sealed = bytes(sealed)
         if len(sealed) < OVERHEAD:
@@ -68,6 +73,32 @@ class MasterKey:
             return self._aead.decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], ad)
         except InvalidTag:
             raise CorruptObject(name, "authentication failed (damaged or not from this repository)") from None
+
+
+class CacheKey:
+    """The local cache's keys, derived from the master secret and never stored: values are sealed (same format as
+    above) with their own AES-256-GCM key, and LMDB keys are keyed BLAKE3 hashes of `<db> 0x00 <natural key>`, so
+    the cache file shows no path, UDID or name and a lookup needs the key."""
+
+    __slots__ = ("_aead", "_hash_key")
+
+    def __init__(self, secret: bytes) -> None:
+        self._aead = AESGCM(_derive(secret, b"phonevault/v1/cache-encryption"))
+        self._hash_key = _derive(secret, b"phonevault/v1/cache-key")
+
+    def key(self, db: bytes, natural: bytes, length: int = ID_LEN) -> bytes:
+        return blake3.blake3(db + b"\0" + natural, key=self._hash_key).digest(length)
+
+    def seal(self, plaintext: bytes, ad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_LEN)
+        return nonce + self._aead.encrypt(nonce, plaintext, ad)
+
+    def open(self, sealed: bytes, ad: bytes, where: str) -> bytes:
+        """Raises CacheCorrupt (never CorruptObject: this is the cache, not the vault)."""
+        try:  # on the hot path of every cache read: no length check first, a short value fails in decrypt
+            return self._aead.decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], ad)
+        except (InvalidTag, ValueError):
+            raise CacheCorrupt(where, "a value fails authentication (damaged, or moved under another key)") from None
 
 
 def content_hash(data: bytes | memoryview) -> str:

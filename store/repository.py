@@ -1,8 +1,12 @@
 """The repository: opens config and keys, reads blobs and event logs, appends events. Everything else builds on it.
 
 config (version 1) is sealed with ad=b"phonevault/v1/config": msgpack {"version", "id", "created", "chunker"}.
-Reads go: blob id -> LMDB cache (synced with index/ on open) -> one ranged read of a pack -> open + verify.
-Event logs are read incrementally: segments already in the cache are never fetched again.
+Reads go: blob id -> LMDB cache (synced with index/ on open) -> one ranged read of a pack -> open + verify. A blob
+a snapshot needs but the cache does not know is looked for again after reloading the blob index from the vault (once
+per repository), so a cache that lost an entry is never reported as a missing object.
+Event logs are read incrementally: a segment is used from the cache only if its cached copy was made from the very
+object the vault holds now (same name, size and first 12 bytes, its nonce; see cache.py), which costs a listing and a
+12-byte read per segment; otherwise it is fetched and opened again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from .backends import Backend
 from .backends.local import LocalBackend
 from .cache import Cache
 from .chunker import PROFILES
-from .crypto import MasterKey
+from .crypto import NONCE_LEN, OVERHEAD, MasterKey
 from .errors import (
     ConcurrentCommit,
     CorruptObject,
@@ -34,7 +38,7 @@ from .errors import (
     RepositoryNotFound,
     UnsupportedFormat,
 )
-from .events import Event, decode_events, encode_events, open_segment, parse_segment_name, seal_segment, segment_name
+from .events import Event, decode_events, parse_segment_name, seal_segment, segment_name
 from .index import decode_index
 from .packs import BlobLocation, open_blob, pack_name
 from .projections import DeviceView, project
@@ -74,6 +78,8 @@ class Repository:
         self.warnings: list[str] = []  # damage met while reading; the CLI prints them and exits non-zero
         self._views: dict[str, DeviceView] = {}
         self._damaged: dict[str, list[str]] = {}
+        self._index_reloaded = False  # the blob index was reloaded from the vault after a miss (once is enough)
+        cache.on_reset = self.sync_index  # a damaged cache starts empty: the blob index comes back from the vault
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     @classmethod
@@ -115,9 +121,13 @@ class Repository:
         expected = {name: p.to_config() for name, p in PROFILES.items()}
         if config.chunker != expected:
             raise UnsupportedFormat("config (chunker parameters)", config.chunker)
-        cache = Cache((cache_root or default_cache_root()) / config.id)
+        cache = Cache((cache_root or default_cache_root()) / config.id, master)
         repo = cls(backend, key_id, master, config, cache)
-        repo.sync_index()
+        try:
+            repo.sync_index()
+        except BaseException:
+            cache.close()
+            raise
         return repo
 
     def close(self) -> None:
@@ -131,24 +141,44 @@ class Repository:
         self.close()
 
     # --- blob index and reads ---------------------------------------------------------------------------------
+    @property
+    def notes(self) -> list[str]:
+        """Harmless findings, one line each: a local cache found damaged and rebuilt from the vault."""
+        return self.cache.notes
+
     def sync_index(self) -> None:
-        """Load index objects the cache has not seen; rebuild from scratch if one it holds has gone (prune)."""
-        present = {name for name, _ in self.backend.list("index/")}
-        loaded = self.cache.loaded_indexes()
-        if loaded - present:
+        """Load index objects the cache has not seen; rebuild from scratch if it holds one the vault lacks (a prune,
+        or another copy of this vault sharing the cache, or an older copy restored in its place)."""
+        present = [name for name, _ in self.backend.list("index/")]
+        todo, stale = self.cache.index_plan(present)
+        if stale:
             self.cache.clear_index()
-            loaded = set()
-        for name in sorted(present - loaded):
+            todo = present
+        for name in sorted(todo):
             try:
                 self.cache.add_index(name, decode_index(self.key, name, self.backend.get(name)))
             except (CorruptObject, UnsupportedFormat, MissingObject) as e:
                 self.warnings.append(str(e))
 
     def locate(self, blob_id: bytes) -> BlobLocation | None:
+        """Where a blob is, per the cache; None for a blob never stored (the writer's question, asked for every
+        chunk, so a miss here is cheap and final)."""
         return self.cache.lookup(blob_id)
 
+    def locate_needed(self, blob_id: bytes) -> BlobLocation | None:
+        """Where a blob that something committed refers to is. A miss is checked against the vault by reloading the
+        blob index from its index objects (once per repository), so a cache that lost an entry (a damaged key in
+        data.mdb) is never taken for a blob missing from the vault."""
+        loc = self.cache.lookup(blob_id)
+        if loc is None and not self._index_reloaded:
+            self._index_reloaded = True
+            self.cache.clear_index()
+            self.sync_index()
+            loc = self.cache.lookup(blob_id)
+        return loc
+
     def get_blob(self, blob_id: bytes) -> bytes:
-        loc = self.locate(blob_id)
+        loc = self.locate_needed(blob_id)
         if loc is None:
             raise MissingObject(f"blob {blob_id.hex()}", "not in any index")
         name = pack_name(loc.pack)
@@ -168,27 +198,47 @@ class Repository:
         return sorted(keys)
 
     def _segments(self, device_key: str) -> Iterator[tuple[int, list[Event]]]:
-        seqs = sorted(p[1] for name, _ in self.backend.list(f"events/{device_key}/") if (p := parse_segment_name(name)))
+        sizes = {
+            p[1]: size for name, size in self.backend.list(f"events/{device_key}/") if (p := parse_segment_name(name))
+        }
         damaged = []
-        for seq in seqs:
-            plain = self.cache.segment(device_key, seq)
+        current: list[bytes] = []  # cache keys of the segments the vault holds now
+        missed = False
+        for seq in sorted(sizes):
             name = segment_name(device_key, seq)
             try:
-                if plain is None:
-                    events = open_segment(self.key, name, self.backend.get(name))
-                    self.cache.put_segment(device_key, seq, encode_events(events))
-                else:
-                    events = decode_events(plain, name)
+                events, cache_key, hit = self._read_segment(device_key, name, sizes[seq])
             except (CorruptObject, UnsupportedFormat, MissingObject) as e:
                 damaged.append(str(e))
                 # keep the seq counted so no writer reuses it
                 yield seq, []
                 continue
+            current.append(cache_key)
+            missed |= not hit
             yield seq, events
+        if missed:  # the cache disagreed with the vault somewhere: drop this device's entries of other objects
+            self.cache.retain_segments(device_key, current)
         self._damaged[device_key] = damaged
         for d in damaged:
             if d not in self.warnings:
                 self.warnings.append(d)
+
+    def _read_segment(self, device_key: str, name: str, size: int) -> tuple[list[Event], bytes, bool]:
+        """A segment's events, its cache key, and whether the cache had them. The cached copy is used only if it was
+        made from the object the vault holds now: same name, size and nonce."""
+        if size >= OVERHEAD:
+            key = self.cache.segment_key(device_key, name, size, self.backend.get_range(name, 0, NONCE_LEN))
+            if (plain := self.cache.segment(key)) is not None:
+                try:
+                    return decode_events(plain, name), key, True
+                except (CorruptObject, UnsupportedFormat):
+                    pass  # the cached copy is wrong, not the vault's object: read that
+        sealed = self.backend.get(name)
+        plain = self.key.open(sealed, name.encode(), name)
+        events = decode_events(plain, name)
+        key = self.cache.segment_key(device_key, name, len(sealed), sealed[:NONCE_LEN])
+        self.cache.put_segment(key, plain)
+        return events, key, False
 
     def view(self, device_key: str, *, refresh: bool = False) -> DeviceView:
         if refresh or device_key not in self._views:
