@@ -102,3 +102,13 @@ class DeviceLimitExceeded(ProtocolError):
         super().__init__("DeviceLink", f"{what} (limit {limit:,}); a hostile or broken device, backup refused")
         self.what = what
         self.limit = limit
+
+
+class LegacyManifestInvalid(ManifestInvalid):
+    """A file list of a backup made before iOS 10 (Manifest.mbdb, an .mdinfo) that cannot be read. `offset` is the
+    byte where reading stopped, None when the file is refused as a whole. A ManifestInvalid, so every caller that
+    refuses an unreadable catalog refuses this one the same way."""
+
+    def __init__(self, path: str, reason: str, offset: int | None = None) -> None:
+        super().__init__(path, reason)
+        self.offset = offset

@@ -31,7 +31,7 @@ Public API:
 Bounds: every length is checked against the bytes that remain before anything is sliced, so damaged input costs no
 more memory than the input itself; a file holding more than `max_records` records (default MAX_RECORDS) is refused.
 Any damage (short header, wrong magic or version, a field running past the end, text that is not UTF-8, a record
-without a domain) raises ManifestInvalid naming the record and its byte offset; nothing is returned partially by
+without a domain) raises LegacyManifestInvalid (a ManifestInvalid) naming the record and its byte offset (`offset`); nothing is returned partially by
 `read_mbdb`/`mbdb_entries`. A file cut exactly between two records is indistinguishable from a shorter one; the
 import cross-checks the records against the files present.
 """
@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from phonevault.sync.errors import ManifestInvalid
+from phonevault.sync.errors import LegacyManifestInvalid
 
 from .manifest import FLAG_DIR, FLAG_FILE, FLAG_SYMLINK, CatalogEntry, RowProblem, file_id
 
@@ -95,9 +95,11 @@ class _Reader:
         self.record = 0  # 1-based number of the record being read
         self.start = 0  # its offset
 
-    def fail(self, reason: str) -> ManifestInvalid:
-        return ManifestInvalid(
-            self.where, f"Manifest.mbdb record {self.record} (byte {self.start}): {reason}; damaged or truncated"
+    def fail(self, reason: str, offset: int | None = None) -> LegacyManifestInvalid:
+        return LegacyManifestInvalid(
+            self.where,
+            f"Manifest.mbdb record {self.record} (byte {self.start}): {reason}; damaged or truncated",
+            self.at if offset is None else offset,
         )
 
     def string(self, field: str) -> bytes | None:
@@ -109,7 +111,9 @@ class _Reader:
         if length == ABSENT:
             return None
         if length > left - 2:
-            raise self.fail(f"{field} of {length} bytes at byte {self.at - 2}, but only {left - 2} bytes remain")
+            raise self.fail(
+                f"{field} of {length} bytes at byte {self.at - 2}, but only {left - 2} bytes remain", self.at - 2
+            )
         value = bytes(self.data[self.at : self.at + length])
         self.at += length
         return value
@@ -121,7 +125,7 @@ class _Reader:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise self.fail(f"{field} is not UTF-8 text ({raw[:40]!r})") from None
+            raise self.fail(f"{field} is not UTF-8 text ({raw[:40]!r})", self.at - len(raw)) from None
 
     def fixed(self) -> tuple[int, ...]:
         left = len(self.data) - self.at
@@ -137,11 +141,11 @@ def load_mbdb(path: Path, limit: int = MAX_BYTES) -> bytes:
     bytes: a link to a device is never followed and nothing is read without end."""
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise ManifestInvalid(str(path), "Manifest.mbdb is not a regular file")
+        raise LegacyManifestInvalid(str(path), "Manifest.mbdb is not a regular file")
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise ManifestInvalid(str(path), f"Manifest.mbdb is larger than {limit:,} bytes; refused as absurd")
+        raise LegacyManifestInvalid(str(path), f"Manifest.mbdb is larger than {limit:,} bytes; refused as absurd")
     return data
 
 
@@ -153,18 +157,20 @@ def iter_records(
     r = _Reader(data, where)
     n = len(r.data)
     if n < len(MAGIC):
-        raise ManifestInvalid(where, f"Manifest.mbdb is {n} bytes, shorter than its {len(MAGIC)}-byte header")
+        raise LegacyManifestInvalid(where, f"Manifest.mbdb is {n} bytes, shorter than its {len(MAGIC)}-byte header", n)
     head = bytes(r.data[:6])
     if head[:4] != MAGIC[:4]:
-        raise ManifestInvalid(where, f"not a Manifest.mbdb: it starts with {head[:4]!r}, not b'mbdb'")
+        raise LegacyManifestInvalid(where, f"not a Manifest.mbdb: it starts with {head[:4]!r}, not b'mbdb'", 0)
     if head[4:] != MAGIC[4:]:
-        raise ManifestInvalid(where, f"Manifest.mbdb version {head[4]}.{head[5]}; only 5.0 (iOS 4–9) is known")
+        raise LegacyManifestInvalid(where, f"Manifest.mbdb version {head[4]}.{head[5]}; only 5.0 (iOS 4–9) is known", 4)
     r.at = len(MAGIC)
     while r.at < n:
         r.record += 1
         r.start = r.at
         if r.record > max_records:
-            raise ManifestInvalid(where, f"Manifest.mbdb holds more than {max_records:,} records; refused as absurd")
+            raise LegacyManifestInvalid(
+                where, f"Manifest.mbdb holds more than {max_records:,} records; refused as absurd", r.start
+            )
         domain = r.text("domain")
         path = r.text("path")
         target = r.text("link target")
@@ -221,7 +227,7 @@ def mbdb_entries(
             entries.append(record_entry(record))
         except ValueError as exc:
             if problems is None:
-                raise ManifestInvalid(
+                raise LegacyManifestInvalid(
                     where, f"Manifest.mbdb record {number} ({record.domain}/{record.path}): {exc}"
                 ) from None
             problems.append(RowProblem(record.file_id, record.domain, record.path, str(exc)))

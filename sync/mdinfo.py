@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from phonevault.sync.errors import ManifestInvalid
+from phonevault.sync.errors import LegacyManifestInvalid
 
 from .manifest import FLAG_FILE, S_IFREG, CatalogEntry, file_id
 
@@ -86,11 +86,11 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     """A regular file's bytes, at most `limit` of them: never follows a link to a device or reads without end."""
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise ManifestInvalid(str(path), f"{what} is not a regular file")
+        raise LegacyManifestInvalid(str(path), f"{what} is not a regular file")
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise ManifestInvalid(str(path), f"{what} is larger than {limit:,} bytes; refused as absurd")
+        raise LegacyManifestInvalid(str(path), f"{what} is larger than {limit:,} bytes; refused as absurd")
     return data
 
 
@@ -98,9 +98,9 @@ def _load_dict(data: bytes, where: str, what: str) -> dict[str, Any]:
     try:
         value = plistlib.loads(data)
     except Exception as exc:  # InvalidFileException, ExpatError, ValueError, RecursionError, … on damage
-        raise ManifestInvalid(where, f"{what} is not a plist ({type(exc).__name__}: {exc})") from None
+        raise LegacyManifestInvalid(where, f"{what} is not a plist ({type(exc).__name__}: {exc})") from None
     if not isinstance(value, dict):
-        raise ManifestInvalid(where, f"{what} is a plist {type(value).__name__}, not a dict")
+        raise LegacyManifestInvalid(where, f"{what} is a plist {type(value).__name__}, not a dict")
     return value
 
 
@@ -123,12 +123,12 @@ def read_mdinfo(data: bytes, name: str, where: str | None = None) -> MdInfo:
     where = where or name
     fid = name.rsplit("/", 1)[-1].removesuffix(".mdinfo")
     if len(data) > MAX_MDINFO_BYTES:
-        raise ManifestInvalid(where, f".mdinfo of {len(data):,} bytes; real ones are a few hundred, refused")
+        raise LegacyManifestInvalid(where, f".mdinfo of {len(data):,} bytes; real ones are a few hundred, refused")
     outer = _load_dict(data, where, ".mdinfo")
     encrypted = outer.get("IsEncrypted") is True
     meta = outer.get("Metadata")
     if not isinstance(meta, bytes):
-        raise ManifestInvalid(where, f".mdinfo has no Metadata data (found {type(meta).__name__})")
+        raise LegacyManifestInvalid(where, f".mdinfo has no Metadata data (found {type(meta).__name__})")
     if encrypted:
         return MdInfo(fid, None, None, True)
     inner = _load_dict(meta, where, ".mdinfo Metadata")
@@ -137,7 +137,7 @@ def read_mdinfo(data: bytes, name: str, where: str | None = None) -> MdInfo:
     domain = _str(inner.get("Domain")) or _str(outer.get("Domain"))
     path = _str(inner.get("Path")) if "Path" in inner else _str(outer.get("Path"))
     if domain is None or path is None:
-        raise ManifestInvalid(where, ".mdinfo Metadata names no Domain and Path strings")
+        raise LegacyManifestInvalid(where, ".mdinfo Metadata names no Domain and Path strings")
     greylist = inner.get("Greylist")
     mode = inner.get("Mode")
     return MdInfo(
@@ -191,7 +191,7 @@ def read_mdinfo_folder(folder: Path) -> MdinfoCatalog:
     folder = Path(folder)
     names = sorted(n for n in os.listdir(folder) if n.endswith(".mdinfo"))
     if len(names) > MAX_FILES:
-        raise ManifestInvalid(str(folder), f"{len(names):,} .mdinfo files; refused as absurd")
+        raise LegacyManifestInvalid(str(folder), f"{len(names):,} .mdinfo files; refused as absurd")
     listed: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     manifest = folder / "Manifest.plist"
@@ -200,7 +200,7 @@ def read_mdinfo_folder(folder: Path) -> MdinfoCatalog:
             listed, problems = read_manifest_files(
                 _read_bounded(manifest, MAX_MANIFEST_BYTES, "Manifest.plist"), str(manifest)
             )
-        except ManifestInvalid as exc:  # the .mdinfo files carry the names: Manifest.plist only adds mtimes
+        except LegacyManifestInvalid as exc:  # the .mdinfo files carry the names: Manifest.plist only adds mtimes
             problems.append(str(exc))
     entries: list[CatalogEntry] = []
     encrypted = 0

@@ -26,7 +26,7 @@ from phonevault.sync.emulator.legacy import (
     write_ios8_backup,
 )
 from phonevault.sync.emulator.phone import SyntheticPhone
-from phonevault.sync.errors import ManifestInvalid
+from phonevault.sync.errors import LegacyManifestInvalid, ManifestInvalid
 from phonevault.sync.manifest import (
     FLAG_DIR,
     FLAG_FILE,
@@ -210,9 +210,9 @@ def test_unusable_mdinfo_is_refused_in_one_line_naming_it(tmp_path: Path, conten
     _pair(tmp_path, "HomeDomain", "Library/fine.plist", b"fine")
     bad = tmp_path / f"{'e' * 40}.mdinfo"
     bad.write_bytes(content)
-    with pytest.raises(ManifestInvalid) as err:
+    with pytest.raises(LegacyManifestInvalid) as err:
         read_mdinfo_folder(tmp_path)
-    assert err.value.path == str(bad)
+    assert err.value.path == str(bad) and err.value.offset is None
     assert reason in str(err.value) and str(bad) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -319,8 +319,9 @@ def test_every_cut_is_refused_in_one_line_or_is_a_shorter_file() -> None:
     for cut in range(len(VECTOR)):
         try:
             records = read_mbdb(VECTOR[:cut], "Manifest.mbdb")
-        except ManifestInvalid as exc:
+        except LegacyManifestInvalid as exc:
             assert cut not in RECORD_ENDS
+            assert exc.offset is not None and 0 <= exc.offset <= cut
             assert "\n" not in str(exc) and str(exc).startswith("Manifest.mbdb: ")
             assert "damaged or truncated" in str(exc) or "header" in str(exc) or "not a Manifest.mbdb" in str(exc)
         else:
@@ -338,8 +339,9 @@ def test_every_cut_is_refused_in_one_line_or_is_a_shorter_file() -> None:
     ],
 )
 def test_bad_header_is_refused(data: bytes, reason: str) -> None:
-    with pytest.raises(ManifestInvalid, match=reason):
+    with pytest.raises(LegacyManifestInvalid, match=reason) as err:
         read_mbdb(data, "Manifest.mbdb")
+    assert isinstance(err.value, ManifestInvalid)  # refused wherever an unreadable Manifest.db is
 
 
 def test_an_absurd_string_length_is_refused_without_allocating_it() -> None:
@@ -352,6 +354,7 @@ def test_an_absurd_string_length_is_refused_without_allocating_it() -> None:
     finally:
         tracemalloc.stop()
     assert "record 1 (byte 6): domain of 65534 bytes at byte 6, but only 10 bytes remain" in str(err.value)
+    assert isinstance(err.value, LegacyManifestInvalid) and err.value.offset == 6
     assert peak < 64 << 10
 
 
