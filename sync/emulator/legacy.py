@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phonevault.sync.manifest import FLAG_FILE, CatalogEntry, info_plist_bytes
+from phonevault.sync.manifest import FLAG_FILE, CatalogEntry
 from phonevault.sync.mbdb import ABSENT, MAGIC, MbdbRecord
 
 from .days import PhoneFile
@@ -135,6 +135,33 @@ def _lockdown(phone: SyntheticPhone, profile: tuple[str, str, str]) -> dict[str,
     return phone.lockdown_values() | {"ProductType": product_type, "ProductVersion": version, "BuildVersion": build}
 
 
+def _ios8_info_plist(phone: SyntheticPhone, day: int) -> bytes:
+    """Info.plist as iTunes 12 wrote it (XML): the device's identity, its apps, and the date of this backup."""
+    v = _lockdown(phone, IOS8)
+    d = {
+        "Applications": {},
+        "Build Version": v["BuildVersion"],
+        "Device Name": v["DeviceName"],
+        "Display Name": v["DeviceName"],
+        "GUID": derive(phone.seed, "guid")[:16],
+        "ICCID": v["IntegratedCircuitCardIdentity"],
+        "IMEI": v["InternationalMobileEquipmentIdentity"],
+        "Installed Applications": list(BUNDLES),
+        "Last Backup Date": plist_date(backup_time(day)),
+        "MEID": v["MobileEquipmentIdentifier"],
+        "Phone Number": v["PhoneNumber"],
+        "Product Type": v["ProductType"],
+        "Product Version": v["ProductVersion"],
+        "Serial Number": v["SerialNumber"],
+        "Target Identifier": v["UniqueDeviceID"],
+        "Target Type": "Device",
+        "Unique Identifier": v["UniqueDeviceID"].upper(),
+        "iTunes Files": {},
+        "iTunes Version": "12.2.1",
+    }
+    return plistlib.dumps(d, fmt=plistlib.FMT_XML, sort_keys=True)
+
+
 def _ios8_manifest_plist(phone: SyntheticPhone, day: int) -> bytes:
     v = _lockdown(phone, IOS8)
     keys = ("BuildVersion", "DeviceName", "ProductType", "ProductVersion", "SerialNumber", "UniqueDeviceID")
@@ -214,15 +241,14 @@ def write_ios8_backup(phone: SyntheticPhone, root: Path, day: int = 0) -> Path:
         if f.entry.flags == FLAG_FILE:
             digest = _write(dest / f.entry.file_id, phone.open(f), f.entry.mtime)
         records.append(_record(f, digest))
-    info = info_plist_bytes(
-        _lockdown(phone, IOS8) | {"com.apple.mobile.iTunes": {"MinITunesVersion": "12.2.1"}},
-        guid=derive(phone.seed, "guid")[:16],
-        installed_applications=BUNDLES,
-        last_backup_date=plist_date(backup_time(day)),
-    )
     for name, data in zip(
         metadata,
-        (info, _ios8_manifest_plist(phone, day), _ios8_status_plist(phone, day), encode_mbdb(records)),
+        (
+            _ios8_info_plist(phone, day),
+            _ios8_manifest_plist(phone, day),
+            _ios8_status_plist(phone, day),
+            encode_mbdb(records),
+        ),
         strict=True,
     ):
         (dest / name).write_bytes(data)
