@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import MissingObject, ObjectExists
+from . import check_name, check_prefix
 
 _TMP = ".tmp-"
 SWEEP_MIN_AGE = 3600.0
@@ -47,38 +51,56 @@ class LocalBackend:
         self.location = str(self.root)
         self._made_dirs: set[Path] = set()
         self._fds: dict[str, int] = {}
+        self._fds_lock = threading.Lock()  # guards _fds; a descriptor is read only by the thread that took it out
         self._swept = False
 
     OPEN_PACKS = 16
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        with self._fds_lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
             os.close(fd)
-        self._fds.clear()
 
     def _path(self, name: str) -> Path:
-        if name.startswith("/") or ".." in name.split("/") or not name:
-            raise ValueError(f"invalid object name {name!r}")
-        return self.root / name
+        return self.root / check_name(name)
 
     def get(self, name: str) -> bytes:
         try:
             return self._path(name).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # "a" of "a/b", "a/b/c" past a file
             raise MissingObject(name) from None
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         # Reading a file back is a run of small ranged reads of the same few packs: keep their descriptors open.
-        fd = self._fds.pop(name, None)
+        # A reader takes the descriptor out of the cache while it reads, so no other thread can evict and close it
+        # (its number could then be reused by another file, and the read return that file's bytes).
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range of {name!r}: offset {offset}, length {length}")
+        path = self._path(name)
+        with self._fds_lock:
+            fd = self._fds.pop(name, None)
         if fd is None:
             try:
-                fd = os.open(self._path(name), os.O_RDONLY)
-            except FileNotFoundError:
+                fd = os.open(path, os.O_RDONLY)
+            except (FileNotFoundError, NotADirectoryError):
                 raise MissingObject(name) from None
-            while len(self._fds) >= self.OPEN_PACKS:
-                os.close(self._fds.pop(next(iter(self._fds))))
-        self._fds[name] = fd  # most recently used last
-        data = os.pread(fd, length, offset)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder of names opens too, but is no object
+                os.close(fd)
+                raise MissingObject(name)
+        try:
+            data = os.pread(fd, length, offset)
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._fds_lock:
+            spare = [fd] if name in self._fds else []  # another thread cached its own meanwhile
+            if not spare:
+                self._fds[name] = fd  # most recently used last
+            while len(self._fds) > self.OPEN_PACKS:
+                spare.append(self._fds.pop(next(iter(self._fds))))
+        for old in spare:
+            os.close(old)
         if len(data) != length:
             raise MissingObject(name, f"short read: {len(data)} of {length} bytes at offset {offset}")
         return data
@@ -136,13 +158,15 @@ class LocalBackend:
         self._fsync_dir(path.parent)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        check_prefix(prefix)
         base = self.root / prefix if prefix.endswith("/") or not prefix else (self.root / prefix).parent
         if not base.is_dir():
             return
         root_len = len(str(self.root)) + 1
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]  # no name has a component starting with "."
             for fn in files:
-                if fn.startswith(_TMP):
+                if fn.startswith("."):  # temporaries (.tmp-*), and what else a disk holds (.DS_Store)
                     continue
                 full = os.path.join(dirpath, fn)
                 name = full[root_len:].replace(os.sep, "/")
@@ -153,15 +177,29 @@ class LocalBackend:
                         continue
 
     def delete(self, name: str) -> None:
-        if (fd := self._fds.pop(name, None)) is not None:
+        path = self._path(name)
+        with self._fds_lock:
+            fd = self._fds.pop(name, None)
+        if fd is not None:
             os.close(fd)
         try:
-            os.unlink(self._path(name))
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        except OSError:
+            if path.is_file():
+                raise  # a real object that could not be removed (permissions, I/O)
+            # else: a folder of names ("a" of "a/b", EISDIR/EPERM) or a path through a file (ENOTDIR): no object
 
     def exists(self, name: str) -> bool:
-        return self._path(name).exists()
+        return self._path(name).is_file()
+
+    def free_space(self) -> int | None:
+        # The vault may not exist yet (before init): ask the nearest folder that does, on the same file system.
+        where = self.root
+        while not where.is_dir() and where.parent != where:
+            where = where.parent
+        return shutil.disk_usage(where).free
 
     def sweep_temporaries(self, min_age: float = SWEEP_MIN_AGE) -> int:
         """Remove temp files a crashed writer left behind; returns how many.
