@@ -56,8 +56,9 @@ from .errors import (
     ManifestInvalid,
     ProtocolError,
 )
-from .manifest import check_manifest_db, read_info_plist, read_manifest_plist
+from .manifest import check_manifest_db
 from .paths import safe_component
+from .plists import read_info_plist, read_manifest_plist
 
 
 @dataclass(slots=True)

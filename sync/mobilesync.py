@@ -36,8 +36,9 @@ from phonevault.store.writer import SnapshotWriter
 
 from .catalog import ManifestParse, store_catalog
 from .errors import BackupFolderInvalid, ManifestInvalid, TargetConflict
-from .manifest import DeviceInfo, check_manifest_db, read_info_plist, read_manifest_plist, read_status_plist
+from .manifest import check_manifest_db
 from .paths import Target, safe_component, shown, unsafe_reason
+from .plists import DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
 
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phonevault.sync.errors import ManifestInvalid
-from phonevault.sync.manifest import FLAG_FILE, CatalogEntry, read_manifest_plist, read_manifest_rows
+from phonevault.sync.manifest import FLAG_FILE, CatalogEntry, read_manifest_rows
+from phonevault.sync.plists import read_manifest_plist
 
 from .devicelink import Aborted, DeviceLink, HostRefused, Upload
 from .wire import FrameError, Link, PeerClosed

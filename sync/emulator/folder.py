@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from phonevault.sync.manifest import FLAG_FILE, info_plist_bytes, write_manifest_db
+from phonevault.sync.manifest import FLAG_FILE, write_manifest_db
+from phonevault.sync.plists import info_plist_bytes
 
 from .content import read_pieces
 from .days import PhoneFile

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from phonevault.sync.manifest import DeviceInfo
+from phonevault.sync.plists import DeviceInfo
 
 from .seeds import NAMES, derive, rng
 

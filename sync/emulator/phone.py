@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from phonevault.sync.manifest import FLAG_FILE, DeviceInfo
+from phonevault.sync.manifest import FLAG_FILE
+from phonevault.sync.plists import DeviceInfo
 
 from . import folder
 from .content import FileBytes, read_pieces

@@ -18,8 +18,8 @@ from phonevault.sync.backup2 import backup_device, restore_device
 from phonevault.sync.devicelink import VaultDeviceLink, normalize
 from phonevault.sync.emulator import Emulator, Fault
 from phonevault.sync.errors import DeviceDisconnected, DeviceError, DeviceReportedFailure, ProtocolError
-from phonevault.sync.manifest import read_info_plist
 from phonevault.sync.mobilesync import import_folder
+from phonevault.sync.plists import read_info_plist
 from tests.sync.test_emulator import pmd3
 
 SIZE = 8 << 20

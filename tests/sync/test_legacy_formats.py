@@ -27,18 +27,10 @@ from phonevault.sync.emulator.legacy import (
 )
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.errors import LegacyManifestInvalid, ManifestInvalid
-from phonevault.sync.manifest import (
-    FLAG_DIR,
-    FLAG_FILE,
-    CatalogEntry,
-    RowProblem,
-    file_id,
-    read_info_plist,
-    read_manifest_plist,
-    read_status_plist,
-)
+from phonevault.sync.manifest import FLAG_DIR, FLAG_FILE, CatalogEntry, RowProblem, file_id
 from phonevault.sync.mbdb import MAGIC, MbdbRecord, iter_records, load_mbdb, mbdb_entries, read_mbdb, record_entry
 from phonevault.sync.mdinfo import data_name, read_manifest_files, read_mdinfo, read_mdinfo_folder
+from phonevault.sync.plists import read_info_plist, read_manifest_plist, read_status_plist
 
 
 @pytest.fixture(scope="module")

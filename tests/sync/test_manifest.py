@@ -21,20 +21,15 @@ from phonevault.sync.manifest import (
     S_IFLNK,
     S_IFREG,
     CatalogEntry,
-    DeviceInfo,
     RowProblem,
     check_manifest_db,
-    decode_mbfile,
-    encode_mbfile,
     file_id,
-    info_plist_bytes,
-    read_info_plist,
     read_manifest_db,
-    read_manifest_plist,
     read_manifest_rows,
-    read_status_plist,
     write_manifest_db,
 )
+from phonevault.sync.mbfile import decode_mbfile, encode_mbfile
+from phonevault.sync.plists import DeviceInfo, info_plist_bytes, read_info_plist, read_manifest_plist, read_status_plist
 
 LOCKDOWN = {
     "UniqueDeviceID": "0123456789abcdef0123456789abcdef01234567",

@@ -25,7 +25,8 @@ from phonevault.sync.backup2 import restore_device
 from phonevault.sync.catalog import EncryptedBackup, backup_path, extract, load_catalog
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.errors import ExtractIncomplete, TargetConflict
-from phonevault.sync.manifest import CatalogEntry, encode_mbfile, file_id, mbfile_fields
+from phonevault.sync.manifest import CatalogEntry, file_id, mbfile_fields
+from phonevault.sync.mbfile import encode_mbfile
 from phonevault.sync.mobilesync import export_snapshot, import_folder
 from phonevault.sync.paths import Target, safe_component
 from tests.conftest import reopen
