@@ -19,7 +19,7 @@ import click
 import lmdb
 import platformdirs
 
-from phonevault.store.backends.local import LocalBackend
+from phonevault.store.backends import open_backend
 from phonevault.store.errors import PhonevaultError, RepositoryNotFound
 from phonevault.store.repository import Repository
 
@@ -50,7 +50,7 @@ def open_repo(path: Path) -> Repository:
         raise RepositoryNotFound(str(path), "does not exist (create it with `phonevault init`)")
     if not path.is_dir():
         raise RepositoryNotFound(str(path), "is not a directory")
-    return Repository.open(LocalBackend(path), get_password())
+    return Repository.open(open_backend(str(path)), get_password())
 
 
 repo_option = click.option(

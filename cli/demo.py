@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from phonevault.store.backends.local import LocalBackend
+from phonevault.store.backends import open_backend
 from phonevault.store.repository import Repository
 from phonevault.store.trees import load_tree
 
@@ -81,7 +81,7 @@ def demo(workdir: Path | None, size: str) -> None:
 
 
 def _open() -> Repository:
-    return Repository.open(LocalBackend(Path(os.environ["PHONEVAULT_REPO"])), os.environ["PHONEVAULT_PASSWORD"])
+    return Repository.open(open_backend(os.environ["PHONEVAULT_REPO"]), os.environ["PHONEVAULT_PASSWORD"])
 
 
 def _snapshot_ids() -> tuple[str, str]:

@@ -8,7 +8,7 @@ import sys
 import click
 
 from phonevault.store import keys as keyring
-from phonevault.store.backends.local import LocalBackend
+from phonevault.store.backends import open_backend
 from phonevault.store.check import check as run_check
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.prune import prune as run_prune
@@ -27,7 +27,7 @@ def init(repo_arg: str | None) -> None:
     if path.exists() and not path.is_dir():
         raise PhonevaultError(f"{path}: is a file; a vault needs a new or empty folder")
     password = get_password(confirm=True, what="new vault password")
-    repo = Repository.init(LocalBackend(path), password)
+    repo = Repository.init(open_backend(str(path)), password)
     out.print(f"created vault {repo.config.id} at {path}")
     repo.close()
 

@@ -25,7 +25,6 @@ the bounds above plus O(1) per request, which the device pays for in bytes sent.
 from __future__ import annotations
 
 import ctypes
-import shutil
 import stat
 import struct
 import time
@@ -48,7 +47,6 @@ from pymobiledevice3.services.device_link import (
     DeviceLink,
 )
 
-from phonevault.store.backends.local import LocalBackend
 from phonevault.store.errors import UnsafePath
 from phonevault.store.repository import Repository
 from phonevault.store.staged import StagedTree
@@ -110,7 +108,7 @@ class VaultDeviceLink(DeviceLink):
         limits: StagingLimits = StagingLimits(),
     ) -> None:
         # DeviceLink wants a root path only for its file-system handlers, all of which are overridden here.
-        root = repo.backend.root if isinstance(repo.backend, LocalBackend) else Path(".")
+        root = Path(repo.backend.location)  # pymobiledevice3 only names it in log lines
         super().__init__(service, root)
         self.repo = repo
         self.udid = udid
@@ -306,7 +304,9 @@ class VaultDeviceLink(DeviceLink):
         await self.status_response(0)
 
     async def get_free_disk_space(self, _message: Any) -> None:
-        free = shutil.disk_usage(self.root_path).free if isinstance(self.repo.backend, LocalBackend) else 1 << 50
+        free = self.repo.backend.free_space()
+        if free is None:  # a store without a size limit
+            free = 1 << 50
         self._reported_free_space = free
         await self.status_response(0, status_dict=free)
 
