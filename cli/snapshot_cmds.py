@@ -17,9 +17,9 @@ from phonevault.store.refs import resolve_device, resolve_snapshot
 from phonevault.store.repository import Repository, format_time
 from phonevault.store.retention import Policy
 from phonevault.sync.catalog import diff as catalog_diff
-from phonevault.sync.catalog import extract as catalog_extract
 from phonevault.sync.catalog import list_dir, load_catalog
 from phonevault.sync.errors import CatalogProblems, ExtractIncomplete
+from phonevault.sync.extract import extract as catalog_extract
 from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.paths import shown
 

@@ -12,15 +12,6 @@ Rows that cannot be used are named, never dropped silently and never fatal: an u
 the catalog and named in its problems; rows sharing one fileID (one stored file, several names: which one is its
 own cannot be told) stay listed, are named, and are not extracted.
 
-Extract writes each file at its full domain path under the target (as restic keeps full paths), through
-`paths.Target` (nothing lands outside it). It plans everything first and refuses, before writing a byte, a name
-that already exists (unless overwrite), two files on one name, and a file where a folder must go. Then each file
-is written to a `.phonevault-*` temp file beside its final name (removed on any error), given its mode (without
-set-id/sticky bits: a phone's say-so never makes a set-uid file here) and mtime, and moved into place: by hard
-link when not overwriting, which fails rather than replace a file (so names that one file system folds together,
-`IMG.JPG` and `img.jpg` on macOS, are caught there); by rename when overwriting. A file that cannot be extracted
-(not in the snapshot, an unsafe path, an unusable row, a failed write) is named and the rest are extracted
-(`ExtractIncomplete`, exit 3). A full or read-only disk stops the extract with one line.
 A backup the phone encrypted has an encrypted Manifest.db: browsing it needs the backup password, which this
 version does not take yet (`EncryptedBackup`); such snapshots can still be exported and restored as they are.
 """
@@ -28,14 +19,10 @@ version does not take yet (`EncryptedBackup`); such snapshots can still be expor
 from __future__ import annotations
 
 import ctypes
-import errno
 import multiprocessing
 import os
 import signal
-import stat
 import sys
-import tempfile
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -44,24 +31,16 @@ from pathlib import Path
 
 import msgpack
 
-from phonevault.store.errors import CorruptObject, PathNotFound, PhonevaultError, UnsafePath
+from phonevault.store.errors import CorruptObject, PathNotFound
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, diff_trees, lookup
 
-from .errors import ExtractIncomplete, TargetConflict
+from .errors import EncryptedBackup
 from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, check_manifest_db, read_manifest_db
-from .paths import Target, relative_parts, shown
+from .paths import shown
 
 CATALOG_CACHE_FORMAT = 2
-
-
-class EncryptedBackup(PhonevaultError):
-    def __init__(self, snapshot: str) -> None:
-        super().__init__(
-            f"snapshot {snapshot}: the phone encrypted this backup; browsing its files needs the backup password, "
-            "which phonevault does not support yet (export and restore work as usual)"
-        )
 
 
 def domain_path(c: CatalogEntry) -> str:
@@ -323,193 +302,6 @@ def select(catalog: Iterable[CatalogEntry], path: str) -> list[CatalogEntry]:
     """Files (flags 1) at or under a domain path, in catalog order."""
     path = path.strip("/")
     return [c for c in catalog if c.flags == FLAG_FILE and under(domain_path(c), path)]
-
-
-@dataclass(frozen=True, slots=True)
-class Extracted:
-    source: str  # domain path
-    path: Path
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    row: CatalogEntry
-    source: str
-    path: Path
-    entry: FileEntry
-
-
-class _NotWritten(Exception):
-    """One file could not be extracted; the message names it and why."""
-
-
-_STOP = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the target cannot take more files: stop, do not try each one
-_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV)
-
-
-def extract(
-    repo: Repository, snap: SnapshotRecord, paths: list[str], dest: Path, *, overwrite: bool = False
-) -> list[Extracted]:
-    """Write the named files (or everything under named folders) to dest/<domain path>. Reads only the chunks of
-    those files: one photo costs one photo's worth of reads, however large the backup.
-
-    Raises before writing anything: PathNotFound (a path names nothing), TargetConflict (an existing name without
-    `overwrite`, two files on one name, a file where a folder must be). Raises after writing every other file:
-    ExtractIncomplete naming each file that was not written."""
-    catalog = load_catalog(repo, snap)
-    shared = {fid for fid, n in Counter(c.file_id for c in catalog).items() if n > 1}  # named in catalog.problems
-    problems: list[str] = []
-    chosen: dict[str, CatalogEntry] = {}
-    for p in paths:
-        p = p.strip("/")
-        rows, bad = select(catalog, p), catalog.problems_under(p)
-        if not rows and not bad:
-            raise PathNotFound(p, "this snapshot (no files at or under it)")
-        problems += bad
-        for c in rows:
-            name = domain_path(c)
-            if c.file_id in shared:
-                continue
-            other = chosen.setdefault(name, c)
-            if other.file_id != c.file_id:
-                raise TargetConflict(
-                    shown(name), f"two files of the snapshot have this name (fileIDs {other.file_id} and {c.file_id})"
-                )
-    problems = list(dict.fromkeys(problems))  # overlapping paths name a row once
-    plan = _plan(repo, snap, chosen, Target(dest), overwrite, problems)
-    out: list[Extracted] = []
-    written: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) of each file written -> its domain path
-    for item in plan:
-        try:
-            out.append(_write(repo, item, overwrite, written, problems))
-        except _NotWritten as e:
-            problems.append(str(e))
-        except OSError as e:
-            if e.errno in _STOP:
-                raise PhonevaultError(
-                    f"{item.path}: {e.strerror}; stopped after extracting {len(out)} of {len(plan)} file(s)"
-                ) from None
-            problems.append(f"{shown(item.source)}: not extracted to {item.path} ({e.strerror or e})")
-    if problems:
-        raise ExtractIncomplete(problems, out)
-    return out
-
-
-def _plan(
-    repo: Repository,
-    snap: SnapshotRecord,
-    chosen: dict[str, CatalogEntry],
-    target: Target,
-    overwrite: bool,
-    problems: list[str],
-) -> list[_Planned]:
-    """Where each chosen file goes, every refusal made before a byte is written."""
-    plan: list[_Planned] = []
-    for name in sorted(chosen):
-        c = chosen[name]
-        try:
-            path = target.join(name)
-        except UnsafePath as e:
-            problems.append(str(e))
-            continue
-        entry = lookup(snap.tree, backup_path(c.file_id), repo.get_blob)
-        if entry is None or entry.is_dir:
-            problems.append(
-                f"{shown(name)}: listed in Manifest.db but its file {shown(backup_path(c.file_id))} is not in "
-                f"snapshot {snap.hex[:12]}"
-            )
-            continue
-        plan.append(_Planned(c, name, path, entry))
-    files = {item.source for item in plan}
-    existing: list[Path] = []
-    usable: list[_Planned] = []
-    for item in plan:
-        parts = relative_parts(item.source, str(target.root))
-        for i in range(1, len(parts)):
-            if (folder := "/".join(parts[:i])) in files:
-                raise TargetConflict(
-                    shown(folder), f"is a file in this snapshot and also a folder of {shown(item.source)}"
-                )
-        try:
-            st = os.lstat(item.path)
-        except FileNotFoundError:
-            usable.append(item)
-            continue
-        except NotADirectoryError:
-            raise TargetConflict(str(item.path), "a folder on its way there is a file") from None
-        except OSError as e:  # a name too long for this file system, a folder we may not enter: this file only
-            problems.append(f"{shown(item.source)}: cannot be extracted to {item.path} ({e.strerror or e})")
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            raise TargetConflict(str(item.path), "is a folder; the snapshot has a file of that name")
-        if not overwrite:
-            existing.append(item.path)
-        usable.append(item)
-    if existing:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise TargetConflict(str(existing[0]), f"already exists{more}; give --overwrite to replace")
-    return usable
-
-
-def _write(
-    repo: Repository, item: _Planned, overwrite: bool, written: dict[tuple[int, int], str], problems: list[str]
-) -> Extracted:
-    item.path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=item.path.parent, prefix=".phonevault-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                for chunk in repo.read_file(item.entry):
-                    f.write(chunk)
-            except PhonevaultError as e:  # a damaged or missing blob: this file only
-                raise _NotWritten(f"{shown(item.source)}: not extracted ({e})") from None
-        os.chmod(tmp, (item.row.mode & 0o777) or 0o644)
-        try:
-            os.utime(tmp, (item.row.mtime, item.row.mtime))
-        except (OverflowError, ValueError, OSError):
-            problems.append(f"{shown(item.source)}: extracted, but its time {item.row.mtime} cannot be set here")
-        _place(tmp, item, overwrite, written)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-    return Extracted(item.source, item.path, item.entry.size)
-
-
-def _place(tmp: str, item: _Planned, overwrite: bool, written: dict[tuple[int, int], str]) -> None:
-    """Move the finished temp file to its name. Never onto a file this extract wrote (a name the file system folds
-    onto another one), and without `overwrite` never onto any file."""
-    path = item.path
-    if overwrite:
-        _refuse_if_written(path, item, written)
-        os.replace(tmp, path)
-    else:
-        try:
-            os.link(tmp, path)  # unlike rename, fails if the name exists
-        except FileExistsError:
-            _refuse_if_written(path, item, written)
-            raise _NotWritten(f"{shown(item.source)}: {path} appeared meanwhile; not replaced") from None
-        except OSError as e:
-            if e.errno not in _NO_HARD_LINKS:
-                raise
-            if os.path.lexists(path):  # a file system without hard links: check, then rename
-                _refuse_if_written(path, item, written)
-                raise _NotWritten(f"{shown(item.source)}: {path} appeared meanwhile; not replaced") from None
-            os.replace(tmp, path)
-    st = os.lstat(path)
-    written[(st.st_dev, st.st_ino)] = item.source
-
-
-def _refuse_if_written(path: Path, item: _Planned, written: dict[tuple[int, int], str]) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if (other := written.get((st.st_dev, st.st_ino))) is not None:
-        raise _NotWritten(
-            f"{shown(item.source)}: this file system stores it under the same name as {shown(other)} "
-            "(names differing only in case or Unicode form); not extracted"
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,18 @@ class CatalogProblems(PhonevaultError):
         self.problems = problems
 
 
+class EncryptedBackup(PhonevaultError):
+    """The phone encrypted this backup, so its Manifest.db (the catalog) is ciphertext: browsing, diffing by name
+    and extracting need the backup password, which is not supported yet. Export and restore work as usual."""
+
+    def __init__(self, snapshot: str) -> None:
+        super().__init__(
+            f"snapshot {snapshot}: the phone encrypted this backup; browsing its files needs the backup password, "
+            "which phonevault does not support yet (export and restore work as usual)"
+        )
+        self.snapshot = snapshot
+
+
 class ExtractIncomplete(PhonevaultError):
     """Extract wrote every file it could; the ones in `problems` were not (missing from the snapshot, an unsafe
     path, an unusable catalog row, a write that failed). `extracted` is what was written (exit 3)."""

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from phonevault.store.check import check
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.trees import diff_trees
-from phonevault.sync.catalog import EncryptedBackup, diff, extract, list_dir, load_catalog
+from phonevault.sync.catalog import diff, list_dir, load_catalog
 from phonevault.sync.emulator.phone import SyntheticPhone
-from phonevault.sync.errors import BackupFolderInvalid
+from phonevault.sync.errors import BackupFolderInvalid, EncryptedBackup
+from phonevault.sync.extract import extract
 from phonevault.sync.manifest import CatalogEntry, file_id, write_manifest_db
 from phonevault.sync.mobilesync import export_snapshot, find_backup_folders, import_folder
 

@@ -22,9 +22,10 @@ from phonevault.store.packs import pack_name
 from phonevault.store.trees import lookup
 from phonevault.store.writer import SnapshotWriter
 from phonevault.sync.backup2 import restore_device
-from phonevault.sync.catalog import EncryptedBackup, backup_path, extract, load_catalog
+from phonevault.sync.catalog import backup_path, load_catalog
 from phonevault.sync.emulator.phone import SyntheticPhone
-from phonevault.sync.errors import ExtractIncomplete, TargetConflict
+from phonevault.sync.errors import EncryptedBackup, ExtractIncomplete, TargetConflict
+from phonevault.sync.extract import extract
 from phonevault.sync.manifest import CatalogEntry, file_id, mbfile_fields
 from phonevault.sync.mbfile import encode_mbfile
 from phonevault.sync.mobilesync import export_snapshot, import_folder
