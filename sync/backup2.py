@@ -188,34 +188,39 @@ def backup_device(
 
 
 async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> DeviceBackupResult:
-    async with _connected(udid, usbmux_address) as service:
-        udid = safe_component(service.lockdown.udid, "a backup folder name")
-        if on_start:
-            on_start(udid, service.lockdown.all_values.get("DeviceName"))
-        full = full or repo.view(repo.device_key(udid), refresh=True).head is None
-        writer = SnapshotWriter(repo, udid, {}, incremental=not full)
-        async with service.vault_link(repo=repo, udid=udid, writer=writer, progress=progress) as dl:
-            async with service.session(dl) as afc:
-                info = await service.init_mobile_backup_factory_info(afc)
-                dl.put_bytes("Info.plist", plistlib.dumps(info))
-                if full or not dl.has("Status.plist"):
-                    dl.put_bytes("Status.plist", _new_status(full))
-                if full:
-                    dl.put_bytes("Manifest.plist", b"")  # pmd3's signal for a full backup: an empty Manifest.plist
-                await dl.send_process_message({"MessageName": "Backup", "TargetIdentifier": udid})
-                await dl.dl_loop(lambda _percent: None)
-    writer.drop_nonempty_dirs()
-    device = read_info_plist(dl.read("Info.plist") or b"", "Info.plist")
-    writer.info = device.to_dict()
-    problems = list(dl.problems)
-    encrypted = _encrypted(dl.read("Manifest.plist"), lambda: dl.read("Manifest.db"), problems)
-    meta = {"encrypted": encrypted, "ios_version": device.ios_version, "full": full, "problems": len(problems)}
-    snap = writer.commit(f"device:{udid}", meta=meta)
-    if not encrypted:
-        with suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`
-            catalog = load_catalog(repo, snap)  # so ls/extract/diff of this backup start at once
-            problems += [p.message for p in catalog.problems]
-    return DeviceBackupResult(udid, device.name, snap, full, dl.files_received, dl.bytes_received, problems)
+    writer: SnapshotWriter | None = None
+    try:  # however the backup ends, the writer is closed: a failure releases its writers/ marker at once
+        async with _connected(udid, usbmux_address) as service:
+            udid = safe_component(service.lockdown.udid, "a backup folder name")
+            if on_start:
+                on_start(udid, service.lockdown.all_values.get("DeviceName"))
+            full = full or repo.view(repo.device_key(udid), refresh=True).head is None
+            writer = SnapshotWriter(repo, udid, {}, incremental=not full)
+            async with service.vault_link(repo=repo, udid=udid, writer=writer, progress=progress) as dl:
+                async with service.session(dl) as afc:
+                    info = await service.init_mobile_backup_factory_info(afc)
+                    dl.put_bytes("Info.plist", plistlib.dumps(info))
+                    if full or not dl.has("Status.plist"):
+                        dl.put_bytes("Status.plist", _new_status(full))
+                    if full:
+                        dl.put_bytes("Manifest.plist", b"")  # pmd3's signal for a full backup: an empty Manifest.plist
+                    await dl.send_process_message({"MessageName": "Backup", "TargetIdentifier": udid})
+                    await dl.dl_loop(lambda _percent: None)
+        writer.drop_nonempty_dirs()
+        device = read_info_plist(dl.read("Info.plist") or b"", "Info.plist")
+        writer.info = device.to_dict()
+        problems = list(dl.problems)
+        encrypted = _encrypted(dl.read("Manifest.plist"), lambda: dl.read("Manifest.db"), problems)
+        meta = {"encrypted": encrypted, "ios_version": device.ios_version, "full": full, "problems": len(problems)}
+        snap = writer.commit(f"device:{udid}", meta=meta)
+        if not encrypted:
+            with suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`
+                catalog = load_catalog(repo, snap)  # so ls/extract/diff of this backup start at once
+                problems += [p.message for p in catalog.problems]
+        return DeviceBackupResult(udid, device.name, snap, full, dl.files_received, dl.bytes_received, problems)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _encrypted(manifest_plist: bytes | None, manifest_db: Callable[[], bytes | None], problems: list[str]) -> bool:

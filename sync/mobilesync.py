@@ -259,9 +259,23 @@ def _compare_with_catalog(files: list[tuple[str, _Stat]], listed: dict[str, int]
 
 
 def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress | None) -> ImportResult:
-    problems = list(fm.problems)
     files, empty_dirs = _walk(folder)
-    writer = SnapshotWriter(repo, fm.device.udid, fm.device.to_dict(), incremental=False)
+    # The writer is closed however the import ends: a failure before the commit releases its writers/ marker at
+    # once, so a prune waiting on it need not wait for the garbage collector.
+    with SnapshotWriter(repo, fm.device.udid, fm.device.to_dict(), incremental=False) as writer:
+        return _stage_and_commit(repo, writer, folder, fm, files, empty_dirs, progress)
+
+
+def _stage_and_commit(
+    repo: Repository,
+    writer: SnapshotWriter,
+    folder: Path,
+    fm: FolderMeta,
+    files: list[tuple[str, _Stat]],
+    empty_dirs: list[tuple[str, _Stat]],
+    progress: Progress | None,
+) -> ImportResult:
+    problems = list(fm.problems)
     total = sum(st.st_size for _r, st in files if stat.S_ISREG(st.st_mode))
     done = 0
     new_stat: list[tuple[bytes, list]] = []
