@@ -2,7 +2,7 @@
 
 Format (version 1): sealed (ad=b"phonevault/v1/index") msgpack [1, pack id, [[blob id, type, offset, length,
 raw length], …]]. One index object per pack, written right after its pack: a crash between the two leaves a pack
-that only `check --repair-index` (which reads pack headers) can see, which is harmless.
+no index describes: harmless (check notes it, prune reclaims it; its header could rebuild the index).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Manifest.db, Manifest.plist, Status.plist byte for byte; Info.plist is the host'
 ErrorCode / a dropped link; a restore replaces the device folder only after every file arrived, so a failed
 restore leaves the phone as it was. The device folder is locked for the whole operation.
 
-Backup follows the reference's "suggested emulator backup script" (§4): download the host's Status.plist and
+Backup follows the device side of docs/protocol.md, 'A backup, end to end': download the host's Status.plist and
 Manifest.plist (and Manifest.db unless the plist is empty: pmd3 signals `--full` only by truncating
 Manifest.plist, it never sends ForceFullBackup), GetFreeDiskSpace, CreateDirectory Snapshot + Snapshot/xx,
 UploadFiles (changed files, then Manifest.db/Manifest.plist), MoveItems per file (moving whole directories
@@ -160,7 +160,7 @@ def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Repor
         dl.finish(ERROR_HOST_DISK_FULL, description)
         return Report("Backup", plan.kind, error_code=ERROR_HOST_DISK_FULL, error=description)
 
-    # Neither host creates parents (reference §3 stream B), and lid renames without creating them either.
+    # Neither host creates parents (docs/protocol.md, stream B), and lid renames without creating them either.
     # A full backup lays out all 256 shards as devices do (`Snapshot/00…ff`), an incremental only those it uses.
     dl.create_directory(f"{target}/Snapshot")
     shards = {f"{n:02x}" for n in range(256)} if plan.kind == "full" else {fid[:2] for fid in changed}

@@ -1,6 +1,6 @@
 """DeviceLink, device side: the version handshake, DL requests to the host, and the two file streams.
 
-Room: DeviceLink (reference §3). Invariant: the device drives; every request it sends waits for the
+Room: DeviceLink (docs/protocol.md, 'DeviceLink'). Invariant: the device drives; every request it sends waits for the
 host's `DLMessageStatusResponse` before the next one, file bodies move in bounded blocks straight between
 disk and socket (memory: one block), and every uploaded file ends with an explicit CODE_SUCCESS block.
 
@@ -40,7 +40,7 @@ DL_VERSION_MAJOR = 400  # real iOS 14+ (lid #998/#1379); lid rejects anything ab
 DL_VERSION_MINOR = 0
 EMPTY = "___EmptyParameterString___"
 
-# 1 MiB blocks: pmd3 buffers one whole block, lid reads them in pieces; the reference allows 32 KiB–1 MiB.
+# 1 MiB blocks: pmd3 buffers one whole block, lid reads them in pieces; both send 32 KiB themselves (docs/protocol.md).
 UPLOAD_BLOCK = 1 * 2**20
 # Hosts send 32 KiB download blocks (pmd3 `download_files`, Apple's DeviceLink BufferSize); cap generously.
 MAX_DOWNLOAD_BLOCK = 16 * 2**20
@@ -176,7 +176,7 @@ class DeviceLink:
             if error is None:
                 sock.sendall(BLOCK_HEADER.pack(1, CODE_SUCCESS))
             else:
-                # pmd3 warns and keeps the partial file; lid reports it (reference §3, stream B).
+                # pmd3 warns and keeps the partial file; lid reports it (docs/protocol.md, 'DeviceLink', stream B).
                 message = error.encode()
                 sock.sendall(BLOCK_HEADER.pack(1 + len(message), CODE_ERROR_REMOTE) + message)
         sock.sendall(U32BE.pack(0))

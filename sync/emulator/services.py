@@ -1,6 +1,6 @@
 """Auxiliary lockdown services a backup or restore opens beside mobilebackup2, with minimal honest behaviour.
 
-Room: the side services (reference §3 "Auxiliary services"). Invariant: each answers exactly the requests
+Room: the side services (docs/protocol.md, 'Side services'). Invariant: each answers exactly the requests
 pmd3's backup/restore flow sends (`Mobilebackup2Service.backup/restore`, `_backup_lock`,
 `init_mobile_backup_factory_info`) in the framing its client expects, refuses anything it cannot parse by
 closing the connection, and never buffers more than its stated cap.
