@@ -13,7 +13,7 @@ from phonevault.store.history import pin as set_pin
 from phonevault.store.history import rollback as do_rollback
 from phonevault.store.history import tag as set_tag
 from phonevault.store.projections import DeviceView, SnapshotRecord
-from phonevault.store.refs import resolve_device, resolve_snapshot
+from phonevault.store.refs import resolve_device, resolve_in_device, resolve_snapshot
 from phonevault.store.repository import Repository, format_time
 from phonevault.store.retention import Policy
 from phonevault.sync.catalog import diff as catalog_diff
@@ -281,21 +281,18 @@ def export(repo: Repository, snapshot: str, dest: Path) -> None:
 
 @click.command()
 @click.argument("device")
-@click.option("--to", "target", required=True, help="A snapshot id prefix, or a date (YYYY-MM-DD[THH:MM]).")
+@click.option(
+    "--to", "target", required=True, help="A snapshot id prefix, latest, or a date (YYYY-MM-DD[THH:MM], UTC)."
+)
 @with_repo
 def rollback(repo: Repository, device: str, target: str) -> None:
     """Make an earlier version the device's current backup. Later versions stay in the vault."""
     view = resolve_device(repo, device)
-    ref = target if _looks_like_id(target) else f"{view.device or view.key}@{target}"
-    _v, snap = resolve_snapshot(repo, ref, device=view.device)
+    snap = resolve_in_device(view, target)
     do_rollback(repo, view, snap)
     out.print(
         f"{view.info.get('name') or view.device}: current backup is now {snap.hex[:8]} ({format_time(snap.time)})"
     )
-
-
-def _looks_like_id(text: str) -> bool:
-    return len(text) >= 4 and all(c in "0123456789abcdef" for c in text.lower()) and "-" not in text
 
 
 @click.command()

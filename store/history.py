@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import PhonevaultError
+from .errors import SnapshotNotFound
 from .events import Exported, HeadMoved, RestoredToDevice, SnapshotForgotten, SnapshotPinned, SnapshotTagged
 from .projections import DeviceView, SnapshotRecord
 from .repository import Repository, now_us
@@ -18,7 +18,7 @@ from .retention import Candidate, Policy, keep_set
 def rollback(repo: Repository, view: DeviceView, target: SnapshotRecord) -> SnapshotRecord:
     """Make `target` the device's current backup. Later snapshots stay; the next backup is staged on `target`."""
     if target.forgotten:
-        raise PhonevaultError(f"snapshot {target.hex[:12]} was forgotten and cannot become current")
+        raise SnapshotNotFound(target.hex[:12], "this snapshot was forgotten and cannot become current")
     repo.append(view.key, [HeadMoved(target.id, now_us(), "rollback")])
     return target
 

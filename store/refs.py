@@ -4,6 +4,7 @@ Device: a UDID, a UDID prefix (≥ 4 chars), the device name (case-insensitive),
 Snapshot: an id prefix (≥ 4 hex chars, unique across the vault), `latest` / `current` (with a device, or when the
 vault holds one device), or `DEVICE@WHEN` where WHEN is `latest`, `current`, an ISO date (`2026-11-25`: the end of
 that day) or date-time (`2026-11-25T14:30`), interpreted as UTC unless it carries an offset.
+Within one device (`rollback DEVICE --to X`): an id prefix of one of its snapshots, or any WHEN above.
 """
 
 from __future__ import annotations
@@ -84,13 +85,27 @@ def resolve_snapshot(repo: Repository, ref: str, device: str | None = None) -> t
     if ref in ("latest", "current"):
         view = resolve_device(repo, device) if device else _only_device(repo, ref)
         return view, _pick(view, ref)
-    low = ref.lower()
-    if len(low) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in low):
+    if not _is_id_prefix(ref):
         raise SnapshotNotFound(ref, f"not a snapshot id prefix (≥ {MIN_PREFIX} hex chars), latest, or DEVICE@DATE")
-    hits = [(v, s) for v in repo.devices() for s in v.snapshots if s.hex.startswith(low)]
-    if device:
-        dv = resolve_device(repo, device)
-        hits = [(v, s) for v, s in hits if v.key == dv.key]
+    views = [resolve_device(repo, device)] if device else repo.devices()
+    return _by_prefix(views, ref)
+
+
+def resolve_in_device(view: DeviceView, text: str) -> SnapshotRecord:
+    """One of `view`'s snapshots: an id prefix (≥ 4 hex chars: a hex word is always taken as an id, never as a
+    date), `latest`, `current`, a date or a date-time. Raises SnapshotNotFound naming `text`."""
+    if _is_id_prefix(text):
+        return _by_prefix([view], text)[1]
+    return _pick(view, text)
+
+
+def _is_id_prefix(text: str) -> bool:
+    return len(text) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in text.lower())
+
+
+def _by_prefix(views: list[DeviceView], ref: str) -> tuple[DeviceView, SnapshotRecord]:
+    low = ref.lower()
+    hits = [(v, s) for v in views for s in v.snapshots if s.hex.startswith(low)]
     if not hits:
         raise SnapshotNotFound(ref)
     if len(hits) > 1:
