@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import platformdirs
 
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
+from phonevault.sync.errors import SourceIncomplete
 
 from .context import with_repo
 from .render import err, human, out, progress
@@ -81,10 +81,10 @@ def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day:
         f"received {r.files_received} files, {human(r.bytes_received)}; backup holds {s['files']} files, "
         f"{human(s['size'])}; {human(s['new_bytes'])} new in the vault"
     )
-    for p in r.problems:
-        err.print(f"warning: {p}")
+    for p in r.problems:  # names from the device: plain text, never markup
+        err.print(f"warning: {p}", markup=False, soft_wrap=True)
     if r.problems:
-        sys.exit(3)
+        raise SourceIncomplete(r.problems, r.name or r.udid)
 
 
 @click.command()

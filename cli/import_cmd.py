@@ -1,14 +1,19 @@
-"""`phonevault import [PATH]`: MobileSync backup folders in, one snapshot per device."""
+"""`phonevault import [PATH]`: MobileSync backup folders in, one snapshot per device.
+
+Each folder is imported whatever happened to the others. A folder that fails, or whose source had problems
+(SourceIncomplete), is a typed failure; every failure is printed once, and the worst one (highest exit code) is
+raised last, so the exit code is the worst folder's, mapped from its type like any other command's.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.repository import Repository
+from phonevault.sync.errors import SourceIncomplete
 from phonevault.sync.mobilesync import find_backup_folders, import_folder
 from phonevault.sync.paths import shown
 
@@ -21,28 +26,45 @@ from .render import err, human, out, progress
 @with_repo
 def import_(repo: Repository, path: Path | None) -> None:
     """Import a backup folder (<UDID>/), a Backup/ folder of several, or (no PATH) the Finder/iTunes locations."""
-    exit_code = 0
-    for folder in find_backup_folders(path):
-        try:
-            with progress(f"importing {folder.name[:12]}", None) as update:  # import_folder reports the total
-                r = import_folder(repo, folder, progress=update)
-        except PhonevaultError as e:
-            err.print(f"phonevault: {e}", markup=False, soft_wrap=True)
-            exit_code = max(exit_code, e.exit_code)
-            continue
-        s = r.snapshot.stats
-        out.print(
-            f"{shown(r.device.name or r.device.udid)}: snapshot {r.snapshot.hex[:8]} — {s['files']} files, {human(s['size'])}; "
-            f"{s['added']} added, {s['modified']} modified, {s['removed']} removed; "
-            f"{human(s['new_bytes'])} new in the vault ({r.reused_files} files unchanged since last import)",
-            markup=False,
-        )
-        if r.snapshot.meta.get("encrypted"):
-            err.print("note: the phone encrypted this backup; it is stored as-is (browsing it needs its password)")
-        for p in r.problems:  # names from the backup: plain text, never markup
-            err.print(f"warning: {p}", markup=False, soft_wrap=True)
-        if r.problems:
-            err.print(f"{len(r.problems)} problem(s) in the source; every file that was there is in the snapshot")
-            exit_code = max(exit_code, 3)
-    if exit_code:
-        sys.exit(exit_code)
+    worst: PhonevaultError | None = None
+    try:
+        for folder in find_backup_folders(path):
+            try:
+                with progress(f"importing {folder.name[:12]}", None) as update:  # import_folder reports the total
+                    r = import_folder(repo, folder, progress=update)
+            except PhonevaultError as e:
+                worst = _keep_worse(worst, e)
+                continue
+            s = r.snapshot.stats
+            out.print(
+                f"{shown(r.device.name or r.device.udid)}: snapshot {r.snapshot.hex[:8]} — {s['files']} files, {human(s['size'])}; "
+                f"{s['added']} added, {s['modified']} modified, {s['removed']} removed; "
+                f"{human(s['new_bytes'])} new in the vault ({r.reused_files} files unchanged since last import)",
+                markup=False,
+            )
+            if r.snapshot.meta.get("encrypted"):
+                err.print("note: the phone encrypted this backup; it is stored as-is (browsing it needs its password)")
+            for p in r.problems:  # names from the backup: plain text, never markup
+                err.print(f"warning: {p}", markup=False, soft_wrap=True)
+            if r.problems:
+                worst = _keep_worse(worst, SourceIncomplete(r.problems, shown(folder.name)))
+    except BaseException:
+        if worst is not None:  # something else ends the command: the failure held back is still named
+            _print(worst)
+        raise
+    if worst is not None:
+        raise worst
+
+
+def _keep_worse(held: PhonevaultError | None, new: PhonevaultError) -> PhonevaultError:
+    """Of the failure held back and a new one, print the lesser now and hold the worse (the earlier on a tie), to
+    be raised when every folder has been tried."""
+    if held is None:
+        return new
+    lesser, worse = (new, held) if new.exit_code <= held.exit_code else (held, new)
+    _print(lesser)
+    return worse
+
+
+def _print(e: PhonevaultError) -> None:
+    err.print(f"phonevault: {e}", markup=False, soft_wrap=True)

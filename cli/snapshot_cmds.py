@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -18,7 +17,7 @@ from phonevault.store.repository import Repository, format_time
 from phonevault.store.retention import Policy
 from phonevault.sync.catalog import diff as catalog_diff
 from phonevault.sync.catalog import list_dir, load_catalog
-from phonevault.sync.errors import CatalogProblems, ExtractIncomplete
+from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractIncomplete
 from phonevault.sync.extract import extract as catalog_extract
 from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.paths import shown
@@ -275,8 +274,7 @@ def export(repo: Repository, snapshot: str, dest: Path) -> None:
     )
     if result.problems:
         warn(result.problems)
-        err.print(f"{len(result.problems)} path(s) of the snapshot refused; everything else was exported", markup=False)
-        sys.exit(3)
+        raise ExportIncomplete(result.problems)
 
 
 @click.command()

@@ -24,13 +24,19 @@ class ManifestInvalid(PhonevaultError):
 
 
 class SourceIncomplete(PhonevaultError):
-    """The import stored everything that was there, but some source data was missing or unreadable (exit 3)."""
+    """An import or a device backup stored everything that was there, but some source data was missing, unreadable
+    or malformed; each problem is in `problems` (exit 3). `source` names the folder or device, if given."""
 
     exit_code = 3
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"{len(problems)} source file(s) missing or unreadable; the snapshot holds everything else")
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        where = f"{source}: " if source else ""
+        super().__init__(
+            f"{where}{len(problems)} problem(s) in the source (named above); everything that was there is in the "
+            "snapshot"
+        )
         self.problems = problems
+        self.source = source
 
 
 class CatalogProblems(PhonevaultError):
@@ -66,6 +72,17 @@ class ExtractIncomplete(PhonevaultError):
         super().__init__(f"{len(problems)} file(s) not extracted (named above); the other {len(extracted)} were")
         self.problems = problems
         self.extracted = extracted
+
+
+class ExportIncomplete(PhonevaultError):
+    """Export wrote a backup folder without the snapshot's paths in `problems` (each refused, never written: it
+    would land outside the folder); everything else was exported (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} path(s) of the snapshot refused (named above); everything else was exported")
+        self.problems = problems
 
 
 class TargetConflict(PhonevaultError):
