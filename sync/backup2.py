@@ -39,7 +39,7 @@ from pymobiledevice3.services.afc import AfcService
 from pymobiledevice3.services.mobilebackup2 import Mobilebackup2Service
 from pymobiledevice3.services.notification_proxy import NotificationProxyService
 
-from phonevault.store.errors import PhonevaultError
+from phonevault.store.errors import PathNotFound, PhonevaultError
 from phonevault.store.history import record_restore
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.repository import Repository
@@ -290,7 +290,7 @@ async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, sys
     manifest = state.get("Manifest.plist")
     for needed in ("Info.plist", "Manifest.plist", "Status.plist"):
         if needed not in state:
-            raise PhonevaultError(f"snapshot {snap.hex[:8]} has no {needed}; a device cannot restore from it")
+            raise PathNotFound(needed, f"snapshot {snap.hex[:8]} (a device cannot restore without it)")
     raw_manifest = b"".join(repo.read_file(manifest))
     encrypted = bool(raw_manifest) and read_manifest_plist(raw_manifest, "Manifest.plist").is_encrypted
     if encrypted is None:  # not a boolean: what the import decided from the Manifest.db itself
