@@ -1,9 +1,12 @@
-"""The house rule, read from the source: the product never imports the test rig.
+"""The house rules, read from the source: the product never imports the test rig, and no room outgrows a reading.
 
 The test rig is `phonevault.sync.emulator` (the simulated iPhone and the synthetic phone it serves). Only the
 `demo` and `emulator`/`--emulator` commands (cli/demo.py, cli/device_cmds.py) may start it. Every import statement
 counts, at any depth (a function-level import is still an import); relative imports are resolved against the
 module's own package.
+
+No module of store/, sync/ or cli/ (the emulator included) is longer than MAX_LINES: past that a module holds more
+than one job, and it is split along its jobs, not trimmed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"store": "phonevault.store", "sync": "phonevault.sync", "cli": "phonevault.cli"}
 TEST_RIG = "phonevault.sync.emulator"
 MAY_START_THE_RIG = {"phonevault.cli.demo", "phonevault.cli.device_cmds"}
+MAX_LINES = 500
 
 
 def modules() -> Iterator[tuple[str, Path]]:
@@ -95,3 +99,14 @@ def test_every_spelling_of_an_import_is_resolved(tmp_path: Path, module: str, so
     path = tmp_path / ("__init__.py" if module == "phonevault.sync" else "m.py")
     path.write_text(source + "\n")
     assert expected in {name for name, _ in imports(module, path)}
+
+
+def test_no_module_is_longer_than_max_lines() -> None:
+    found = dict(modules())
+    assert len(found) > 30
+    too_long = {
+        str(path.relative_to(ROOT)): n
+        for path in found.values()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert too_long == {}
