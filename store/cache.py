@@ -17,7 +17,11 @@ Databases, natural key -> plaintext:
   indexes   index object name -> b"": which index objects `blobs` holds.
   segments  (16 bytes of H("segdev", device key)) ‖ (16 bytes of H("segments", name 0x00 size 0x00 first 12
             bytes)) -> the segment's plaintext. The 16-byte device prefix lets one device's entries be scanned.
-  stat      source file key (path and stat fields) -> msgpack [chunk ids]
+  stat      a source folder -> msgpack {file name: [stat fields, [chunk ids]]}. Callers pass one file's key,
+            `<path> 0x00 <stat fields>` (sync/mobilesync.py makes it); entries are grouped by the path's folder, so
+            an unchanged re-import opens one sealed value per folder (a MobileSync folder has 257, walked in order)
+            rather than one per file, and a file's newer stat replaces its older one. The folder being read is
+            held decoded (one folder's entries, ~200 bytes a file).
   derived   "<kind>/<content id>" -> bytes (a snapshot's catalog, the MBFile decoding memo)
 The sidecar file `state` is sealed (ad "cache-state") msgpack [size, mtime ns, ctime ns, inode] of data.mdb as the
 last clean close left it.
@@ -75,6 +79,7 @@ MAX_RESETS = 3  # per process: a cache that keeps failing once rebuilt is a prob
 _DBS = (b"meta", b"blobs", b"indexes", b"segments", b"stat", b"derived")
 _UNPACK_ERRORS = (ValueError, TypeError, IndexError, AttributeError, msgpack.UnpackException)
 
+_SEP = os.sep.encode()
 _open_here: set[str] = set()  # cache directories open in this process (LMDB refuses a second open of one)
 _open_here_lock = threading.Lock()
 
@@ -95,6 +100,9 @@ class Cache:
         self._resets = 0
         self._deferred: CacheCorrupt | None = None  # found on another thread; repaired by the next read
         self._format_key = self._ck.key(b"meta", b"format")
+        self._stat_key, self._derived_key = self._ck.hasher(b"stat"), self._ck.hasher(b"derived")
+        self._folder: tuple[bytes, int, dict] | None = None  # (folder, _stat_gen, its entries) last read
+        self._stat_gen = 0  # bumped by every write of stat entries and every reset
         self.env: lmdb.Environment | None = None
         mkdirs_private(path)
         try:
@@ -228,6 +236,7 @@ class Cache:
             self._wipe()
             self._start()
             self._gen += 1
+            self._stat_gen += 1
         if self.on_reset is not None:
             self.on_reset()
 
@@ -259,6 +268,8 @@ class Cache:
     def _read(self) -> lmdb.Transaction:
         """One long-lived read transaction, renewed after any write: a fresh transaction per lookup cost ~20 µs,
         which dominated re-importing a folder of 300 000 small files."""
+        if self._rgen == self._gen and self._rtxn is not None and self._deferred is None:
+            return self._rtxn
         if self._deferred is not None:
             raise self._deferred
         if self._rtxn is None or self._rgen != self._gen:
@@ -269,15 +280,18 @@ class Cache:
         return self._rtxn
 
     def _write(self, fn: Callable[[lmdb.Transaction], None]) -> None:
-        try:
-            with self._lock:
-                if self._deferred is not None:
-                    raise self._deferred
-                with self.env.begin(write=True) as txn:
-                    fn(txn)
-                self._gen += 1
-        except (lmdb.Error, CacheCorrupt) as e:
-            self._recover(e)
+        """Run `fn` in a write transaction; if the cache fails, rebuild it and run `fn` once more on the new one."""
+        for _attempt in range(2):
+            try:
+                with self._lock:
+                    if self._deferred is not None:
+                        raise self._deferred
+                    with self.env.begin(write=True) as txn:
+                        fn(txn)
+                    self._gen += 1
+                return
+            except (lmdb.Error, CacheCorrupt) as e:
+                self._recover(e)
 
     # --- blob index -------------------------------------------------------------------------------------------
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
@@ -388,36 +402,55 @@ class Cache:
 
     # --- stat cache -------------------------------------------------------------------------------------------
     def stat_get(self, key: bytes) -> list | None:
-        k = self._ck.key(b"stat", key)
-        try:
-            raw = self._read().get(k, db=self._stat)
-            if raw is None:
-                return None
-            chunks = msgpack.unpackb(self._ck.open(raw, b"stat/" + k, self._where))
-            if isinstance(chunks, list):
-                return chunks
-            self._recover(CacheCorrupt(self._where, "a stat entry is not a list of chunks"))
-        except _UNPACK_ERRORS as e:
-            self._recover(CacheCorrupt(self._where, f"a stat entry does not decode ({e})"))
-        except (lmdb.Error, CacheCorrupt) as e:
-            self._recover(e)
+        """The chunk ids recorded for a file whose key (`<path> 0x00 <stat fields>`) is exactly this, or None."""
+        folder, name, fields = _split_stat_key(key)
+        entry = self._stat_folder(folder).get(name)
+        if entry is not None and entry[0] == fields:
+            return entry[1]
         return None
 
+    def _stat_folder(self, folder: bytes) -> dict:
+        held = self._folder
+        if held is not None and held[0] == folder and held[1] == self._stat_gen:
+            return held[2]
+        k = self._stat_key(folder)
+        try:
+            raw = self._read().get(k, db=self._stat)
+            entries = {} if raw is None else self._unpack(b"stat", k, raw)
+            if not isinstance(entries, dict) or not all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[1], list) for e in entries.values()
+            ):
+                raise CacheCorrupt(self._where, "a stat entry is not [stat fields, chunk ids]")
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+            entries = {}
+        self._folder = (folder, self._stat_gen, entries)
+        return entries
+
     def stat_put_many(self, items: Iterable[tuple[bytes, list]]) -> None:
-        sealed = []
-        for key, value in items:
-            k = self._ck.key(b"stat", key)
-            sealed.append((k, self._seal(b"stat", k, msgpack.packb(value))))
+        by_folder: dict[bytes, dict] = {}
+        for key, chunks in items:
+            folder, name, fields = _split_stat_key(key)
+            by_folder.setdefault(folder, {})[name] = [fields, list(chunks)]
+        if not by_folder:
+            return
 
         def put(txn: lmdb.Transaction) -> None:
-            for k, v in sealed:
-                txn.put(k, v, db=self._stat)
+            for folder, new in by_folder.items():
+                k = self._stat_key(folder)
+                raw = txn.get(k, db=self._stat)
+                entries = {} if raw is None else self._unpack(b"stat", k, raw)
+                if not isinstance(entries, dict):
+                    raise CacheCorrupt(self._where, "a stat folder is not a map")
+                entries.update(new)
+                txn.put(k, self._seal(b"stat", k, msgpack.packb(entries)), db=self._stat)
 
         self._write(put)
+        self._stat_gen += 1
 
     # --- derived projections ----------------------------------------------------------------------------------
     def derived_get(self, key: bytes) -> bytes | None:
-        k = self._ck.key(b"derived", key)
+        k = self._derived_key(key)
         try:
             raw = self._read().get(k, db=self._derived)
             return None if raw is None else self._open(b"derived", k, raw)
@@ -426,9 +459,16 @@ class Cache:
             return None
 
     def derived_put(self, key: bytes, value: bytes) -> None:
-        k = self._ck.key(b"derived", key)
+        k = self._derived_key(key)
         sealed = self._seal(b"derived", k, bytes(value))
         self._write(lambda txn: txn.put(k, sealed, db=self._derived))
+
+
+def _split_stat_key(key: bytes) -> tuple[bytes, bytes, bytes]:
+    """`<folder>/<name> 0x00 <stat fields>` -> (folder with its separator, name, stat fields)."""
+    path, _, fields = key.partition(b"\0")
+    cut = max(path.rfind(b"/"), path.rfind(_SEP)) + 1
+    return path[:cut], path[cut:], fields
 
 
 def _reason(e: Exception) -> str:
