@@ -78,8 +78,8 @@ def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day:
     s = r.snapshot.stats
     out.print(
         f"{r.name or r.udid}: snapshot {r.snapshot.hex[:8]} ({'full' if r.full else 'incremental'}) — "
-        f"received {r.files_received} files, {human(r.bytes_received)}; backup holds {s['files']} files, "
-        f"{human(s['size'])}; {human(s['new_bytes'])} new in the vault"
+        f"received {r.files_received} files, {human(r.bytes_received)}; backup holds {s.files} files, "
+        f"{human(s.size)}; {human(s.new_bytes)} new in the vault"
     )
     for p in r.problems:  # names from the device: plain text, never markup
         err.print(f"warning: {p}", markup=False, soft_wrap=True)

@@ -16,6 +16,7 @@ from phonevault.store.repository import Repository
 from phonevault.sync.errors import SourceIncomplete
 from phonevault.sync.mobilesync import find_backup_folders, import_folder
 from phonevault.sync.paths import shown
+from phonevault.sync.records import backup_meta
 
 from .context import with_repo
 from .render import err, human, out, progress
@@ -37,12 +38,12 @@ def import_(repo: Repository, path: Path | None) -> None:
                 continue
             s = r.snapshot.stats
             out.print(
-                f"{shown(r.device.name or r.device.udid)}: snapshot {r.snapshot.hex[:8]} — {s['files']} files, {human(s['size'])}; "
-                f"{s['added']} added, {s['modified']} modified, {s['removed']} removed; "
-                f"{human(s['new_bytes'])} new in the vault ({r.reused_files} files unchanged since last import)",
+                f"{shown(r.device.name or r.device.udid)}: snapshot {r.snapshot.hex[:8]} — {s.files} files, {human(s.size)}; "
+                f"{s.added} added, {s.modified} modified, {s.removed} removed; "
+                f"{human(s.new_bytes)} new in the vault ({r.reused_files} files unchanged since last import)",
                 markup=False,
             )
-            if r.snapshot.meta.get("encrypted"):
+            if backup_meta(r.snapshot).encrypted:
                 err.print("note: the phone encrypted this backup; it is stored as-is (browsing it needs its password)")
             for p in r.problems:  # names from the backup: plain text, never markup
                 err.print(f"warning: {p}", markup=False, soft_wrap=True)

@@ -21,6 +21,7 @@ from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractInc
 from phonevault.sync.extract import extract as catalog_extract
 from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.paths import shown
+from phonevault.sync.records import backup_meta, device_info
 
 from .context import json_option, with_repo
 from .render import emit_json, err, human, out, progress, table, when
@@ -33,22 +34,23 @@ def warn(problems: list[str]) -> None:
 
 
 def device_json(v: DeviceView) -> dict:
+    info = device_info(v)
     live = v.live()
     latest = max(live, key=lambda s: s.time) if live else None
     return {
         "device": v.device,
-        "name": v.info.get("name"),
-        "model": v.info.get("product_type"),
-        "ios_version": v.info.get("ios_version"),
-        "serial": v.info.get("serial"),
-        "imei": v.info.get("imei"),
-        "phone_number": v.info.get("phone_number"),
+        "name": v.info.name or None,
+        "model": info.product_type,
+        "ios_version": info.ios_version,
+        "serial": info.serial,
+        "imei": info.imei,
+        "phone_number": info.phone_number,
         "snapshots": len(live),
         "latest_backup": format_time(latest.time) if latest else None,
         "current_snapshot": v.head.hex() if v.head else None,
-        "backup_size": latest.stats.get("size") if latest else None,
-        "stored_bytes": sum(s.stats.get("new_bytes", 0) for s in live),
-        "encrypted_by_phone": bool(latest and latest.meta.get("encrypted")),
+        "backup_size": latest.stats.size if latest else None,
+        "stored_bytes": sum(s.stats.new_bytes for s in live),
+        "encrypted_by_phone": bool(latest and backup_meta(latest).encrypted),
     }
 
 
@@ -99,20 +101,20 @@ def snapshot_json(v: DeviceView, s: SnapshotRecord) -> dict:
     return {
         "id": s.hex,
         "device": v.device,
-        "device_name": v.info.get("name"),
+        "device_name": v.info.name or None,
         "time": format_time(s.time),
         "source": s.source,
         "parent": s.parent.hex() if s.parent else None,
-        "files": s.stats.get("files"),
-        "size": s.stats.get("size"),
-        "new_bytes": s.stats.get("new_bytes"),
-        "added": s.stats.get("added"),
-        "modified": s.stats.get("modified"),
-        "removed": s.stats.get("removed"),
+        "files": s.stats.files,
+        "size": s.stats.size,
+        "new_bytes": s.stats.new_bytes,
+        "added": s.stats.added,
+        "modified": s.stats.modified,
+        "removed": s.stats.removed,
         "tags": list(s.tags),
         "pinned": s.pinned,
         "current": s.id == v.head,
-        "encrypted_by_phone": bool(s.meta.get("encrypted")),
+        "encrypted_by_phone": backup_meta(s).encrypted,
     }
 
 
@@ -267,7 +269,7 @@ def _print_extracted(done: list) -> None:
 def export(repo: Repository, snapshot: str, dest: Path) -> None:
     """Write a complete MobileSync backup folder (DEST/<UDID>/) that Finder, iTunes or idevicebackup2 restore from."""
     view, snap = resolve_snapshot(repo, snapshot)
-    with progress("exporting", snap.stats.get("size")) as update:
+    with progress("exporting", snap.stats.size) as update:
         result = export_snapshot(repo, view, snap, dest, progress=update)
     out.print(
         f"exported snapshot {snap.hex[:8]} to {result.path}: {result.files} files, {human(result.bytes)}", markup=False
@@ -288,9 +290,7 @@ def rollback(repo: Repository, device: str, target: str) -> None:
     view = resolve_device(repo, device)
     snap = resolve_in_device(view, target)
     do_rollback(repo, view, snap)
-    out.print(
-        f"{view.info.get('name') or view.device}: current backup is now {snap.hex[:8]} ({format_time(snap.time)})"
-    )
+    out.print(f"{view.info.name or view.device}: current backup is now {snap.hex[:8]} ({format_time(snap.time)})")
 
 
 @click.command()
@@ -364,6 +364,6 @@ def forget(
         )
         return
     for p in plans:
-        name = p.device.info.get("name") or p.device.device
+        name = p.device.info.name or p.device.device
         verb = "would forget" if dry_run else "forgot"
         out.print(f"{name}: keep {len(p.keep)}, {verb} {len(p.forget)}: {' '.join(s.hex[:8] for s in p.forget) or '-'}")

@@ -71,7 +71,7 @@ def check(repo: Repository, *, read_data: bool = False, progress: Progress | Non
             rep.errors.append(f"event log: {dmg}")
         for snap in view.live():
             rep.snapshots += 1
-            where = f"snapshot {snap.hex[:12]} ({view.info.get('name') or view.device})"
+            where = f"snapshot {snap.hex[:12]} ({view.info.name or view.device})"
             try:
                 tree = load_tree(snap.tree, repo.get_blob)
                 folded = fold_state(view, snap.id, repo.get_blob)

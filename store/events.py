@@ -9,12 +9,15 @@ Appending is `put_exclusive` of the next seq: of two writers racing for the same
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import msgpack
 
 from .crypto import MasterKey
 from .errors import CorruptObject, UnsupportedFormat
+from .records import DeviceRecord, SnapshotStats, pack_record, unpack_record
 
 SEGMENT_FORMAT = 1
 SEQ_DIGITS = 10
@@ -23,7 +26,7 @@ SEQ_DIGITS = 10
 @dataclass(frozen=True, slots=True)
 class DeviceSeen:
     device: str  # the device's own id (a UDID), only ever stored encrypted
-    info: dict  # descriptive fields, str -> str | None (name, model, iOS version, serial, …)
+    info: DeviceRecord  # a display name + the sync layer's identity record (opaque here)
     time: int  # microseconds since the epoch, UTC
 
 
@@ -36,8 +39,8 @@ class SnapshotCommitted:
     deltas: tuple[bytes, ...]  # delta blob ids: every path put/removed versus the parent
     tree: bytes  # root tree blob id: checkpoint of the result
     packs: tuple[str, ...]  # packs written by this commit (their index objects are index/<pack>)
-    stats: dict  # files, size, new_files, new_bytes (stored), …
-    meta: dict = field(default_factory=dict)  # opaque to the store (sync puts backup properties here)
+    stats: SnapshotStats
+    meta: bytes = b""  # opaque to the store: the sync layer's record of the backup's properties
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,29 @@ EVENT_TYPES: dict[str, type] = {
         Exported,
     )
 }
-_TUPLE_FIELDS = {"deltas", "packs"}
+
+
+def _ids(value: Any, where: str) -> tuple:
+    return tuple(bytes(x) if isinstance(x, bytes) else x for x in value)
+
+
+def _opaque(value: Any, where: str) -> bytes:
+    # Before records were typed, meta was a map; it stays readable as the same map, packed.
+    return msgpack.packb(value) if isinstance(value, dict) else bytes(value)
+
+
+# Fields that are not plain msgpack values, and how to read them back.
+_DECODERS: dict[str, Callable[[Any, str], Any]] = {
+    "deltas": _ids,
+    "packs": _ids,
+    "info": DeviceRecord.unpack,
+    "stats": lambda v, where: unpack_record(SnapshotStats, v, where),
+    "meta": _opaque,
+}
+
+
+def _encode_value(value: Any) -> Any:
+    return pack_record(value) if hasattr(value, "FORMAT") else list(value) if isinstance(value, tuple) else value
 
 
 def segment_name(device_key: str, seq: int) -> str:
@@ -121,7 +146,9 @@ def parse_segment_name(name: str) -> tuple[str, int] | None:
 
 
 def encode_events(events: list[Event]) -> bytes:
-    return msgpack.packb([SEGMENT_FORMAT, [[type(e).__name__, list(astuple(e))] for e in events]])
+    return msgpack.packb(
+        [SEGMENT_FORMAT, [[type(e).__name__, [_encode_value(getattr(e, f.name)) for f in fields(e)]] for e in events]]
+    )
 
 
 def decode_events(plain: bytes, name: str) -> list[Event]:
@@ -137,10 +164,7 @@ def decode_events(plain: bytes, name: str) -> list[Event]:
             type_name, values = item
             cls = EVENT_TYPES[type_name]
             names = [f.name for f in fields(cls)]
-            kwargs = {
-                n: (tuple(bytes(x) if isinstance(x, bytes) else x for x in v) if n in _TUPLE_FIELDS else v)
-                for n, v in zip(names, values, strict=False)
-            }
+            kwargs = {n: (_DECODERS[n](v, name) if n in _DECODERS else v) for n, v in zip(names, values, strict=False)}
             out.append(cls(**kwargs))
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptObject(name, f"malformed event {item!r:.80}: {e}") from None

@@ -23,6 +23,7 @@ from .events import (
     SnapshotPinned,
     SnapshotTagged,
 )
+from .records import DeviceRecord, SnapshotStats
 from .trees import FileEntry, GetBlob, apply_delta
 
 
@@ -37,8 +38,8 @@ class SnapshotRecord:
     deltas: tuple[bytes, ...]
     tree: bytes
     packs: tuple[str, ...]
-    stats: dict
-    meta: dict
+    stats: SnapshotStats
+    meta: bytes  # the sync layer's record of the backup, opaque here
     tags: tuple[str, ...] = ()
     pinned: bool = False
     forgotten: bool = False
@@ -60,7 +61,7 @@ class AuditRecord:
 class DeviceView:
     key: str
     device: str | None  # the UDID from the latest DeviceSeen
-    info: dict
+    info: DeviceRecord
     snapshots: tuple[SnapshotRecord, ...]  # in commit order
     head: bytes | None
     last_seq: int  # -1 for an empty log
@@ -82,7 +83,7 @@ class DeviceView:
 
 def project(device_key: str, segments: Iterable[tuple[int, list[Event]]]) -> DeviceView:
     device: str | None = None
-    info: dict = {}
+    info = DeviceRecord()
     snaps: dict[bytes, SnapshotRecord] = {}
     head: bytes | None = None
     last_seq = -1
@@ -91,11 +92,11 @@ def project(device_key: str, segments: Iterable[tuple[int, list[Event]]]) -> Dev
         last_seq = max(last_seq, seq)
         for ev in events:
             if isinstance(ev, DeviceSeen):
-                device, info = ev.device, dict(ev.info)
+                device, info = ev.device, ev.info
             elif isinstance(ev, SnapshotCommitted):
                 snaps[ev.snapshot] = SnapshotRecord(
                     ev.snapshot, device_key, seq, ev.time, ev.source, ev.parent, ev.deltas, ev.tree, ev.packs,
-                    dict(ev.stats), dict(ev.meta),
+                    ev.stats, ev.meta,
                 )  # fmt: skip
                 head = ev.snapshot
             elif isinstance(ev, HeadMoved):

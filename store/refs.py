@@ -39,7 +39,7 @@ def resolve_device(repo: Repository, ref: str) -> DeviceView:
     exact = [v for v in views if v.device and v.device.lower() == low]
     if exact:
         return exact[0]
-    named = [v for v in views if str(v.info.get("name") or "").lower() == low]
+    named = [v for v in views if v.info.name.lower() == low]
     if len(named) == 1:
         return named[0]
     if len(named) > 1:

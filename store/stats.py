@@ -37,7 +37,7 @@ def _usage(repo: Repository, name: str, snaps: list, blobs: set[bytes]) -> Usage
         if loc is not None:
             unique += loc.raw_length
             stored += loc.length
-    return Usage(name, len(snaps), sum(s.stats.get("size", 0) for s in snaps), unique, stored)
+    return Usage(name, len(snaps), sum(s.stats.size for s in snaps), unique, stored)
 
 
 def usage(repo: Repository) -> tuple[list[Usage], Usage, int]:
@@ -51,7 +51,7 @@ def usage(repo: Repository) -> tuple[list[Usage], Usage, int]:
         seen: set[bytes] = set()
         for snap in view.live():
             blobs.update(snapshot_blobs(repo, snap, seen))
-        per_device.append(_usage(repo, view.info.get("name") or view.device or key, view.live(), blobs))
+        per_device.append(_usage(repo, view.info.name or view.device or key, view.live(), blobs))
         all_blobs |= blobs
         all_snaps += view.live()
     on_disk = sum(size for _, size in repo.backend.list(""))

@@ -42,6 +42,7 @@ from .index import write_index
 from .packs import DATA, DELTA, TREE, PackWriter, open_blob, pack_name, seal_blob
 from .projections import SnapshotRecord
 from .prune import WRITER_REFRESH_S, candidate_packs, seal_writer_marker, writer_marker_name
+from .records import DeviceRecord, SnapshotStats
 from .repository import Repository, now_us
 from .staged import StagedTree, check_path
 from .trees import FileEntry, diff_trees, encode_deltas, load_tree, write_tree
@@ -263,10 +264,12 @@ class SnapshotWriter:
     closed (`close()`, or use it as a context manager) so running prunes stop holding packs back for it at once;
     if it is not, its marker goes when the writer is garbage-collected or the process exits."""
 
-    def __init__(self, repo: Repository, device: str, info: dict, *, incremental: bool, parent: bytes | None = ...):
+    def __init__(
+        self, repo: Repository, device: str, info: DeviceRecord, *, incremental: bool, parent: bytes | None = ...
+    ):
         self.repo = repo
         self.device = device
-        self.info = dict(info)
+        self.info = info
         self.sink: BlobSink | None = None
         # Register before deciding anything about reuse, then read the prune markers (BlobSink), then catch the
         # cache up with index objects a sweep deleted before those markers were read.
@@ -347,7 +350,7 @@ class SnapshotWriter:
     def drop_nonempty_dirs(self) -> None:
         self.tree.drop_nonempty_dirs()
 
-    def commit(self, source: str, *, meta: dict | None = None, time_us: int | None = None) -> SnapshotRecord:
+    def commit(self, source: str, *, meta: bytes = b"", time_us: int | None = None) -> SnapshotRecord:
         """Write tree + deltas, check every pack this snapshot depends on, then append the event segment (the
         commit point). Raises ConcurrentCommit if another backup of this device committed since this one started,
         PackPruned if a prune deleted a pack it needs; nothing is lost either way (run it again: what was stored is
@@ -357,7 +360,7 @@ class SnapshotWriter:
         finally:
             self.close()
 
-    def _commit(self, source: str, meta: dict | None, time_us: int | None) -> SnapshotRecord:
+    def _commit(self, source: str, meta: bytes, time_us: int | None) -> SnapshotRecord:
         self.sink.flush()
         self.sink.verify_packs()  # early: before the tree is written
         put_tree = lambda data: self.sink.put(TREE, data, True)[0]  # noqa: E731
@@ -368,17 +371,17 @@ class SnapshotWriter:
         self.sink.verify_packs()  # the tree packs, and what the tree and deltas reused
         st = self.stats
         files = [e for e in self.state.values() if not e.is_dir]
-        stats = {
-            "files": len(files),
-            "size": sum(e.size for e in files),
-            "added": sum(c.kind == "added" for c in changes),
-            "modified": sum(c.kind == "modified" for c in changes),
-            "removed": sum(c.kind == "removed" for c in changes),
-            "new_files": st.new_files,
-            "new_blobs": st.new_blobs,
-            "new_raw": st.new_raw,
-            "new_bytes": st.new_bytes,
-        }
+        stats = SnapshotStats(
+            files=len(files),
+            size=sum(e.size for e in files),
+            added=sum(c.kind == "added" for c in changes),
+            modified=sum(c.kind == "modified" for c in changes),
+            removed=sum(c.kind == "removed" for c in changes),
+            new_files=st.new_files,
+            new_blobs=st.new_blobs,
+            new_raw=st.new_raw,
+            new_bytes=st.new_bytes,
+        )
         t = time_us if time_us is not None else now_us()
         snap_id = os.urandom(16)
         events = []
@@ -394,7 +397,7 @@ class SnapshotWriter:
                 tree,
                 tuple(st.packs),
                 stats,
-                meta or {},
+                meta,
             )  # fmt: skip
         )
         self.repo.append(self.device_key, events, expect_head=self.view.head)

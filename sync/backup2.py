@@ -42,6 +42,7 @@ from pymobiledevice3.services.notification_proxy import NotificationProxyService
 from phonevault.store.errors import PathNotFound, PhonevaultError
 from phonevault.store.history import record_restore
 from phonevault.store.projections import DeviceView, SnapshotRecord
+from phonevault.store.records import DeviceRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import load_tree
 from phonevault.store.writer import SnapshotWriter
@@ -59,6 +60,7 @@ from .errors import (
 from .manifest import check_manifest_db
 from .paths import safe_component
 from .plists import read_info_plist, read_manifest_plist
+from .records import BackupMeta, backup_meta, device_record
 
 
 @dataclass(slots=True)
@@ -195,7 +197,7 @@ async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> Devic
             if on_start:
                 on_start(udid, service.lockdown.all_values.get("DeviceName"))
             full = full or repo.view(repo.device_key(udid), refresh=True).head is None
-            writer = SnapshotWriter(repo, udid, {}, incremental=not full)
+            writer = SnapshotWriter(repo, udid, DeviceRecord(), incremental=not full)
             async with service.vault_link(repo=repo, udid=udid, writer=writer, progress=progress) as dl:
                 async with service.session(dl) as afc:
                     info = await service.init_mobile_backup_factory_info(afc)
@@ -208,11 +210,11 @@ async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> Devic
                     await dl.dl_loop(lambda _percent: None)
         writer.drop_nonempty_dirs()
         device = read_info_plist(dl.read("Info.plist") or b"", "Info.plist")
-        writer.info = device.to_dict()
+        writer.info = device_record(device)
         problems = list(dl.problems)
         encrypted = _encrypted(dl.read("Manifest.plist"), lambda: dl.read("Manifest.db"), problems)
-        meta = {"encrypted": encrypted, "ios_version": device.ios_version, "full": full, "problems": len(problems)}
-        snap = writer.commit(f"device:{udid}", meta=meta)
+        meta = BackupMeta(encrypted=encrypted, ios_version=device.ios_version, full=full, problems=len(problems))
+        snap = writer.commit(f"device:{udid}", meta=meta.encode())
         if not encrypted:
             with suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`
                 catalog = load_catalog(repo, snap)  # so ls/extract/diff of this backup start at once
@@ -294,7 +296,7 @@ async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, sys
     raw_manifest = b"".join(repo.read_file(manifest))
     encrypted = bool(raw_manifest) and read_manifest_plist(raw_manifest, "Manifest.plist").is_encrypted
     if encrypted is None:  # not a boolean: what the import decided from the Manifest.db itself
-        encrypted = bool(snap.meta.get("encrypted"))
+        encrypted = backup_meta(snap).encrypted
     problems: list[str] = []
     if encrypted and not password:
         raise PhonevaultError("this backup was encrypted by the phone: give its backup password (--backup-password)")

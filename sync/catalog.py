@@ -39,6 +39,7 @@ from phonevault.store.trees import FileEntry, diff_trees, lookup
 from .errors import EncryptedBackup
 from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, check_manifest_db, read_manifest_db
 from .paths import shown
+from .records import backup_meta
 
 CATALOG_CACHE_FORMAT = 2
 
@@ -242,7 +243,7 @@ def _read_whole(repo: Repository, entry: FileEntry) -> bytearray:
 
 
 def load_catalog(repo: Repository, snap: SnapshotRecord) -> Catalog:
-    if snap.meta.get("encrypted"):
+    if backup_meta(snap).encrypted:
         raise EncryptedBackup(snap.hex[:12])
     entry = lookup(snap.tree, "Manifest.db", repo.get_blob)
     if entry is None:

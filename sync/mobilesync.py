@@ -24,7 +24,7 @@ import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from phonevault.store.errors import UnsafePath
@@ -39,6 +39,7 @@ from .errors import BackupFolderInvalid, ManifestInvalid, TargetConflict
 from .manifest import check_manifest_db
 from .paths import Target, safe_component, shown, unsafe_reason
 from .plists import DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
+from .records import BackupMeta, device_record
 
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
@@ -89,7 +90,7 @@ class FolderMeta:
     encrypted: bool
     catalog: ManifestParse | None  # running in another process; None if the phone encrypted the backup
     problems: list[str] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
+    meta: BackupMeta = field(default_factory=BackupMeta)
 
 
 def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
@@ -142,13 +143,13 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
             catalog = ManifestParse(repo, repo.device_key(device.udid), manifest_db)
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
-    meta = {
-        "encrypted": encrypted,
-        "ios_version": device.ios_version or (manifest.product_version if manifest else None),
-        "backup_date": status.date.isoformat() if status and status.date else None,
-        "snapshot_state": status.snapshot_state if status else None,
-        "is_full_backup": status.is_full_backup if status else None,
-    }
+    meta = BackupMeta(
+        encrypted=encrypted,
+        ios_version=device.ios_version or (manifest.product_version if manifest else None),
+        backup_date=status.date.isoformat() if status and status.date else None,
+        snapshot_state=status.snapshot_state if status else None,
+        is_full_backup=status.is_full_backup if status else None,
+    )
     return FolderMeta(device, encrypted, catalog, problems, meta)
 
 
@@ -262,7 +263,7 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
     files, empty_dirs = _walk(folder)
     # The writer is closed however the import ends: a failure before the commit releases its writers/ marker at
     # once, so a prune waiting on it need not wait for the garbage collector.
-    with SnapshotWriter(repo, fm.device.udid, fm.device.to_dict(), incremental=False) as writer:
+    with SnapshotWriter(repo, fm.device.udid, device_record(fm.device), incremental=False) as writer:
         return _stage_and_commit(repo, writer, folder, fm, files, empty_dirs, progress)
 
 
@@ -323,8 +324,8 @@ def _stage_and_commit(
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
         problems += catalog.problems
         problems += _compare_with_catalog(files, catalog.file_sizes)
-    meta = dict(fm.meta, problems=len(problems))
-    snap = writer.commit(f"folder:{folder}", meta=meta)
+    meta = replace(fm.meta, problems=len(problems))
+    snap = writer.commit(f"folder:{folder}", meta=meta.encode())
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     repo.cache.stat_put_many(new_stat)
     if catalog and (manifest_db := writer.get("Manifest.db")) is not None:

@@ -15,7 +15,7 @@ import plistlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from phonevault.sync.errors import ManifestInvalid
 
@@ -39,6 +39,8 @@ def _str(value: Any) -> str | None:
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """Who a backup belongs to. ``udid`` is "" only when a damaged Info.plist names no device at all."""
+
+    FORMAT: ClassVar[int] = 1  # encoded by phonevault.store.records: [FORMAT, udid, name, …] in this order
 
     udid: str
     name: str | None = None

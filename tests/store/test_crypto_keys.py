@@ -7,6 +7,7 @@ from phonevault.store.backends.local import LocalBackend
 from phonevault.store.crypto import MasterKey
 from phonevault.store.errors import CorruptObject, RepositoryNotFound, WrongPassword
 from phonevault.store.packs import open_blob, seal_blob
+from phonevault.store.records import DeviceRecord
 from phonevault.store.repository import Repository
 
 KEY = MasterKey(bytes(range(32)))
@@ -70,7 +71,7 @@ def test_open_with_wrong_password_and_missing_repo(repo, tmp_path):
 def test_no_object_name_leaks_the_udid(repo):
     from phonevault.store.writer import SnapshotWriter
 
-    w = SnapshotWriter(repo, "00008030-001A2B3C4D5E6F70", {"name": "Ada's iPhone"}, incremental=False)
+    w = SnapshotWriter(repo, "00008030-001A2B3C4D5E6F70", DeviceRecord("Ada's iPhone"), incremental=False)
     fw = w.open_file("Manifest.db")
     fw.write(b"SQLite format 3\x00" + b"x" * 100)
     fw.close()

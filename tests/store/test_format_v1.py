@@ -15,6 +15,7 @@ from phonevault.store.backends.local import LocalBackend
 from phonevault.store.check import check
 from phonevault.store.repository import Repository
 from phonevault.sync.mobilesync import export_snapshot
+from phonevault.sync.records import backup_meta, device_info
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -44,7 +45,15 @@ def test_a_v1_vault_opens_and_checks_clean(v1):
     for h, want in expected["snapshots"].items():
         assert snaps[h].source == want["source"]
         for field in ("files", "size", "added", "modified", "removed", "new_bytes"):
-            assert snaps[h].stats[field] == want["stats"][field], (h, field)
+            assert getattr(snaps[h].stats, field) == want["stats"][field], (h, field)
+        meta = backup_meta(snaps[h])  # written as a map then, read as the typed record now
+        assert meta.encrypted is False and meta.problems == 0
+        assert meta.full is (False if h == expected["device_snapshot"] else None)  # incremental: imported before
+    # The device's identity, written as a map, reads as the typed record.
+    assert sorted(v.info.name for v in views) == expected["device_names"]
+    for v in views:
+        info = device_info(v)
+        assert info.udid == v.device and info.name == v.info.name and info.serial and info.imei
 
 
 def test_every_live_v1_snapshot_exports_bit_exact(v1, tmp_path):

@@ -16,6 +16,7 @@ from phonevault.store.check import check
 from phonevault.store.history import apply_forget, pin, plan_forget, rollback
 from phonevault.store.projections import fold_state
 from phonevault.store.prune import prune
+from phonevault.store.records import DeviceRecord
 from phonevault.store.repository import Repository
 from phonevault.store.retention import Policy
 from phonevault.store.trees import load_tree
@@ -59,7 +60,7 @@ class VaultMachine(RuleBasedStateMachine):
 
     @rule(incremental=st.booleans())
     def commit(self, incremental):
-        w = SnapshotWriter(self.repo, DEVICE, {"name": "test phone"}, incremental=incremental)
+        w = SnapshotWriter(self.repo, DEVICE, DeviceRecord("test phone"), incremental=incremental)
         base = self.snaps[self.head] if (incremental and self.head) else {}
         for path in base.keys() - self.working.keys():
             w.remove(path)
@@ -136,7 +137,7 @@ def test_rollback_then_new_backup_keeps_every_earlier_snapshot(repo):
     contents = [{"a/1": b"one"}, {"a/1": b"one", "a/2": b"two"}, {"a/2": b"two!"}]
     ids = []
     for c in contents:
-        w = SnapshotWriter(repo, DEVICE, {}, incremental=False)
+        w = SnapshotWriter(repo, DEVICE, DeviceRecord(), incremental=False)
         for p, d in c.items():
             fw = w.open_file(p)
             fw.write(d)
@@ -144,7 +145,7 @@ def test_rollback_then_new_backup_keeps_every_earlier_snapshot(repo):
         ids.append(w.commit("t").id)
     view = repo.view(repo.device_key(DEVICE), refresh=True)
     rollback(repo, view, view.get(ids[0]))
-    w = SnapshotWriter(repo, DEVICE, {}, incremental=True)
+    w = SnapshotWriter(repo, DEVICE, DeviceRecord(), incremental=True)
     fw = w.open_file("a/3")
     fw.write(b"three")
     fw.close()

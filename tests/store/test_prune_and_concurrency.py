@@ -7,6 +7,7 @@ from phonevault.store.check import check
 from phonevault.store.errors import ConcurrentCommit, CorruptObject, PackPruned
 from phonevault.store.history import apply_forget, plan_forget
 from phonevault.store.prune import prune
+from phonevault.store.records import DeviceRecord
 from phonevault.store.retention import Policy
 from phonevault.store.trees import load_tree
 from phonevault.store.writer import SnapshotWriter
@@ -15,7 +16,7 @@ DEV = "udid-1"
 
 
 def snapshot(repo, files: dict[str, bytes], incremental=False):
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=incremental)
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=incremental)
     for p, d in files.items():
         fw = w.open_file(p)
         fw.write(d)
@@ -58,7 +59,7 @@ def test_writer_never_dedups_against_a_prune_candidate(repo):
     apply_forget(repo, plan_forget(view, Policy(last=1)), "test")
     prune(repo, grace_us=3600 * 10**6)  # the photo's pack is now a candidate
     again = snapshot(repo, {"ab/photo": photo})  # the photo comes back (e.g. restored from "Recently deleted")
-    assert again.stats["new_raw"] >= len(photo)  # written again, not deduplicated against the doomed pack
+    assert again.stats.new_raw >= len(photo)  # written again, not deduplicated against the doomed pack
     prune(repo, grace_us=0)
     assert read_all(repo, again) == {"ab/photo": photo}
     assert check(repo, read_data=True).ok
@@ -72,13 +73,13 @@ def test_sweep_keeps_a_candidate_that_a_later_commit_needs(repo):
     apply_forget(repo, plan_forget(view, Policy(last=1)), "test")
     prune(repo, grace_us=10**12)
     # A writer that started before the mark reuses the photo's blob and commits before the sweep.
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)
     w.sink._avoid = set()  # simulate: it read the markers before prune wrote them
     fw = w.open_file("ab/photo")
     fw.write(photo)
     fw.close()
     rec = w.commit("test")
-    assert rec.stats["new_raw"] < len(photo)
+    assert rec.stats.new_raw < len(photo)
     from phonevault.store import prune as prune_mod
 
     res = prune_mod.PruneResult()
@@ -89,8 +90,8 @@ def test_sweep_keeps_a_candidate_that_a_later_commit_needs(repo):
 
 def test_two_writers_same_device_one_wins(repo):
     snapshot(repo, {"a": b"base"})
-    w1 = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
-    w2 = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    w1 = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)
+    w2 = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)
     for w, d in ((w1, b"one"), (w2, b"two")):
         fw = w.open_file("b")
         fw.write(d)
@@ -100,11 +101,11 @@ def test_two_writers_same_device_one_wins(repo):
         w2.commit("second")
     assert len(repo.view(repo.device_key(DEV), refresh=True).snapshots) == 2
     # the loser's data is not lost: rerunning it dedups and commits
-    w3 = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    w3 = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)
     fw = w3.open_file("b")
     fw.write(b"two")
     fw.close()
-    assert w3.commit("again").stats["new_raw"] < 100
+    assert w3.commit("again").stats.new_raw < 100
 
 
 def test_racing_appenders_threads_all_land_in_distinct_segments(repo):
@@ -164,7 +165,7 @@ def test_damaged_objects_are_named_and_do_not_spread(repo, tmp_path):
     assert any(seg in w for w in fresh.damaged_segments(view.key))
     assert not check(fresh).ok
     # and a new commit still gets a fresh seq, never overwriting the damaged one
-    w = SnapshotWriter(fresh, DEV, {"name": "p"}, incremental=True)
+    w = SnapshotWriter(fresh, DEV, DeviceRecord("p"), incremental=True)
     w.commit("after damage")
     assert fresh.view(view.key, refresh=True).last_seq == 2
     fresh.close()
@@ -172,7 +173,7 @@ def test_damaged_objects_are_named_and_do_not_spread(repo, tmp_path):
 
 def test_pruned_reused_pack_aborts_commit(repo):  # a pack deleted behind prune's back: still no bad commit
     snapshot(repo, {"ab/a": os.urandom(300_000)})
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=False)
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=False)
     fw = w.open_file("ab/a")
     fw.write(
         b"".join(repo.read_file(load_tree(repo.view(repo.device_key(DEV)).head_record.tree, repo.get_blob)["ab/a"]))
@@ -213,7 +214,7 @@ def other(repo, tmp_path):
 
 def test_prune_grace_0_during_a_backup_keeps_its_packs_and_the_commit_is_whole(repo, other):
     files = {f"ab/{i}": os.urandom(150_000) for i in range(6)}
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=False)
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=False)
     stage(w, files)
     w.sink.flush()  # its packs are on disk, referenced by nothing yet
     assert w.stats.packs and len(writer_markers(repo)) == 1
@@ -237,13 +238,13 @@ def test_a_pack_a_running_backup_reuses_from_a_forgotten_snapshot_is_kept(repo, 
     snapshot(repo, {"ab/x": b"x"})
     view = repo.view(repo.device_key(DEV), refresh=True)
     apply_forget(repo, plan_forget(view, Policy(last=1)), "test")  # the photo's only snapshot is forgotten
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)
     stage(w, {"ab/photo": photo})  # the photo is back: deduplicated against the forgotten snapshot's pack
     assert w.sink.reused_packs
     r = prune(other, grace_us=0)
     assert r.held >= 1 and r.deleted == 0
     rec = w.commit("test")
-    assert rec.stats["new_raw"] < len(photo)
+    assert rec.stats.new_raw < len(photo)
     r = prune(other, grace_us=0)  # the sweep sees the new commit: the photo's pack is live again
     assert r.held == 0
     assert read_all(other, rec)["ab/photo"] == photo
@@ -254,7 +255,7 @@ def test_grace_keeps_its_meaning_and_an_old_marker_waits_for_an_older_backup(rep
     snapshot(repo, {"ab/old": os.urandom(200_000)})
     snapshot(repo, {"ab/new": b"n"})
     view = repo.view(repo.device_key(DEV), refresh=True)
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)  # started before the mark
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)  # started before the mark
     apply_forget(repo, plan_forget(view, Policy(last=1)), "test")
     r = prune(other, grace_us=10**12)
     assert r.marked >= 1 and r.pending == r.marked and r.deleted == 0
@@ -294,7 +295,7 @@ def test_a_writer_whose_own_pack_was_swept_raises_pack_pruned_and_commits_nothin
     from phonevault.store.repository import now_us
 
     files = {"ab/a": os.urandom(300_000)}
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=False)
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=False)
     stage(w, files)
     w.sink.flush()
     (name,) = writer_markers(repo)
@@ -319,7 +320,7 @@ def test_the_writer_marker_lives_exactly_as_long_as_the_writer(repo, monkeypatch
     from phonevault.store.writer import WriterRegistration
 
     monkeypatch.setattr(WriterRegistration, "REFRESH_S", 0.02)
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=False)
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=False)
     (first,) = read_writers(repo)[0]
     assert first.refreshed_us == first.started_us
     deadline = time.monotonic() + 30
@@ -330,15 +331,15 @@ def test_the_writer_marker_lives_exactly_as_long_as_the_writer(repo, monkeypatch
     w.commit("one")
     assert writer_markers(repo) == []
     # Every way a writer ends removes its marker: close, a context manager, a failed commit, being dropped.
-    w = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    w = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)
     w.close()
-    with SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True):
+    with SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True):
         assert len(writer_markers(repo)) == 1
-    loser = SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)
+    loser = SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)
     snapshot(repo, {"x": b"x"})
     with pytest.raises(ConcurrentCommit):
         loser.commit("late")
-    SnapshotWriter(repo, DEV, {"name": "p"}, incremental=True)  # dropped at once
+    SnapshotWriter(repo, DEV, DeviceRecord("p"), incremental=True)  # dropped at once
     gc.collect()
     assert writer_markers(repo) == []
 

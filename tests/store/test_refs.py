@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from phonevault.store.errors import SnapshotNotFound
 from phonevault.store.history import apply_forget, plan_forget, rollback
 from phonevault.store.projections import DeviceView, SnapshotRecord
+from phonevault.store.records import DeviceRecord
 from phonevault.store.refs import resolve_device, resolve_in_device, resolve_snapshot
 from phonevault.store.repository import Repository
 from phonevault.store.retention import Policy
@@ -28,7 +29,7 @@ def us(text: str) -> int:
 
 
 def commit(repo: Repository, device: str, name: str, when: str) -> SnapshotRecord:
-    w = SnapshotWriter(repo, device, {"name": name}, incremental=False)
+    w = SnapshotWriter(repo, device, DeviceRecord(name), incremental=False)
     f = w.open_file("Manifest.db")
     f.write(when.encode())
     f.close()

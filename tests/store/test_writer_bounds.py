@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phonevault.store.errors import UnsafePath
+from phonevault.store.records import DeviceRecord
 from phonevault.store.staged import StagedTree
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
@@ -155,7 +156,7 @@ UNSAFE = [
 
 @pytest.mark.parametrize("path", UNSAFE)
 def test_the_writer_refuses_unsafe_paths_from_any_caller(repo, path):
-    with SnapshotWriter(repo, DEV, {}, incremental=False) as w:
+    with SnapshotWriter(repo, DEV, DeviceRecord(), incremental=False) as w:
         fw = w.open_file("ok/f")
         fw.write(b"data")
         fw.close()
@@ -174,18 +175,18 @@ def test_the_writer_refuses_unsafe_paths_from_any_caller(repo, path):
 
 def test_paths_at_the_limits_are_staged(repo):
     ok = ["é" * 127, "/".join(["d"] * 64), "/".join(["n" * 200] * 5), "a b/c-d_e.f", "ab/ab" + "0" * 38]
-    with SnapshotWriter(repo, DEV, {}, incremental=False) as w:
+    with SnapshotWriter(repo, DEV, DeviceRecord(), incremental=False) as w:
         for p in ok:
             fw = w.open_file(p)
             fw.write(p.encode())
             fw.close()
         rec = w.commit("limits")
-    assert rec.stats["files"] == len(ok)
+    assert rec.stats.files == len(ok)
 
 
 @pytest.mark.parametrize(("src", "dst"), [("a", "a/b"), ("a", "a/b/c"), ("a", "")])
 def test_a_folder_is_never_copied_or_moved_into_itself(repo, src, dst):
-    with SnapshotWriter(repo, DEV, {}, incremental=False) as w:
+    with SnapshotWriter(repo, DEV, DeviceRecord(), incremental=False) as w:
         w.add_dir("a/b")
         w.add_dir("a/c")
         for op in (w.copy, w.move):
@@ -196,7 +197,7 @@ def test_a_folder_is_never_copied_or_moved_into_itself(repo, src, dst):
 
 def test_a_copy_whose_results_would_be_unsafe_changes_nothing(repo):
     deep = "/".join(["d"] * 63)
-    with SnapshotWriter(repo, DEV, {}, incremental=False) as w:
+    with SnapshotWriter(repo, DEV, DeviceRecord(), incremental=False) as w:
         w.add_dir(f"{deep}/x")
         w.add_dir("d/y")
         before = dict(w.state)
@@ -206,7 +207,7 @@ def test_a_copy_whose_results_would_be_unsafe_changes_nothing(repo):
 
 
 def test_moving_onto_an_ancestor_replaces_it(repo):
-    with SnapshotWriter(repo, DEV, {}, incremental=False) as w:
+    with SnapshotWriter(repo, DEV, DeviceRecord(), incremental=False) as w:
         for p in ("a/b/x", "a/b/y", "a/z"):
             w.add_dir(p)
         assert w.move("a/b", "a") == 2

@@ -13,6 +13,7 @@ import pytest
 from pymobiledevice3.service_connection import ServiceConnection
 
 from phonevault.store.check import check
+from phonevault.store.records import DeviceRecord
 from phonevault.store.trees import load_tree
 from phonevault.sync.backup2 import backup_device, restore_device
 from phonevault.sync.devicelink import VaultDeviceLink, normalize
@@ -56,7 +57,7 @@ def test_backup_is_incremental_and_restore_round_trips(repo, emu):
     second = backup_device(repo, usbmux_address=emu.address)
     assert not second.full and second.snapshot.parent == first.snapshot.id
     assert second.files_received < first.files_received / 5  # only changed files crossed the wire
-    assert second.snapshot.stats["removed"] > 0 and second.snapshot.stats["added"] > 0
+    assert second.snapshot.stats.removed > 0 and second.snapshot.stats.added > 0
 
     restore_device(repo, repo.devices()[0], first.snapshot, usbmux_address=emu.address)
     for p in [p for p in stored if "/" in p] + ["Manifest.db"]:
@@ -129,7 +130,9 @@ async def _feed_upload(payload: bytes, repo) -> None:
         service = await ServiceConnection.create_using_tcp("127.0.0.1", port)
         from phonevault.store.writer import SnapshotWriter
 
-        dl = VaultDeviceLink(service, repo, "abc", writer=SnapshotWriter(repo, "abc", {}, incremental=False))
+        dl = VaultDeviceLink(
+            service, repo, "abc", writer=SnapshotWriter(repo, "abc", DeviceRecord(), incremental=False)
+        )
         await dl.upload_files(["DLMessageUploadFiles", {}, 0.0, 0])
     finally:
         server.close()

@@ -18,6 +18,7 @@ import pytest
 from pymobiledevice3.service_connection import ServiceConnection
 
 from phonevault.store.check import check
+from phonevault.store.records import DeviceRecord
 from phonevault.store.trees import load_tree
 from phonevault.store.writer import SnapshotWriter
 from phonevault.sync.devicelink import StagingLimits, VaultDeviceLink
@@ -64,7 +65,7 @@ def run_session(repo, script: Script, *, incremental: bool = False, limits: Stag
         finally:
             await service.close()
 
-    out.writer = SnapshotWriter(repo, UDID, {}, incremental=incremental)
+    out.writer = SnapshotWriter(repo, UDID, DeviceRecord(), incremental=incremental)
     thread = threading.Thread(target=device, daemon=True)
     thread.start()
     try:

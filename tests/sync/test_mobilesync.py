@@ -19,6 +19,7 @@ from phonevault.sync.errors import BackupFolderInvalid, EncryptedBackup
 from phonevault.sync.extract import extract
 from phonevault.sync.manifest import CatalogEntry, file_id, write_manifest_db
 from phonevault.sync.mobilesync import export_snapshot, find_backup_folders, import_folder
+from phonevault.sync.records import backup_meta
 
 SIZE = 6 << 20
 
@@ -55,11 +56,11 @@ def test_import_twice_with_changes_then_export_each_bit_for_bit(repo, phone, tmp
     day1 = tree_digest(dev)
     r1 = import_folder(repo, dev)
     assert r1.snapshot.parent == r0.snapshot.id
-    assert r1.reused_files > 0.9 * r1.snapshot.stats["files"]  # stat cache: unchanged files are not read
+    assert r1.reused_files > 0.9 * r1.snapshot.stats.files  # stat cache: unchanged files are not read
     # only changed files cost anything, and of those only their changed chunks (SQLite pages, not whole DBs)
     changed = diff_trees(r0.snapshot.tree, r1.snapshot.tree, repo.get_blob)
     changed_bytes = sum(c.new.size for c in changed if c.new is not None)
-    assert r1.snapshot.stats["new_raw"] < changed_bytes
+    assert r1.snapshot.stats.new_raw < changed_bytes
     assert tree_digest(export(repo, r0.snapshot, tmp_path / "e0")) == day0
     assert tree_digest(export(repo, r1.snapshot, tmp_path / "e1")) == day1
     assert check(repo, read_data=True).ok
@@ -69,8 +70,8 @@ def test_unchanged_reimport_reads_nothing_new(repo, phone, tmp_path):
     dev = phone.write_backup(tmp_path / "src", day=0)
     import_folder(repo, dev)
     again = import_folder(repo, dev)
-    assert again.reused_files == again.snapshot.stats["files"]
-    assert again.snapshot.stats["added"] == again.snapshot.stats["modified"] == again.snapshot.stats["removed"] == 0
+    assert again.reused_files == again.snapshot.stats.files
+    assert again.snapshot.stats.added == again.snapshot.stats.modified == again.snapshot.stats.removed == 0
 
 
 def test_catalog_browse_extract_and_diff(repo, phone, tmp_path):
@@ -136,7 +137,7 @@ def test_encrypted_backup_is_stored_and_exported_as_is(repo, tmp_path):
     phone = SyntheticPhone(seed=3, size=2 << 20, password="1234", kdf_iterations=10)
     dev = phone.write_backup(tmp_path / "src", day=0)
     r = import_folder(repo, dev)
-    assert r.snapshot.meta["encrypted"] is True
+    assert backup_meta(r.snapshot).encrypted is True
     with pytest.raises(EncryptedBackup, match="password"):
         load_catalog(repo, r.snapshot)
     assert tree_digest(export(repo, r.snapshot, tmp_path / "e")) == tree_digest(dev)
@@ -152,7 +153,7 @@ def test_backup_root_with_two_devices(repo, tmp_path):
         import_folder(repo, f)
     assert len(repo.devices()) == 2
     _v, rec = resolve_snapshot(repo, f"{SyntheticPhone(seed=11, size=1 << 20).udid[:8]}@latest")
-    assert rec.stats["files"] > 0
+    assert rec.stats.files > 0
 
 
 def test_default_location_is_searched(tmp_path, monkeypatch):
@@ -234,7 +235,7 @@ from phonevault.store.backends.local import LocalBackend
 from phonevault.store.repository import Repository
 from phonevault.sync.mobilesync import import_folder
 repo = Repository.init(LocalBackend(Path({str(tmp_path / "v")!r})), "pw", scrypt_n=2**10, cache_root=Path({str(tmp_path / "c")!r}))
-print(import_folder(repo, Path({str(dev)!r})).snapshot.stats["files"])
+print(import_folder(repo, Path({str(dev)!r})).snapshot.stats.files)
 """
     r = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

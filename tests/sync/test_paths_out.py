@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from phonevault.store.errors import UnsafePath
 from phonevault.store.packs import pack_name
+from phonevault.store.records import DeviceRecord
 from phonevault.store.trees import lookup
 from phonevault.store.writer import SnapshotWriter
 from phonevault.sync.backup2 import restore_device
@@ -30,6 +31,7 @@ from phonevault.sync.manifest import CatalogEntry, file_id, mbfile_fields
 from phonevault.sync.mbfile import encode_mbfile
 from phonevault.sync.mobilesync import export_snapshot, import_folder
 from phonevault.sync.paths import Target, safe_component
+from phonevault.sync.records import backup_meta
 from tests.conftest import reopen
 
 THUMBS = "Media/PhotoData/Thumbnails/V2/DCIM/100APPLE"
@@ -117,7 +119,7 @@ def test_a_symlink_already_in_the_target_is_not_followed_out(repo, phone, tmp_pa
 
 def test_export_refuses_a_udid_that_is_not_one_folder_name(repo, tmp_path):
     """A vault may already hold such a device (stored before imports checked it): export and restore refuse it."""
-    with SnapshotWriter(repo, "./../../elsewhere", {}, incremental=False) as w:
+    with SnapshotWriter(repo, "./../../elsewhere", DeviceRecord(), incremental=False) as w:
         fw = w.open_file("Manifest.db")
         fw.write(b"x")
         fw.close()
@@ -330,14 +332,14 @@ def test_a_string_is_encrypted_is_a_problem_decided_by_the_manifest_db(repo, pho
     assert any("IsEncrypted" in p and "'yes'" in p for p in r.problems)
     assert any("IsFullBackup" in p and "'no'" in p for p in r.problems)
     assert any("taken as not encrypted" in p for p in r.problems)
-    assert r.snapshot.meta["encrypted"] is False and r.snapshot.meta["is_full_backup"] is None
+    assert backup_meta(r.snapshot).encrypted is False and backup_meta(r.snapshot).is_full_backup is None
     assert len(load_catalog(repo, r.snapshot)) > 10  # the Manifest.db is a plain database: browsable
 
     locked = SyntheticPhone(seed=3, size=1 << 20, password="1234", kdf_iterations=10).write_backup(tmp_path / "enc")
     set_plist(locked / "Manifest.plist", IsEncrypted="no")
     r = import_folder(repo, locked)
     assert any("IsEncrypted" in p and "'no'" in p for p in r.problems)
-    assert r.snapshot.meta["encrypted"] is True
+    assert backup_meta(r.snapshot).encrypted is True
     with pytest.raises(EncryptedBackup):
         load_catalog(repo, r.snapshot)
 
