@@ -34,7 +34,7 @@ class DeviceSeen:
 class SnapshotCommitted:
     snapshot: bytes  # 16 random bytes
     time: int
-    source: str  # "folder:/path", "device:<udid>", "rollback:<id>"
+    source: str  # "folder:/path" or "device:<udid>" (a rollback is a HeadMoved, not a commit)
     parent: bytes | None  # the head this snapshot was staged on
     deltas: tuple[bytes, ...]  # delta blob ids: every path put/removed versus the parent
     tree: bytes  # root tree blob id: checkpoint of the result

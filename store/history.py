@@ -1,7 +1,7 @@
 """Changing what a device's history means without touching data: rollback, tags, pins, forget, audit events.
 
 Each operation appends one segment to the device's log; nothing is rewritten or deleted. `forget` only marks
-snapshots (reversible until `prune` reclaims their data).
+snapshots; `prune` later reclaims what only forgotten snapshots held. No event un-forgets a snapshot.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ such as local temp files `.tmp-*`, start with one; "." and ".." would alias or e
 One spelling, one object: "a//b", "./a" and "a/" are refused rather than read as "a/b" and "a", because an object
 store would take them for other keys. A refused name is a bug in the caller, so it raises ValueError. The
 repository's names are `config`, `keys/<hex>`, `index/<hex>`, `packs/<hh>/<hex>`, `events/<hex>/<seq>`,
-`prune/<time>-<hex>`; no name is ever both an object and, followed by "/", the prefix of another (a local file
+`prune/<time>-<hex>`, `writers/<hex>`; no name is ever both an object and, followed by "/", the prefix of another (a local file
 cannot also be a directory). A name that is only such a prefix ("packs") is not an object: `exists` says no, `get`
 raises MissingObject, `delete` does nothing.
 
