@@ -12,6 +12,7 @@ than one job, and it is split along its jobs, not trimmed.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +111,27 @@ def test_no_module_is_longer_than_max_lines() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert too_long == {}
+
+
+DOC_REF = re.compile(r"(docs/[\w./-]+\.md)(?:, '([^']+)')?")
+
+
+def test_every_docstring_reference_resolves_to_a_file_in_the_repo():
+    """A docstring that cites a document cites one a person cloning the repo has (and the section it names is a
+    heading there); none cites the design brief or reference notes that live outside the repo."""
+    problems = []
+    for _module, path in modules():
+        text = path.read_text()
+        for m in DOC_REF.finditer(text):
+            doc = ROOT / m.group(1)
+            if not doc.is_file():
+                problems.append(f"{path.relative_to(ROOT)}: {m.group(1)} does not exist")
+            elif m.group(2) and not any(
+                line.lstrip("#").strip().startswith(m.group(2))
+                for line in doc.read_text().splitlines()
+                if line.startswith("#")
+            ):
+                problems.append(f"{path.relative_to(ROOT)}: no section '{m.group(2)}' in {m.group(1)}")
+        if re.search(r"(DESIGN|reference) §|\.\./shared", text):
+            problems.append(f"{path.relative_to(ROOT)}: cites a document outside the repo")
+    assert problems == []
