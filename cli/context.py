@@ -74,8 +74,10 @@ def with_repo(fn: Callable) -> Callable:
         try:
             result = fn(repo=repo, **kwargs)
         finally:
-            warnings = list(repo.warnings)
+            warnings, notes = list(repo.warnings), list(dict.fromkeys(repo.notes))
             repo.close()
+        for n in notes:  # harmless: a damaged local cache was rebuilt from the vault
+            click.echo(f"note: {n}", err=True)
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
         if warnings:

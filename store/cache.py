@@ -249,7 +249,10 @@ class Cache:
             if self.env is None:
                 return
             self._close_env()
-            self._record_state()
+            if self._deferred is None:
+                self._record_state()
+            else:  # LMDB failed and nothing has repaired it yet: the next open must verify the file
+                (self.path / STATE).unlink(missing_ok=True)
             self._release()
 
     # --- sealing ----------------------------------------------------------------------------------------------

@@ -138,6 +138,8 @@ def test_a_vault_restored_from_an_older_copy_sees_only_its_own_history(phone, tm
     assert again.parent == old.id and again.id != newer.id
     assert check(repo, read_data=True).ok
     repo.close()
+    # The newer history's cached segment matched no segment of this vault and was dropped with the first miss.
+    assert len(entries(cache_dir(cache))[b"segments"]) == len(list(LocalBackend(tmp_path / "v").list("events/"))) == 2
     repo = open_vault(tmp_path / "v", tmp_path / "fresh")
     assert [s.id for s in repo.view(old.device_key).snapshots] == [old.id, again.id]
     assert tree_digest(export(repo, again, tmp_path / "out")) == day1
@@ -298,13 +300,21 @@ def test_a_damaged_cache_file_is_rebuilt_and_every_command_succeeds(pv, cli_env,
     repo.close()
     DAMAGE[damage](cache_dir(cache))
 
-    (snap,) = js(pv("snapshots", "--json"))
-    ok(pv("export", snap["id"], "--to", str(tmp_path / "out")))
+    runs = [pv("snapshots", "--json")]
+    (snap,) = js(runs[0])
+    runs.append(ok(pv("export", snap["id"], "--to", str(tmp_path / "out"))))
     assert tree_digest(tmp_path / "out" / phone.udid) == digest
-    assert js(pv("check", "--read-data", "--json"))["ok"]
-    ok(pv("ls", snap["id"]))
-    r = ok(pv("import", str(src)))
-    assert "0 added, 0 modified, 0 removed" in r.stdout
+    runs.append(pv("check", "--read-data", "--json"))
+    assert js(runs[-1])["ok"]
+    runs.append(ok(pv("ls", snap["id"])))
+    runs.append(ok(pv("import", str(src))))
+    assert "0 added, 0 modified, 0 removed" in runs[-1].stdout
+    notes = [[ln for ln in r.stderr.splitlines() if ln.startswith("note: local cache")] for r in runs]
+    assert all(len(n) <= 1 for n in notes), notes  # at most one line per command
+    if damage in ("garbage", "truncated to half"):  # no LMDB file any more: found at once, rebuilt once
+        assert [len(n) for n in notes] == [1, 0, 0, 0, 0], notes
+    # Flipped bits may sit in free pages or in values a command does not read: those are found (one note) by the
+    # command that reads them, if any. An emptied file is an empty cache; LMDB re-initialises a garbage lock file.
 
 
 @pytest.fixture(scope="module")
