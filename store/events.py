@@ -41,6 +41,7 @@ class SnapshotCommitted:
     packs: tuple[str, ...]  # packs written by this commit (their index objects are index/<pack>)
     stats: SnapshotStats
     meta: bytes = b""  # opaque to the store: the sync layer's record of the backup's properties
+    committed: int = 0  # when this commit was made; `time` is the backup's own date (0: logs before, same as time)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """Projections: pure folds of a device's event log into what users look at.
 
 - `project(segments)` -> DeviceView: the device's identity, every snapshot with its tags/pins/forgotten mark, and
-  the current head (the last commit, or where a rollback moved it).
+  the current head. What makes a snapshot current: a SnapshotCommitted whose backup date (`time`) is at least that
+  of every earlier commit of the device (the newest backup; an archived backup imported late goes into history
+  without moving the head back), or a HeadMoved (rollback) to a snapshot that is not forgotten.
 - `fold_state(view, snapshot, get)` -> path -> FileEntry: the snapshot's content rebuilt from deltas alone, following
   parent links from the first snapshot. `check` compares it with the snapshot's tree checkpoint.
 Nothing here does I/O except through the `get` callable it is handed.
@@ -43,6 +45,7 @@ class SnapshotRecord:
     tags: tuple[str, ...] = ()
     pinned: bool = False
     forgotten: bool = False
+    committed: int = 0  # when it was committed (`time` is the backup's own date)
 
     @property
     def hex(self) -> str:
@@ -86,6 +89,7 @@ def project(device_key: str, segments: Iterable[tuple[int, list[Event]]]) -> Dev
     info = DeviceRecord()
     snaps: dict[bytes, SnapshotRecord] = {}
     head: bytes | None = None
+    newest = -1  # the latest backup date of any commit so far
     last_seq = -1
     audit: list[AuditRecord] = []
     for seq, events in segments:
@@ -96,9 +100,12 @@ def project(device_key: str, segments: Iterable[tuple[int, list[Event]]]) -> Dev
             elif isinstance(ev, SnapshotCommitted):
                 snaps[ev.snapshot] = SnapshotRecord(
                     ev.snapshot, device_key, seq, ev.time, ev.source, ev.parent, ev.deltas, ev.tree, ev.packs,
-                    ev.stats, ev.meta,
+                    ev.stats, ev.meta, committed=ev.committed or ev.time,
                 )  # fmt: skip
-                head = ev.snapshot
+                # The newest backup becomes current; an older one (an archived backup imported late) takes its
+                # place in history without moving the head back. Ties go to the later commit.
+                if ev.time >= newest:
+                    head, newest = ev.snapshot, ev.time
             elif isinstance(ev, HeadMoved):
                 if ev.snapshot in snaps and not snaps[ev.snapshot].forgotten:
                     head = ev.snapshot

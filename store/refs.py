@@ -18,19 +18,31 @@ from .repository import Repository
 MIN_PREFIX = 4
 
 
+_PRECISION = {10: timedelta(days=1), 13: timedelta(hours=1), 16: timedelta(minutes=1), 19: timedelta(seconds=1)}
+
+
 def parse_when(text: str) -> int:
-    """An ISO date or date-time -> microseconds since the epoch (a bare date means the end of that day)."""
+    """An ISO date or date-time -> the last microsecond it names, since the epoch: a date means the end of that day,
+    `…T14:30` the end of that minute (so `DEVICE@2026-11-25T14:30` is the last snapshot within that minute), `…T14`
+    the end of that hour, seconds the end of that second. UTC unless an offset is given."""
     try:
-        if len(text) == 10:
-            day = datetime.fromisoformat(text).replace(tzinfo=UTC)
-            dt = day + timedelta(days=1) - timedelta(microseconds=1)
-        else:
-            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
+        clock, offset = text.replace("Z", "+00:00"), ""
+        if "T" in clock and (sign := max(clock.rfind("+"), clock.rfind("-"))) > clock.index("T"):
+            clock, offset = clock[:sign], clock[sign:]
+        step = _PRECISION.get(len(clock), timedelta(microseconds=1))
+        dt = datetime.fromisoformat(clock + ":00" * (len(clock) == 13) + offset)
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
     except ValueError:
         raise SnapshotNotFound(text, "not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
-    return int(dt.timestamp() * 1_000_000)
+    end = dt + step - timedelta(microseconds=1)
+    return (int(end.timestamp()) * 1_000_000) + end.microsecond
+
+
+def _name_key(name: str) -> str:
+    """Device names as people type them: case-insensitive, and a typographic apostrophe (what iOS puts in
+    "Radia’s iPhone") equal to the typewriter one."""
+    return name.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'").casefold()
 
 
 def resolve_device(repo: Repository, ref: str) -> DeviceView:
@@ -39,7 +51,7 @@ def resolve_device(repo: Repository, ref: str) -> DeviceView:
     exact = [v for v in views if v.device and v.device.lower() == low]
     if exact:
         return exact[0]
-    named = [v for v in views if v.info.name.lower() == low]
+    named = [v for v in views if _name_key(v.info.name) == _name_key(ref)]
     if len(named) == 1:
         return named[0]
     if len(named) > 1:

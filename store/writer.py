@@ -382,11 +382,12 @@ class SnapshotWriter:
             new_raw=st.new_raw,
             new_bytes=st.new_bytes,
         )
-        t = time_us if time_us is not None else now_us()
+        committed = now_us()
+        t = time_us if time_us is not None else committed  # the backup's own date, when the source knows it
         snap_id = os.urandom(16)
         events = []
         if self.view.device != self.device or self.view.info != self.info:
-            events.append(DeviceSeen(self.device, self.info, t))
+            events.append(DeviceSeen(self.device, self.info, committed))
         events.append(
             SnapshotCommitted(
                 snap_id,
@@ -398,6 +399,7 @@ class SnapshotWriter:
                 tuple(st.packs),
                 stats,
                 meta,
+                committed,
             )  # fmt: skip
         )
         self.repo.append(self.device_key, events, expect_head=self.view.head)
