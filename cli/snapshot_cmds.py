@@ -103,6 +103,7 @@ def snapshot_json(v: DeviceView, s: SnapshotRecord) -> dict:
         "device": v.device,
         "device_name": v.info.name or None,
         "time": format_time(s.time),
+        "committed": format_time(s.committed),
         "source": s.source,
         "parent": s.parent.hex() if s.parent else None,
         "files": s.stats.files,
