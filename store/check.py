@@ -1,28 +1,55 @@
-"""`check`: is every snapshot readable, and does every checkpoint agree with the log?
+"""`check`: is every snapshot readable, and does every checkpoint agree with the log? If not, what exactly is lost?
 
-Verifies, for every device log: each segment opens; for each live snapshot: its tree decodes and equals the fold
-of its deltas from the first snapshot (the core invariant), and every blob it needs is in the index and in a pack
-that exists. With `read_data`, every pack is read whole: its bytes hash to its name, its header opens, and every
-blob opens and hashes to its id. Findings are split: `errors` are damage (something a snapshot needs is missing or
-wrong); `notes` are harmless (unreferenced packs a crashed writer left, which prune reclaims).
+Verifies, for every device log: each segment opens, read from the vault itself (a cached copy could hide damage),
+and no seq is missing below the last; for each live snapshot: its tree decodes and equals the fold of its deltas
+from the first snapshot (the core invariant, compared shard by shard), and every blob it needs is in the index and
+in a pack that exists. With `read_data`, every pack is read whole first: its bytes hash to its name, its header
+opens (if not, its blobs are verified where its index object puts them) and agrees with its index object, and
+every blob opens and hashes to its id.
+
+Findings are split: `errors` are damage (something a snapshot needs is missing or wrong); `notes` are harmless
+(unreferenced packs a crashed writer left, which prune reclaims). `damaged` says what the damage costs: per
+snapshot, the backup-folder paths whose content cannot be read back (a chunk that is missing, in a missing pack or,
+with `read_data`, fails authentication). A tree node that cannot be read loses the files it lists; they are named
+from the fold of the deltas when that is readable, else by a glob: `ab/**` (a folder of the backup), `*` (its
+top-level files), `**` (the whole snapshot). Naming paths as the phone names them is the sync layer's job.
 Damage in one object never stops the rest from being checked.
+
+Memory: the blob ids of every needed blob (as prune's live set), the ids of damaged blobs with one line each, one
+snapshot's tree and fold at a time, and per shard node already walked the paths it loses (usually none): a shard
+node shared by many snapshots is decoded for the comparison but its chunks are looked up once.
+
+`readable_tree` and `unreadable_files` answer the same questions for one snapshot as its readers meet them: which
+tree nodes read, and which files read back (by reading them: export/extract/restore --strict ask before writing). An index object that is missing or damaged is rebuilt from its pack's header by
+store/repair.py (`check --repair-index`); check only says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .crypto import content_hash
 from .errors import CorruptObject, MissingObject, PhonevaultError, UnsupportedFormat
-from .index import decode_index
-from .packs import open_blob, pack_name, parse_header
-from .projections import fold_state
-from .prune import snapshot_blobs
+from .events import open_segment, parse_segment_name
+from .index import decode_index, index_name
+from .packs import BlobLocation, open_blob, pack_name, parse_header
+from .projections import DeviceView, SnapshotRecord, fold_state
 from .repository import Repository
-from .trees import load_tree
+from .trees import FileEntry, decode_root, decode_shard, read_root, shard_of
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+REPAIR_HINT = "`phonevault check --repair-index` rebuilds it from the pack's header"
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedSnapshot:
+    """A snapshot whose `paths` (backup-folder paths, or globs for what cannot be named) cannot be read back."""
+
+    snapshot: bytes
+    device_key: str
+    device: str | None
+    paths: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -34,10 +61,60 @@ class CheckReport:
     bytes_read: int = 0
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    damaged: list[DamagedSnapshot] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+class _Blobs:
+    """What is known of each blob the snapshots need: fine (`ok`) or damaged (`bad`: blob id -> reason). Each blob
+    is located once; the first snapshot found needing a damaged blob names it, one error line per kind of damage
+    (`flush`), so a lost index object of 10 000 blobs is one line, not 10 000."""
+
+    def __init__(self, repo: Repository, packs: dict[str, int], bad: dict[bytes, str], rep: CheckReport) -> None:
+        self.repo, self.packs, self.rep = repo, packs, rep
+        self.ok: set[bytes] = set()
+        self.bad = bad  # pre-filled (and already reported) by the data phase
+        self._new: dict[str, list[bytes]] = {}  # reason -> blobs found so, not reported yet
+
+    def _mark(self, bid: bytes, reason: str) -> None:
+        self.ok.discard(bid)
+        self.bad[bid] = reason
+        self._new.setdefault(reason, []).append(bid)
+
+    def flush(self, where: str) -> None:
+        for reason, ids in self._new.items():
+            first = ", ".join(f"{b.hex()[:16]}…" for b in ids[:3]) + (
+                f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+            )
+            self.rep.errors.append(f"{where}: {'blob' if len(ids) == 1 else f'{len(ids)} blobs'} {first} {reason}")
+        self._new.clear()
+
+    def damaged(self, bid: bytes) -> bool:
+        if bid in self.ok:
+            return False
+        if bid in self.bad:
+            return True
+        loc = self.repo.locate_needed(bid)
+        if loc is None:
+            self._mark(bid, "is missing from the index")
+        elif loc.pack not in self.packs:
+            self._mark(bid, f"is in pack {loc.pack[:16]}…, which is missing")
+        else:
+            self.ok.add(bid)
+        return bid in self.bad
+
+    def get(self, bid: bytes) -> bytes | None:
+        """A tree or delta blob's plaintext; None if it cannot be read (recorded)."""
+        if self.damaged(bid):
+            return None
+        try:
+            return self.repo.get_blob(bid)
+        except PhonevaultError as e:
+            self._mark(bid, f"cannot be read ({e})")
+            return None
 
 
 def check(repo: Repository, *, read_data: bool = False, progress: Progress | None = None) -> CheckReport:
@@ -50,58 +127,145 @@ def check(repo: Repository, *, read_data: bool = False, progress: Progress | Non
             for bid, loc in decode_index(repo.key, name, repo.backend.get(name)).items():
                 indexed.setdefault(loc.pack, set()).add(bid)
         except (CorruptObject, UnsupportedFormat, MissingObject) as e:
-            rep.errors.append(f"index: {e}")
+            rep.errors.append(f"index: {e}; {REPAIR_HINT}")
     repo.sync_index()
     for pack in indexed.keys() - packs.keys():
         rep.notes.append(f"index/{pack[:16]}… describes a pack that does not exist")
-    for pack in packs.keys() - indexed.keys():
+    unindexed = packs.keys() - indexed.keys()
+    for pack in unindexed:
         rep.notes.append(
             f"pack {pack[:16]}… is in no index (left by an interrupted writer; harmless, prune reclaims it)"
         )
 
-    needed: set[bytes] = set()
-    seen_nodes: set[bytes] = set()
+    bad: dict[bytes, str] = {}  # blobs that fail to read back, from the data phase
+    if read_data:  # first, so the walk below can name what each damaged blob costs
+        total = sum(packs.values())
+        for pack, size in sorted(packs.items()):
+            if progress:
+                progress("data", rep.bytes_read, total)
+            _read_pack(repo, pack, size, rep, bad)
+
+    blobs = _Blobs(repo, packs, bad, rep)
+    nodes: dict[bytes, tuple[str, ...]] = {}  # shard node -> the paths it loses (walked once)
     keys = repo.device_keys()
     for i, key in enumerate(keys):
         if progress:
             progress("logs", i, len(keys))
         rep.devices += 1
         view = repo.view(key, refresh=True)
-        for dmg in repo.damaged_segments(key):
-            rep.errors.append(f"event log: {dmg}")
+        _check_log(repo, key, rep)
         for snap in view.live():
             rep.snapshots += 1
-            where = f"snapshot {snap.hex[:12]} ({view.info.name or view.device})"
-            try:
-                tree = load_tree(snap.tree, repo.get_blob)
-                folded = fold_state(view, snap.id, repo.get_blob)
-                if tree != folded:
-                    diff = sorted(set(tree.items()) ^ set(folded.items()), key=lambda kv: kv[0])[:3]
-                    rep.errors.append(
-                        f"{where}: tree checkpoint differs from the fold of its deltas at {[p for p, _ in diff]}"
-                    )
-                blobs = set(snapshot_blobs(repo, snap, seen_nodes)) | set(snap.deltas)
-            except (PhonevaultError, ValueError) as e:
-                rep.errors.append(f"{where}: {e}")
-                continue
-            for bid in blobs - needed:
-                loc = repo.locate_needed(bid)
-                if loc is None:
-                    rep.errors.append(f"{where}: blob {bid.hex()[:16]}… is missing from the index")
-                elif loc.pack not in packs:
-                    rep.errors.append(f"{where}: blob {bid.hex()[:16]}… is in pack {loc.pack[:16]}…, which is missing")
-            needed |= blobs
-
-    if read_data:
-        total = sum(packs.values())
-        for pack, size in sorted(packs.items()):
-            if progress:
-                progress("data", rep.bytes_read, total)
-            _read_pack(repo, pack, size, rep)
+            lost = _check_snapshot(repo, view, snap, blobs, nodes, rep)
+            blobs.flush(_where(view, snap))
+            if lost:
+                rep.damaged.append(DamagedSnapshot(snap.id, key, view.device, tuple(lost)))
+    if unindexed and any("missing from the index" in r for r in blobs.bad.values()):
+        rep.notes.append(f"a pack in no index may hold the missing blobs: {REPAIR_HINT}")
     return rep
 
 
-def _read_pack(repo: Repository, pack: str, size: int, rep: CheckReport) -> None:
+def _check_log(repo: Repository, key: str, rep: CheckReport) -> None:
+    """The device's log as the vault holds it: what reading it found, and damage an intact cached copy hides."""
+    found = [f"event log: {d}" for d in repo.damaged_segments(key)]
+    rep.errors += found
+    for name, _size in repo.backend.list(f"events/{key}/"):
+        if not parse_segment_name(name):
+            continue
+        try:
+            open_segment(repo.key, name, repo.backend.get(name))
+        except (CorruptObject, UnsupportedFormat, MissingObject) as e:
+            if (line := f"event log: {e}") not in found:
+                rep.errors.append(line)
+
+
+def _check_snapshot(
+    repo: Repository,
+    view: DeviceView,
+    snap: SnapshotRecord,
+    blobs: _Blobs,
+    nodes: dict[bytes, tuple[str, ...]],
+    rep: CheckReport,
+) -> list[str]:
+    """Check one snapshot; returns the paths it loses."""
+    where = _where(view, snap)
+    folded = _fold(view, snap, blobs, where, rep)
+    by_shard: dict[str, dict[str, FileEntry]] = {}
+    for path, e in (folded or {}).items():
+        by_shard.setdefault(shard_of(path), {})[path] = e
+
+    def named(shard: str | None) -> list[str]:
+        """The files a lost tree node listed: from the fold if it is readable, else a glob."""
+        if folded is None:
+            return [lost_glob(shard)]
+        got = folded.values() if shard is None else by_shard.get(shard, {}).values()
+        return sorted(e.path for e in got if not e.is_dir)
+
+    raw = blobs.get(snap.tree)
+    try:
+        refs = decode_root(raw, f"tree {snap.tree.hex()[:16]}") if raw is not None else None
+    except (CorruptObject, UnsupportedFormat) as e:
+        rep.errors.append(f"{where}: {e}")
+        refs = None
+    if refs is None:
+        rep.errors.append(f"{where}: its tree cannot be read; no file of it can be read back from the tree")
+        return named(None)
+    lost: list[str] = []
+    differ: list[str] = []
+    for ref in refs:
+        entries = _shard(ref.node, blobs, where, rep)
+        if entries is None:
+            lost += named(ref.shard)
+            by_shard.pop(ref.shard, None)
+            continue
+        if folded is not None:
+            tree = {e.path: e for e in entries}
+            fold = by_shard.pop(ref.shard, {})
+            if tree != fold:
+                differ += sorted(p for p in tree.keys() | fold.keys() if tree.get(p) != fold.get(p))[:3]
+        if ref.node not in nodes:
+            # every chunk looked at (a list, not any()'s short cut), so each damaged blob is named once
+            nodes[ref.node] = tuple(e.path for e in entries if any([blobs.damaged(c) for c in e.chunks]))
+        lost += nodes[ref.node]
+    for rest in by_shard.values():  # shards the fold has and the tree lacks
+        differ += sorted(rest)[:3]
+    if differ:
+        rep.errors.append(f"{where}: tree checkpoint differs from the fold of its deltas at {differ[:3]}")
+    if lost:
+        rep.errors.append(f"{where}: {len(lost)} file(s) cannot be read back")
+    return lost
+
+
+def _where(view: DeviceView, snap: SnapshotRecord) -> str:
+    return f"snapshot {snap.hex[:12]} ({view.info.name or view.device})"
+
+
+def _fold(view: DeviceView, snap: SnapshotRecord, blobs: _Blobs, where: str, rep: CheckReport):
+    def get(bid: bytes) -> bytes:
+        data = blobs.get(bid)
+        if data is None:
+            raise MissingObject(f"delta {bid.hex()[:16]}…", blobs.bad.get(bid, "unreadable"))
+        return data
+
+    try:
+        return fold_state(view, snap.id, get)
+    except (PhonevaultError, ValueError) as e:
+        rep.errors.append(f"{where}: its deltas do not fold ({e}); the tree is not verified against them")
+        return None
+
+
+def _shard(node: bytes, blobs: _Blobs, where: str, rep: CheckReport) -> list[FileEntry] | None:
+    raw = blobs.get(node)
+    if raw is None:
+        return None
+    try:
+        return decode_shard(raw, f"tree {node.hex()[:16]}")
+    except (CorruptObject, UnsupportedFormat, ValueError, TypeError) as e:
+        rep.errors.append(f"{where}: {e}")
+        return None
+
+
+def _read_pack(repo: Repository, pack: str, size: int, rep: CheckReport, bad: dict[bytes, str]) -> None:
     name = pack_name(pack)
     try:
         data = repo.backend.get(name)
@@ -111,17 +275,69 @@ def _read_pack(repo: Repository, pack: str, size: int, rep: CheckReport) -> None
     rep.bytes_read += len(data)
     if content_hash(data) != pack:
         rep.errors.append(f"{name}: content does not match its name (damaged on disk)")
+    index = _index_of(repo, pack)
     try:
         header = parse_header(repo.key, pack, data, len(data))
     except (CorruptObject, UnsupportedFormat) as e:
-        rep.errors.append(str(e))
-        return
+        rep.errors.append(f"{e}; its blobs are checked where its index object puts them")
+        header = index or {}
+    else:
+        if index is not None and index != header:
+            rep.errors.append(f"{index_name(pack)} disagrees with the header of {name}; {REPAIR_HINT}")
     view = memoryview(data)
     for bid, loc in header.items():
         try:
+            if loc.offset < 0 or loc.offset + loc.length > len(data):
+                raise CorruptObject(name, "lies beyond the end of the pack")
             plain = open_blob(repo.key, bid, view[loc.offset : loc.offset + loc.length], name)
             if repo.key.blob_id(plain) != bid:
-                rep.errors.append(f"{name}: blob {bid.hex()[:16]}… does not hash to its id")
+                raise CorruptObject(name, "does not hash to its id")
             rep.blobs_checked += 1
         except CorruptObject as e:
+            bad[bid] = f"in {name} cannot be read ({e.reason})"
             rep.errors.append(f"{e} (blob {bid.hex()[:16]}…)")
+
+
+def _index_of(repo: Repository, pack: str) -> dict[bytes, BlobLocation] | None:
+    """The pack's own index object, if it reads (its damage is reported with the index phase)."""
+    try:
+        return decode_index(repo.key, index_name(pack), repo.backend.get(index_name(pack)))
+    except (CorruptObject, UnsupportedFormat, MissingObject):
+        return None
+
+
+def lost_glob(shard: str | None) -> str:
+    """How `damaged` names the files of a tree node that cannot be read: `ab/**`, `*` (top level), `**` (all)."""
+    return "**" if shard is None else f"{shard}/**" if shard else "*"
+
+
+def readable_tree(repo: Repository, root: bytes) -> tuple[list[FileEntry], dict[str, str]]:
+    """A snapshot's entries from every shard node that reads, and, per node that does not, its glob (`lost_glob`)
+    and why. A root that cannot be read is raised: then nothing of the tree can be had."""
+    entries: list[FileEntry] = []
+    lost: dict[str, str] = {}
+    for ref in read_root(root, repo.get_blob):
+        try:
+            entries += decode_shard(repo.get_blob(ref.node), f"tree {ref.node.hex()[:16]}")
+        except (PhonevaultError, ValueError, TypeError) as e:
+            lost[lost_glob(ref.shard)] = str(e)
+    return entries, lost
+
+
+def unreadable_files(repo: Repository, entries: Iterable[FileEntry]) -> dict[str, str]:
+    """The paths of `entries` whose content cannot be read back (a chunk missing, in a missing pack, or failing
+    authentication), each with why. Reads every chunk: the cost of reading the files. Memory: the damaged chunks
+    only (a good chunk shared by several files is read again rather than remembered)."""
+    bad: dict[bytes, str] = {}
+    out: dict[str, str] = {}
+    for e in entries:
+        for c in e.chunks:
+            if c not in bad:
+                try:
+                    repo.get_blob(c)
+                    continue
+                except PhonevaultError as exc:
+                    bad[c] = str(exc)
+            out[e.path] = bad[c]
+            break
+    return out

@@ -7,6 +7,9 @@ per repository), so a cache that lost an entry is never reported as a missing ob
 Event logs are read incrementally: a segment is used from the cache only if its cached copy was made from the very
 object the vault holds now (same name, size and first 12 bytes, its nonce; see cache.py), which costs a listing and a
 12-byte read per segment; otherwise it is fetched and opened again.
+A segment that is damaged, or lost (a seq missing below the last one), is named (`warnings`, `damaged_segments`) and
+skipped; every segment after it is still folded. Damage behind an intact cached copy is not seen here (the copy is
+used): `check` reads every segment from the vault.
 """
 
 from __future__ import annotations
@@ -201,7 +204,13 @@ class Repository:
         sizes = {
             p[1]: size for name, size in self.backend.list(f"events/{device_key}/") if (p := parse_segment_name(name))
         }
-        damaged = []
+        # Appends take seq after seq (put_exclusive of last + 1), so a seq missing below the last one is a segment
+        # lost from the vault, not one never written: name it; the segments after it are folded all the same.
+        damaged = [
+            str(MissingObject(segment_name(device_key, seq), "lost from the vault (later segments exist)"))
+            for seq in range(max(sizes, default=-1))
+            if seq not in sizes
+        ]
         current: list[bytes] = []  # cache keys of the segments the vault holds now
         missed = False
         for seq in sorted(sizes):
