@@ -92,3 +92,38 @@ def test_disk_full_is_one_line_and_loses_nothing(cli_env, tmp_path):
     assert json.loads(result("check").stdout)["ok"]
     assert len(json.loads(result("snaps").stdout)) == 1
     assert tree_digest(next((out / "export").iterdir())) == tree_digest(small)
+
+
+DEVICE_DISK_FULL = r"""
+set -u
+mount -t tmpfs -o size=16m tmpfs "$DISK"
+export PHONEVAULT_REPO="$DISK/vault" PHONEVAULT_CACHE_DIR="$DISK/cache"
+"$PV" init >/dev/null 2>&1
+"$PV" backup >"$OUT/backup.out" 2>"$OUT/backup.err"; echo $? >"$OUT/backup.rc"
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pymobiledevice3's own warning (DeviceLink.purge_disk_space: 'device needs more than … No purge backend "
+    "available') reaches stderr beside phonevault's line: the CLI leaves library logging on Python's last-resort "
+    "handler (found by tests/harness, fault/disk-full)",
+)
+def test_a_backup_the_device_refuses_for_a_full_disk_is_one_line(cli_env, tmp_path):
+    """A phone wants its upload plus 128 MiB free on the host before it backs up; on a 16 MiB disk it refuses
+    (MBErrorDomain 105). The user reads one line saying so, after the line that says the backup started."""
+    from phonevault.sync.emulator import Emulator
+
+    out, disk = tmp_path / "out", tmp_path / "disk"
+    out.mkdir()
+    disk.mkdir()
+    with Emulator(tmp_path / "emulator", seed=54, size=4 << 20) as emu:
+        env = dict(
+            cli_env, DISK=str(disk), OUT=str(out), PV=str(Path(sys.executable).with_name("phonevault")),
+            USBMUXD_SOCKET_ADDRESS=emu.address,
+        )  # fmt: skip
+        subprocess.run([*_in_own_mount_namespace(), "bash", "-c", DEVICE_DISK_FULL], env=env, check=True)
+    err = (out / "backup.err").read_text()
+    assert int((out / "backup.rc").read_text()) == 1, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("backing up ")]
+    assert len(lines) == 1 and lines[0].startswith("phonevault: ") and "free" in lines[0], err
