@@ -19,9 +19,9 @@ from .plists import DeviceInfo
 
 @dataclass(frozen=True, slots=True)
 class BackupMeta:
-    """What a snapshot records about the backup it holds (format 1)."""
+    """What a snapshot records about the backup it holds (format 2: `layout` appended)."""
 
-    FORMAT: ClassVar[int] = 1
+    FORMAT: ClassVar[int] = 2
 
     encrypted: bool = False  # the phone encrypted the backup (IsEncrypted, or a Manifest.db that is no database)
     ios_version: str | None = None
@@ -30,6 +30,10 @@ class BackupMeta:
     is_full_backup: bool | None = None  # Status.plist's IsFullBackup
     full: bool | None = None  # a device backup that asked the device for every file
     problems: int = 0  # problems named when it was stored (missing files, bad rows, …)
+    # How the folder lists its files and where their bytes are (sync/catalog.py LAYOUTS): "manifest-db" (iOS 10 and
+    # later, xx/<fileID>), "mbdb" (iOS 4–9, <fileID> in the root), "mdinfo" (iPhone OS 3, <fileID>.mddata). Records
+    # of format 1 predate the older layouts, so they are all "manifest-db".
+    layout: str = "manifest-db"
 
     def encode(self) -> bytes:
         return encode_record(self)
