@@ -2,7 +2,9 @@
 
 Each folder is imported whatever happened to the others. A folder that fails, or whose source had problems
 (SourceIncomplete), is a typed failure; every failure is printed once, and the worst one (highest exit code) is
-raised last, so the exit code is the worst folder's, mapped from its type like any other command's.
+raised last, so the exit code is the worst folder's, mapped from its type like any other command's. When some
+device folders of a Backup/ folder were imported and others failed, the Backup/ folder is a source with unreadable
+parts: FoldersNotImported, exit 3, not the failed folder's 1 (which would say nothing was stored).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import click
 
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.repository import Repository
-from phonevault.sync.errors import SourceIncomplete
+from phonevault.sync.errors import FoldersNotImported, SourceIncomplete
+from phonevault.sync.layouts import MBDB
 from phonevault.sync.mobilesync import find_backup_folders, import_folder
 from phonevault.sync.paths import shown
 from phonevault.sync.records import backup_meta
@@ -28,6 +31,8 @@ from .render import err, human, out, progress
 def import_(repo: Repository, path: Path | None) -> None:
     """Import a backup folder (<UDID>/), a Backup/ folder of several, or (no PATH) the Finder/iTunes locations."""
     worst: PhonevaultError | None = None
+    failed: list[str] = []
+    imported = 0
     try:
         for folder in find_backup_folders(path):
             try:
@@ -35,7 +40,9 @@ def import_(repo: Repository, path: Path | None) -> None:
                     r = import_folder(repo, folder, progress=update)
             except PhonevaultError as e:
                 worst = _keep_worse(worst, e)
+                failed.append(shown(folder.name))
                 continue
+            imported += 1
             s = r.snapshot.stats
             out.print(
                 f"{shown(r.device.name or r.device.udid)}: snapshot {r.snapshot.hex[:8]} — {s.files} files, {human(s.size)}; "
@@ -43,7 +50,11 @@ def import_(repo: Repository, path: Path | None) -> None:
                 f"{human(s.new_bytes)} new in the vault ({r.reused_files} files unchanged since last import)",
                 markup=False,
             )
-            if backup_meta(r.snapshot).encrypted:
+            meta = backup_meta(r.snapshot)
+            if meta.encrypted and meta.layout == MBDB.name:  # iOS 4–9: the file list is plaintext, the files are not
+                err.print("note: the phone encrypted this backup's files; it is stored as-is (browsable; extracting "
+                          "its files needs its password)")  # fmt: skip
+            elif meta.encrypted:
                 err.print("note: the phone encrypted this backup; it is stored as-is (browsing it needs its password)")
             for p in r.problems:  # names from the backup: plain text, never markup
                 err.print(f"warning: {p}", markup=False, soft_wrap=True)
@@ -53,6 +64,9 @@ def import_(repo: Repository, path: Path | None) -> None:
         if worst is not None:  # something else ends the command: the failure held back is still named
             _print(worst)
         raise
+    if worst is not None and failed and imported and worst.exit_code < FoldersNotImported.exit_code:
+        _print(worst)
+        worst = FoldersNotImported(shown(path.name) if path else "the default locations", failed, imported)
     if worst is not None:
         raise worst
 

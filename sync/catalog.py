@@ -1,19 +1,24 @@
 """The catalog projection: a snapshot seen as the phone's files (domain + path), not as hashed backup-folder names.
 
-A snapshot's catalog is read from the Manifest.db it contains and cached (LMDB `derived`, keyed by that
-Manifest.db's blob ids: the same bytes always give the same catalog, so the cache never goes stale). The cached
-value is msgpack `[rows, problems]` (CATALOG_CACHE_FORMAT 2): rows as `_row` packs them, problems as
-`[domain path or "", message]`. A Manifest.db from the vault is parsed in memory (sqlite3 deserialize): nothing
+A snapshot's files are listed by its folder's layout (sync/layouts.py): Manifest.db, Manifest.mbdb or .mdinfo files.
+A snapshot's catalog is read from the list it contains and cached (LMDB `derived`, keyed by the list's blob ids: the
+same bytes always give the same catalog, so the cache never goes stale; for mdinfo the key covers every .mdinfo's
+chunks, Manifest.plist's and every .mddata's size, all the catalog is made of). The cached value is msgpack
+`[rows, problems]` (CATALOG_CACHE_FORMAT 2): rows as `_row` packs them, problems as `[domain path or "", message]`.
+A list from the vault is parsed in memory (Manifest.db by sqlite3 deserialize, the others as bytes): nothing
 decrypted is ever written to a file outside the extract/export target. Memory: the Manifest.db's bytes twice for
-the moment SQLite copies them, then once (SQLite's copy) while the rows are read (~850 bytes a row in all).
+the moment SQLite copies them, then once (SQLite's copy) while the rows are read (~850 bytes a row in all); a
+Manifest.mbdb's bytes and its rows; for mdinfo the snapshot's file list and one .mdinfo at a time.
 Domain paths are `<domain>/<relativePath>`, e.g. `CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC`.
 
 Rows that cannot be used are named, never dropped silently and never fatal: an undecodable row is left out of
 the catalog and named in its problems; rows sharing one fileID (one stored file, several names: which one is its
 own cannot be told) stay listed, are named, and are not extracted.
 
-A backup the phone encrypted has an encrypted Manifest.db: browsing it needs the backup password, which this
-version does not take yet (`EncryptedBackup`); such snapshots can still be exported and restored as they are.
+A backup the phone encrypted has an encrypted Manifest.db (iOS 10+) or encrypted .mdinfo (iPhone OS 3): browsing it
+needs the backup password, which this version does not take yet (`EncryptedBackup`); such snapshots can still be
+exported and restored as they are. iOS 4–9 kept Manifest.mbdb in plaintext, so those are browsed and diffed as
+usual; only their files' bytes are encrypted (rows with `has_encryption_key`, refused one by one by extract).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgpack
@@ -34,10 +39,13 @@ import msgpack
 from phonevault.store.errors import CorruptObject, PathNotFound
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
-from phonevault.store.trees import FileEntry, diff_trees, lookup
+from phonevault.store.trees import FileEntry, diff_trees, iter_tree, lookup
 
-from .errors import EncryptedBackup
+from .errors import EncryptedBackup, LegacyManifestInvalid
+from .layouts import MANIFEST_DB, MBDB, MDINFO, Layout, layout_of
 from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, check_manifest_db, read_manifest_db
+from .mbdb import load_mbdb, mbdb_entries
+from .mdinfo import MAX_MANIFEST_BYTES, MAX_MDINFO_BYTES, data_name, mdinfo_catalog, read_mdinfo_folder
 from .paths import shown
 from .records import backup_meta
 
@@ -48,8 +56,8 @@ def domain_path(c: CatalogEntry) -> str:
     return f"{c.domain}/{c.relative_path}" if c.relative_path else c.domain
 
 
-def backup_path(file_id: str) -> str:
-    return f"{file_id[:2]}/{file_id}"
+def backup_path(file_id: str, layout: Layout = MANIFEST_DB) -> str:
+    return layout.backup_path(file_id)
 
 
 def under(path: str, prefix: str) -> bool:
@@ -65,10 +73,12 @@ class CatalogProblem:
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """A snapshot's files by domain path, and the Manifest.db rows that could not be used. Iterates its entries."""
+    """A snapshot's files by domain path, the rows of its file list that could not be used, and where its files'
+    bytes are (`layout`). Iterates its entries."""
 
     entries: tuple[CatalogEntry, ...]
     problems: tuple[CatalogProblem, ...] = ()
+    layout: Layout = MANIFEST_DB
 
     def __iter__(self) -> Iterator[CatalogEntry]:
         return iter(self.entries)
@@ -114,11 +124,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _row_problem(p: RowProblem) -> list:
+def _row_problem(p: RowProblem, record: str) -> list:
     if p.domain is not None:
         path = f"{p.domain}/{p.relative_path}" if p.relative_path else p.domain
-        return [path, f"{shown(path)}: Manifest.db row {shown(p.file_id)} is unusable ({p.reason}); not listed"]
-    return ["", f"Manifest.db row {shown(p.file_id)} is unusable ({p.reason}); not listed"]
+        return [path, f"{shown(path)}: {record} {shown(p.file_id)} is unusable ({p.reason}); not listed"]
+    return ["", f"{record} {shown(p.file_id)} is unusable ({p.reason}); not listed"]
 
 
 def _duplicate_problems(group: list[CatalogEntry]) -> list[list]:
@@ -133,13 +143,15 @@ def _duplicate_problems(group: list[CatalogEntry]) -> list[list]:
     return out
 
 
-def _parse_packed(source: ManifestSource, packed_memo: bytes | None, where: str | None = None) -> ParsedCatalog:
-    """The one parse of a Manifest.db (a file for an import, bytes from the vault otherwise) into what is cached."""
-    memo = _Memo(msgpack.unpackb(packed_memo) if packed_memo else {})
-    rows, sizes, row_problems = [], {}, []
+def _pack(
+    entries: Iterable[CatalogEntry], row_problems: list[RowProblem], record: str, notes: Iterable[str] = ()
+) -> ParsedCatalog:
+    """Catalog rows in fileID order (as every reader yields them) into what is cached. `row_problems` is read once
+    `entries` is exhausted (a reader adds to it as it goes); `notes` are problems naming no row's path."""
+    rows, sizes, keyed = [], {}, set()
     problems: list[list] = []
     group: list[CatalogEntry] = []  # rows are in fileID order, so rows sharing a fileID are neighbours
-    for c in read_manifest_db(source, memo, row_problems, where):
+    for c in entries:
         if group and group[0].file_id != c.file_id:
             if len(group) > 1:
                 problems += _duplicate_problems(group)
@@ -148,12 +160,20 @@ def _parse_packed(source: ManifestSource, packed_memo: bytes | None, where: str 
         rows.append(_row(c))
         if c.flags == FLAG_FILE:
             sizes[c.file_id] = c.size
+            if c.has_encryption_key:
+                keyed.add(c.file_id)
     if len(group) > 1:
         problems += _duplicate_problems(group)
-    problems = [_row_problem(p) for p in row_problems] + problems
-    return ParsedCatalog(
-        msgpack.packb([rows, problems]), sizes, msgpack.packb(memo.fresh), tuple(m for _p, m in problems)
-    )
+    problems = [_row_problem(p, record) for p in row_problems] + problems + [["", n] for n in notes]
+    return ParsedCatalog(msgpack.packb([rows, problems]), sizes, b"", tuple(m for _p, m in problems), frozenset(keyed))
+
+
+def _parse_packed(source: ManifestSource, packed_memo: bytes | None, where: str | None = None) -> ParsedCatalog:
+    """The one parse of a Manifest.db (a file for an import, bytes from the vault otherwise) into what is cached."""
+    memo = _Memo(msgpack.unpackb(packed_memo) if packed_memo else {})
+    row_problems: list[RowProblem] = []
+    parsed = _pack(read_manifest_db(source, memo, row_problems, where), row_problems, MANIFEST_DB.record)
+    return replace(parsed, packed_memo=msgpack.packb(memo.fresh))
 
 
 def _parse_in_child(path: str, packed_memo: bytes | None) -> ParsedCatalog:
@@ -165,20 +185,22 @@ def _row(c: CatalogEntry) -> list:
             c.has_encryption_key]  # fmt: skip
 
 
-def _unpack(packed: bytes) -> Catalog:
+def _unpack(packed: bytes, layout: Layout = MANIFEST_DB) -> Catalog:
     rows, problems = msgpack.unpackb(packed)
-    return Catalog(tuple(CatalogEntry(*r) for r in rows), tuple(CatalogProblem(*p) for p in problems))
+    return Catalog(tuple(CatalogEntry(*r) for r in rows), tuple(CatalogProblem(*p) for p in problems), layout)
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedCatalog:
-    """What an import needs from its Manifest.db, compact: the catalog already packed for the cache, the size of
-    every file row (to name missing and truncated files) and the rows that could not be used."""
+    """What an import needs from its file list, compact: the catalog already packed for the cache, the size of
+    every file row (to name missing and truncated files), the rows that could not be used, and the file rows whose
+    bytes the phone encrypted (`keyed`: iOS 4–9 pads those to 16 bytes, so their sizes differ)."""
 
     packed: bytes
     file_sizes: dict[str, int]
     packed_memo: bytes
     problems: tuple[str, ...] = ()
+    keyed: frozenset[str] = frozenset()
 
 
 class ManifestParse:
@@ -220,12 +242,69 @@ class ManifestParse:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def catalog_key(repo: Repository, manifest_db: FileEntry) -> bytes:
-    return b"catalog/%d/" % CATALOG_CACHE_FORMAT + repo.key.blob_id(b"".join(manifest_db.chunks))
+class ReadyParse:
+    """A file list parsed already, behind ManifestParse's interface: Manifest.mbdb and .mdinfo files are parsed
+    whole before anything is stored, since damage anywhere in them refuses the folder."""
+
+    def __init__(self, parsed: ParsedCatalog) -> None:
+        self._parsed = parsed
+
+    def result(self) -> ParsedCatalog:
+        return self._parsed
+
+    def close(self) -> None:
+        pass
 
 
-def store_catalog(repo: Repository, manifest_db: FileEntry, packed: bytes) -> None:
-    repo.cache.derived_put(catalog_key(repo, manifest_db), packed)
+def parse_legacy_folder(layout: Layout, folder: Path) -> tuple[ParsedCatalog, int]:
+    """The catalog of an iOS 4–9 or iPhone OS 3 folder and how many of its files the phone encrypted (records with
+    a key; .mdinfo whose names are encrypted). ManifestInvalid for a list that cannot be read, before anything is
+    stored."""
+    if layout is MBDB:
+        path = folder / "Manifest.mbdb"
+        row_problems: list[RowProblem] = []
+        parsed = _pack(mbdb_entries(load_mbdb(path), str(path), row_problems), row_problems, MBDB.record)
+        return parsed, len(parsed.keyed)
+    catalog = read_mdinfo_folder(folder)
+    return _pack(catalog.entries, [], MDINFO.record, catalog.problems), catalog.encrypted
+
+
+def catalog_key(repo: Repository, listing: FileEntry, layout: Layout = MANIFEST_DB) -> bytes:
+    """The cache key of the catalog read from a Manifest.db or Manifest.mbdb: its bytes, through their chunk ids."""
+    prefix = b"catalog/%d/" % CATALOG_CACHE_FORMAT + (b"" if layout is MANIFEST_DB else layout.name.encode() + b"/")
+    return prefix + repo.key.blob_id(b"".join(listing.chunks))
+
+
+def _flat_files(repo: Repository, snap: SnapshotRecord) -> dict[str, FileEntry]:
+    return {e.path: e for e in iter_tree(snap.tree, repo.get_blob) if "/" not in e.path and not e.is_dir}
+
+
+def _mdinfo_key(repo: Repository, files: dict[str, FileEntry]) -> bytes:
+    """Everything an iPhone OS 3 catalog is made of: each .mdinfo's and Manifest.plist's chunks, and each .mddata's
+    size (its bytes do not matter), keyed-hashed like every other key so nothing private is in it."""
+    parts = [
+        [p, e.size, [] if p.endswith(".mddata") else list(e.chunks)]
+        for p, e in sorted(files.items())
+        if p.endswith((".mdinfo", ".mddata")) or p == "Manifest.plist"
+    ]
+    return b"catalog/%d/mdinfo/" % CATALOG_CACHE_FORMAT + repo.key.blob_id(msgpack.packb(parts))
+
+
+def _listing(repo: Repository, snap: SnapshotRecord, layout: Layout) -> tuple[bytes, FileEntry | dict]:
+    """The cache key of a snapshot's catalog, and what it is read from (its list's entry; for mdinfo its files)."""
+    if layout is MDINFO:
+        files = _flat_files(repo, snap)
+        return _mdinfo_key(repo, files), files
+    entry = lookup(snap.tree, layout.listing, repo.get_blob)
+    if entry is None or entry.is_dir:
+        raise PathNotFound(layout.listing, f"snapshot {snap.hex[:12]}")
+    return catalog_key(repo, entry, layout), entry
+
+
+def store_catalog(repo: Repository, snap: SnapshotRecord, packed: bytes) -> None:
+    """Cache the catalog an import parsed, under the key a later load of this snapshot computes."""
+    key, _source = _listing(repo, snap, layout_of(backup_meta(snap), f"snapshot {snap.hex[:12]}"))
+    repo.cache.derived_put(key, packed)
 
 
 def _read_whole(repo: Repository, entry: FileEntry) -> bytearray:
@@ -234,7 +313,7 @@ def _read_whole(repo: Repository, entry: FileEntry) -> bytearray:
     view, at = memoryview(buf), 0
     for chunk in repo.read_file(entry):
         if at + len(chunk) > len(buf):
-            raise CorruptObject("Manifest.db", f"longer than the {entry.size} bytes its tree entry records")
+            raise CorruptObject(entry.path, f"longer than the {entry.size} bytes its tree entry records")
         view[at : at + len(chunk)] = chunk
         at += len(chunk)
     view.release()
@@ -243,20 +322,46 @@ def _read_whole(repo: Repository, entry: FileEntry) -> bytearray:
 
 
 def load_catalog(repo: Repository, snap: SnapshotRecord) -> Catalog:
-    if backup_meta(snap).encrypted:
+    where = f"snapshot {snap.hex[:12]}"
+    meta = backup_meta(snap)
+    layout = layout_of(meta, where)
+    if meta.encrypted and layout is not MBDB:  # iOS 4–9 kept the file list in plaintext
         raise EncryptedBackup(snap.hex[:12])
-    entry = lookup(snap.tree, "Manifest.db", repo.get_blob)
-    if entry is None:
-        raise PathNotFound("Manifest.db", f"snapshot {snap.hex[:12]}")
-    if (cached := repo.cache.derived_get(catalog_key(repo, entry))) is not None:
-        return _unpack(cached)
-    # In memory: the decrypted Manifest.db never touches a file (a killed `ls` must leave no plaintext behind).
-    image = _read_whole(repo, entry)
-    memo = repo.cache.derived_get(_memo_key(snap.device_key))
-    parsed = _parse_packed(image, memo, f"snapshot {snap.hex[:12]}: Manifest.db")  # empties `image` once parsed
-    repo.cache.derived_put(_memo_key(snap.device_key), parsed.packed_memo)
-    store_catalog(repo, entry, parsed.packed)
-    return _unpack(parsed.packed)
+    key, source = _listing(repo, snap, layout)
+    if (cached := repo.cache.derived_get(key)) is not None:
+        return _unpack(cached, layout)
+    # In memory: the decrypted file list never touches a file (a killed `ls` must leave no plaintext behind).
+    if layout is MANIFEST_DB:
+        image = _read_whole(repo, source)
+        memo = repo.cache.derived_get(_memo_key(snap.device_key))
+        parsed = _parse_packed(image, memo, f"{where}: Manifest.db")  # empties `image` once parsed
+        repo.cache.derived_put(_memo_key(snap.device_key), parsed.packed_memo)
+    elif layout is MBDB:
+        row_problems: list[RowProblem] = []
+        rows = mbdb_entries(_read_whole(repo, source), f"{where}: Manifest.mbdb", row_problems)
+        parsed = _pack(rows, row_problems, MBDB.record)
+    else:
+        parsed = _mdinfo_from_vault(repo, source, where)
+    repo.cache.derived_put(key, parsed.packed)
+    return _unpack(parsed.packed, layout)
+
+
+def _mdinfo_from_vault(repo: Repository, files: dict[str, FileEntry], where: str) -> ParsedCatalog:
+    def read(name: str, limit: int = MAX_MDINFO_BYTES) -> bytes:
+        if files[name].size > limit:  # refused before it is read, as the folder reader refuses it
+            raise LegacyManifestInvalid(f"{where}: {name}", f"{name} is larger than {limit:,} bytes; refused as absurd")
+        return bytes(_read_whole(repo, files[name]))
+
+    def data_size(fid: str) -> int | None:
+        entry = files.get(data_name(fid))
+        return entry.size if entry is not None else None
+
+    def read_manifest() -> bytes | None:
+        return read("Manifest.plist", MAX_MANIFEST_BYTES) if "Manifest.plist" in files else None
+
+    names = [p for p in files if p.endswith(".mdinfo")]
+    catalog = mdinfo_catalog(names, read, data_size, read_manifest, lambda name: f"{where}: {name}")
+    return _pack(catalog.entries, [], MDINFO.record, catalog.problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,14 +422,22 @@ def diff(repo: Repository, a: SnapshotRecord, b: SnapshotRecord) -> list[DiffRow
     """What changed from a to b. The tree diff skips every unchanged shard; names come from the catalogs."""
     changes = list(diff_trees(a.tree, b.tree, repo.get_blob))
     names: dict[str, str] = {}
+    described: dict[str, str] = {}  # iPhone OS 3: <fileID>.mdinfo -> the <fileID>.mddata it describes
     for snap in (a, b):
         try:
-            names.update({backup_path(c.file_id): domain_path(c) for c in load_catalog(repo, snap)})
+            catalog = load_catalog(repo, snap)
         except (EncryptedBackup, PathNotFound):
-            pass
+            continue
+        for c in catalog:
+            names[catalog.layout.backup_path(c.file_id)] = domain_path(c)
+            if catalog.layout is MDINFO:
+                described[f"{c.file_id}.mdinfo"] = catalog.layout.backup_path(c.file_id)
 
     def size(e: FileEntry | None) -> int | None:
         return e.size if e is not None else None
 
+    # A file's .mdinfo changes with it (its mtime at least); the file's own row says what changed.
+    changed = {ch.path for ch in changes}
+    changes = [ch for ch in changes if described.get(ch.path) not in changed]
     rows = [DiffRow(names.get(ch.path, ch.path), ch.kind, size(ch.old), size(ch.new)) for ch in changes]
     return sorted(rows, key=lambda r: r.path)

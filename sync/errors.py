@@ -39,6 +39,21 @@ class SourceIncomplete(PhonevaultError):
         self.source = source
 
 
+class FoldersNotImported(PhonevaultError):
+    """A Backup/ folder of several devices: the device folders in `failed` could not be imported (each named where
+    it failed), the other `imported` ones are in the vault. A source with unreadable parts, so exit 3."""
+
+    exit_code = 3
+
+    def __init__(self, source: str, failed: list[str], imported: int) -> None:
+        super().__init__(
+            f"{source}: {len(failed)} of {len(failed) + imported} device folders not imported (named above: "
+            f"{', '.join(failed)}); the others are in the vault"
+        )
+        self.failed = failed
+        self.imported = imported
+
+
 class CatalogProblems(PhonevaultError):
     """A snapshot's Manifest.db has rows that cannot be used (undecodable, a fileID listed twice); everything else
     was listed or extracted, the rows are named in `problems` (exit 3)."""

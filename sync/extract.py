@@ -7,8 +7,11 @@ is written to a `.phonevault-*` temp file beside its final name (removed on any 
 set-id/sticky bits: a phone's say-so never makes a set-uid file here) and mtime, and moved into place: by hard
 link when not overwriting, which fails rather than replace a file (so names that one file system folds together,
 `IMG.JPG` and `img.jpg` on macOS, are caught there); by rename when overwriting. A file that cannot be extracted
-(not in the snapshot, an unsafe path, an unusable row, a failed write) is named and the rest are extracted
-(`ExtractIncomplete`, exit 3). A full or read-only disk stops the extract with one line.
+(not in the snapshot, an unsafe path, an unusable row, bytes the phone encrypted, a failed write) is named and the
+rest are extracted (`ExtractIncomplete`, exit 3). A full or read-only disk stops the extract with one line.
+A file's bytes are found where the snapshot's folder layout keeps them (xx/<fileID>, <fileID> or <fileID>.mddata:
+sync/layouts.py). An iOS 4–9 backup the phone encrypted lists its files in plaintext but keeps each file's bytes
+encrypted (its row has an encryption key): such a file needs the backup password, not supported yet, and is named.
 Memory: the snapshot's catalog (see catalog.py) and the plan (one record per file), and one chunk at a time of
 the file being written; only the chunks of the chosen files are read.
 """
@@ -28,7 +31,7 @@ from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, lookup
 
-from .catalog import backup_path, domain_path, load_catalog, select
+from .catalog import Catalog, domain_path, load_catalog, select
 from .errors import ExtractIncomplete, TargetConflict
 from .manifest import CatalogEntry
 from .paths import Target, relative_parts, shown
@@ -86,7 +89,14 @@ def extract(
                     shown(name), f"two files of the snapshot have this name (fileIDs {other.file_id} and {c.file_id})"
                 )
     problems = list(dict.fromkeys(problems))  # overlapping paths name a row once
-    plan = _plan(repo, snap, chosen, Target(dest), overwrite, problems)
+    for name, c in list(chosen.items()):
+        if c.has_encryption_key:  # its bytes are ciphertext: written out they would pass for the file
+            problems.append(
+                f"{shown(name)}: the phone encrypted this file; extracting it needs the backup password, which "
+                "phonevault does not support yet (export keeps it)"
+            )
+            del chosen[name]
+    plan = _plan(repo, snap, catalog, chosen, Target(dest), overwrite, problems)
     out: list[Extracted] = []
     written: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) of each file written -> its domain path
     for item in plan:
@@ -108,6 +118,7 @@ def extract(
 def _plan(
     repo: Repository,
     snap: SnapshotRecord,
+    catalog: Catalog,
     chosen: dict[str, CatalogEntry],
     target: Target,
     overwrite: bool,
@@ -122,10 +133,11 @@ def _plan(
         except UnsafePath as e:
             problems.append(str(e))
             continue
-        entry = lookup(snap.tree, backup_path(c.file_id), repo.get_blob)
+        stored = catalog.layout.backup_path(c.file_id)
+        entry = lookup(snap.tree, stored, repo.get_blob)
         if entry is None or entry.is_dir:
             problems.append(
-                f"{shown(name)}: listed in Manifest.db but its file {shown(backup_path(c.file_id))} is not in "
+                f"{shown(name)}: listed in {catalog.layout.listing} but its file {shown(stored)} is not in "
                 f"snapshot {snap.hex[:12]}"
             )
             continue

@@ -16,14 +16,17 @@ The fileID of a pair is its file name (40 lowercase hex digits before the extens
 it sends, and that name is what holds the bytes. It is the SHA-1 of "<Domain>-<Path>" as in later backups; a name
 that disagrees is kept (it is where the bytes are) and named in the problems. Only regular files are listed (these
 backups carry no directory or symlink records; browsing derives folders from paths). A file's size is its
-`.mddata`'s; its mtime and mode come from the Metadata (ModificationTime, Mode) when present, else from
-Manifest.plist's Files entry (ModificationTime), else 0 and a regular file's 0o100644.
+`.mddata`'s (Manifest.plist's FileLength when the .mddata is missing: the import names a missing body, as for every
+layout); its mtime and mode come from the Metadata (ModificationTime, Mode) when present, else from Manifest.plist's
+Files entry (ModificationTime), else 0 and a regular file's 0o100644. Problems name files relative to the folder, so
+a folder gives the same problems at import and when its catalog is rebuilt from a snapshot.
 
 Public API:
     read_mdinfo(data, name) -> MdInfo                    one .mdinfo; ManifestInvalid (naming it) unless a plist dict
     read_manifest_files(data, where) -> (files, problems)   Manifest.plist's Data → Files, by fileID
     mdinfo_entry(info, size, listed=None) -> CatalogEntry
-    read_mdinfo_folder(folder) -> MdinfoCatalog          every pair, sorted by fileID
+    mdinfo_catalog(names, read, data_size, manifest, where) -> MdinfoCatalog   from files wherever they are
+    read_mdinfo_folder(folder) -> MdinfoCatalog          every pair of a folder, sorted by fileID
     data_name(file_id) -> "<fileID>.mddata"              where the bytes of a catalog row live in the folder
 
 Bounds: an .mdinfo larger than MAX_MDINFO_BYTES is refused after reading at most that much (real ones are a few
@@ -38,7 +41,7 @@ import os
 import plistlib
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,43 +187,41 @@ def mdinfo_entry(info: MdInfo, size: int, listed: Mapping[str, Any] | None = Non
     return CatalogEntry(info.file_id, info.domain, info.path, FLAG_FILE, size, mode, mtime or 0)
 
 
-def read_mdinfo_folder(folder: Path) -> MdinfoCatalog:
-    """Every `<fileID>.mdinfo` of an iPhone OS 3.x folder as catalog rows. A .mdinfo that is not a plist (or names
-    no Domain/Path) raises ManifestInvalid naming it; a missing .mddata, a name that is not a fileID or disagrees with
-    its Domain/Path, and encrypted Metadata are named in `problems` (the row is kept when it can be named)."""
-    folder = Path(folder)
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".mdinfo"))
-    if len(names) > MAX_FILES:
-        raise LegacyManifestInvalid(str(folder), f"{len(names):,} .mdinfo files; refused as absurd")
+def mdinfo_catalog(
+    names: Iterable[str],
+    read: Callable[[str], bytes],
+    data_size: Callable[[str], int | None],
+    read_manifest: Callable[[], bytes | None],
+    where: Callable[[str], str] = str,
+) -> MdinfoCatalog:
+    """The catalog of an iPhone OS 3.x folder, wherever its files are (a folder, a snapshot). `names` are the
+    `.mdinfo` file names, `read(name)` their bytes, `data_size(fileID)` the size of `<fileID>.mddata` (None when there
+    is none: the row keeps Manifest.plist's FileLength; a missing body is the import's to name, as for every
+    layout), `read_manifest()` Manifest.plist's bytes (None if absent) and `where(name)` how a fatal error names a
+    file. Problems name files by their names in the folder, so the same folder gives the same problems wherever it
+    is. A .mdinfo that is not a plist (or names no Domain/Path) raises ManifestInvalid naming it."""
     listed: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
-    manifest = folder / "Manifest.plist"
-    if manifest.is_file():
-        try:
-            listed, problems = read_manifest_files(
-                _read_bounded(manifest, MAX_MANIFEST_BYTES, "Manifest.plist"), str(manifest)
-            )
-        except LegacyManifestInvalid as exc:  # the .mdinfo files carry the names: Manifest.plist only adds mtimes
-            problems.append(str(exc))
+    try:  # the .mdinfo files carry the names: Manifest.plist only adds mtimes, so it is never fatal
+        if (manifest := read_manifest()) is not None:
+            listed, problems = read_manifest_files(manifest, "Manifest.plist")
+    except LegacyManifestInvalid as exc:
+        problems.append(f"Manifest.plist: {exc.reason}")
     entries: list[CatalogEntry] = []
     encrypted = 0
-    for name in names:
+    for count, name in enumerate(sorted(names), 1):
+        if count > MAX_FILES:
+            raise LegacyManifestInvalid(where(name), f"more than {MAX_FILES:,} .mdinfo files; refused as absurd")
         fid = name.removesuffix(".mdinfo")
-        path = folder / name
         if not _NAME.fullmatch(fid):
-            problems.append(f"{path}: not named by a fileID (40 lowercase hex digits); not listed")
+            problems.append(f"{name}: not named by a fileID (40 lowercase hex digits); not listed")
             continue
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            problems.append(f"{path}: not a regular file; not listed")
-            continue
-        info = read_mdinfo(_read_bounded(path, MAX_MDINFO_BYTES, ".mdinfo"), name, str(path))
+        info = read_mdinfo(read(name), name, where(name))
         if info.encrypted:
             encrypted += 1
             continue
-        try:
-            size = (folder / data_name(fid)).stat().st_size
-        except FileNotFoundError:
-            problems.append(f"{data_name(fid)}: listed by {name} ({info.domain}/{info.path}) but missing")
+        size = data_size(fid)
+        if size is None:
             length = listed.get(fid, {}).get("FileLength")
             size = length if isinstance(length, int) and not isinstance(length, bool) and length >= 0 else 0
         if file_id(info.domain or "", info.path or "") != fid:
@@ -229,3 +230,37 @@ def read_mdinfo_folder(folder: Path) -> MdinfoCatalog:
     if encrypted:
         problems.append(f"{encrypted} .mdinfo file(s) encrypted by the phone: their names need the backup password")
     return MdinfoCatalog(tuple(entries), tuple(problems), encrypted)
+
+
+def read_mdinfo_folder(folder: Path) -> MdinfoCatalog:
+    """Every `<fileID>.mdinfo` of an iPhone OS 3.x folder as catalog rows (`mdinfo_catalog`). Only regular files are
+    read: a .mdinfo that is anything else is left out (an import names every file that is not a regular file)."""
+    folder = Path(folder)
+    names = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.endswith(".mdinfo") and entry.is_file(follow_symlinks=False):
+                names.append(entry.name)
+                if len(names) > MAX_FILES:
+                    raise LegacyManifestInvalid(
+                        str(folder), f"more than {MAX_FILES:,} .mdinfo files; refused as absurd"
+                    )
+
+    def data_size(fid: str) -> int | None:
+        try:
+            st = os.lstat(folder / data_name(fid))
+        except FileNotFoundError:
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def read_manifest() -> bytes | None:
+        path = folder / "Manifest.plist"
+        return _read_bounded(path, MAX_MANIFEST_BYTES, "Manifest.plist") if os.path.lexists(path) else None
+
+    return mdinfo_catalog(
+        names,
+        lambda name: _read_bounded(folder / name, MAX_MDINFO_BYTES, ".mdinfo"),
+        data_size,
+        read_manifest,
+        lambda name: str(folder / name),
+    )

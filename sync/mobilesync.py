@@ -5,12 +5,18 @@ exactly what was imported: same bytes, same names, same modes and mtimes. Import
 pushes them into the store's chunker (memory does not depend on file size) and skips files whose stat (size, mtime,
 inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata.
 
-Imperfect sources: files listed in Manifest.db but absent, or whose size disagrees with it, Manifest.db rows that
-cannot be used (undecodable, a fileID listed twice), plist flags that are not booleans, and a UDID that cannot name
-a folder (the folder's own name is used instead) are named in `problems`; everything present is stored exactly and
-the snapshot is committed; the CLI then exits 3. An `IsEncrypted` that is not a boolean is decided by the
-Manifest.db itself: it opens as a database (plaintext, browsable) or it does not (stored as the phone encrypted it).
-Refused outright: not a folder, no Manifest.db, a Manifest.db that cannot be read (unless the phone encrypted it).
+Three layouts are imported (sync/layouts.py): Manifest.db with xx/<fileID> (iOS 10 and later), Manifest.mbdb with
+flat <fileID> files (iOS 4–9) and .mdinfo/.mddata pairs (iPhone OS 3); the snapshot records which. The older two
+lists are parsed whole before anything is stored.
+
+Imperfect sources: files listed but absent, or whose size disagrees with the list, rows that cannot be used
+(undecodable, a fileID listed twice), files of a flat folder that no record names, plist flags that are not
+booleans, and a UDID that cannot name a folder (the folder's own name is used instead) are named in `problems`;
+everything present is stored exactly and the snapshot is committed; the CLI then exits 3. An `IsEncrypted` that is
+not a boolean is decided by the list itself: a Manifest.db opens as a database (plaintext, browsable) or it does not
+(stored as the phone encrypted it); Manifest.mbdb records and .mdinfo files say whether they are encrypted.
+Refused outright: not a folder, no Manifest.db, Manifest.mbdb or .mdinfo, a list that cannot be read (unless the
+phone encrypted a Manifest.db).
 
 Export writes `<root>/<UDID>/` only if the UDID is one safe folder name and every file only at a tree path that
 stays inside it (`paths`); a partial export is removed when the export fails.
@@ -34,8 +40,9 @@ from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree
 from phonevault.store.writer import SnapshotWriter
 
-from .catalog import ManifestParse, store_catalog
+from .catalog import ManifestParse, ReadyParse, parse_legacy_folder, store_catalog
 from .errors import BackupFolderInvalid, ManifestInvalid, TargetConflict
+from .layouts import LAYOUTS, MANIFEST_DB, MDINFO, Layout, detect_layout
 from .manifest import check_manifest_db
 from .paths import Target, safe_component, shown, unsafe_reason
 from .plists import DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
@@ -59,7 +66,8 @@ def default_locations() -> list[Path]:
 
 
 def looks_like_backup(path: Path) -> bool:
-    return path.is_dir() and any((path / m).exists() for m in ("Manifest.db", "Manifest.plist", "Info.plist"))
+    names = ("Manifest.db", "Manifest.mbdb", "Manifest.plist", "Info.plist")
+    return path.is_dir() and any((path / m).exists() for m in names)
 
 
 def find_backup_folders(path: Path | None) -> list[Path]:
@@ -80,7 +88,7 @@ def find_backup_folders(path: Path | None) -> list[Path]:
         return [path]
     found = [d for d in sorted(path.iterdir()) if looks_like_backup(d)]
     if not found:
-        raise BackupFolderInvalid(str(path), "holds no Manifest.db/Info.plist and no device backup folders")
+        raise BackupFolderInvalid(str(path), "holds no Manifest.db/.mbdb/Info.plist and no device backup folders")
     return found
 
 
@@ -88,7 +96,7 @@ def find_backup_folders(path: Path | None) -> list[Path]:
 class FolderMeta:
     device: DeviceInfo
     encrypted: bool
-    catalog: ManifestParse | None  # running in another process; None if the phone encrypted the backup
+    catalog: ManifestParse | ReadyParse | None  # None if the phone encrypted the file list
     problems: list[str] = field(default_factory=list)
     meta: BackupMeta = field(default_factory=BackupMeta)
 
@@ -96,13 +104,16 @@ class FolderMeta:
 def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
     problems: list[str] = []
     manifest_db = folder / "Manifest.db"
-    if not manifest_db.is_file():
-        raise BackupFolderInvalid(str(folder), "no Manifest.db (an interrupted or pre-iOS-10 backup?)")
+    if (layout := detect_layout(folder)) is None:
+        raise BackupFolderInvalid(
+            str(folder), "no Manifest.db, Manifest.mbdb or .mdinfo files (an interrupted backup?)"
+        )
 
     def read_plist(name: str, reader):
         p = folder / name
         if not p.is_file():
-            problems.append(f"{name}: missing")
+            if name != "Status.plist" or layout is not MDINFO:  # iTunes wrote none for iPhone OS 3
+                problems.append(f"{name}: missing")
             return None
         try:
             return reader(p.read_bytes(), str(p))
@@ -130,15 +141,17 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
         device = DeviceInfo.from_dict({**device.to_dict(), "udid": folder.name})
         problems.append(f"no usable UDID in Info.plist or Manifest.plist; using the folder name {shown(folder.name)}")
     encrypted = manifest.is_encrypted if manifest is not None else False
-    if encrypted is None:
+    catalog = None
+    if layout is not MANIFEST_DB:
+        catalog, encrypted = _legacy_catalog(folder, layout, encrypted, problems)
+    elif encrypted is None:
         encrypted = not _opens_as_database(manifest_db)
         problems.append(
             "Manifest.db is encrypted (not a database): stored as it is, not browsable"
             if encrypted
             else "Manifest.db is a plain database: the backup is taken as not encrypted by the phone"
         )
-    catalog = None
-    if not encrypted:
+    if layout is MANIFEST_DB and not encrypted:
         try:
             catalog = ManifestParse(repo, repo.device_key(device.udid), manifest_db)
         except ManifestInvalid as e:
@@ -149,8 +162,26 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
         backup_date=status.date.isoformat() if status and status.date else None,
         snapshot_state=status.snapshot_state if status else None,
         is_full_backup=status.is_full_backup if status else None,
+        layout=layout.name,
     )
     return FolderMeta(device, encrypted, catalog, problems, meta)
+
+
+def _legacy_catalog(folder: Path, layout: Layout, encrypted: bool | None, problems: list[str]):
+    """A Manifest.mbdb or the .mdinfo files, parsed whole (damage anywhere refuses the folder before anything is
+    stored), and whether the phone encrypted the backup. iOS 4–9 kept the list in plaintext (browsable either way);
+    iPhone OS 3 encrypted the names too."""
+    try:
+        parsed, secret = parse_legacy_folder(layout, folder)
+    except ManifestInvalid as e:
+        what = Path(e.path).name
+        reason = e.reason if what in e.reason else f"{what}: {e.reason}"
+        raise BackupFolderInvalid(str(folder), f"unreadable catalog: {reason}") from None
+    if encrypted is None:
+        encrypted = secret > 0
+        problems.append(f"{layout.listing}: {secret} file(s) encrypted by the phone: the backup is taken as "
+                        f"{'' if encrypted else 'not '}encrypted")  # fmt: skip
+    return (None if encrypted and layout is MDINFO else ReadyParse(parsed)), encrypted
 
 
 def _opens_as_database(manifest_db: Path) -> bool:
@@ -247,18 +278,6 @@ def import_folder(repo: Repository, folder: Path, *, progress: Progress | None =
             fm.catalog.close()
 
 
-def _compare_with_catalog(files: list[tuple[str, _Stat]], listed: dict[str, int]) -> list[str]:
-    """What Manifest.db lists (fileID -> size) but the folder lacks, or holds at another size."""
-    present = {rel.rsplit("/", 1)[-1]: st.st_size for rel, st in files if "/" in rel}
-    problems = []
-    for fid, size in listed.items():
-        if fid not in present:
-            problems.append(f"{fid[:2]}/{fid}: listed in Manifest.db but missing from the folder")
-        elif present[fid] != size:
-            problems.append(f"{fid[:2]}/{fid}: {present[fid]} bytes, Manifest.db says {size} (truncated?)")
-    return problems
-
-
 def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress | None) -> ImportResult:
     files, empty_dirs = _walk(folder)
     # The writer is closed however the import ends: a failure before the commit releases its writers/ marker at
@@ -323,13 +342,14 @@ def _stage_and_commit(
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
         problems += catalog.problems
-        problems += _compare_with_catalog(files, catalog.file_sizes)
+        present = {rel: st.st_size for rel, st in files}
+        problems += LAYOUTS[fm.meta.layout].compare(present, catalog.file_sizes, catalog.keyed)
     meta = replace(fm.meta, problems=len(problems))
     snap = writer.commit(f"folder:{folder}", meta=meta.encode())
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     repo.cache.stat_put_many(new_stat)
-    if catalog and (manifest_db := writer.get("Manifest.db")) is not None:
-        store_catalog(repo, manifest_db, catalog.packed)  # so ls/extract/diff of this snapshot start at once
+    if catalog:
+        store_catalog(repo, snap, catalog.packed)  # so ls/extract/diff of this snapshot start at once
     return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
 
 

@@ -10,11 +10,13 @@ import plistlib
 import tracemalloc
 from pathlib import Path
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phonevault.sync.catalog import list_dir, select
+from phonevault.store.records import decode_record
+from phonevault.sync.catalog import diff, list_dir, load_catalog, select
 from phonevault.sync.emulator.legacy import (
     datahash,
     encode_mbdb,
@@ -26,11 +28,15 @@ from phonevault.sync.emulator.legacy import (
     write_ios8_backup,
 )
 from phonevault.sync.emulator.phone import SyntheticPhone
-from phonevault.sync.errors import LegacyManifestInvalid, ManifestInvalid
+from phonevault.sync.errors import EncryptedBackup, LegacyManifestInvalid, ManifestInvalid
+from phonevault.sync.layouts import MANIFEST_DB, MBDB, MDINFO, detect_layout
 from phonevault.sync.manifest import FLAG_DIR, FLAG_FILE, CatalogEntry, RowProblem, file_id
 from phonevault.sync.mbdb import MAGIC, MbdbRecord, iter_records, load_mbdb, mbdb_entries, read_mbdb, record_entry
 from phonevault.sync.mdinfo import data_name, read_manifest_files, read_mdinfo, read_mdinfo_folder
+from phonevault.sync.mobilesync import import_folder
 from phonevault.sync.plists import read_info_plist, read_manifest_plist, read_status_plist
+from phonevault.sync.records import BackupMeta, backup_meta
+from tests.conftest import reopen
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +186,12 @@ def test_mdinfo_folder_names_what_it_cannot_use(tmp_path: Path) -> None:
     assert [e.file_id for e in catalog.entries] == sorted([good, lost, misnamed])
     assert catalog.encrypted == 1
     text = "\n".join(catalog.problems)
-    assert f"{data_name(lost)}: listed by {lost}.mdinfo" in text
+    assert lost not in text  # a missing body is the import's to name (as for every layout), not the catalog's
+    assert next(e.size for e in catalog.entries if e.file_id == lost) == 0  # no Manifest.plist FileLength to use
     assert f"{misnamed}.mdinfo: its name is not the SHA-1 of HomeDomain-Library/c" in text
     assert "notes.mdinfo: not named by a fileID" in text
     assert "1 .mdinfo file(s) encrypted by the phone" in text
-    assert f"{'2' * 40}.mdinfo: not a regular file; not listed" in text
+    assert "2" * 40 not in text  # a link is not read, nor listed: the import names every file that is no regular file
     assert "Manifest.plist: Manifest.plist is not a plist" in text
 
 
@@ -444,3 +451,97 @@ def test_encode_then_decode_is_identity(rs: list[MbdbRecord]) -> None:
     data = encode_mbdb(rs)
     assert read_mbdb(data) == tuple(rs)
     assert encode_mbdb(read_mbdb(data)) == data
+
+
+# --------------------------------------------------------------------------------------------------- in the vault
+
+
+def _names(catalog) -> list[tuple]:
+    return [(c.file_id, c.domain, c.relative_path, c.flags, c.size, c.mode, c.mtime) for c in catalog]
+
+
+@pytest.mark.parametrize("gen", ["8", "3"])
+def test_an_imported_legacy_folder_lists_as_planned_from_the_cache_and_from_the_vault(repo, phone, tmp_path, gen):
+    write, plan, layout = (write_ios8_backup, ios8_plan, MBDB) if gen == "8" else (write_ios3_backup, ios3_plan, MDINFO)
+    folder = write(phone, tmp_path / "src", 0)
+    r = import_folder(repo, folder)
+    assert r.problems == []
+    assert backup_meta(r.snapshot).layout == layout.name
+    warm = load_catalog(repo, r.snapshot)  # what the import cached
+    cold_repo = reopen(repo, tmp_path / "cold")  # no cache: read from the snapshot's own Manifest.mbdb / .mdinfo
+    try:
+        cold = load_catalog(cold_repo, r.snapshot)
+        again = load_catalog(cold_repo, r.snapshot)  # and now from the cache it filled
+    finally:
+        cold_repo.close()
+    expected = [(e.file_id, e.domain, e.relative_path, e.flags, e.size, e.mode, e.mtime) for e in plan(phone, 0)]
+    assert _names(warm) == _names(cold) == _names(again) == expected
+    assert warm.layout is cold.layout is layout and warm.problems == cold.problems == ()
+
+
+def test_ios3_problems_are_the_same_from_the_folder_and_from_the_vault(repo, phone, tmp_path):
+    folder = write_ios3_backup(phone, tmp_path / "src", 0)
+    misnamed = sorted(folder.glob("*.mdinfo"))[0]
+    os.rename(misnamed, folder / f"{'0' * 40}.mdinfo")
+    os.rename(folder / data_name(misnamed.stem), folder / data_name("0" * 40))
+    r = import_folder(repo, folder)
+    assert any("its name is not the SHA-1" in p for p in r.problems)
+    cold_repo = reopen(repo, tmp_path / "cold")
+    try:
+        assert load_catalog(cold_repo, r.snapshot).problems == load_catalog(repo, r.snapshot).problems != ()
+    finally:
+        cold_repo.close()
+
+
+def test_an_ios3_diff_names_files_not_their_mdinfo(repo, phone, tmp_path):
+    folder = write_ios3_backup(phone, tmp_path / "src", 0)
+    a = import_folder(repo, folder).snapshot
+    write_ios3_backup(phone, tmp_path / "src", 1)
+    b = import_folder(repo, folder).snapshot
+    rows = diff(repo, a, b)
+    old = {e.file_id: e for e in ios3_plan(phone, 0)}
+    new = {e.file_id: e for e in ios3_plan(phone, 1)}
+    name = {k: f"{e.domain}/{e.relative_path}" for k, e in {**old, **new}.items()}
+    changed = {name[k] for k in old.keys() ^ new.keys()} | {
+        name[k] for k in old.keys() & new.keys() if (old[k].size, old[k].mtime) != (new[k].size, new[k].mtime)
+    }
+    assert {r.path for r in rows if "/" in r.path} == changed and changed
+    assert not [r for r in rows if r.path.endswith(".mdinfo")]  # each is its file's own row, not a second one
+    assert {r.path for r in rows if "/" not in r.path} <= {"Info.plist", "Manifest.plist"}
+
+
+def test_the_layout_is_detected_newest_first_and_recorded(tmp_path):
+    assert detect_layout(tmp_path) is None
+    (tmp_path / f"{'a' * 40}.mdinfo").write_bytes(b"")
+    assert detect_layout(tmp_path) is MDINFO
+    (tmp_path / "Manifest.mbdb").write_bytes(b"")
+    assert detect_layout(tmp_path) is MBDB
+    (tmp_path / "Manifest.db").write_bytes(b"")
+    assert detect_layout(tmp_path) is MANIFEST_DB
+    # A BackupMeta of format 1 predates layouts: every such snapshot was imported from a Manifest.db.
+    assert decode_record(BackupMeta, msgpack.packb([1, True, "9.3", None, None, None, None, 0]), "x").layout == (
+        MANIFEST_DB.name
+    )
+
+
+def test_an_encrypted_ios3_backup_is_stored_but_not_browsed(repo, phone, tmp_path):
+    folder = write_ios3_backup(phone, tmp_path / "src", 0)
+    manifest = plistlib.loads((folder / "Manifest.plist").read_bytes())
+    (folder / "Manifest.plist").write_bytes(plistlib.dumps({**manifest, "IsEncrypted": True}))
+    for path in folder.glob("*.mdinfo"):  # names encrypted with the backup password: unreadable here
+        outer = {"AuthVersion": "1.0", "IsEncrypted": True, "Metadata": hashlib.sha256(path.name.encode()).digest()}
+        path.write_bytes(plistlib.dumps(outer, fmt=plistlib.FMT_BINARY))
+    r = import_folder(repo, folder)
+    assert backup_meta(r.snapshot).encrypted and r.problems == []
+    with pytest.raises(EncryptedBackup):
+        load_catalog(repo, r.snapshot)
+
+
+@given(size=st.integers(0, 1 << 40), have=st.integers(0, 1 << 40), keyed=st.booleans())
+@settings(max_examples=300)
+def test_a_flat_file_is_accepted_at_its_size_or_its_padded_size_only(size: int, have: int, keyed: bool) -> None:
+    fid = "c" * 40
+    problems = MBDB.compare({fid: have}, {fid: size}, {fid} if keyed else set())
+    padded = size + 16 - size % 16  # PKCS#7 always adds 1 to 16 bytes (iphone-dataprotection backup4.py strips them)
+    assert (problems == []) == (have == (padded if keyed else size))
+    assert MBDB.compare({fid: padded if keyed else size}, {fid: size}, {fid} if keyed else set()) == []
