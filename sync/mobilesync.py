@@ -167,7 +167,9 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
     return FolderMeta(device, encrypted, catalog, problems, meta)
 
 
-def _legacy_catalog(folder: Path, layout: Layout, encrypted: bool | None, problems: list[str]):
+def _legacy_catalog(
+    folder: Path, layout: Layout, encrypted: bool | None, problems: list[str]
+) -> tuple[ReadyParse | None, bool]:
     """A Manifest.mbdb or the .mdinfo files, parsed whole (damage anywhere refuses the folder before anything is
     stored), and whether the phone encrypted the backup. iOS 4–9 kept the list in plaintext (browsable either way);
     iPhone OS 3 encrypted the names too."""
