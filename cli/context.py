@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -87,7 +88,17 @@ def with_repo(fn: Callable) -> Callable:
     return wrapper
 
 
+def quiet_libraries() -> None:
+    """Libraries (pymobiledevice3 above all) log warnings that phonevault turns into its own one-line errors; left
+    alone, Python's last-resort handler prints them beside ours. PHONEVAULT_DEBUG=1 shows every log record."""
+    if os.environ.get("PHONEVAULT_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    else:
+        logging.getLogger().addHandler(logging.NullHandler())
+
+
 def run_cli(main: click.Group) -> None:
+    quiet_libraries()
     try:
         main.main(standalone_mode=False)
     except PhonevaultError as e:

@@ -103,12 +103,6 @@ export PHONEVAULT_REPO="$DISK/vault" PHONEVAULT_CACHE_DIR="$DISK/cache"
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pymobiledevice3's own warning (DeviceLink.purge_disk_space: 'device needs more than … No purge backend "
-    "available') reaches stderr beside phonevault's line: the CLI leaves library logging on Python's last-resort "
-    "handler (found by tests/harness, fault/disk-full)",
-)
 def test_a_backup_the_device_refuses_for_a_full_disk_is_one_line(cli_env, tmp_path):
     """A phone wants its upload plus 128 MiB free on the host before it backs up; on a 16 MiB disk it refuses
     (MBErrorDomain 105). The user reads one line saying so, after the line that says the backup started."""
