@@ -33,6 +33,21 @@ class Stop:
     match: tuple[str, ...] = ()
 
 
+def place_of(point: str) -> str:
+    """A probe point in words a table can group: `os.link events/`, `open packs/ (temp file)`, `read source`,
+    `mid-chunking`."""
+    if point.startswith("fed "):
+        return "mid-chunking"
+    event, _, path = point.partition(" ")
+    for marker, area in (("/vault/", None), ("/cache/", "cache")):
+        if marker in path:
+            rest = path.split(marker, 1)[1]
+            area = area or (rest.split("/", 1)[0] + ("/" if "/" in rest else ""))
+            temp = " (temp file)" if path.rsplit("/", 1)[-1].startswith(".tmp-") else ""
+            return f"{event} {area}{temp}"
+    return f"{event} source"
+
+
 class Child:
     def __init__(
         self,

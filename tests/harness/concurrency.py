@@ -21,7 +21,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from .child import Child, Stop
+from .child import Child, Stop, place_of
 from .records import Trial, TrialResult, TrialSpec
 from .vaults import Vault, differences, pv
 from .verdict import check_clean, exports_exact, library_exports, live, verdict
@@ -92,7 +92,7 @@ def _two_devices(trial: Trial, spec: TrialSpec, world: World, rig: Rig, where: P
         if not _hold(kid, trial, side):
             return
         kids.append(kid)
-    trial.landed = " + ".join(k.point.split(" ", 1)[0] + " " + k.point.rsplit("/", 2)[-2] for k in kids)
+    trial.landed = " + ".join(place_of(k.point) for k in kids)
     for kid in kids:
         kid.release()
     codes = [kid.wait() for kid in kids]
@@ -120,7 +120,7 @@ def _one_device(trial: Trial, spec: TrialSpec, world: World, rig: Rig, where: Pa
     held = Child(trial, vault, args1, stop=stop, watch=watch1, **env1)
     if not _hold(held, trial, first):
         return
-    trial.landed = f"first held at {'its commit point' if at == 'commit' else held.point.split(' ', 1)[0]}"
+    trial.landed = f"first held at {'its commit point' if at == 'commit' else place_of(held.point)}"
     r2 = pv(trial, vault, *args2, **env2)
     held.release()
     c1 = held.wait()
@@ -149,7 +149,7 @@ def _prune_during(trial: Trial, spec: TrialSpec, world: World, rig: Rig, where: 
     held = Child(trial, vault, args, stop=Stop(f"event:{spec.params['at']}", "pause"), watch=watch, **env)
     if not _hold(held, trial, side):
         return
-    trial.landed = f"writer held at {held.point.split(' ', 1)[0]} {held.point.rsplit('/', 2)[-2]}"
+    trial.landed = f"writer held at {place_of(held.point)}"
     p = pv(trial, vault, "prune", "--grace", "0")
     if p.code != 0:
         trial.problem(f"prune --grace 0 during a backup fails: exit {p.code}: {p.lines()[-1:]}")

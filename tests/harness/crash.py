@@ -41,11 +41,11 @@ from phonevault.store.prune import prune
 from phonevault.store.repository import Repository
 from phonevault.store.retention import Policy
 
-from .child import Child, Stop
+from .child import Child, Stop, place_of
 from .records import Trial, TrialResult, TrialSpec
 from .vaults import NEW_PASSWORD, PASSWORD, Digest, Vault, differences, pv
 from .verdict import library_exports, live, opening_password, verdict
-from .world import BACKUP_CONSTRUCTED, Rig, SnapDigest, World
+from .world import BACKUP_CONSTRUCTED, HarnessError, Rig, SnapDigest, World
 
 WRITES = ("put", "put_exclusive", "delete")
 
@@ -128,7 +128,7 @@ def census(op: Operation, world: World, rig: Rig, where: Path) -> dict:
     code = child.wait()
     tail = time.monotonic() - marked
     if code != 0 or trial.problems:
-        raise RuntimeError(f"census of {op.name} failed (exit {code}): {child.stderr[-600:]} {trial.problems}")
+        raise HarnessError(f"census of {op.name} failed (exit {code}): {child.stderr[-600:]} {trial.problems}")
     events, nbytes, links = (int(x) for x in count.read_text().split())
     return {"events": events, "bytes": nbytes, "links": links, "tail_s": round(tail, 3)}
 
@@ -152,7 +152,8 @@ def run_kill(spec: TrialSpec, world: World, rig: Rig, where: Path) -> TrialResul
         child = Child(trial, vault, args, stop=stop, watch=watch, **env)
     code = child.wait()
     if code == -signal.SIGKILL:
-        trial.landed = child.point or "killed"
+        trial.landed = "timed" if kind == "timed" else place_of(child.point) if child.point else "killed"
+        trial.note(f"killed at {child.point}")
     elif code == 0:
         trial.note("the operation ended before its kill point (nothing was interrupted)")
     else:
@@ -311,7 +312,7 @@ def run_stop(spec: TrialSpec, world: World, rig: Rig, where: Path) -> TrialResul
         close_quietly(repo)
     if backend.fired:
         _rule, m, name = backend.fired[0]
-        trial.landed = f"{'after' if after else 'before'} {m} {kind_of(name)}/ (write call {spec.params['k']})"
+        trial.landed = f"{'after' if after else 'before'} {m} {kind_of(name)}/"
         trial.faults_injected += 1
     else:
         trial.note("the stop never fired (the operation made fewer writes than its census)")

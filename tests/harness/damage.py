@@ -35,6 +35,7 @@ from phonevault.store.prune import snapshot_blobs
 from phonevault.store.repository import Repository
 from phonevault.store.trees import load_tree
 
+from .faults import unnamed_paths
 from .known import CHECK_NAMES_FILES, PARTIAL_EXPORT
 from .records import Trial, TrialResult, TrialSpec
 from .vaults import PASSWORD, SPARE_PASSWORD, Run, Vault, differences, pv
@@ -193,7 +194,8 @@ def run_damage(spec: TrialSpec, world: World, where: Path) -> TrialResult:
     if found and name.startswith("packs/") and rd.code != 0:
         pack = name.rsplit("/", 1)[1]
         files = dmap["pack_files"].get(pack, [])
-        if files and not any(f.rsplit("/", 1)[-1] in e for e in _errors(rd_doc, 50) for f in files):
+        errors = " ".join(_errors(rd_doc, 200))
+        if files and not any(f.rsplit("/", 1)[-1] in errors or f"{f.split('/')[0]}/**" in errors for f in files):
             trial.gap(CHECK_NAMES_FILES, f"check names {name.split('/')[0]}/{pack[:12]}…, none of its files")
     _prune_after(trial, world, vault, name, password, exact)
     return trial.result()
@@ -243,7 +245,7 @@ def _exports(
             continue
         if digest is not None and run.code == 3:  # the intact rest written, the damaged files named
             wrong = [p for p, d in digest.items() if snap.files.get(p) != d]
-            unnamed = [p for p in snap.files.keys() - digest.keys() if p.rsplit("/", 1)[-1] not in run.stderr]
+            unnamed = unnamed_paths(snap.files.keys() - digest.keys(), run.stderr.splitlines())
             if wrong or unnamed:
                 trial.problem(
                     f"{snap.label}: a partial export (exit 3) wrote {wrong[:2]} wrong, left out {unnamed[:2]} unnamed"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import crash, damage, faults
 from .records import TrialSpec
-from .world import Rig, World
+from .world import HarnessError, Rig, World
 
 # CLI kills per operation in --full: (event, link, bytes, timed)
 # Each operation links one object (its commit, a key) at most: two link kills (warm and cold cache) are enough.
@@ -53,7 +53,12 @@ class Censuses:
 
     def _get(self, key: str, make: Callable[[Path], object]):
         if key not in self.world.census:
-            self.world.census[key] = make(self.where / key.replace(":", "-"))
+            try:
+                self.world.census[key] = make(self.where / key.replace(":", "-"))
+            except HarnessError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an operation that fails unstopped: nothing to measure against
+                raise HarnessError(f"census {key}: the operation fails on its own: {type(e).__name__}: {e}") from e
         return self.world.census[key]
 
     def kill(self, op: str) -> dict:

@@ -78,6 +78,12 @@ def damage_rows(results: list[TrialResult]) -> list[list]:
     return rows
 
 
+def landing_rows(results: list[TrialResult]) -> list[list]:
+    """Where the SIGKILLs and stops landed, by category and place."""
+    counts = Counter((r.spec.category, r.landed) for r in results if r.spec.category in ("crash", "stop") and r.landed)
+    return [[cat, place, n] for (cat, place), n in sorted(counts.items())]
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -92,6 +98,7 @@ def _md(header: list[str], rows: list[list]) -> list[str]:
     ]
 
 
+LANDED_HEADER = ["category", "landed at", "trials"]
 OP_HEADER = ["category", "operation", "trials", "landed", "faults", "pass", "known gap", "fail", "bytes lost"]
 DMG_HEADER = ["object", "damage", "made", "check", "any check", "harmless", "by design", "fail"]
 
@@ -144,6 +151,14 @@ def markdown(results: list[TrialResult], meta: dict) -> str:
         "## Trials by operation",
         "",
         *_md(OP_HEADER, operation_rows(results)),
+        "",
+        "## Where the kills and stops landed",
+        "",
+        "`os.link events/`: a commit written and fsynced, not yet linked (between fsync and link); `os.rename`: a pack, "
+        "index or marker put in place; `source`: reading the folder being imported; `mid-chunking`: after the store "
+        "was handed that many bytes; stops name the backend write they came before or after.",
+        "",
+        *_md(LANDED_HEADER, landing_rows(results)),
         "",
         "## Damage by object and kind",
         "",

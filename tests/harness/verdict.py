@@ -94,7 +94,8 @@ def library_exports(
                     out[sid] = "no such live snapshot"
                     continue
                 result = export_snapshot(repo, found[0][0], found[0][1], dest)
-                out[sid] = folder_digest(result.path)
+                missing = [*result.problems, *getattr(result, "damaged", [])]  # exit 3 in the CLI
+                out[sid] = f"partial export: {missing[:2]}" if missing else folder_digest(result.path)
             except (PhonevaultError, OSError) as e:
                 out[sid] = f"{type(e).__name__}: {e}"
             except Exception as e:  # noqa: BLE001 - untyped: `phonevault export` would print a traceback
