@@ -10,6 +10,7 @@ import click
 from . import device_cmds, repo_cmds, snapshot_cmds
 from .context import run_cli
 from .demo import demo
+from .forget_cmd import forget
 from .import_cmd import import_
 
 
@@ -35,7 +36,7 @@ for command in (
     snapshot_cmds.rollback,
     snapshot_cmds.tag,
     snapshot_cmds.pin,
-    snapshot_cmds.forget,
+    forget,
     device_cmds.backup,
     device_cmds.restore,
     device_cmds.emulator,

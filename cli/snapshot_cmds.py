@@ -1,4 +1,4 @@
-"""Commands over history: devices, snapshots, ls, diff, extract, export, rollback, tag, pin, forget."""
+"""Commands over history: devices, snapshots, ls, diff, extract, export, rollback, tag, pin (forget: forget_cmd.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from pathlib import Path
 import click
 
 from phonevault.store.errors import PathNotFound
-from phonevault.store.history import apply_forget, plan_forget
 from phonevault.store.history import pin as set_pin
 from phonevault.store.history import rollback as do_rollback
 from phonevault.store.history import tag as set_tag
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.refs import resolve_device, resolve_in_device, resolve_snapshot
 from phonevault.store.repository import Repository, format_time
-from phonevault.store.retention import Policy
 from phonevault.sync.catalog import diff as catalog_diff
 from phonevault.sync.catalog import list_dir, load_catalog
 from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractIncomplete
@@ -315,56 +313,3 @@ def pin(repo: Repository, snapshot: str, unpin: bool) -> None:
     view, snap = resolve_snapshot(repo, snapshot)
     set_pin(repo, view, snap, not unpin)
     out.print(f"{snap.hex[:8]}: {'unpinned' if unpin else 'pinned'}")
-
-
-@click.command()
-@click.argument("snapshots_", metavar="[SNAPSHOT]...", nargs=-1)
-@click.option("--device", help="Apply the policy to this device only.")
-@click.option("--keep-last", type=int, default=0)
-@click.option("--keep-daily", type=int, default=0)
-@click.option("--keep-weekly", type=int, default=0)
-@click.option("--keep-monthly", type=int, default=0)
-@click.option("--dry-run", "-n", is_flag=True, help="Show what would be forgotten.")
-@json_option
-@with_repo
-def forget(
-    repo: Repository, snapshots_: tuple[str, ...], device: str | None, keep_last: int, keep_daily: int,
-    keep_weekly: int, keep_monthly: int, dry_run: bool, as_json: bool,
-) -> None:  # fmt: skip
-    """Forget snapshots by id, or by a --keep-* policy. Pinned and current snapshots are never forgotten.
-    Space comes back with `prune`."""
-    policy = Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
-    if snapshots_ and not policy.empty():
-        raise click.UsageError("give snapshot ids or a --keep-* policy, not both")
-    if not snapshots_ and policy.empty():
-        raise click.UsageError("nothing to forget: give snapshot ids or a --keep-* policy")
-    plans = []
-    if snapshots_:
-        by_device: dict[str, tuple[DeviceView, set[bytes]]] = {}
-        for ref in snapshots_:
-            v, s = resolve_snapshot(repo, ref)
-            by_device.setdefault(v.key, (v, set()))[1].add(s.id)
-        plans = [plan_forget(v, policy, ids) for v, ids in by_device.values()]
-    else:
-        views = [resolve_device(repo, device)] if device else repo.devices()
-        plans = [plan_forget(v, policy) for v in views]
-    if not dry_run:
-        for p in plans:
-            apply_forget(repo, p, "explicit" if snapshots_ else f"policy {policy}")
-    if as_json:
-        emit_json(
-            [
-                {
-                    "device": p.device.device,
-                    "keep": [s.hex for s in p.keep],
-                    "forget": [s.hex for s in p.forget],
-                    "dry_run": dry_run,
-                }
-                for p in plans
-            ]  # fmt: skip
-        )
-        return
-    for p in plans:
-        name = p.device.info.name or p.device.device
-        verb = "would forget" if dry_run else "forgot"
-        out.print(f"{name}: keep {len(p.keep)}, {verb} {len(p.forget)}: {' '.join(s.hex[:8] for s in p.forget) or '-'}")

@@ -137,3 +137,43 @@ class UnsupportedBackend(PhonevaultError):
     def __init__(self, location: str, reason: str) -> None:
         super().__init__(f"{location}: {reason}")
         self.location = location
+
+
+class SnapshotsKept(PhonevaultError):
+    """`forget` was named snapshots it did not forget (pinned, or a device's last one); the others were forgotten."""
+
+    def __init__(self, kept: list[str]) -> None:
+        super().__init__(f"not forgotten: {'; '.join(kept)}")
+        self.kept = kept
+
+
+class SnapshotsPinned(PhonevaultError):
+    """Forgetting every snapshot of a device that has pinned ones: a pin says "keep this", so it is not overridden
+    without being asked to (unpin first, or unpin and forget in one step)."""
+
+    def __init__(self, device: str, pinned: list[str]) -> None:
+        super().__init__(
+            f"{device}: {len(pinned)} pinned snapshot(s) ({', '.join(pinned)}); unpin them first, or add --unpin "
+            "to forget them too; nothing was forgotten"
+        )
+        self.pinned = pinned
+
+
+class NotConfirmed(PhonevaultError):
+    """A destructive command that asks first was not confirmed (declined, or no terminal to ask on)."""
+
+    def __init__(self, what: str, how: str) -> None:
+        super().__init__(f"{what}: {how}; nothing was changed")
+
+
+class LogUnreadable(PhonevaultError):
+    """Prune could not read a whole device log, so it cannot know what the unread part references: it deletes
+    nothing until the log reads again."""
+
+    def __init__(self, damage: list[str]) -> None:
+        more = f" and {len(damage) - 1} more" if len(damage) > 1 else ""
+        super().__init__(
+            f"prune deletes nothing while a device log cannot be read ({damage[0]}{more}); `phonevault check` "
+            "names the damage"
+        )
+        self.damage = damage

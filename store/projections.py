@@ -2,8 +2,11 @@
 
 - `project(segments)` -> DeviceView: the device's identity, every snapshot with its tags/pins/forgotten mark, and
   the current head. What makes a snapshot current: a SnapshotCommitted whose backup date (`time`) is at least that
-  of every earlier commit of the device (the newest backup; an archived backup imported late goes into history
-  without moving the head back), or a HeadMoved (rollback) to a snapshot that is not forgotten.
+  of every earlier commit of the device, forgotten ones included (the newest backup; an archived backup imported
+  late goes into history without moving the head back); a HeadMoved (rollback, or forget moving it to the newest
+  snapshot left) to a snapshot that is not forgotten. A HeadMoved to NO_SNAPSHOT leaves the device with none (forget
+  of every snapshot) and starts the comparison of dates over, so its next commit, of any date, is current. The head
+  itself is never forgotten: forget appends the HeadMoved away from it before its SnapshotForgotten.
 - `fold_state(view, snapshot, get)` -> path -> FileEntry: the snapshot's content rebuilt from deltas alone, following
   parent links from the first snapshot. `check` compares it with the snapshot's tree checkpoint.
 Nothing here does I/O except through the `get` callable it is handed.
@@ -27,6 +30,8 @@ from .events import (
 )
 from .records import DeviceRecord, SnapshotStats
 from .trees import FileEntry, GetBlob, apply_delta
+
+NO_SNAPSHOT = b""  # HeadMoved to this: the device has no current snapshot (every one of them is being forgotten)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +112,9 @@ def project(device_key: str, segments: Iterable[tuple[int, list[Event]]]) -> Dev
                 if ev.time >= newest:
                     head, newest = ev.snapshot, ev.time
             elif isinstance(ev, HeadMoved):
-                if ev.snapshot in snaps and not snaps[ev.snapshot].forgotten:
+                if ev.snapshot == NO_SNAPSHOT:  # every snapshot is forgotten next: the device starts over
+                    head, newest = None, -1
+                elif ev.snapshot in snaps and not snaps[ev.snapshot].forgotten:
                     head = ev.snapshot
             elif isinstance(ev, SnapshotTagged):
                 if (s := snaps.get(ev.snapshot)) is not None:

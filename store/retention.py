@@ -3,11 +3,14 @@
 Newest first, a snapshot is kept if it is among the `last` newest, or the newest of one of the `daily` most recent
 days (UTC) that have snapshots, likewise `weekly` (ISO weeks) and `monthly`. Pinned snapshots and the current head
 are always kept. An empty policy keeps everything (forgetting needs an explicit rule).
+
+`keep_reasons` says why each kept snapshot is kept, every reason that applies, in this order: "pinned", "current",
+"keep-last N", "keep-daily N", "keep-weekly N", "keep-monthly N" (or "no keep rule" for an empty policy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,8 +34,8 @@ class Candidate:
     head: bool = False
 
 
-def _bucketed(cands: Sequence[Candidate], n: int, bucket: Callable[[datetime], tuple]) -> set[bytes]:
-    keep: set[bytes] = set()
+def _bucketed(cands: Sequence[Candidate], n: int, bucket: Callable[[datetime], tuple]) -> list[bytes]:
+    keep: list[bytes] = []
     seen: set[tuple] = set()
     for c in cands:
         if len(seen) >= n:
@@ -40,17 +43,35 @@ def _bucketed(cands: Sequence[Candidate], n: int, bucket: Callable[[datetime], t
         b = bucket(datetime.fromtimestamp(c.time / 1e6, UTC))
         if b not in seen:
             seen.add(b)
-            keep.add(c.id)
+            keep.append(c.id)
     return keep
+
+
+def keep_reasons(candidates: Sequence[Candidate], policy: Policy) -> dict[bytes, tuple[str, ...]]:
+    """Every kept snapshot -> why (see the module docstring); a candidate absent from the result is not kept."""
+    reasons: dict[bytes, list[str]] = {}
+
+    def add(ids: Iterable[bytes], why: str) -> None:
+        for i in ids:
+            reasons.setdefault(i, []).append(why)
+
+    add((c.id for c in candidates if c.pinned), "pinned")
+    add((c.id for c in candidates if c.head), "current")
+    if policy.empty():
+        add((c.id for c in candidates), "no keep rule")
+    newest_first = sorted(candidates, key=lambda c: c.time, reverse=True)
+    if policy.last:
+        add((c.id for c in newest_first[: policy.last]), f"keep-last {policy.last}")
+    if policy.daily:
+        add(_bucketed(newest_first, policy.daily, lambda d: (d.year, d.month, d.day)), f"keep-daily {policy.daily}")
+    if policy.weekly:
+        add(
+            _bucketed(newest_first, policy.weekly, lambda d: tuple(d.isocalendar())[:2]), f"keep-weekly {policy.weekly}"
+        )
+    if policy.monthly:
+        add(_bucketed(newest_first, policy.monthly, lambda d: (d.year, d.month)), f"keep-monthly {policy.monthly}")
+    return {i: tuple(r) for i, r in reasons.items()}
 
 
 def keep_set(candidates: Sequence[Candidate], policy: Policy) -> set[bytes]:
-    if policy.empty():
-        return {c.id for c in candidates}
-    newest_first = sorted(candidates, key=lambda c: c.time, reverse=True)
-    keep = {c.id for c in newest_first[: policy.last]}
-    keep |= _bucketed(newest_first, policy.daily, lambda d: (d.year, d.month, d.day))
-    keep |= _bucketed(newest_first, policy.weekly, lambda d: tuple(d.isocalendar())[:2])
-    keep |= _bucketed(newest_first, policy.monthly, lambda d: (d.year, d.month))
-    keep |= {c.id for c in candidates if c.pinned or c.head}
-    return keep
+    return set(keep_reasons(candidates, policy))

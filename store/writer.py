@@ -18,8 +18,8 @@ Against a prune running meanwhile (the protocol is stated in full in store/prune
 3. before the commit point it checks that every pack it depends on — every pack it wrote and every pack it
    deduplicated against — still exists, and raises PackPruned otherwise (nothing is committed). Content inherited
    from the parent is protected by the registration alone (checking it would mean locating every chunk of the
-   snapshot): the parent is the device's head, which no forget can mark, and if the head moves the commit fails
-   with ConcurrentCommit.
+   snapshot): the parent is the device's head; forgetting it moves the head first, and if the head moves the commit
+   fails with ConcurrentCommit.
 
 Every path staged is a safe relative path, whoever the caller is (a folder walk, a device): see store/staged.py,
 which also bounds the cost of every edit of the staged tree.
