@@ -12,7 +12,7 @@ from phonevault.store.backends import open_backend
 from phonevault.store.check import check as run_check
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.prune import prune as run_prune
-from phonevault.store.repository import Repository
+from phonevault.store.repository import Repository, format_time
 from phonevault.store.stats import usage
 
 from .context import get_password, json_option, repo_option, repo_path, with_repo
@@ -165,44 +165,73 @@ def parse_duration(text: str) -> int:
         raise click.BadParameter(f"{text!r} is not a duration like 0, 30m, 1h, 2d") from None
 
 
+def parse_share(text: str) -> float:
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise click.BadParameter(f"{text!r} is not a share like 2% or 0.02")
+    return share
+
+
 @click.command()
 @click.option(
     "--grace",
-    default="1h",
+    default="0",
     show_default=True,
-    help="Delete marked packs only once they have been marked this long (0: now). Packs a running backup may "
-    "need are never deleted: they wait for a prune after that backup has finished.",
+    help="Delete marked packs only once they have been marked this long. Not needed for safety: packs a running "
+    "backup may need are never deleted (they wait for a prune after that backup has finished).",
+)
+@click.option(
+    "--max-unused",
+    default="2%",
+    show_default=True,
+    help="Repack partly used packs until the space of dead blobs in them is at most this share of the live data.",
 )
 @json_option
 @with_repo
-def prune(repo: Repository, grace: str, as_json: bool) -> None:
-    """Reclaim space of forgotten snapshots (two-phase, safe with backups running)."""
-    r = run_prune(repo, grace_us=parse_duration(grace))
+def prune(repo: Repository, grace: str, max_unused: str, as_json: bool) -> None:
+    """Reclaim the space of forgotten snapshots: in one run when no backup is running; while one is, what it may
+    need is kept and a prune after it has finished frees the rest."""
+    r = run_prune(repo, grace_us=parse_duration(grace), max_unused=parse_share(max_unused))
     doc = {
         "live_blobs": r.live_blobs,
+        "live_bytes": r.live_bytes,
         "packs": r.packs,
+        "pack_bytes": r.pack_bytes,
         "marked_packs": r.marked,
         "marked_bytes": r.marked_bytes,
         "repacked_packs": r.repacked,
+        "repacked_bytes": r.repacked_bytes,
         "deleted_packs": r.deleted,
         "deleted_bytes": r.deleted_bytes,
         "pending_packs": r.pending,
+        "pending_bytes": r.pending_bytes,
+        "free_after": format_time(r.free_after) if r.free_after else None,
         "held_packs": r.held,
+        "held_bytes": r.held_bytes,
         "running_backups": r.running_backups,
+        "running_since": [format_time(t) for t in r.running_since],
         "notes": r.notes,
     }
     if as_json:
         emit_json(doc)
         return
     for n in r.notes:
-        err.print(f"note: {n}")
+        err.print(f"note: {n}", markup=False)
     out.print(
-        f"{r.packs} pack(s), {r.live_blobs} live blob(s); marked {r.marked} pack(s) ({human(r.marked_bytes)}), "
-        f"repacked {r.repacked}; deleted {r.deleted} pack(s) ({human(r.deleted_bytes)})"
-        + (f"; {r.pending} pack(s) wait for the grace period ({grace})" if r.pending else "")
+        f"deleted {r.deleted} pack(s) ({human(r.deleted_bytes)}), repacked {r.repacked} (copied "
+        f"{human(r.repacked_bytes)}); packs now hold {human(r.pack_bytes)} for {human(r.live_bytes)} of live data"
     )
-    if r.held:
+    if r.pending:
         out.print(
-            f"{r.running_backups} backup(s) running: {r.held} marked pack(s) are kept until they finish; "
-            "a prune after that frees them"
+            f"{r.pending} marked pack(s) ({human(r.pending_bytes)}) wait for the grace period ({grace}): a prune "
+            f"after {format_time(r.free_after)} frees them"
+        )
+    if r.held:
+        since = ", ".join(format_time(t) for t in r.running_since)
+        out.print(
+            f"{r.running_backups} backup(s) running (started {since}): {r.held} marked pack(s) "
+            f"({human(r.held_bytes)}) are kept until they finish; a prune after that frees them"
         )

@@ -1,9 +1,15 @@
-"""Reclaiming space after `forget`, safely against backups running at the same time.
+"""Reclaiming space after `forget`, in one run when no backup is running, safely against backups running meanwhile.
 
 Objects (sealed with the repository key):
 - `prune/<time>-<rand>`: msgpack [1, Tm, [pack id, …]], ad = MARKER_AD — the candidate packs of one mark phase,
   Tm (µs since the epoch) taken after the packs were listed.
 - `writers/<rand>`: msgpack [1, started_us, refreshed_us], ad = the object's name — one running SnapshotWriter.
+
+What is live: every tree node and chunk of every live (not forgotten) snapshot, and the delta blobs of every live
+snapshot and of each of its ancestors (so fold(deltas) stays checkable). A forgotten snapshot that no live one
+descends from keeps nothing, deltas included: after forgetting every snapshot of a device, none of its data stays.
+If any device log cannot be read whole, prune stops before deleting anything (LogUnreadable): the unread part may
+reference any pack. A pack whose index object cannot be read is left alone (check names it).
 
 The protocol between a writer W (store/writer.py) and prune P:
 
@@ -14,15 +20,27 @@ W: 1. registers: puts `writers/<rand>` with started = refreshed = now; a daemon 
    3. writes its data and tree packs. Every pack it wrote and every pack it deduplicated against is a dependency;
    4. before appending its commit event, checks that every dependency still exists (PackPruned if one is gone, and
       nothing is committed); appends the event; then deletes its marker.
-P: mark — folds every device log into the live blob set; packs with no live blob (a crashed writer's leftovers,
+P: mark — folds every device log into the live set; packs with no live blob (a crashed writer's leftovers,
       forgotten snapshots' data, and also a running writer's packs, which no commit references yet) and packs no
-      index describes become candidates; packs whose live fraction is below `repack_below` have their live blobs
-      copied — still sealed, a sealed blob is bound only to its id — into new packs and become candidates too.
-      The candidates go into a new marker M with time Tm.
+      index describes become candidates, and so do the packs chosen for repacking: while the bytes of dead or
+      duplicate blobs in the packs kept exceed `max_unused` of the live bytes, the pack with the smallest live
+      share is chosen next. The candidates go into a new marker M with time Tm; nothing is copied yet.
    sweep — M is swept when (a) the grace period has passed since Tm and (b) no live writer marker has a start
-      before Tm + CLOCK_SLACK_US. P reads the writer markers first, then recomputes the live set (so whatever a
-      commit made since then references stays alive), and deletes a candidate only if every live blob in it has a
-      copy in a pack that is not being deleted: index object first, then the pack; then M.
+      before Tm + CLOCK_SLACK_US. P reads the writer markers first, then brings the live set up to date (so whatever
+      a commit made since then references stays alive). A candidate each of whose blobs is a live blob with no copy
+      outside the candidates is whole again (a backup that held it has committed) and stays. Of the others, those
+      holding no such blob go first (index object, then pack); then the live blobs that have no other copy are
+      copied — still sealed, a sealed blob is bound only to its id, and verified on the way — into new packs, one
+      pack at a time: a new pack is cut before the next source would overflow it, and once it and its index object
+      are written, the sources whose blobs it holds are deleted. So the vault never holds more than one new pack
+      beyond what it held before. Then M is deleted.
+   With no backup running P sweeps M in the same run: it writes M, reads the writer markers again, and sweeps if
+      none holds M. That is safe with no grace period: a writer whose marker this second read missed registered
+      after M existed, and registration comes before W reads the prune markers (step 2), so it avoids M's packs;
+      and its own packs, written after it registered, were not listed before Tm. (A writer whose started time is
+      before Tm but whose marker was not yet put is such a writer: what orders it is the put, not the time it
+      took.) The default grace is therefore 0; a grace period only delays deletion (for readers of an old listing,
+      or a backend whose listings lag behind its writes).
 
 Why (b) makes a sweep safe for every commit in flight: a pack can be both a dependency of a running W and a
 candidate of M only if W registered before M was written.
@@ -30,12 +48,12 @@ candidate of M only if W registered before M was written.
 - A pack W deduplicated against is a candidate of no marker that existed when W read the markers (step 2, after
   step 1); so M was written after W registered: W started < Tm + the time it took to write M.
 So every writer that may depend on M's packs started before Tm + CLOCK_SLACK_US, and its live marker holds M
-back. A writer that registers after P read the markers started after M existed: it avoids M's packs and none of
-its packs is in M. When W finishes, its commit event is appended before its marker goes, so the sweep that the
-marker no longer holds back sees that commit in the live set and keeps what it references; if W aborted, its packs
-are garbage and may go.
-Prune never waits: with `grace 0` and a backup running it marks, sweeps only markers no writer holds, and reports
-the held packs (`held`); a prune after that backup has finished frees them.
+back. When W finishes, its commit event is appended before its marker goes, so the sweep that the marker no longer
+holds back sees that commit in the live set and keeps what it references; if W aborted, its packs are garbage and
+may go. What W inherits from its parent (the head it was staged on) is held the same way: a forget of that snapshot
+moves the head, so W's commit fails with ConcurrentCommit, and until then its marker holds any marker written since.
+Prune never waits: with a backup running it marks, sweeps only markers no writer holds, and reports the held packs
+(`held`) and the backups holding them; a prune after those backups have finished frees them.
 
 Stale writers: a marker not refreshed for WRITER_STALE_US belongs to a writer that died (killed, power loss, a
 disk that vanished). Prune ignores it, deletes it and says so in `notes`, so no stale marker ever blocks
@@ -47,10 +65,11 @@ catch.)
 Clocks: started, refreshed and Tm come from the clocks of the writer's and the prune's hosts. CLOCK_SLACK_US absorbs
 the time to write M and a skew between hosts of up to a few minutes; larger skews are not supported.
 
-Grace keeps its meaning: a marker waits at least that long before it is swept (`pending` counts its packs).
-Cost of (b): a running writer's new packs are marked too; the sweep after it finishes keeps them (they are live by
-then) and drops the marker, but until that sweep later backups store those blobs again instead of reusing them.
-Memory: the live set holds one entry per live blob (~100 bytes each); writer and prune markers are a few bytes.
+Grace: a marker waits at least that long before it is swept (`pending` counts its packs, `free_after` says when).
+Cost of (b): a running writer's new packs are marked too; the sweep after it finishes keeps them (they are whole
+again) and drops the marker, but until that sweep later backups store those blobs again instead of reusing them.
+Memory: the live set holds one entry per live blob (~100 bytes each), the pack listing one entry per blob; a repack
+holds one new pack (≤ `pack_size` plus one blob, or one source's live blobs if larger).
 """
 
 from __future__ import annotations
@@ -62,9 +81,9 @@ from dataclasses import dataclass, field
 import msgpack
 
 from .crypto import MasterKey
-from .errors import CorruptObject, MissingObject, UnsupportedFormat
+from .errors import CorruptObject, LogUnreadable, MissingObject, UnsupportedFormat
 from .index import decode_index, index_name, write_index
-from .packs import PackWriter, pack_name
+from .packs import TARGET_PACK_SIZE, BlobLocation, PackWriter, open_blob, pack_name
 from .projections import SnapshotRecord
 from .repository import Repository, format_time, now_us
 from .trees import decode_shard, read_root
@@ -77,21 +96,29 @@ WRITERS = "writers/"
 WRITER_REFRESH_S = 60.0  # how often a running writer refreshes its marker
 WRITER_STALE_US = 10 * 60 * 10**6  # a marker not refreshed for this long belongs to a dead writer
 CLOCK_SLACK_US = 5 * 60 * 10**6  # writer started < Tm + this: it may depend on the marker's packs
+MAX_UNUSED = 0.02  # repack until dead and duplicate blobs in packs are at most this share of the live bytes
 
 
 @dataclass(slots=True)
 class PruneResult:
     live_blobs: int = 0
-    packs: int = 0
+    live_bytes: int = 0  # the stored (sealed) length of every live blob, each counted once
+    packs: int = 0  # packs when the mark phase listed them
+    pack_bytes: int = 0  # bytes in packs when prune finished
     marked: int = 0
     marked_bytes: int = 0
-    repacked: int = 0
+    repacked: int = 0  # packs whose live blobs were copied into new packs (and which were then deleted)
     repacked_blobs: int = 0
+    repacked_bytes: int = 0
     deleted: int = 0
     deleted_bytes: int = 0
     pending: int = 0  # candidates still waiting for their grace period
+    pending_bytes: int = 0
+    free_after: int = 0  # when the last of them has waited its grace period (µs); 0 if none waits
     held: int = 0  # candidates past their grace period, held back by running backups
+    held_bytes: int = 0
     running_backups: int = 0  # live writer markers seen
+    running_since: list[int] = field(default_factory=list)  # when the backups holding candidates started
     stale_writers: int = 0  # dead writers' markers removed
     notes: list[str] = field(default_factory=list)
 
@@ -155,8 +182,9 @@ def live_writers(repo: Repository, result: PruneResult) -> list[WriterMarker]:
     return live
 
 
-def _held(marker_time: int, writers: list[WriterMarker]) -> bool:
-    return any(w.started_us < marker_time + CLOCK_SLACK_US for w in writers)
+def _held(marker_time: int, writers: list[WriterMarker]) -> list[WriterMarker]:
+    """The running writers that may depend on a marker written at `marker_time`."""
+    return [w for w in writers if w.started_us < marker_time + CLOCK_SLACK_US]
 
 
 def snapshot_blobs(repo: Repository, snap: SnapshotRecord, seen_nodes: set[bytes]) -> Iterator[bytes]:
@@ -172,17 +200,37 @@ def snapshot_blobs(repo: Repository, snap: SnapshotRecord, seen_nodes: set[bytes
             yield from entry.chunks
 
 
+class LiveSet:
+    """The blobs live snapshots need (see the module docstring), brought up to date by `update`, which walks only
+    the snapshots it has not walked yet. A snapshot forgotten after it was walked stays counted: a larger live set
+    only keeps more."""
+
+    def __init__(self) -> None:
+        self.blobs: set[bytes] = set()
+        self._trees: set[bytes] = set()  # snapshots whose trees were walked
+        self._deltas: set[bytes] = set()  # snapshots whose deltas were added
+        self._nodes: set[bytes] = set()
+
+    def update(self, repo: Repository) -> None:
+        for key in repo.device_keys():
+            view = repo.view(key, refresh=True)
+            if damage := repo.damaged_segments(key):
+                raise LogUnreadable(damage)
+            for snap in view.live():
+                if snap.id not in self._trees:
+                    self._trees.add(snap.id)
+                    self.blobs.update(snapshot_blobs(repo, snap, self._nodes))
+                rec: SnapshotRecord | None = snap
+                while rec is not None and rec.id not in self._deltas:  # it and its ancestors, forgotten or not
+                    self._deltas.add(rec.id)
+                    self.blobs.update(rec.deltas)
+                    rec = view.get(rec.parent) if rec.parent else None
+
+
 def live_blobs(repo: Repository) -> set[bytes]:
-    """Every blob a live snapshot needs, plus every delta blob (small; keeps fold(deltas) checkable forever)."""
-    live: set[bytes] = set()
-    seen: set[bytes] = set()
-    for key in repo.device_keys():
-        view = repo.view(key, refresh=True)
-        for snap in view.snapshots:
-            live.update(snap.deltas)
-            if not snap.forgotten:
-                live.update(snapshot_blobs(repo, snap, seen))
-    return live
+    live = LiveSet()
+    live.update(repo)
+    return live.blobs
 
 
 def read_markers(repo: Repository) -> list[tuple[str, int, list[str]]]:
@@ -202,124 +250,223 @@ def candidate_packs(repo: Repository) -> set[str]:
     return {p for _name, _t, packs in read_markers(repo) for p in packs}
 
 
-def _pack_contents(repo: Repository) -> tuple[dict[str, int], dict[str, dict[bytes, int]]]:
+@dataclass(frozen=True, slots=True)
+class _Packs:
+    sizes: dict[str, int]  # every pack in the vault -> its size
+    contents: dict[str, dict[bytes, BlobLocation]]  # pack -> its blobs, per its index object
+    unreadable: set[str]  # packs whose index object exists but does not open: left alone
+
+    def holders(self, live: set[bytes]) -> dict[bytes, set[str]]:
+        """Live blob -> the packs that exist and hold it (an index object whose pack is gone is no copy)."""
+        out: dict[bytes, set[str]] = {}
+        for pack, blobs in self.contents.items():
+            if pack in self.sizes:
+                for bid in blobs.keys() & live:
+                    out.setdefault(bid, set()).add(pack)
+        return out
+
+
+def _list_packs(repo: Repository) -> _Packs:
     sizes = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("packs/")}
-    contents: dict[str, dict[bytes, int]] = {}
+    contents: dict[str, dict[bytes, BlobLocation]] = {}
+    unreadable: set[str] = set()
     for name, _ in repo.backend.list("index/"):
+        pack = name.rsplit("/", 1)[1]
         try:
-            locs = decode_index(repo.key, name, repo.backend.get(name))
-        except (CorruptObject, MissingObject, UnsupportedFormat):
+            contents[pack] = decode_index(repo.key, name, repo.backend.get(name))
+        except MissingObject:
+            continue  # deleted while we listed (another prune): its pack goes, or went, with it
+        except (CorruptObject, UnsupportedFormat):
+            unreadable.add(pack)
+    return _Packs(sizes, contents, unreadable)
+
+
+def _choose(packs: _Packs, live: set[bytes], skip: set[str], max_unused: float) -> tuple[list[str], list[str], int]:
+    """(packs holding no live blob, packs to repack, live bytes). Each live blob counts once, in the pack that holds
+    the most live bytes; every other blob a pack holds is unused. Packs are chosen for repacking, smallest live
+    share first, while the unused bytes left exceed `max_unused` of the live bytes."""
+    dead, kept = [], {}
+    for pack in sorted(packs.sizes):
+        if pack in skip or pack in packs.unreadable:
             continue
-        for bid, loc in locs.items():
-            contents.setdefault(loc.pack, {})[bid] = loc.length
-    return sizes, contents
+        blobs = packs.contents.get(pack, {})
+        if blobs.keys() & live:
+            kept[pack] = blobs
+        else:
+            dead.append(pack)  # or unindexed: a crashed writer's leftover, or a running writer's pack between its
+            # data and its index object
+    live_in = {p: sum(loc.length for b, loc in blobs.items() if b in live) for p, blobs in kept.items()}
+    owner: dict[bytes, str] = {}
+    for pack in sorted(kept, key=lambda p: (-live_in[p], p)):
+        for bid in kept[pack].keys() & live:
+            owner.setdefault(bid, pack)
+    used = dict.fromkeys(kept, 0)
+    unused = dict.fromkeys(kept, 0)
+    for pack, blobs in kept.items():
+        for bid, loc in blobs.items():
+            if owner.get(bid) == pack:
+                used[pack] += loc.length
+            else:
+                unused[pack] += loc.length
+    live_bytes = sum(used.values())
+    for pack in packs.contents.keys() & (skip | packs.unreadable):  # live blobs only candidates or damage hold
+        for bid, loc in packs.contents[pack].items():
+            if bid in live and bid not in owner:
+                owner[bid] = pack
+                live_bytes += loc.length
+    excess = sum(unused.values()) - max_unused * live_bytes
+    repack = []
+    for pack in sorted((p for p in kept if unused[p]), key=lambda p: (used[p] / packs.sizes[p], p)):
+        if excess <= 0:
+            break
+        repack.append(pack)
+        excess -= unused[pack]
+    return dead, repack, live_bytes
 
 
-def _sweep(repo: Repository, packs: set[str], result: PruneResult) -> None:
-    """Delete the candidates in `packs` that hold no last copy of a live blob. The caller has made sure no running
-    writer may depend on them (the writer markers were read before this computes the live set)."""
-    sizes, contents = _pack_contents(repo)
-    live = live_blobs(repo)
-    holders: dict[bytes, set[str]] = {}
-    for pack, blobs in contents.items():
-        for bid in blobs:
-            if bid in live:
-                holders.setdefault(bid, set()).add(pack)
-    doomed = set(packs)
-    # Drop from the deletion set any pack that holds the last copy of a live blob; repeat until stable.
-    changed = True
-    while changed:
-        changed = False
-        for pack in sorted(doomed):
-            if any(not (holders[b] - doomed) for b in contents.get(pack, {}) if b in live):
-                doomed.discard(pack)
-                changed = True
-    for pack in doomed:
-        repo.backend.delete(index_name(pack))  # index first: a pack without index is harmless, the reverse is not
-        repo.backend.delete(pack_name(pack))
-        result.deleted += 1
-        result.deleted_bytes += sizes.get(pack, 0)
+def _delete(repo: Repository, pack: str, size: int, result: PruneResult) -> None:
+    repo.backend.delete(index_name(pack))  # index first: a pack without index is harmless, the reverse is not
+    repo.backend.delete(pack_name(pack))
+    result.deleted += 1
+    result.deleted_bytes += size
 
 
-def prune(repo: Repository, *, grace_us: int = 3600 * 10**6, repack_below: float = 0.5) -> PruneResult:
+def _sweep(
+    repo: Repository,
+    candidates: set[str],
+    result: PruneResult,
+    live: LiveSet | None = None,
+    pack_size: int = TARGET_PACK_SIZE,
+) -> None:
+    """Delete the candidates, first copying the live blobs that only they hold (see the module docstring). The
+    caller has made sure no running writer may depend on them and brought `live` up to date after reading the
+    writer markers (None: computed here)."""
+    if live is None:
+        live = LiveSet()
+        live.update(repo)
+    packs = _list_packs(repo)
+    doomed = {p for p in candidates if p in packs.sizes and p not in packs.unreadable}
+    holders = packs.holders(live.blobs)
+    while True:
+        need = {
+            p: [b for b in sorted(packs.contents.get(p, {}).keys() & live.blobs) if not holders[b] - doomed]
+            for p in doomed
+        }
+        whole = {p for p in doomed if need[p] and len(need[p]) == len(packs.contents[p])}
+        if not whole:
+            break
+        doomed -= whole  # keeping it costs nothing; copying it would copy all of it
+    for pack in sorted(p for p in doomed if not need[p]):  # nothing to copy: the vault shrinks before it grows
+        _delete(repo, pack, packs.sizes[pack], result)
+    _repack(repo, packs, [p for p in sorted(doomed) if need[p]], need, result, pack_size)
+
+
+def _repack(
+    repo: Repository, packs: _Packs, sources: list[str], need: dict[str, list[bytes]], result: PruneResult, size: int
+) -> None:
+    """Copy each source's needed blobs into new packs and delete the source once its blobs are in a written pack.
+    A new pack is cut before a source's blobs would overflow it, so no source spans two of them."""
+    writer = PackWriter(repo.backend, repo.key, size)
+    copied: set[bytes] = set()
+    waiting: list[str] = []  # sources whose blobs are in the open pack (or in written ones)
+
+    def cut() -> None:
+        done = writer.finish()
+        if done:
+            pack_id, locations = done
+            repo.cache.add_index(write_index(repo.backend, repo.key, pack_id, locations), locations)
+        for src in waiting:
+            _delete(repo, src, packs.sizes[src], result)
+        waiting.clear()
+
+    for src in sources:
+        todo = [b for b in need[src] if b not in copied]
+        if len(writer) and writer.size + sum(packs.contents[src][b].length for b in todo) > size:
+            cut()
+            writer = PackWriter(repo.backend, repo.key, size)
+        damaged = False
+        for bid in todo:
+            loc = packs.contents[src][bid]
+            sealed = repo.backend.get_range(pack_name(src), loc.offset, loc.length)
+            try:
+                open_blob(repo.key, bid, sealed, pack_name(src))  # a damaged read must not replace a good copy
+            except CorruptObject as e:
+                result.notes.append(f"{e}; pack {src[:16]} is kept (`phonevault check --read-data` names it)")
+                damaged = True
+                continue
+            writer.add(bid, loc.type, sealed, loc.raw_length)
+            copied.add(bid)
+            result.repacked_blobs += 1
+            result.repacked_bytes += loc.length
+        if not damaged:
+            waiting.append(src)
+            result.repacked += 1
+    cut()
+
+
+def prune(
+    repo: Repository,
+    *,
+    grace_us: int = 0,
+    max_unused: float = MAX_UNUSED,
+    pack_size: int = TARGET_PACK_SIZE,
+) -> PruneResult:
+    """Sweep the markers that are due and that no running backup holds, then mark, and sweep the new marker at once
+    unless a grace period is asked for or a running backup holds it. See the module docstring."""
     result = PruneResult()
     repo.sync_index()
+    sizes = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("packs/")}
     now = now_us()
-    # Sweep the markers whose grace has passed and that no running writer holds back. The writer markers are read
-    # before the live set is computed (in _sweep): see the module docstring.
-    writers = live_writers(repo, result)
+    writers = live_writers(repo, result)  # before the live set: see the module docstring
+    live = LiveSet()
+    live.update(repo)
     due: list[str] = []
     sweep: set[str] = set()
-    for name, t, packs in read_markers(repo):
+    for name, t, marked in read_markers(repo):
         if now - t < grace_us:
-            result.pending += len(packs)
-        elif _held(t, writers):
-            result.held += len(packs)
+            _wait(result, marked, sizes, t + grace_us)
+        elif holders := _held(t, writers):
+            _hold(result, marked, sizes, holders)
         else:
             due.append(name)
-            sweep.update(packs)
+            sweep.update(marked)
     if due:
-        _sweep(repo, sweep, result)
+        _sweep(repo, sweep, result, live, pack_size)
         for name in due:
             repo.backend.delete(name)
-    repo.sync_index()
     # Mark.
-    sizes, contents = _pack_contents(repo)
-    live = live_blobs(repo)
-    result.live_blobs = len(live)
-    result.packs = len(sizes)
-    already = candidate_packs(repo)
-    marked: list[str] = []
-    repack: list[str] = []
-    for pack in sizes:
-        if pack in already:
-            continue
-        blobs = contents.get(pack)
-        if not blobs:
-            marked.append(pack)  # unindexed: a crashed writer's leftover, or a running writer's pack between its
-            continue  # data and its index object
-        live_bytes = sum(length for b, length in blobs.items() if b in live)
-        if live_bytes == 0:
-            marked.append(pack)
-        elif live_bytes < repack_below * sum(blobs.values()):
-            repack.append(pack)
-    for pack in repack:
-        _repack(repo, pack, {b for b in contents[pack] if b in live}, result)
-        marked.append(pack)
+    live.update(repo)
+    packs = _list_packs(repo)
+    dead, repack, result.live_bytes = _choose(packs, live.blobs, candidate_packs(repo), max_unused)
+    result.live_blobs = len(live.blobs)
+    result.packs = len(packs.sizes)
+    marked = dead + repack
     if marked:
         t = now_us()  # after the packs were listed: a writer whose packs are in this marker started before t
         name = f"prune/{t:020d}-{os.urandom(4).hex()}"
         repo.backend.put_exclusive(name, repo.key.seal(msgpack.packb([MARKER_FORMAT, t, marked]), MARKER_AD))
         result.marked = len(marked)
-        result.marked_bytes = sum(sizes.get(p, 0) for p in marked)
+        result.marked_bytes = sum(packs.sizes.get(p, 0) for p in marked)
         if grace_us > 0:
-            result.pending += len(marked)
-        elif _held(t, live_writers(repo, result)):  # read after the marker exists
-            result.held += len(marked)
+            _wait(result, marked, packs.sizes, t + grace_us)
+        elif holders := _held(t, live_writers(repo, result)):  # read after the marker exists
+            _hold(result, marked, packs.sizes, holders)
         else:
-            _sweep(repo, set(marked), result)
+            live.update(repo)  # after that read: commits made since are live
+            _sweep(repo, set(marked), result, live, pack_size)
             repo.backend.delete(name)
     repo.sync_index()
+    result.pack_bytes = sum(size for _, size in repo.backend.list("packs/"))
     return result
 
 
-def _repack(repo: Repository, pack: str, keep: set[bytes], result: PruneResult) -> None:
-    name = pack_name(pack)
-    writer = PackWriter(repo.backend, repo.key)
-    index = decode_index(repo.key, index_name(pack), repo.backend.get(index_name(pack)))
-    for bid in sorted(keep):
-        loc = index[bid]
-        writer.add(bid, loc.type, repo.backend.get_range(name, loc.offset, loc.length), loc.raw_length)
-        result.repacked_blobs += 1
-        if writer.full():
-            _finish(repo, writer)
-            writer = PackWriter(repo.backend, repo.key)
-    _finish(repo, writer)
-    result.repacked += 1
+def _wait(result: PruneResult, packs: list[str], sizes: dict[str, int], until: int) -> None:
+    result.pending += len(packs)
+    result.pending_bytes += sum(sizes.get(p, 0) for p in packs)
+    result.free_after = max(result.free_after, until)
 
 
-def _finish(repo: Repository, writer: PackWriter) -> None:
-    done = writer.finish()
-    if done:
-        pack_id, locations = done
-        repo.cache.add_index(write_index(repo.backend, repo.key, pack_id, locations), locations)
+def _hold(result: PruneResult, packs: list[str], sizes: dict[str, int], writers: list[WriterMarker]) -> None:
+    result.held += len(packs)
+    result.held_bytes += sum(sizes.get(p, 0) for p in packs)
+    result.running_since = sorted(set(result.running_since) | {w.started_us for w in writers})

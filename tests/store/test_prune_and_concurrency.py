@@ -406,11 +406,6 @@ def test_cli_prune_grace_0_while_an_import_runs_holds_its_packs(pv, cli_env, tmp
     assert pv("check", "--read-data").returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prune folds a device log whose segment it could not read as if that segment were empty, so the "
-    "snapshot committed there is not live and its packs are swept (found by tests/harness, fault/prune)",
-)
 def test_prune_never_sweeps_the_data_of_a_snapshot_whose_segment_it_could_not_read(repo, tmp_path):
     """One corrupted read of the segment that commits the current snapshot, during `prune --grace 0` with a cold
     cache: prune must refuse (or keep everything that segment could reference), never delete that snapshot's
