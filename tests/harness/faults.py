@@ -44,7 +44,6 @@ from phonevault.store.retention import Policy
 from phonevault.store.stats import usage
 
 from .crash import close_quietly, faulty, open_faulty
-from .known import LIBRARY_LOG, LIBRARY_LOG_LINE
 from .records import Trial, TrialResult, TrialSpec
 from .vaults import NEW_PASSWORD, PASSWORD, PV, Run, Vault, differences, folder_digest, pv, record
 from .verdict import opening_password, verdict
@@ -370,9 +369,7 @@ def run_disk_full(spec: TrialSpec, world: World, rig: Rig, where: Path) -> Trial
         if r.code == 0:
             trial.problem(f"{full} succeeded on a full 16 MiB disk")
         else:
-            lines = [ln for ln in r.lines() if not re.match(LIBRARY_LOG_LINE, ln)]
-            if len(lines) < len(r.lines()):
-                trial.gap(LIBRARY_LOG, f"{full}: {len(r.lines())} lines")
+            lines = r.lines()
             if len(lines) != 1 or not re.search("space|free", lines[0]):
                 trial.problem(f"{full} on a full disk: exit {r.code}, not one line naming the full disk: {lines}")
             trial.landed = "ENOSPC, and the device's own refusal"

@@ -29,13 +29,4 @@ CHECK_NAMES_FILES = KnownGap(
     "expected until check names damaged files (in progress)",
 )
 
-LIBRARY_LOG = KnownGap(
-    "library-log-line",
-    "a backup the phone refuses for a full host disk prints pymobiledevice3's own warning ('device needs more than "
-    "… No purge backend available') beside phonevault's one line",
-    "expected until the CLI routes library logging (tests/cli/test_refusals.py::"
-    "test_a_backup_the_device_refuses_for_a_full_disk_is_one_line, xfail)",
-)
-LIBRARY_LOG_LINE = r"^device needs more than \d+ bytes free at .* No purge backend available"
-
-ALL = (PARTIAL_EXPORT, CHECK_NAMES_FILES, LIBRARY_LOG)
+ALL = (PARTIAL_EXPORT, CHECK_NAMES_FILES)
