@@ -12,11 +12,12 @@ import platformdirs
 
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
-from phonevault.sync.errors import SourceIncomplete
+from phonevault.sync.errors import RestoreIncomplete, RestoreRefused, SourceIncomplete, StrictRefused
 
 from .context import with_repo
 from .render import err, human, out, progress
 from .sizes import parse_size
+from .snapshot_cmds import warn
 
 
 def default_emulator_dir() -> Path:
@@ -94,23 +95,35 @@ def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day:
 @click.option("--no-reboot", is_flag=True, help="Do not reboot the device after restoring.")
 @click.option("--system", is_flag=True, help="Also restore system files.")
 @click.option("--remove", is_flag=True, help="Remove items on the device that are not in the backup.")
+@click.option(
+    "--strict", is_flag=True, help="All or nothing: read every file first; ask the device nothing if one fails."
+)
 @with_repo
 def restore(
     repo: Repository, snapshot: str, udid: str | None, use_emulator: bool, emulator_day: int, emulator_size: str,
-    backup_password: str | None, no_reboot: bool, system: bool, remove: bool,
+    backup_password: str | None, no_reboot: bool, system: bool, remove: bool, strict: bool,
 ) -> None:  # fmt: skip
-    """Restore a dated version (SNAPSHOT or DEVICE@DATE) to a connected device."""
+    """Restore a dated version (SNAPSHOT or DEVICE@DATE) to a connected device. A file the vault cannot read back
+    is answered with a file error and named (exit 3, or 1 if the device will not restore without it); with
+    --strict every file is read first and the device is asked nothing unless all of them read back."""
     from phonevault.sync.backup2 import restore_device
 
     view, snap = resolve_snapshot(repo, snapshot)
-    with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
-        r = restore_device(
-            repo, view, snap, udid=udid, usbmux_address=address, password=backup_password,
-            reboot=not no_reboot, system=system, remove=remove,
-        )  # fmt: skip
+    try:
+        with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
+            r = restore_device(
+                repo, view, snap, udid=udid, usbmux_address=address, password=backup_password,
+                reboot=not no_reboot, system=system, remove=remove, strict=strict,
+            )  # fmt: skip
+    except (StrictRefused, RestoreRefused) as e:
+        warn(e.problems)
+        raise
     out.print(f"restored snapshot {snap.hex[:8]} to device {r.udid}: {human(r.bytes_sent)} sent")
     for p in r.problems:
-        err.print(f"warning: {p}")
+        err.print(f"warning: {p}", markup=False, soft_wrap=True)
+    if r.damaged:
+        warn(r.damaged)
+        raise RestoreIncomplete(r.damaged)
 
 
 @click.group()

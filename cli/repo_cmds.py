@@ -9,11 +9,15 @@ import click
 
 from phonevault.store import keys as keyring
 from phonevault.store.backends import open_backend
+from phonevault.store.check import DamagedSnapshot
 from phonevault.store.check import check as run_check
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.prune import prune as run_prune
+from phonevault.store.repair import repair_index as run_repair
 from phonevault.store.repository import Repository, format_time
 from phonevault.store.stats import usage
+from phonevault.sync.damage import domain_names
+from phonevault.sync.paths import shown
 
 from .context import get_password, json_option, repo_option, repo_path, with_repo
 from .render import emit_json, err, human, out, progress, table
@@ -76,12 +80,23 @@ def _new_password_env() -> str:
 
 @click.command()
 @click.option("--read-data", is_flag=True, help="Also read every pack and verify every blob.")
+@click.option(
+    "--repair-index",
+    is_flag=True,
+    help="First write index/<pack> again from the pack's own header for every pack whose index object is missing, "
+    "unreadable or wrong (deletes nothing), then check.",
+)
 @json_option
 @with_repo
-def check(repo: Repository, read_data: bool, as_json: bool) -> None:
-    """Verify the logs, that every snapshot tree equals the fold of its deltas, and index vs packs."""
+def check(repo: Repository, read_data: bool, repair_index: bool, as_json: bool) -> None:
+    """Verify the logs, that every snapshot tree equals the fold of its deltas, and index vs packs; name the files
+    each damage costs, by the phone's names."""
+    repaired = run_repair(repo) if repair_index else None
     with progress("checking", None) as update:
         report = run_check(repo, read_data=read_data, progress=lambda phase, done, total: update(done, total))
+    if repaired is not None:
+        report.errors[:0] = repaired.problems
+    damaged = [(_damaged_json(repo, d), _label(repo, d)) for d in report.damaged]
     if as_json:
         emit_json(
             {
@@ -93,19 +108,38 @@ def check(repo: Repository, read_data: bool, as_json: bool) -> None:
                 "bytes_read": report.bytes_read,
                 "errors": report.errors,
                 "notes": report.notes,
+                "damaged": [doc for doc, _label in damaged],
+                "repaired": [{"index": r.index, "reason": r.reason} for r in repaired.written] if repaired else [],
             }
         )
     else:
+        for r in repaired.written if repaired else ():
+            out.print(f"wrote {r.index} from its pack's header ({r.reason}; {r.blobs} blobs)")
         for n in report.notes:
             err.print(f"note: {n}")
         for e in report.errors:
-            err.print(f"error: {e}")
+            err.print(f"error: {e}", markup=False)
+        for d, label in damaged:  # names from phones: plain text
+            err.print(f"damaged: {label}: {len(d['paths'])} file(s) cannot be read back:", markup=False)
+            for path in d["paths"]:
+                err.print(f"  {shown(path)}", markup=False, soft_wrap=True)
         what = f"{report.devices} device(s), {report.snapshots} snapshot(s), {report.packs} pack(s)"
         if read_data:
             what += f", {report.blobs_checked} blobs / {human(report.bytes_read)} read"
         out.print(("no errors: " if report.ok else f"{len(report.errors)} error(s): ") + what)
     if not report.ok:
         sys.exit(1)
+
+
+def _label(repo: Repository, d: DamagedSnapshot) -> str:
+    return f"snapshot {d.snapshot.hex()[:12]} ({repo.view(d.device_key).info.name or d.device})"
+
+
+def _damaged_json(repo: Repository, d: DamagedSnapshot) -> dict:
+    """A damaged snapshot's lost files by the phone's names (domain paths) where its catalog still reads."""
+    snap = repo.view(d.device_key).get(d.snapshot)
+    names = domain_names(repo, snap, d.paths) if snap is not None else {p: p for p in d.paths}
+    return {"snapshot": d.snapshot.hex(), "device": d.device, "paths": sorted(names[p] for p in d.paths)}
 
 
 @click.command()

@@ -15,7 +15,7 @@ from phonevault.store.refs import resolve_device, resolve_in_device, resolve_sna
 from phonevault.store.repository import Repository, format_time
 from phonevault.sync.catalog import diff as catalog_diff
 from phonevault.sync.catalog import list_dir, load_catalog
-from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractIncomplete
+from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractIncomplete, StrictRefused
 from phonevault.sync.extract import extract as catalog_extract
 from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.paths import shown
@@ -241,16 +241,21 @@ def diff(repo: Repository, snap_a: str, snap_b: str, as_json: bool) -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Target folder.")
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist under --to.")
+@click.option("--strict", is_flag=True, help="All or nothing: write nothing unless every file can be extracted.")
 @with_repo
-def extract(repo: Repository, snapshot: str, paths: tuple[str, ...], dest: Path, overwrite: bool) -> None:
+def extract(repo: Repository, snapshot: str, paths: tuple[str, ...], dest: Path, overwrite: bool, strict: bool) -> None:
     """Copy files out of a snapshot by domain path to DEST/<domain path>, e.g. --to ex gives
     ex/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC. Existing files are never replaced without --overwrite;
-    a file that cannot be extracted is named on stderr, every other one is extracted (exit 3)."""
+    a file that cannot be extracted (one the vault cannot read back, too) is named on stderr, every other one is
+    extracted (exit 3); with --strict nothing is, then."""
     _view, snap = resolve_snapshot(repo, snapshot)
     try:
-        done = catalog_extract(repo, snap, list(paths), dest, overwrite=overwrite)
+        done = catalog_extract(repo, snap, list(paths), dest, overwrite=overwrite, strict=strict)
     except ExtractIncomplete as e:
         _print_extracted(e.extracted)
+        warn(e.problems)
+        raise
+    except StrictRefused as e:
         warn(e.problems)
         raise
     _print_extracted(done)
@@ -264,18 +269,25 @@ def _print_extracted(done: list) -> None:
 @click.command()
 @click.argument("snapshot")
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Backup root.")
+@click.option("--strict", is_flag=True, help="All or nothing: leave nothing in DEST unless every file exports.")
 @with_repo
-def export(repo: Repository, snapshot: str, dest: Path) -> None:
-    """Write a complete MobileSync backup folder (DEST/<UDID>/) that Finder, iTunes or idevicebackup2 restore from."""
+def export(repo: Repository, snapshot: str, dest: Path, strict: bool) -> None:
+    """Write a complete MobileSync backup folder (DEST/<UDID>/) that Finder, iTunes or idevicebackup2 restore from.
+    A file the vault cannot read back is named on stderr and the rest is exported (exit 3); with --strict nothing
+    is, then."""
     view, snap = resolve_snapshot(repo, snapshot)
-    with progress("exporting", snap.stats.size) as update:
-        result = export_snapshot(repo, view, snap, dest, progress=update)
+    try:
+        with progress("exporting", snap.stats.size) as update:
+            result = export_snapshot(repo, view, snap, dest, progress=update, strict=strict)
+    except StrictRefused as e:
+        warn(e.problems)
+        raise
     out.print(
         f"exported snapshot {snap.hex[:8]} to {result.path}: {result.files} files, {human(result.bytes)}", markup=False
     )
-    if result.problems:
-        warn(result.problems)
-        raise ExportIncomplete(result.problems)
+    if result.problems or result.damaged:
+        warn(result.problems + result.damaged)
+        raise ExportIncomplete(result.problems + result.damaged)
 
 
 @click.command()

@@ -10,17 +10,19 @@ every blob opens and hashes to its id.
 Findings are split: `errors` are damage (something a snapshot needs is missing or wrong); `notes` are harmless
 (unreferenced packs a crashed writer left, which prune reclaims). `damaged` says what the damage costs: per
 snapshot, the backup-folder paths whose content cannot be read back (a chunk that is missing, in a missing pack or,
-with `read_data`, fails authentication). A tree node that cannot be read loses the files it lists; they are named
-from the fold of the deltas when that is readable, else by a glob: `ab/**` (a folder of the backup), `*` (its
-top-level files), `**` (the whole snapshot). Naming paths as the phone names them is the sync layer's job.
-Damage in one object never stops the rest from being checked.
+with `read_data`, fails authentication). A tree node that cannot be read costs nothing more while the fold of the
+deltas can be had: readers take its files from the fold (`readable_tree`); without it, it loses the files it
+lists, named by a glob: `ab/**` (a folder of the backup), `*` (its top-level files), `**` (the whole snapshot).
+Naming paths as the phone names them is the sync layer's job. Damage in one object never stops the rest from
+being checked.
 
 Memory: the blob ids of every needed blob (as prune's live set), the ids of damaged blobs with one line each, one
 snapshot's tree and fold at a time, and per shard node already walked the paths it loses (usually none): a shard
 node shared by many snapshots is decoded for the comparison but its chunks are looked up once.
 
-`readable_tree` and `unreadable_files` answer the same questions for one snapshot as its readers meet them: which
-tree nodes read, and which files read back (by reading them: export/extract/restore --strict ask before writing). An index object that is missing or damaged is rebuilt from its pack's header by
+`readable_tree` and `unreadable_files` are the same answers for one snapshot as its readers meet them: its entries
+despite damaged tree nodes, and which files read back (by reading them: export/extract/restore --strict ask that
+before writing anything). An index object that is missing or damaged is rebuilt from its pack's header by
 store/repair.py (`check --repair-index`); check only says so.
 """
 
@@ -194,12 +196,13 @@ def _check_snapshot(
     for path, e in (folded or {}).items():
         by_shard.setdefault(shard_of(path), {})[path] = e
 
-    def named(shard: str | None) -> list[str]:
-        """The files a lost tree node listed: from the fold if it is readable, else a glob."""
+    def instead(shard: str | None) -> list[str]:
+        """A tree node that cannot be read: readers take its files from the fold (`readable_tree`), so what is lost
+        is the fold's files with a damaged chunk; with no fold, all of them, named by a glob."""
         if folded is None:
             return [lost_glob(shard)]
         got = folded.values() if shard is None else by_shard.get(shard, {}).values()
-        return sorted(e.path for e in got if not e.is_dir)
+        return sorted(e.path for e in got if any([blobs.damaged(c) for c in e.chunks]))
 
     raw = blobs.get(snap.tree)
     try:
@@ -208,14 +211,18 @@ def _check_snapshot(
         rep.errors.append(f"{where}: {e}")
         refs = None
     if refs is None:
-        rep.errors.append(f"{where}: its tree cannot be read; no file of it can be read back from the tree")
-        return named(None)
+        fallback = "its files are read from the fold of its deltas" if folded is not None else "nor its deltas"
+        rep.errors.append(f"{where}: its tree cannot be read; {fallback}")
+        lost = instead(None)
+        if lost:
+            rep.errors.append(f"{where}: {len(lost)} file(s) cannot be read back")
+        return lost
     lost: list[str] = []
     differ: list[str] = []
     for ref in refs:
         entries = _shard(ref.node, blobs, where, rep)
         if entries is None:
-            lost += named(ref.shard)
+            lost += instead(ref.shard)
             by_shard.pop(ref.shard, None)
             continue
         if folded is not None:
@@ -311,17 +318,33 @@ def lost_glob(shard: str | None) -> str:
     return "**" if shard is None else f"{shard}/**" if shard else "*"
 
 
-def readable_tree(repo: Repository, root: bytes) -> tuple[list[FileEntry], dict[str, str]]:
-    """A snapshot's entries from every shard node that reads, and, per node that does not, its glob (`lost_glob`)
-    and why. A root that cannot be read is raised: then nothing of the tree can be had."""
+def readable_tree(repo: Repository, view: DeviceView, snap: SnapshotRecord) -> tuple[list[FileEntry], dict[str, str]]:
+    """A snapshot's entries, and what of them cannot be had: per tree node that cannot be read, its glob
+    (`lost_glob`) and why. The files of such a node are taken from the fold of the deltas instead (tree == fold is
+    the invariant check verifies), so a node is lost only when the fold cannot be had either; a root lost with it
+    is raised (nothing of the snapshot can be had). Reading the fold costs the deltas of the snapshot's whole
+    lineage and one snapshot's entries in memory, only when a node is damaged."""
     entries: list[FileEntry] = []
-    lost: dict[str, str] = {}
-    for ref in read_root(root, repo.get_blob):
+    lost: dict[str | None, str] = {}  # shard (None: the root) -> why
+    try:
+        refs = read_root(snap.tree, repo.get_blob)
+    except (PhonevaultError, ValueError, TypeError) as e:
+        refs, lost[None] = [], str(e)
+    for ref in refs:
         try:
             entries += decode_shard(repo.get_blob(ref.node), f"tree {ref.node.hex()[:16]}")
         except (PhonevaultError, ValueError, TypeError) as e:
-            lost[lost_glob(ref.shard)] = str(e)
-    return entries, lost
+            lost[ref.shard] = str(e)
+    if not lost:
+        return entries, {}
+    try:
+        folded = fold_state(view, snap.id, repo.get_blob)
+    except (PhonevaultError, ValueError) as e:
+        if None in lost:
+            raise CorruptObject(f"tree {snap.tree.hex()[:16]}", f"{lost[None]}; nor do its deltas fold ({e})") from None
+        return entries, {lost_glob(shard): why for shard, why in lost.items()}
+    entries += [e for e in folded.values() if None in lost or shard_of(e.path) in lost]
+    return sorted(entries, key=lambda e: e.path), {}
 
 
 def unreadable_files(repo: Repository, entries: Iterable[FileEntry]) -> dict[str, str]:

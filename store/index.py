@@ -2,7 +2,8 @@
 
 Format (version 1): sealed (ad=b"phonevault/v1/index") msgpack [1, pack id, [[blob id, type, offset, length,
 raw length], …]]. One index object per pack, written right after its pack: a crash between the two leaves a pack
-no index describes: harmless (check notes it, prune reclaims it; its header could rebuild the index).
+no index describes: harmless (check notes it, prune reclaims it). A missing, damaged or wrong index object is written
+again from its pack's header by `check --repair-index` (store/repair.py).
 """
 
 from __future__ import annotations

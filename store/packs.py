@@ -3,7 +3,7 @@
 Pack format (version 1):
     sealed blob 0 || sealed blob 1 || … || sealed header || u32be header length || b"PVP" || u8 version
 The header, sealed with ad=b"phonevault/v1/pack-header", is msgpack [1, [[blob id, type, offset, length,
-raw length], …]], so the whole index could be rebuilt from packs alone (no command does so yet).
+raw length], …]], so the whole index can be rebuilt from packs alone: `check --repair-index` (store/repair.py).
 A sealed blob is nonce || AES-256-GCM(flag || payload, ad=blob id), flag 0 = stored, 1 = zstd.
 pack-id = unkeyed BLAKE3 of the pack's bytes: `check --read-data` verifies a pack without trusting its name.
 

@@ -39,15 +39,16 @@ from pymobiledevice3.services.afc import AfcService
 from pymobiledevice3.services.mobilebackup2 import Mobilebackup2Service
 from pymobiledevice3.services.notification_proxy import NotificationProxyService
 
+from phonevault.store.check import readable_tree, unreadable_files
 from phonevault.store.errors import PathNotFound, PhonevaultError
 from phonevault.store.history import record_restore
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.records import DeviceRecord
 from phonevault.store.repository import Repository
-from phonevault.store.trees import load_tree
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
+from .damage import describe
 from .devicelink import Progress, VaultDeviceLink
 from .errors import (
     DeviceDisconnected,
@@ -56,6 +57,8 @@ from .errors import (
     DeviceReportedFailure,
     ManifestInvalid,
     ProtocolError,
+    RestoreRefused,
+    StrictRefused,
 )
 from .manifest import check_manifest_db
 from .paths import safe_component
@@ -268,6 +271,7 @@ class RestoreResult:
     snapshot: SnapshotRecord
     bytes_sent: int
     problems: list[str]
+    damaged: list[str] = field(default_factory=list)  # not restored: the vault cannot give them back (one line each)
 
 
 def restore_device(
@@ -281,12 +285,23 @@ def restore_device(
     reboot: bool = True,
     system: bool = False,
     remove: bool = False,
+    strict: bool = False,
 ) -> RestoreResult:
-    return asyncio.run(_restore(repo, view, snap, udid, usbmux_address, password, reboot, system, remove))
+    """Restore `snap` to the device. A damaged snapshot is served as far as it reads: a file the vault cannot give
+    back is answered with a file error and named in `damaged`; a device that ends the restore over it raises
+    RestoreRefused naming them. With `strict`, every file is read first, and StrictRefused names the damaged ones
+    before the device is asked anything."""
+    entries, lost = readable_tree(repo, view, snap)  # lost: backup path (or glob) -> why
+    if strict:
+        lost.update(unreadable_files(repo, entries))
+        if lost:
+            raise StrictRefused(describe(repo, snap, lost, "restored"), "restored")
+    state = {e.path: e for e in entries}
+    args = (repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove)
+    return asyncio.run(_restore(*args))
 
 
-async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, system, remove) -> RestoreResult:
-    state = load_tree(snap.tree, repo.get_blob)
+async def _restore(repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove):
     # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
     source = safe_component(view.device or "", "a backup folder name")
     manifest = state.get("Manifest.plist")
@@ -301,32 +316,46 @@ async def _restore(repo, view, snap, udid, usbmux_address, password, reboot, sys
     if encrypted and not password:
         raise PhonevaultError("this backup was encrypted by the phone: give its backup password (--backup-password)")
     # The link serves `<source>/…` from the snapshot: restoring one phone's backup onto another works as in Finder.
-    async with _connected(udid, usbmux_address) as service:
-        target = service.lockdown.udid
-        async with service.vault_link(repo=repo, udid=source, snapshot_state=state) as dl:
-            async with service.session(dl) as afc:
-                options: dict = {
-                    "RestoreShouldReboot": reboot,
-                    "RestoreDontCopyBackup": True,
-                    "RestorePreserveSettings": True,
-                    "RestoreSystemFiles": system,
-                    "RemoveItemsNotRestored": remove,
-                }
-                if encrypted:
-                    options["Password"] = password
-                await dl.send_process_message(
-                    {"MessageName": "Restore", "TargetIdentifier": target, "SourceIdentifier": source,
-                     "Options": options}
-                )  # fmt: skip
-                applications = _applications(b"".join(repo.read_file(state["Info.plist"])), problems)
-                if applications is not None:
-                    await afc.makedirs("/iTunesRestore")
-                    await afc.set_file_contents(
-                        "/iTunesRestore/RestoreApplications.plist", plistlib.dumps(applications)
-                    )
-                await dl.dl_loop(lambda _percent: None)
+    dl: VaultDeviceLink | None = None
+    try:
+        async with _connected(udid, usbmux_address) as service:
+            target = service.lockdown.udid
+            async with service.vault_link(repo=repo, udid=source, snapshot_state=state) as dl:
+                async with service.session(dl) as afc:
+                    options: dict = {
+                        "RestoreShouldReboot": reboot,
+                        "RestoreDontCopyBackup": True,
+                        "RestorePreserveSettings": True,
+                        "RestoreSystemFiles": system,
+                        "RemoveItemsNotRestored": remove,
+                    }
+                    if encrypted:
+                        options["Password"] = password
+                    await dl.send_process_message(
+                        {"MessageName": "Restore", "TargetIdentifier": target, "SourceIdentifier": source,
+                         "Options": options}
+                    )  # fmt: skip
+                    try:
+                        info = b"".join(repo.read_file(state["Info.plist"]))
+                    except PhonevaultError as e:  # damaged: no apps list is sent, the device keeps its own
+                        lost["Info.plist"], info = str(e), None
+                    applications = _applications(info, problems) if info is not None else None
+                    if applications is not None:
+                        await afc.makedirs("/iTunesRestore")
+                        await afc.set_file_contents(
+                            "/iTunesRestore/RestoreApplications.plist", plistlib.dumps(applications)
+                        )
+                    await dl.dl_loop(lambda _percent: None)
+    except DeviceReportedFailure as e:
+        damaged = {**lost, **(dl.unreadable if dl is not None else {})}
+        if damaged:  # most likely why: say so, naming what the vault could not give
+            said = m.group(1) if (m := re.search(r"'ErrorDescription': '([^']*)'", e.description)) else e.description
+            raise RestoreRefused(describe(repo, snap, damaged, "restored"), f"{said} (error {e.code})") from None
+        raise
     record_restore(repo, view, snap, f"device:{target}")
-    return RestoreResult(target, snap, dl.bytes_sent, problems + dl.problems)
+    damaged = {**lost, **dl.unreadable}
+    named = describe(repo, snap, damaged, "restored") if damaged else []
+    return RestoreResult(target, snap, dl.bytes_sent, problems + dl.problems, named)
 
 
 def _applications(info_plist: bytes, problems: list[str]) -> dict | None:

@@ -5,7 +5,9 @@ subclasses it and answers them against a staged snapshot instead:
 - uploads stream block by block into the store's chunker (no temporary copy; memory independent of file size);
 - CreateDirectory / MoveItems / RemoveItems / CopyItem edit the staged tree;
 - DownloadFiles / ContentsOfDirectory are served from the staged tree, which starts as the device's current
-  snapshot, so the device sees its previous Status.plist and Manifest.* and backs up incrementally.
+  snapshot, so the device sees its previous Status.plist and Manifest.* and backs up incrementally. A file the
+  vault cannot read back (damage) is answered with a file error (EIO), named in `unreadable`, and the next one is
+  served: whether to go on without it is the device's decision.
 Paths arrive relative to the backup root (`<UDID>/Snapshot/ab/ab12…`); anything that is absolute, climbs with
 `..`, or lies outside `<UDID>/` is refused with ProtocolError before a byte is stored. In restore mode the tree is
 read-only (a snapshot); the device only downloads.
@@ -47,7 +49,7 @@ from pymobiledevice3.services.device_link import (
     DeviceLink,
 )
 
-from phonevault.store.errors import UnsafePath
+from phonevault.store.errors import PhonevaultError, UnsafePath
 from phonevault.store.repository import Repository
 from phonevault.store.staged import StagedTree
 from phonevault.store.trees import FileEntry
@@ -59,7 +61,7 @@ FRAME = 32 * 1024  # Apple's DeviceLink BufferSize: bigger frames got BackupAgen
 MAX_NAME = 4096  # libimobiledevice aborts on longer names too
 MAX_BLOCK = 64 << 20  # a larger data block is a corrupt or hostile stream, not a file
 _HDR = struct.Struct(">IB")
-ENOENT = 2
+ENOENT, EIO = 2, 5
 
 Progress = Callable[[int, int], None]  # (files received, bytes received)
 
@@ -119,6 +121,7 @@ class VaultDeviceLink(DeviceLink):
         self._copied = 0  # entries created by CopyItem so far
         self._moved = 0  # entries moved by MoveItems so far
         self.problems: list[str] = []
+        self.unreadable: dict[str, str] = {}  # path -> why: files the device asked for that the vault cannot give
         self.files_received = 0
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -226,11 +229,23 @@ class VaultDeviceLink(DeviceLink):
                     "DLFileErrorCode": ctypes.c_uint64(ERRNO_TO_DEVICE_ERROR[ENOENT]).value,
                 }
                 continue
-            for chunk in self._read(entry):
-                for i in range(0, len(chunk), FRAME):
-                    frame = chunk[i : i + FRAME]
-                    await self._sendall(_HDR.pack(len(frame) + 1, CODE_FILE_DATA) + frame)
-                    self.bytes_sent += len(frame)
+            try:
+                for chunk in self._read(entry):
+                    for i in range(0, len(chunk), FRAME):
+                        frame = chunk[i : i + FRAME]
+                        await self._sendall(_HDR.pack(len(frame) + 1, CODE_FILE_DATA) + frame)
+                        self.bytes_sent += len(frame)
+            except PhonevaultError as e:
+                # The vault cannot give this file back: a file error, after whatever data went already (as
+                # libimobiledevice does when a read fails), so the device drops it; the others are still served.
+                self.unreadable[self._rel(name)] = str(e)
+                err = b"Input/output error"
+                await self._sendall(_HDR.pack(len(err) + 1, CODE_ERROR_LOCAL) + err)
+                status[name] = {
+                    "DLFileErrorString": err.decode(),
+                    "DLFileErrorCode": ctypes.c_uint64(ERRNO_TO_DEVICE_ERROR[EIO]).value,
+                }
+                continue
             await self._sendall(_HDR.pack(1, CODE_SUCCESS))
         await self._sendall(FILE_TRANSFER_TERMINATOR)
         if status:

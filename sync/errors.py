@@ -90,13 +90,37 @@ class ExtractIncomplete(PhonevaultError):
 
 
 class ExportIncomplete(PhonevaultError):
-    """Export wrote a backup folder without the snapshot's paths in `problems` (each refused, never written: it
-    would land outside the folder); everything else was exported (exit 3)."""
+    """Export wrote a backup folder without the snapshot's paths in `problems` (each refused: it would land outside
+    the folder, or not readable back from the vault); everything else was exported (exit 3)."""
 
     exit_code = 3
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__(f"{len(problems)} path(s) of the snapshot refused (named above); everything else was exported")
+        super().__init__(
+            f"{len(problems)} path(s) of the snapshot not exported (named above); everything else was exported"
+        )
+        self.problems = problems
+
+
+class StrictRefused(PhonevaultError):
+    """--strict: some files of the snapshot cannot be written out (named in `problems`: most often damage in the
+    vault), so nothing was; the target is as it was (exit 1)."""
+
+    def __init__(self, problems: list[str], action: str) -> None:
+        super().__init__(
+            f"{len(problems)} file(s) cannot be {action} (named above); with --strict nothing was {action}"
+        )
+        self.problems = problems
+
+
+class RestoreIncomplete(PhonevaultError):
+    """The device restored what the vault could send; the files in `problems` cannot be read back from the vault
+    and were answered with a file error (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} file(s) not restored (named above); everything else was")
         self.problems = problems
 
 
@@ -137,6 +161,18 @@ class DeviceReportedFailure(DeviceError):
         super().__init__(f"the device reported failure {code}: {description}")
         self.code = code
         self.description = description
+
+
+class RestoreRefused(DeviceError):
+    """The device would not restore without the files in `problems`, which cannot be read back from the vault
+    (answered with a file error), and ended the restore with an error (exit 1)."""
+
+    def __init__(self, problems: list[str], description: str) -> None:
+        super().__init__(
+            f"the device refused to restore a backup missing {len(problems)} damaged file(s) (named above): "
+            f"{description}"
+        )
+        self.problems = problems
 
 
 class DeviceLimitExceeded(ProtocolError):

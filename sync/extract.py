@@ -8,12 +8,15 @@ set-id/sticky bits: a phone's say-so never makes a set-uid file here) and mtime,
 link when not overwriting, which fails rather than replace a file (so names that one file system folds together,
 `IMG.JPG` and `img.jpg` on macOS, are caught there); by rename when overwriting. A file that cannot be extracted
 (not in the snapshot, an unsafe path, an unusable row, bytes the phone encrypted, a failed write) is named and the
-rest are extracted (`ExtractIncomplete`, exit 3). A full or read-only disk stops the extract with one line.
+rest are extracted (`ExtractIncomplete`, exit 3); with `strict`, nothing is written unless every file can be, and a
+file the vault cannot give back is found by reading the chosen files first. A full or read-only disk stops the
+extract with one line.
 A file's bytes are found where the snapshot's folder layout keeps them (xx/<fileID>, <fileID> or <fileID>.mddata:
 sync/layouts.py). An iOS 4–9 backup the phone encrypted lists its files in plaintext but keeps each file's bytes
 encrypted (its row has an encryption key): such a file needs the backup password, not supported yet, and is named.
 Memory: the snapshot's catalog (see catalog.py) and the plan (one record per file), and one chunk at a time of
-the file being written; only the chunks of the chosen files are read.
+the file being written; only the chunks of the chosen files are read. When a tree node is damaged, the snapshot's
+entries are read whole once, its lost nodes from the fold of its deltas (store/check.py `readable_tree`).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from phonevault.store.check import readable_tree, unreadable_files
 from phonevault.store.errors import PathNotFound, PhonevaultError, UnsafePath
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, lookup
 
 from .catalog import Catalog, domain_path, load_catalog, select
-from .errors import ExtractIncomplete, TargetConflict
+from .errors import ExtractIncomplete, StrictRefused, TargetConflict
 from .manifest import CatalogEntry
 from .paths import Target, relative_parts, shown
 
@@ -61,14 +65,21 @@ _NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, er
 
 
 def extract(
-    repo: Repository, snap: SnapshotRecord, paths: list[str], dest: Path, *, overwrite: bool = False
+    repo: Repository,
+    snap: SnapshotRecord,
+    paths: list[str],
+    dest: Path,
+    *,
+    overwrite: bool = False,
+    strict: bool = False,
 ) -> list[Extracted]:
     """Write the named files (or everything under named folders) to dest/<domain path>. Reads only the chunks of
     those files: one photo costs one photo's worth of reads, however large the backup.
 
     Raises before writing anything: PathNotFound (a path names nothing), TargetConflict (an existing name without
-    `overwrite`, two files on one name, a file where a folder must be). Raises after writing every other file:
-    ExtractIncomplete naming each file that was not written."""
+    `overwrite`, two files on one name, a file where a folder must be), and with `strict` StrictRefused if any
+    file cannot be extracted (each named; the chosen files are read once to know, before the write reads them
+    again). Raises after writing every other file: ExtractIncomplete naming each file that was not written."""
     catalog = load_catalog(repo, snap)
     shared = {fid for fid, n in Counter(c.file_id for c in catalog).items() if n > 1}  # named in catalog.problems
     problems: list[str] = []
@@ -97,6 +108,15 @@ def extract(
             )
             del chosen[name]
     plan = _plan(repo, snap, catalog, chosen, Target(dest), overwrite, problems)
+    if strict:  # all or nothing: every refusal and every file the vault cannot give back, before a byte is written
+        bad = unreadable_files(repo, [item.entry for item in plan])
+        problems += [
+            f"{shown(i.source)}: cannot be read back from the vault ({bad[i.entry.path]})"
+            for i in plan
+            if i.entry.path in bad
+        ]
+        if problems:
+            raise StrictRefused(problems, "extracted")
     out: list[Extracted] = []
     written: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) of each file written -> its domain path
     for item in plan:
@@ -126,6 +146,7 @@ def _plan(
 ) -> list[_Planned]:
     """Where each chosen file goes, every refusal made before a byte is written."""
     plan: list[_Planned] = []
+    readable: dict[str, FileEntry] | None = None  # the whole snapshot, read only if a tree node is damaged
     for name in sorted(chosen):
         c = chosen[name]
         try:
@@ -134,7 +155,15 @@ def _plan(
             problems.append(str(e))
             continue
         stored = catalog.layout.backup_path(c.file_id)
-        entry = lookup(snap.tree, stored, repo.get_blob)
+        try:
+            entry = lookup(snap.tree, stored, repo.get_blob)
+        except PhonevaultError as e:  # its folder's tree node is damaged: the fold of the deltas stands in
+            if readable is None:
+                entries, _lost = readable_tree(repo, repo.view(snap.device_key), snap)
+                readable = {x.path: x for x in entries}
+            if (entry := readable.get(stored)) is None:
+                problems.append(f"{shown(name)}: not extracted, its entry cannot be read back from the vault ({e})")
+                continue
         if entry is None or entry.is_dir:
             problems.append(
                 f"{shown(name)}: listed in {catalog.layout.listing} but its file {shown(stored)} is not in "

@@ -19,7 +19,10 @@ Refused outright: not a folder, no Manifest.db, Manifest.mbdb or .mdinfo, a list
 phone encrypted a Manifest.db).
 
 Export writes `<root>/<UDID>/` only if the UDID is one safe folder name and every file only at a tree path that
-stays inside it (`paths`); a partial export is removed when the export fails.
+stays inside it (`paths`); a partial export is removed when the export fails. A damaged snapshot exports everything
+that reads back: a file whose chunks (or whose tree node) cannot be read is left out and named by its domain path
+(sync/damage.py), the rest is written (`damaged`, exit 3); with `strict`, nothing is left in the target. A tree
+node that cannot be read costs nothing while the snapshot's deltas fold (store/check.py `readable_tree`).
 """
 
 from __future__ import annotations
@@ -27,26 +30,28 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from phonevault.store.errors import UnsafePath
+from phonevault.store.check import readable_tree
+from phonevault.store.errors import PhonevaultError, UnsafePath
 from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.repository import Repository
-from phonevault.store.trees import FileEntry, iter_tree
+from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import ManifestParse, ReadyParse, parse_legacy_folder, store_catalog
-from .errors import BackupFolderInvalid, ManifestInvalid, TargetConflict
+from .damage import describe
+from .errors import BackupFolderInvalid, ManifestInvalid, StrictRefused, TargetConflict
 from .layouts import LAYOUTS, MANIFEST_DB, MDINFO, Layout, detect_layout
 from .manifest import check_manifest_db
 from .paths import Target, safe_component, shown, unsafe_reason
 from .plists import DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
 from .records import BackupMeta, device_record
+from .writeout import FileWriters, write_large
 
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
@@ -361,99 +366,63 @@ class ExportResult:
     files: int
     bytes: int
     problems: list[str] = field(default_factory=list)  # tree paths refused (never written), each named
-
-
-def _set_meta(path: Path, e: FileEntry) -> None:
-    os.chmod(path, stat.S_IMODE(e.mode))
-    os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
-
-
-class _FileWriters:
-    """Creates small files from 4 threads: creating a file costs 100–300 µs of syscalls here, and a backup folder
-    holds tens of thousands of small ones. The syscalls release the GIL, so they overlap decryption in the caller.
-    At most MAX_PENDING bytes wait to be written."""
-
-    SMALL = 4 << 20
-    MAX_PENDING = 64 << 20
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="export")
-        self._budget = threading.BoundedSemaphore(self.MAX_PENDING // self.SMALL)
-        self._futures: list[Future] = []
-
-    def submit(self, path: Path, entry: FileEntry, data: bytes) -> None:
-        self._budget.acquire()
-        self._futures.append(self._pool.submit(self._write, path, entry, data))
-        if len(self._futures) > 256:
-            self._reap()
-
-    def _write(self, path: Path, entry: FileEntry, data: bytes) -> None:
-        try:
-            with open(path, "wb") as f:
-                f.write(data)
-            _set_meta(path, entry)
-        finally:
-            self._budget.release()
-
-    def _reap(self) -> None:
-        pending = []
-        for f in self._futures:
-            if f.done():
-                f.result()  # re-raise a failed write in the caller
-            else:
-                pending.append(f)
-        self._futures = pending
-
-    def __enter__(self) -> _FileWriters:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
-        for f in self._futures:
-            f.result()
+    damaged: list[str] = field(default_factory=list)  # files not written: they cannot be read back (one line each)
 
 
 def export_snapshot(
-    repo: Repository, view: DeviceView, snap: SnapshotRecord, dest_root: Path, *, progress: Progress | None = None
+    repo: Repository,
+    view: DeviceView,
+    snap: SnapshotRecord,
+    dest_root: Path,
+    *,
+    progress: Progress | None = None,
+    strict: bool = False,
 ) -> ExportResult:
     """Write `dest_root/<UDID>/` bit-for-bit as imported. Built under a temporary name and renamed at the end, so a
     crash never leaves a half-exported folder that looks complete; a failure removes it. The UDID must be one safe
     folder name and every tree path must stay inside the folder (UnsafePath; a refused tree path is named in
-    `problems` and the rest is exported)."""
+    `problems` and the rest is exported). A file that cannot be read back from the vault is named in `damaged` and
+    the rest is exported; with `strict`, StrictRefused instead, and nothing is left in the target."""
     udid = safe_component(view.device or view.key, str(dest_root))
     target = dest_root / udid
     if os.path.islink(target):
         raise TargetConflict(str(target), "is a symbolic link; export into a real folder")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise TargetConflict(str(target), "already exists and is not an empty folder; export into an empty place")
+    made_root = not dest_root.exists()
     dest_root.mkdir(parents=True, exist_ok=True)
     tmp = dest_root / f".{udid}.phonevault-partial"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        result = _export_into(repo, snap, tmp, target, progress)
+        result = _export_into(repo, view, snap, tmp, target, progress)
+        if strict and (result.damaged or result.problems):
+            raise StrictRefused(result.problems + result.damaged, "exported")
         if target.exists():
             target.rmdir()
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_root:  # leave the target as it was: not even the folder this export made for it
+            with suppress(OSError):
+                dest_root.rmdir()
         raise
     record_export(repo, view, snap, str(target))
     return result
 
 
 def _export_into(
-    repo: Repository, snap: SnapshotRecord, tmp: Path, target: Path, progress: Progress | None
+    repo: Repository, view: DeviceView, snap: SnapshotRecord, tmp: Path, target: Path, progress: Progress | None
 ) -> ExportResult:
-    entries = list(iter_tree(snap.tree, repo.get_blob))
+    entries, damaged = readable_tree(repo, view, snap)  # damaged: backup path -> why it is not written
     total = sum(e.size for e in entries)
     done = files = 0
     dirs: list[tuple[Path, FileEntry]] = []
     made: set[Path] = set()
     problems: list[str] = []
     under = Target(tmp)
-    with _FileWriters() as writers:
+    with FileWriters() as writers:
         for e in entries:
             try:
                 local = under.join(e.path)
@@ -467,21 +436,20 @@ def _export_into(
             if local.parent not in made:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 made.add(local.parent)
-            if e.size <= _FileWriters.SMALL:
-                data = b"".join(repo.read_file(e))
-                writers.submit(local, e, data)
-                done += len(data)
-            else:
-                with open(local, "wb") as f:
-                    for chunk in repo.read_file(e):
-                        f.write(chunk)
-                        done += len(chunk)
-                        if progress:
-                            progress(done, total)
-                _set_meta(local, e)
+            try:
+                if e.size <= FileWriters.SMALL:
+                    data = b"".join(repo.read_file(e))
+                    writers.submit(local, e, data)
+                    done += len(data)
+                else:
+                    write_large(repo, e, local, progress, done, total)
+                    done += e.size
+            except PhonevaultError as exc:  # a chunk that is missing or damaged: this file only
+                damaged[e.path] = str(exc)
+                continue
             files += 1
             if progress:
                 progress(done, total)
     for local, d in dirs:
         os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
-    return ExportResult(target, files, done, problems)
+    return ExportResult(target, files, done, problems, describe(repo, snap, damaged, "exported") if damaged else [])

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phonevault.store.check import check, unreadable_files
+from phonevault.store.check import check, readable_tree, unreadable_files
+from phonevault.store.errors import CorruptObject
 from phonevault.store.events import segment_name
 from phonevault.store.history import tag
 from phonevault.store.index import decode_index, index_name, write_index
@@ -119,29 +120,54 @@ def test_a_missing_pack_names_its_files_without_reading_data(repo, history, reop
     assert snaps[0].hex in damage_map(report)
 
 
-def test_an_unreadable_tree_node_loses_its_files_named_from_the_fold(repo, history, reopened):
+def test_an_unreadable_tree_node_costs_nothing_while_the_deltas_fold(repo, history, reopened):
     snaps, trees = history
     node = next(r.node for r in read_root(snaps[1].tree, repo.get_blob) if r.shard == "ab")
     flip_blob(repo, node)
-    report = check(reopened(repo), read_data=True)
-    lost = damage_map(report)
-    assert lost[snaps[1].hex] == {p for p in trees[snaps[1].hex] if p.startswith("ab/")}
-    assert lost[snaps[2].hex] == lost[snaps[1].hex]  # day 2 has the same ab/ node
-    assert snaps[0].hex not in lost  # day 0 has another ab/ node
-    assert any("cannot be read back" in e for e in report.errors)
+    again = reopened(repo)
+    report = check(again, read_data=True)
+    assert not report.ok and report.damaged == []  # day 1 and day 2 (same ab/ node) read ab/ from the fold
+    assert any(node.hex()[:16] in e for e in report.errors)
+    view = again.view(again.device_key(DEV))
+    for s in snaps:
+        entries, lost = readable_tree(again, view, s)
+        assert lost == {} and {e.path: e.chunks for e in entries if not e.is_dir} == trees[s.hex]
 
 
-def test_an_unreadable_tree_whose_deltas_are_lost_too_is_a_glob(repo, history, reopened):
-    snaps, _trees = history
+def test_an_unreadable_tree_node_whose_fold_is_lost_too_loses_its_folder(repo, history, reopened):
+    snaps, trees = history
+    node = next(r.node for r in read_root(snaps[1].tree, repo.get_blob) if r.shard == "ab")
+    flip_blob(repo, node)
+    flip_blob(repo, snaps[0].deltas[0])  # the lineage of day 1 and day 2 goes through day 0's delta
+    again = reopened(repo)
+    lost = damage_map(check(again, read_data=True))
+    assert lost[snaps[1].hex] == lost[snaps[2].hex] == {"ab/**"}
+    assert snaps[0].hex not in lost  # day 0's tree is intact and has another ab/ node
+    entries, gone = readable_tree(again, again.view(again.device_key(DEV)), snaps[1])
+    assert set(gone) == {"ab/**"} and {e.path for e in entries} == {p for p in trees[snaps[1].hex] if "ab/" not in p}
+
+
+def test_an_unreadable_tree_root_is_read_from_the_fold_and_is_lost_only_with_it(repo, history, reopened):
+    snaps, trees = history
     flip_blob(repo, snaps[0].tree)
+    again = reopened(repo)
+    report = check(again, read_data=True)
+    assert report.damaged == [] and not report.ok
+    view = again.view(again.device_key(DEV))
+    entries, lost = readable_tree(again, view, snaps[0])
+    assert lost == {} and {e.path: e.chunks for e in entries if not e.is_dir} == trees[snaps[0].hex]
+
     for d in snaps[0].deltas:
         flip_blob(repo, d)
-    report = check(reopened(repo), read_data=True)
+    again = reopened(again)
+    report = check(again, read_data=True)
     lost = damage_map(report)
     assert lost[snaps[0].hex] == {"**"}
     # the later snapshots' trees are intact: their files read back, though their fold (through day 0) is lost
     assert snaps[2].hex not in lost
     assert any("do not fold" in e for e in report.errors)
+    with pytest.raises(CorruptObject):
+        readable_tree(again, again.view(again.device_key(DEV)), snaps[0])
 
 
 @settings(max_examples=25)
