@@ -16,7 +16,7 @@ lists, named by a glob: `ab/**` (a folder of the backup), `*` (its top-level fil
 Naming paths as the phone names them is the sync layer's job. Damage in one object never stops the rest from
 being checked.
 
-Memory: the blob ids of every needed blob (as prune's live set), the ids of damaged blobs with one line each, one
+Memory: the blob ids of every needed blob (as prune's live set), the ids of damaged blobs with why, one
 snapshot's tree and fold at a time, and per shard node already walked the paths it loses (usually none): a shard
 node shared by many snapshots is decoded for the comparison but its chunks are looked up once.
 
@@ -79,7 +79,7 @@ class _Blobs:
         self.repo, self.packs, self.rep = repo, packs, rep
         self.ok: set[bytes] = set()
         self.bad = bad  # pre-filled (and already reported) by the data phase
-        self._new: dict[str, list[bytes]] = {}  # reason -> blobs found so, not reported yet
+        self._new: dict[str, list[bytes]] = {}  # reason -> blobs found so far, not reported yet
 
     def _mark(self, bid: bytes, reason: str) -> None:
         self.ok.discard(bid)
