@@ -48,6 +48,7 @@ from .projections import DeviceView, project
 from .trees import FileEntry
 
 CONFIG_FORMAT = 1
+PACK_MOVED_RETRIES = 3  # a prune repacks a pack at most once per run; three runs while one blob is read is plenty
 CONFIG_AD = b"phonevault/v1/config"
 
 
@@ -181,11 +182,21 @@ class Repository:
         return loc
 
     def get_blob(self, blob_id: bytes) -> bytes:
-        loc = self.locate_needed(blob_id)
-        if loc is None:
-            raise MissingObject(f"blob {blob_id.hex()}", "not in any index")
-        name = pack_name(loc.pack)
-        return open_blob(self.key, blob_id, self.backend.get_range(name, loc.offset, loc.length), name)
+        """A blob's plaintext. A reader does not register with prune, so the pack it was told of may be repacked
+        and deleted while it reads (prune copies live blobs to a new pack first, and writes that pack's index
+        before deleting the old one): a vanished pack reloads the index and is looked up again, a few times."""
+        for attempt in range(PACK_MOVED_RETRIES + 1):
+            loc = self.locate_needed(blob_id)
+            if loc is None:
+                raise MissingObject(f"blob {blob_id.hex()}", "not in any index")
+            name = pack_name(loc.pack)
+            try:
+                return open_blob(self.key, blob_id, self.backend.get_range(name, loc.offset, loc.length), name)
+            except MissingObject:
+                if attempt == PACK_MOVED_RETRIES or self.backend.exists(name):
+                    raise  # gone for good, or there but short: damage, not a move
+                self.sync_index()
+        raise AssertionError("unreachable")
 
     def read_file(self, entry: FileEntry) -> Iterator[bytes]:
         for chunk in entry.chunks:

@@ -436,3 +436,21 @@ def test_prune_never_sweeps_the_data_of_a_snapshot_whose_segment_it_could_not_re
         assert read_all(fresh, new) == {"cd/photo": new_photo}
     finally:
         fresh.close()
+
+
+def test_a_reader_opened_before_a_prune_reads_through_the_repack(repo, tmp_path):
+    """Readers do not register with prune. One that located its blobs before a prune repacked their pack (live and
+    dead blobs together, the dead ones forgotten) still reads them: the vanished pack sends it back to the index."""
+    from tests.conftest import reopen
+
+    keep, drop = os.urandom(1 << 20), os.urandom(1 << 20)
+    old = snapshot(repo, {"ab/drop": drop, "cd/keep": keep})  # one data pack holds both
+    new = snapshot(repo, {"cd/keep": keep, "Manifest.db": b"v2"})
+    reader = reopen(repo, cache_root=tmp_path / "reader-cache")
+    entry = load_tree(new.tree, reader.get_blob)["cd/keep"]
+    assert all(reader.locate(c) is not None for c in entry.chunks)  # located before the prune
+    apply_forget(repo, plan_forget(repo.view(repo.device_key(DEV), refresh=True), None, {old.id}), "test")
+    result = prune(repo, grace_us=0)
+    assert result.repacked >= 1 and result.deleted >= 1, result
+    assert b"".join(reader.read_file(entry)) == keep
+    reader.close()
