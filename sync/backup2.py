@@ -13,6 +13,13 @@ its folder in every DeviceLink path (and in an export), so a backup refuses a UD
 name (`paths.safe_component`) before anything is stored, and a restore refuses such a source. An `IsEncrypted`
 that is not a boolean is never guessed at: a backup decides it from the Manifest.db (a database or not) and names
 the problem; a restore uses what the vault decided when the snapshot was stored.
+
+A device is not trusted to answer, nor to answer sensibly. Every wait on it is bounded (`Timeouts`): the setup
+(usbmuxd, lockdownd, the service handshakes, the sync lock, Info.plist) as a whole, each silence of the device
+inside the backup or restore, and each step of hanging up after a failure; a device that stays silent past a bound
+ends the operation with DeviceTimeout. A usbmuxd reply longer than MAX_USBMUX_REPLY is refused before anything is
+allocated for it (pymobiledevice3 would allocate whatever length the reply claims). Whatever pymobiledevice3 raises
+on a malformed reply becomes one typed error of one line.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import plistlib
 import re
+import struct
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -32,11 +40,13 @@ from pymobiledevice3.exceptions import (
     ConnectionTerminatedError,
     NoDeviceConnectedError,
     NotEnoughDiskSpaceError,
+    NotPairedError,
     PyMobileDevice3Exception,
 )
+from pymobiledevice3.exceptions import ProtocolError as Pmd3ProtocolError
 from pymobiledevice3.lockdown import create_using_usbmux
 from pymobiledevice3.services.afc import AfcService
-from pymobiledevice3.services.mobilebackup2 import Mobilebackup2Service
+from pymobiledevice3.services.mobilebackup2 import SUPPORTED_VERSIONS, Mobilebackup2Service
 from pymobiledevice3.services.notification_proxy import NotificationProxyService
 
 from phonevault.store.check import readable_tree, unreadable_files
@@ -49,21 +59,93 @@ from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
 from .damage import describe
-from .devicelink import Progress, VaultDeviceLink
+from .devicelink import ACTIVITY, Progress, VaultDeviceLink
 from .errors import (
     DeviceDisconnected,
     DeviceError,
     DeviceNotConnected,
     DeviceReportedFailure,
+    DeviceTimeout,
     ManifestInvalid,
     ProtocolError,
     RestoreRefused,
     StrictRefused,
 )
 from .manifest import check_manifest_db
-from .paths import safe_component
+from .paths import safe_component, shown, unsafe_reason
 from .plists import read_info_plist, read_manifest_plist
 from .records import BackupMeta, backup_meta, device_record
+
+# usbmuxd replies are device lists and pair records (kilobytes); anything longer is garbage, not a reply.
+MAX_USBMUX_REPLY = 1 << 20
+
+
+async def _recv_usbmux_reply(sock) -> bytes:
+    """pymobiledevice3's usbmuxd reply reader, with the claimed length checked before it is read: its own passes
+    the claim to `sock_recv`, which allocates that many bytes first (4 GiB for a hostile 0xFFFFFFF0)."""
+    header = await usbmux.MuxConnection._recv_exactly(sock, 4)
+    (size,) = struct.unpack("<L", header)
+    if not 16 <= size <= MAX_USBMUX_REPLY:  # 16: the reply header itself
+        raise ProtocolError("usbmuxd", f"refusing a reply of {size} bytes (limit {MAX_USBMUX_REPLY})")
+    return header + await usbmux.MuxConnection._recv_exactly(sock, size - 4)
+
+
+# pymobiledevice3 is pinned; every usbmuxd reply it reads, for any caller, goes through this one static method.
+usbmux.MuxConnection._recv_packet = staticmethod(_recv_usbmux_reply)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long the host waits on a device, in seconds, before it gives up with DeviceTimeout."""
+
+    setup: float = 120.0  # usbmuxd, lockdownd, handshakes, the sync lock, Info.plist (a phone with many apps)
+    idle: float = 900.0  # one silence inside a backup or restore (a phone preparing its snapshot says nothing)
+    cleanup: float = 10.0  # each step of hanging up once the operation has failed or timed out
+
+
+class _Watchdog:
+    """Runs one device operation and ends it if the device stays silent past the current bound.
+
+    The operation names what it waits for (`phase`) and reports every read from the device (`poke`); when the
+    bound passes, the operation's task is cancelled, and cancelled again every `cleanup` seconds while its hang-up
+    steps (unlocking the sync lock, closing services) wait on the same silent device."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self.timeouts = timeouts
+        self._loop = asyncio.get_running_loop()
+        self.what, self.limit = "connecting to usbmuxd and lockdownd", timeouts.setup
+        self.deadline = self._loop.time() + self.limit
+        self.expired: str | None = None
+
+    def phase(self, what: str, limit: float) -> None:
+        if self.expired is None:
+            self.what, self.limit = what, limit
+            self.poke()
+
+    def poke(self) -> None:
+        if self.expired is None:
+            self.deadline = self._loop.time() + self.limit
+
+    async def run(self, operation):
+        ACTIVITY.set(self.poke)  # the operation's task starts with a copy of this context
+        task = asyncio.ensure_future(operation)
+        try:
+            while not task.done():
+                left = self.deadline - self._loop.time()
+                if left > 0:
+                    await asyncio.wait([task], timeout=left)
+                    continue
+                if self.expired is None:
+                    self.expired = f"the device sent nothing for {self.limit:g} s while {self.what}"
+                task.cancel()
+                self.deadline = self._loop.time() + self.timeouts.cleanup
+        except asyncio.CancelledError:  # the caller is interrupted (Ctrl-C): the operation ends with it
+            task.cancel()
+            await asyncio.wait([task], timeout=self.timeouts.cleanup)
+            raise
+        if self.expired is not None and (task.cancelled() or task.exception() is not None):
+            raise DeviceTimeout(f"{self.expired}; gave up, nothing was committed") from None
+        return task.result()
 
 
 @dataclass(slots=True)
@@ -85,7 +167,7 @@ class _VaultBackupService(Mobilebackup2Service):
         await self.connect()
         dl = VaultDeviceLink(self._service, **kwargs)
         await dl.version_exchange()
-        await self.version_exchange(dl)
+        await _hello(dl)
         try:
             yield dl
         finally:
@@ -109,18 +191,50 @@ class _VaultBackupService(Mobilebackup2Service):
                     await task
 
 
+async def _hello(dl: VaultDeviceLink) -> None:
+    """MobileBackup2's Hello, checked field by field (pymobiledevice3 `assert`s, which names nothing)."""
+    await dl.send_process_message({"MessageName": "Hello", "SupportedProtocolVersions": SUPPORTED_VERSIONS})
+    reply = await dl.receive_message()
+    body = reply[1] if reply[0] == "DLMessageProcessMessage" else None
+    if not isinstance(body, dict):
+        raise ProtocolError("MobileBackup2", f"Hello answered with {shown(repr(reply)[:120])}")
+    if body.get("ErrorCode") != 0:
+        raise ProtocolError("MobileBackup2", f"Hello refused (ErrorCode {shown(repr(body.get('ErrorCode'))[:40])})")
+    if body.get("ProtocolVersion") not in SUPPORTED_VERSIONS:
+        version = shown(repr(body.get("ProtocolVersion"))[:40])
+        raise ProtocolError("MobileBackup2", f"no common protocol version (the device chose {version})")
+
+
+def _device_udid(udid: object) -> str:
+    """The UDID lockdownd reports, which names the backup folder in every DeviceLink path: one safe folder name."""
+    why = unsafe_reason(udid, component=True) if isinstance(udid, str) else "it is not a string"
+    if why is not None:
+        raise ProtocolError("lockdownd", f"its UniqueDeviceID {shown(repr(udid)[:80])} cannot name a folder ({why})")
+    return udid
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's text as one line: pymobiledevice3 appends a second paragraph asking for bug reports."""
+    return shown((str(e).strip().splitlines() or [""])[0])
+
+
 def _translate(e: BaseException) -> PhonevaultError:
     if isinstance(e, PhonevaultError):
         return e
     if isinstance(e, NotEnoughDiskSpaceError):
-        return DeviceReportedFailure(105, str(e))
+        return DeviceReportedFailure(105, _first_line(e))
     if isinstance(e, ConnectionTerminatedError | ConnectionResetError | BrokenPipeError | asyncio.IncompleteReadError):
         return DeviceDisconnected(f"the device disconnected during the operation ({type(e).__name__})")
     if isinstance(e, PyMobileDevice3Exception) and "reported an error" in str(e):
-        return DeviceReportedFailure(_error_code(str(e)), str(e))
+        return DeviceReportedFailure(_error_code(str(e)), _first_line(e))
+    if isinstance(e, Pmd3ProtocolError):
+        return ProtocolError("the device", _first_line(e))
+    if isinstance(e, NotPairedError):
+        return DeviceError("lockdownd opened no session: the device is not paired with this computer, or the TLS "
+                           "handshake failed")  # fmt: skip
     if isinstance(e, OSError | ConnectionFailedError):
-        return DeviceDisconnected(f"lost the connection to the device: {e}")
-    return DeviceError(f"{type(e).__name__}: {e}")
+        return DeviceDisconnected(f"lost the connection to the device: {_first_line(e)}")
+    return DeviceError(f"{type(e).__name__}: {_first_line(e)}")
 
 
 def _error_code(text: str) -> int:
@@ -132,7 +246,8 @@ async def _lockdown(udid: str | None, usbmux_address: str | None):
     try:
         devices = await usbmux.list_devices(usbmux_address=usbmux_address)
     except (ConnectionFailedError, OSError, NoDeviceConnectedError) as e:
-        raise DeviceNotConnected(f"cannot reach usbmuxd ({usbmux_address or 'system socket'}): {e}") from None
+        where = usbmux_address or "system socket"
+        raise DeviceNotConnected(f"cannot reach usbmuxd ({where}): {_first_line(e)}") from None
     serials = [d.serial for d in devices]
     if not serials:
         raise DeviceNotConnected()
@@ -153,9 +268,11 @@ async def _connected(udid: str | None, usbmux_address: str | None) -> AsyncItera
         lockdown = await _lockdown(udid, usbmux_address)
     except PhonevaultError:
         raise
+    except NotPairedError as e:
+        raise _translate(e) from None
     except Exception as e:
         where = f"usbmuxd/lockdownd at {usbmux_address or 'the system socket'}"
-        raise ProtocolError(where, f"{type(e).__name__}: {e}") from None
+        raise ProtocolError(where, f"malformed or refused reply ({type(e).__name__}: {_first_line(e)})") from None
     service = _VaultBackupService(lockdown)
     try:
         yield service
@@ -170,12 +287,15 @@ async def _connected(udid: str | None, usbmux_address: str | None) -> AsyncItera
             await lockdown.close()
 
 
-def find_devices(usbmux_address: str | None = None) -> list[str]:
+def find_devices(usbmux_address: str | None = None, timeouts: Timeouts = Timeouts()) -> list[str]:
+    """The UDIDs usbmuxd lists; [] when it cannot be reached, answers nonsense or does not answer in time."""
+
     async def go() -> list[str]:
         try:
-            return [d.serial for d in await usbmux.list_devices(usbmux_address=usbmux_address)]
-        except (ConnectionFailedError, OSError, NoDeviceConnectedError):
+            devices = await asyncio.wait_for(usbmux.list_devices(usbmux_address=usbmux_address), timeouts.setup)
+        except (PhonevaultError, PyMobileDevice3Exception, OSError, TimeoutError, ValueError, KeyError, TypeError):
             return []
+        return [d.serial for d in devices]
 
     return asyncio.run(go())
 
@@ -188,20 +308,27 @@ def backup_device(
     full: bool = False,
     progress: Progress | None = None,
     on_start: Callable[[str, str | None], None] | None = None,
+    timeouts: Timeouts = Timeouts(),
 ) -> DeviceBackupResult:
-    return asyncio.run(_backup(repo, udid, usbmux_address, full, progress, on_start))
+    async def run() -> DeviceBackupResult:
+        watchdog = _Watchdog(timeouts)
+        return await watchdog.run(_backup(repo, udid, usbmux_address, full, progress, on_start, watchdog))
+
+    return asyncio.run(run())
 
 
-async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> DeviceBackupResult:
+async def _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog: _Watchdog) -> DeviceBackupResult:
     writer: SnapshotWriter | None = None
     try:  # however the backup ends, the writer is closed: a failure releases its writers/ marker at once
         async with _connected(udid, usbmux_address) as service:
-            udid = safe_component(service.lockdown.udid, "a backup folder name")
+            udid = _device_udid(service.lockdown.udid)
             if on_start:
                 on_start(udid, service.lockdown.all_values.get("DeviceName"))
             full = full or repo.view(repo.device_key(udid), refresh=True).head is None
             writer = SnapshotWriter(repo, udid, DeviceRecord(), incremental=not full)
+            watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
             async with service.vault_link(repo=repo, udid=udid, writer=writer, progress=progress) as dl:
+                watchdog.phase("taking the sync lock and listing the apps", watchdog.timeouts.setup)
                 async with service.session(dl) as afc:
                     info = await service.init_mobile_backup_factory_info(afc)
                     dl.put_bytes("Info.plist", plistlib.dumps(info))
@@ -210,7 +337,9 @@ async def _backup(repo, udid, usbmux_address, full, progress, on_start) -> Devic
                     if full:
                         dl.put_bytes("Manifest.plist", b"")  # pmd3's signal for a full backup: an empty Manifest.plist
                     await dl.send_process_message({"MessageName": "Backup", "TargetIdentifier": udid})
+                    watchdog.phase("backing up", watchdog.timeouts.idle)
                     await dl.dl_loop(lambda _percent: None)
+                    watchdog.phase("ending the backup session", watchdog.timeouts.setup)
         writer.drop_nonempty_dirs()
         device = read_info_plist(dl.read("Info.plist") or b"", "Info.plist")
         writer.info = device_record(device)

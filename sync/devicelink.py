@@ -22,6 +22,12 @@ going past a bound ends the backup with DeviceLimitExceeded (nothing is committe
 - all MoveItems of a backup move at most `move_total` entries (a real backup moves each uploaded file once).
 Each request costs O(what it names or touches) (the staged tree's folder index): a flood of requests costs at most
 the bounds above plus O(1) per request, which the device pays for in bytes sent.
+
+Every message is checked against its shape (`_SHAPES`: the arguments pymobiledevice3's `dl_loop` and the handlers
+index, with their types) before anything acts on it, so a message of the wrong arity, an argument of the wrong
+type or an unknown request is one ProtocolError naming it, never a KeyError from deep inside. Every read from the
+device first reports to `ACTIVITY` (the watchdog of the operation, if one runs it), so a device that is working is
+told from one that went silent.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,7 +62,8 @@ from phonevault.store.staged import StagedTree
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
-from .errors import DeviceLimitExceeded, ProtocolError
+from .errors import DeviceDisconnected, DeviceLimitExceeded, ProtocolError
+from .paths import shown
 
 FRAME = 32 * 1024  # Apple's DeviceLink BufferSize: bigger frames got BackupAgent2 jetsammed (pmd3 #1165)
 MAX_NAME = 4096  # libimobiledevice aborts on longer names too
@@ -64,6 +72,10 @@ _HDR = struct.Struct(">IB")
 ENOENT, EIO = 2, 5
 
 Progress = Callable[[int, int], None]  # (files received, bytes received)
+
+#: Called before every read from the device: the operation's watchdog sets it (a context variable reaches the link
+#: through pymobiledevice3's service objects without being threaded through them).
+ACTIVITY: ContextVar[Callable[[], None] | None] = ContextVar("phonevault_device_activity", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +86,69 @@ class StagingLimits:
     copy_one: int = 1 << 16
     copy_total: int = 1 << 18
     move_total: int = 4_000_000
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_str_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def _is_result(v: Any) -> bool:
+    return isinstance(v, dict) and type(v.get("ErrorCode")) is int
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _anything(_v: Any) -> bool:
+    return True
+
+
+_STR, _STRS, _MAP = (_is_str, "a string"), (_is_strs, "a list of strings"), (_is_str_map, "a dict of strings")
+_ANY = (_anything, "")
+#: Each message the host accepts from a device: what its arguments must be (a longer message is fine).
+_SHAPES: dict[str, tuple[tuple[Callable[[Any], bool], str], ...]] = {
+    "DLMessageVersionExchange": ((_is_int, "an integer version"),),
+    "DLMessageDeviceReady": (),
+    "DLMessageProcessMessage": ((_is_result, "a dict with an integer ErrorCode"),),
+    "DLMessageCreateDirectory": (_STR,),
+    "DLContentsOfDirectory": (_STR,),
+    "DLMessageUploadFiles": (_ANY, _ANY),
+    "DLMessageDownloadFiles": (_STRS, _ANY, _ANY),
+    "DLMessageMoveItems": (_MAP, _ANY, _ANY),
+    "DLMessageMoveFiles": (_MAP, _ANY, _ANY),
+    "DLMessageRemoveItems": (_STRS, _ANY, _ANY),
+    "DLMessageRemoveFiles": (_STRS, _ANY, _ANY),
+    "DLMessageCopyItem": (_STR, _STR),
+    "DLMessageGetFreeDiskSpace": (),
+    "DLMessagePurgeDiskSpace": (),
+}
+
+
+def check_message(message: Any) -> list[Any]:
+    """`message` if it is a DeviceLink message the host understands, else ProtocolError naming what is wrong."""
+    if not isinstance(message, list) or not message or not isinstance(message[0], str):
+        raise ProtocolError("DeviceLink", f"expected a message array, got {shown(repr(message)[:80])}")
+    name = message[0]
+    if name == "DLMessageDisconnect":
+        raise DeviceDisconnected("the device ended the session (DLMessageDisconnect) before the operation finished")
+    shape = _SHAPES.get(name)
+    if shape is None:
+        raise ProtocolError("DeviceLink", f"unknown message {shown(name[:80])}")
+    if len(message) - 1 < len(shape):
+        raise ProtocolError("DeviceLink", f"{name} has {len(message) - 1} argument(s), expected {len(shape)}")
+    for i, (ok, what) in enumerate(shape, 1):
+        if not ok(message[i]):
+            raise ProtocolError("DeviceLink", f"{name}: argument {i} is {shown(repr(message[i])[:80])}, not {what}")
+    return message
 
 
 @contextmanager
@@ -166,6 +241,27 @@ class VaultDeviceLink(DeviceLink):
             self.problems.append(f"the device asked to {what} during a restore; ignored")
             return False
         return True
+
+    # --- reading from the device ----------------------------------------------------------------------------
+    async def _recvall(self, size: int) -> bytes:
+        if (poke := ACTIVITY.get()) is not None:
+            poke()
+        return await super()._recvall(size)
+
+    async def receive_message(self) -> list[Any]:
+        if (poke := ACTIVITY.get()) is not None:
+            poke()
+        return check_message(await super().receive_message())
+
+    async def version_exchange(self) -> None:
+        """pymobiledevice3's, with the device's messages checked (`check_message`) instead of indexed blindly."""
+        offer = await self.receive_message()
+        if offer[0] != "DLMessageVersionExchange":
+            raise ProtocolError("DeviceLink", f"expected DLMessageVersionExchange, got {shown(offer[0][:80])}")
+        await self.service.send_plist(["DLMessageVersionExchange", "DLVersionsOk", offer[1]])
+        ready = await self.receive_message()
+        if ready[0] != "DLMessageDeviceReady":
+            raise ProtocolError("DeviceLink", f"expected DLMessageDeviceReady, got {shown(ready[0][:80])}")
 
     # --- framing helpers ------------------------------------------------------------------------------------
     async def _name(self) -> str:

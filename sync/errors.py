@@ -147,6 +147,10 @@ class DeviceDisconnected(DeviceError):
         super().__init__(reason)
 
 
+class DeviceTimeout(DeviceError):
+    """The device (or usbmuxd) stopped answering for longer than the host waits; nothing was committed."""
+
+
 class ProtocolError(DeviceError):
     """A malformed or unexpected usbmux/lockdown/DeviceLink message."""
 

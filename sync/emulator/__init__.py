@@ -2,7 +2,8 @@
 
 Layers, one module each: `wire` (framing), `usbmux`, `lockdown`, `pairing`, `services` (notification_proxy,
 afc, installation_proxy, springboardservices), `devicelink`, `backup2`, `device` (identity, content, ports),
-`server` (listener, threads, the public `Emulator`).
+`server` (listener, threads, the public `Emulator`), and `hostile` (the same phone breaking each protocol on
+purpose, chosen with `Fault(hostile=...)`, for tests of the host side).
 
 What the phone holds is the synthetic phone, `phone.SyntheticPhone`, built from `seeds`, `identity`, `days` (which
 files exist on day N), `content` and `databases` (their bytes), `ioscrypto` (iOS backup encryption) and `folder`

@@ -29,6 +29,7 @@ from phonevault.sync.errors import ManifestInvalid
 from phonevault.sync.manifest import FLAG_FILE, CatalogEntry, read_manifest_rows
 from phonevault.sync.plists import read_manifest_plist
 
+from . import hostile
 from .devicelink import Aborted, DeviceLink, HostRefused, Upload
 from .wire import FrameError, Link, PeerClosed
 
@@ -77,6 +78,8 @@ def serve(link: Link, device: Device) -> None:
     fault = device.fault
     dl = DeviceLink(link, upload_budget=fault.disconnect_after_upload_bytes if fault else None)
     try:
+        if hostile.mobilebackup2(dl, device):
+            return
         dl.version_exchange()
         while True:
             message = dl.receive()
@@ -112,6 +115,8 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
             return
         target = str(request.get("TargetIdentifier") or device.udid)
         source = str(request.get("SourceIdentifier") or target)
+        if name == "Backup" and hostile.backup(dl, device, target):
+            return
         with device.content.lock:
             scratch = device.scratch_dir()
             try:

@@ -25,7 +25,7 @@ from typing import Any
 
 from phonevault.sync.manifest import read_manifest_db
 
-from . import backup2, lockdown, pairing, services
+from . import backup2, hostile, lockdown, pairing, services
 from .phone import SyntheticPhone
 from .usbmux import LOCKDOWN_PORT, PortHandler
 from .wire import Link
@@ -45,6 +45,7 @@ class Fault:
     disconnect_after_upload_bytes: int | None = None  # drop the link mid-backup after this many body bytes
     fail_with_code: int | None = None  # end every operation with this ErrorCode (e.g. 208, device locked)
     bad_upload_path: str | None = None  # also upload a file to this host path (e.g. "../evil")
+    hostile: str | None = None  # one behaviour of `hostile.BEHAVIOURS`: a device that breaks the protocol on purpose
 
 
 class Content:
@@ -145,7 +146,7 @@ class Device:
         values["DevicePublicKey"] = self.pairing.device_public_key
         # pmd3 `get_will_encrypt` reads it; the emulated phone never encrypts its backups.
         values.setdefault("com.apple.mobile.backup", {"WillEncrypt": False})
-        return values
+        return hostile.lockdown_values(self, values)
 
     def start_service(self, name: str) -> tuple[int, bool] | None:
         if name not in self._services:

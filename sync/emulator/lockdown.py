@@ -13,6 +13,7 @@ import ssl
 import uuid
 from typing import Any, Protocol
 
+from . import hostile
 from .pairing import Pairing
 from .wire import FrameError, Link, PeerClosed, recv_plist, send_plist
 
@@ -64,6 +65,8 @@ def serve(link: Link, device: LockdownDevice) -> None:
             return
         if not isinstance(request, dict) or not isinstance(request.get("Request"), str):
             log.warning("lockdown %s: not a lockdownd request (%s); closing", link.peer, type(request).__name__)
+            return
+        if hostile.lockdown(link, device, request):
             return
         name = request["Request"]
         reply: dict[str, Any] = {"Request": name}

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from . import hostile
 from .wire import FrameError, Link, PeerClosed, recv_exact
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def serve(link: Link, device: MuxDevice) -> None:
         except FrameError as e:
             if not (isinstance(e, PeerClosed) and e.clean):
                 log.warning("usbmux %s: %s; closing the connection", link.peer, e.reason)
+            return
+        if hostile.usbmux(link, device, tag, request):
             return
         if request is None:
             _reply(link, tag, {"MessageType": "Result", "Number": RESULT_BADVERSION})
