@@ -125,13 +125,14 @@ def snapshot_json(v: DeviceView, s: SnapshotRecord) -> dict:
 def snapshots(repo: Repository, device: str | None, show_all: bool, as_json: bool) -> None:
     """Every dated version, oldest first (`*` marks each device's current backup)."""
     views = [resolve_device(repo, device)] if device else repo.devices()
-    docs = []
+    dated = []
     for v in views:
         for s in v.snapshots if show_all else v.live():
             d = snapshot_json(v, s)
             d["forgotten"] = s.forgotten
-            docs.append(d)
-    docs.sort(key=lambda d: d["time"])
+            dated.append(((s.time, s.committed), d))
+    # By the backup's own date (to the microsecond: the text is to the second), then by when it was stored.
+    docs = [d for _when, d in sorted(dated, key=lambda x: x[0])]
     if as_json:
         emit_json(docs)
         return

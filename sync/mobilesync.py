@@ -7,14 +7,16 @@ inode, ctime) matches the stat cache, so re-importing an unchanged folder reads 
 
 Three layouts are imported (sync/layouts.py): Manifest.db with xx/<fileID> (iOS 10 and later), Manifest.mbdb with
 flat <fileID> files (iOS 4–9) and .mdinfo/.mddata pairs (iPhone OS 3); the snapshot records which. The older two
-lists are parsed whole before anything is stored.
+lists are parsed whole before anything is stored. A snapshot is dated by the backup itself (its plists' dates, else
+its newest file's mtime: sync/dates.py), not by when it is imported.
 
 Imperfect sources: files listed but absent, or whose size disagrees with the list, rows that cannot be used
 (undecodable, a fileID listed twice), files of a flat folder that no record names, plist flags that are not
-booleans, and a UDID that cannot name a folder (the folder's own name is used instead) are named in `problems`;
-everything present is stored exactly and the snapshot is committed; the CLI then exits 3. An `IsEncrypted` that is
-not a boolean is decided by the list itself: a Manifest.db opens as a database (plaintext, browsable) or it does not
-(stored as the phone encrypted it); Manifest.mbdb records and .mdinfo files say whether they are encrypted.
+booleans, no plist date to trust (dated by the newest mtime instead), and a UDID that cannot name a folder (the
+folder's own name is used instead) are named in `problems`; everything present is stored exactly and the snapshot
+is committed; the CLI then exits 3. An `IsEncrypted` that is not a boolean is decided by the list itself: a
+Manifest.db opens as a database (plaintext, browsable) or it does not (stored as the phone encrypted it);
+Manifest.mbdb records and .mdinfo files say whether they are encrypted.
 Refused outright: not a folder, no Manifest.db, Manifest.mbdb or .mdinfo, a list that cannot be read (unless the
 phone encrypted a Manifest.db).
 
@@ -39,17 +41,18 @@ from phonevault.store.check import readable_tree
 from phonevault.store.errors import PhonevaultError, UnsafePath
 from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
-from phonevault.store.repository import Repository
+from phonevault.store.repository import Repository, now_us
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import ManifestParse, ReadyParse, parse_legacy_folder, store_catalog
 from .damage import describe
+from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
 from .errors import BackupFolderInvalid, ManifestInvalid, StrictRefused, TargetConflict
 from .layouts import LAYOUTS, MANIFEST_DB, MDINFO, Layout, detect_layout
 from .manifest import check_manifest_db
 from .paths import Target, safe_component, shown, unsafe_reason
-from .plists import DeviceInfo, read_info_plist, read_manifest_plist, read_status_plist
+from .plists import DeviceInfo, read_info_plist_dated, read_manifest_plist, read_status_plist
 from .records import BackupMeta, device_record
 from .writeout import FileWriters, write_large
 
@@ -104,6 +107,7 @@ class FolderMeta:
     catalog: ManifestParse | ReadyParse | None  # None if the phone encrypted the file list
     problems: list[str] = field(default_factory=list)
     meta: BackupMeta = field(default_factory=BackupMeta)
+    dates: tuple = ()  # ((source, datetime | None), …) in the order sync/dates.py takes them
 
 
 def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
@@ -126,12 +130,12 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
             problems.append(str(e))
             return None
 
-    info = read_plist("Info.plist", read_info_plist)
+    info = read_plist("Info.plist", read_info_plist_dated)
     manifest = read_plist("Manifest.plist", read_manifest_plist)
     status = read_plist("Status.plist", read_status_plist)
-    for plist in (manifest, status):
+    for plist in (info, manifest, status):
         problems += plist.problems if plist is not None else ()
-    device = info or DeviceInfo(udid="")
+    device = info.device if info is not None else DeviceInfo(udid="")
     if not device.udid and manifest is not None:
         lockdown = manifest.raw.get("Lockdown")
         udid = lockdown.get("UniqueDeviceID") if isinstance(lockdown, dict) else None
@@ -169,7 +173,12 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
         is_full_backup=status.is_full_backup if status else None,
         layout=layout.name,
     )
-    return FolderMeta(device, encrypted, catalog, problems, meta)
+    dates = (
+        (STATUS_PLIST, status.date if status else None),
+        (MANIFEST_PLIST, manifest.date if manifest else None),
+        (INFO_PLIST, info.last_backup_date if info else None),
+    )
+    return FolderMeta(device, encrypted, catalog, problems, meta, dates)
 
 
 def _legacy_catalog(
@@ -351,8 +360,12 @@ def _stage_and_commit(
         problems += catalog.problems
         present = {rel: st.st_size for rel, st in files}
         problems += LAYOUTS[fm.meta.layout].compare(present, catalog.file_sizes, catalog.keyed)
-    meta = replace(fm.meta, problems=len(problems))
-    snap = writer.commit(f"folder:{folder}", meta=meta.encode())
+    # Dated by the backup itself, so an archived backup imported late takes its place in history.
+    newest = max((st.st_mtime_ns for _r, st in files if stat.S_ISREG(st.st_mode)), default=None)
+    dated = date_backup(fm.dates, newest, now_us())
+    problems += dated.problems
+    meta = replace(fm.meta, problems=len(problems), dated_by=dated.source)
+    snap = writer.commit(f"folder:{folder}", meta=meta.encode(), time_us=dated.time_us)
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     repo.cache.stat_put_many(new_stat)
     if catalog:

@@ -1,10 +1,12 @@
 """Apple's backup plists: Info.plist (who the backup belongs to; read, and written as pymobiledevice3 writes it),
-Manifest.plist (is the backup encrypted, its keybag) and Status.plist (did the last backup finish).
+Manifest.plist (is the backup encrypted, its keybag) and Status.plist (did the last backup finish); the three dates
+that say when the backup was made (Status.plist's and Manifest.plist's Date, Info.plist's Last Backup Date; which one
+dates a snapshot: sync/dates.py).
 
 Each reader takes the plist's bytes (XML or binary) and a `where` naming it in errors; a plist that does not parse,
 or whose root is not a dict, raises ManifestInvalid. Missing fields read as None. Booleans are taken only when they
-are booleans: any other value (the string "yes", 0, a date) reads as None and is named in the record's `problems`,
-never guessed at. Writing is deterministic except for Info.plist's GUID, which pymobiledevice3 draws at random
+are booleans, and dates only when they are dates: any other value (the string "yes", 0, a date where a boolean
+belongs, a string where a date does) reads as None and is named in the record's `problems`, never guessed at. Writing is deterministic except for Info.plist's GUID, which pymobiledevice3 draws at random
 (pass one to fix it). Memory: one plist, decoded whole (they are kilobytes).
 """
 
@@ -67,7 +69,24 @@ class DeviceInfo:
 
 def read_info_plist(data: bytes, where: str) -> DeviceInfo:
     """Device identity from an Info.plist (XML or binary). Missing fields become None; only a non-dict is refused."""
+    return _device_info(_load_plist_dict(data, where, "Info.plist"))
+
+
+@dataclass(frozen=True, slots=True)
+class InfoPlist:
+    device: DeviceInfo
+    last_backup_date: datetime | None  # iTunes and libimobiledevice write it; pymobiledevice3 does not
+    problems: tuple[str, ...] = ()
+
+
+def read_info_plist_dated(data: bytes, where: str) -> InfoPlist:
+    """An Info.plist's device identity and its Last Backup Date, from one parse (it can hold megabytes of apps)."""
     d = _load_plist_dict(data, where, "Info.plist")
+    problems: list[str] = []
+    return InfoPlist(_device_info(d), _date(d, "Last Backup Date", where, problems), tuple(problems))
+
+
+def _device_info(d: dict[str, Any]) -> DeviceInfo:
     # "Target Identifier" keeps the device's own spelling; "Unique Identifier" is upper-cased by hosts.
     udid = _str(d.get("Target Identifier")) or _str(d.get("Unique Identifier")) or ""
     return DeviceInfo(
@@ -143,6 +162,15 @@ def _flag(d: Mapping[str, Any], key: str, absent: bool | None, where: str, probl
     return None
 
 
+def _date(d: Mapping[str, Any], key: str, where: str, problems: list[str]) -> datetime | None:
+    """A plist date (naive, UTC, as plistlib reads it). Anything else reads as None and is named in `problems`."""
+    value = d.get(key)
+    if value is None or isinstance(value, datetime):
+        return value
+    problems.append(f"{where}: {key} is {value!r:.40} ({type(value).__name__}), not a date; taken as unknown")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ManifestPlist:
     is_encrypted: bool | None  # None: IsEncrypted holds something other than a boolean (named in `problems`)
@@ -168,12 +196,11 @@ class ManifestPlist:
 def read_manifest_plist(data: bytes, where: str) -> ManifestPlist:
     d = _load_plist_dict(data, where, "Manifest.plist")
     lockdown = d.get("Lockdown") if isinstance(d.get("Lockdown"), dict) else {}
-    date = d.get("Date")
     problems: list[str] = []
     return ManifestPlist(
         is_encrypted=_flag(d, "IsEncrypted", False, where, problems),
         version=_str(d.get("Version")),
-        date=date if isinstance(date, datetime) else None,
+        date=_date(d, "Date", where, problems),
         product_version=_str(lockdown.get("ProductVersion")),
         raw=d,
         problems=tuple(problems),
@@ -198,12 +225,11 @@ class StatusPlist:
 
 def read_status_plist(data: bytes, where: str) -> StatusPlist:
     d = _load_plist_dict(data, where, "Status.plist")
-    date = d.get("Date")
     problems: list[str] = []
     return StatusPlist(
         snapshot_state=_str(d.get("SnapshotState")),
         is_full_backup=_flag(d, "IsFullBackup", None, where, problems),
-        date=date if isinstance(date, datetime) else None,
+        date=_date(d, "Date", where, problems),
         uuid=_str(d.get("UUID")),
         version=_str(d.get("Version")),
         backup_state=_str(d.get("BackupState")),

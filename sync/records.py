@@ -19,9 +19,9 @@ from .plists import DeviceInfo
 
 @dataclass(frozen=True, slots=True)
 class BackupMeta:
-    """What a snapshot records about the backup it holds (format 2: `layout` appended)."""
+    """What a snapshot records about the backup it holds (format 2: `layout` appended; format 3: `dated_by`)."""
 
-    FORMAT: ClassVar[int] = 2
+    FORMAT: ClassVar[int] = 3
 
     encrypted: bool = False  # the phone encrypted the backup (IsEncrypted, or a Manifest.db that is no database)
     ios_version: str | None = None
@@ -34,6 +34,10 @@ class BackupMeta:
     # later, xx/<fileID>), "mbdb" (iOS 4–9, <fileID> in the root), "mdinfo" (iPhone OS 3, <fileID>.mddata). Records
     # of format 1 predate the older layouts, so they are all "manifest-db".
     layout: str = "manifest-db"
+    # What gave the snapshot its date (its `time`; sync/dates.py): "status-plist", "manifest-plist", "info-plist",
+    # "newest-mtime", or "stored" (when it was stored: a device backup, dated when the device reports success).
+    # Records before format 3 were all dated when they were stored.
+    dated_by: str = "stored"
 
     def encode(self) -> bytes:
         return encode_record(self)
