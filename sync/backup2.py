@@ -29,10 +29,11 @@ import plistlib
 import re
 import struct
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from pymobiledevice3 import usbmux
 from pymobiledevice3.exceptions import (
@@ -76,6 +77,8 @@ from .paths import safe_component, shown, unsafe_reason
 from .plists import read_info_plist, read_manifest_plist
 from .records import BackupMeta, backup_meta, device_record
 
+T = TypeVar("T")
+
 # usbmuxd replies are device lists and pair records (kilobytes); anything longer is garbage, not a reply.
 MAX_USBMUX_REPLY = 1 << 20
 
@@ -110,8 +113,9 @@ class _Watchdog:
     bound passes, the operation's task is cancelled, and cancelled again every `cleanup` seconds while its hang-up
     steps (unlocking the sync lock, closing services) wait on the same silent device."""
 
-    def __init__(self, timeouts: Timeouts) -> None:
+    def __init__(self, timeouts: Timeouts, outcome: str) -> None:
         self.timeouts = timeouts
+        self.outcome = outcome  # what giving up means, for the error
         self._loop = asyncio.get_running_loop()
         self.what, self.limit = "connecting to usbmuxd and lockdownd", timeouts.setup
         self.deadline = self._loop.time() + self.limit
@@ -144,8 +148,18 @@ class _Watchdog:
             await asyncio.wait([task], timeout=self.timeouts.cleanup)
             raise
         if self.expired is not None and (task.cancelled() or task.exception() is not None):
-            raise DeviceTimeout(f"{self.expired}; gave up, nothing was committed") from None
+            raise DeviceTimeout(f"{self.expired}; gave up, {self.outcome}") from None
         return task.result()
+
+
+def _watched(timeouts: Timeouts, outcome: str, operation: Callable[[_Watchdog], Coroutine[Any, Any, T]]) -> T:
+    """Run one device operation in a fresh event loop, under its watchdog."""
+
+    async def run() -> T:
+        watchdog = _Watchdog(timeouts, outcome)
+        return await watchdog.run(operation(watchdog))
+
+    return asyncio.run(run())
 
 
 @dataclass(slots=True)
@@ -293,7 +307,7 @@ def find_devices(usbmux_address: str | None = None, timeouts: Timeouts = Timeout
     async def go() -> list[str]:
         try:
             devices = await asyncio.wait_for(usbmux.list_devices(usbmux_address=usbmux_address), timeouts.setup)
-        except (PhonevaultError, PyMobileDevice3Exception, OSError, TimeoutError, ValueError, KeyError, TypeError):
+        except Exception:  # a usbmuxd that cannot be reached, answers nonsense or stays silent lists no device
             return []
         return [d.serial for d in devices]
 
@@ -310,11 +324,11 @@ def backup_device(
     on_start: Callable[[str, str | None], None] | None = None,
     timeouts: Timeouts = Timeouts(),
 ) -> DeviceBackupResult:
-    async def run() -> DeviceBackupResult:
-        watchdog = _Watchdog(timeouts)
-        return await watchdog.run(_backup(repo, udid, usbmux_address, full, progress, on_start, watchdog))
-
-    return asyncio.run(run())
+    return _watched(
+        timeouts,
+        "nothing was committed",
+        lambda watchdog: _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog),
+    )
 
 
 async def _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog: _Watchdog) -> DeviceBackupResult:
@@ -415,6 +429,7 @@ def restore_device(
     system: bool = False,
     remove: bool = False,
     strict: bool = False,
+    timeouts: Timeouts = Timeouts(),
 ) -> RestoreResult:
     """Restore `snap` to the device. A damaged snapshot is served as far as it reads: a file the vault cannot give
     back is answered with a file error and named in `damaged`; a device that ends the restore over it raises
@@ -427,10 +442,10 @@ def restore_device(
             raise StrictRefused(describe(repo, snap, lost, "restored"), "restored")
     state = {e.path: e for e in entries}
     args = (repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove)
-    return asyncio.run(_restore(*args))
+    return _watched(timeouts, "the restore did not finish", lambda watchdog: _restore(*args, watchdog))
 
 
-async def _restore(repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove):
+async def _restore(repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove, watchdog):
     # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
     source = safe_component(view.device or "", "a backup folder name")
     manifest = state.get("Manifest.plist")
@@ -449,7 +464,9 @@ async def _restore(repo, view, snap, state, lost, udid, usbmux_address, password
     try:
         async with _connected(udid, usbmux_address) as service:
             target = service.lockdown.udid
+            watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
             async with service.vault_link(repo=repo, udid=source, snapshot_state=state) as dl:
+                watchdog.phase("taking the sync lock", watchdog.timeouts.setup)
                 async with service.session(dl) as afc:
                     options: dict = {
                         "RestoreShouldReboot": reboot,
@@ -474,7 +491,9 @@ async def _restore(repo, view, snap, state, lost, udid, usbmux_address, password
                         await afc.set_file_contents(
                             "/iTunesRestore/RestoreApplications.plist", plistlib.dumps(applications)
                         )
+                    watchdog.phase("restoring", watchdog.timeouts.idle)
                     await dl.dl_loop(lambda _percent: None)
+                    watchdog.phase("ending the restore session", watchdog.timeouts.setup)
     except DeviceReportedFailure as e:
         damaged = {**lost, **(dl.unreadable if dl is not None else {})}
         if damaged:  # most likely why: say so, naming what the vault could not give

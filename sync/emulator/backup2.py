@@ -115,7 +115,7 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
             return
         target = str(request.get("TargetIdentifier") or device.udid)
         source = str(request.get("SourceIdentifier") or target)
-        if name == "Backup" and hostile.backup(dl, device, target):
+        if name in ("Backup", "Restore") and hostile.operation(dl, device, target):
             return
         with device.content.lock:
             scratch = device.scratch_dir()

@@ -2,7 +2,7 @@
 
 Room: hostility, for tests of the host side. `Fault(hostile=NAME)` picks one behaviour of `BEHAVIOURS`; the layers
 call in here at their fault points (usbmux `serve`, lockdown `serve`, `Device.lockdown_values`, mobilebackup2
-`serve` before the DeviceLink handshake and `_dispatch` when a Backup starts) and carry on as usual for every
+`serve` before the DeviceLink handshake and `_dispatch` when a Backup or Restore starts) and carry on as usual for every
 behaviour that is not theirs. Each behaviour is what a broken or malicious phone (or usbmuxd) can put on the wire:
 truncated frames, absurd lengths, wrong types, paths that climb out of the backup folder, request floods, silence,
 a disconnect mid-file, garbage where a TLS handshake or a plist should be.
@@ -202,8 +202,9 @@ _HANDSHAKE: dict[str, Callable[[DeviceLink], None]] = {
 }
 
 
-def backup(dl: DeviceLink, device: Device, target: str) -> bool:
-    """Called when the host asks for a Backup; a hostile behaviour replaces the whole backup."""
+def operation(dl: DeviceLink, device: Device, target: str) -> bool:
+    """Called when the host asks for a Backup or a Restore; a hostile behaviour replaces the whole operation (in a
+    restore, the host refuses what would change its snapshot, so most scripts meet refusals or silence sooner)."""
     name = behaviour(device)
     script = _BACKUP.get(name or "")
     if script is None:

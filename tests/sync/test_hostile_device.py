@@ -10,7 +10,8 @@ still running after DEADLINE seconds is a hang, and fails the test: no timing as
 stored before it is untouched and nothing new is committed (`check --read-data` is clean, no writers/ marker is
 left); and the next backup of the well-behaved phone works and builds on that snapshot (the device's sync lock was
 released, the vault was not harmed). The absurd-length behaviours also run in a child process whose data segment is
-capped at 1 GiB: the host must refuse them without allocating what they claim.
+capped at 1 GiB: the host must refuse them without allocating what they claim. A restore meets the silences and a
+few malformed answers the same way, and finding devices through a hostile usbmuxd finds none, in bounded time.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable
 import pytest
 
 from phonevault.store.check import check
-from phonevault.sync.backup2 import Timeouts, backup_device
+from phonevault.sync.backup2 import Timeouts, backup_device, find_devices, restore_device
 from phonevault.sync.emulator import Emulator, Fault
 from phonevault.sync.emulator.hostile import BEHAVIOURS
 from phonevault.sync.errors import (
@@ -175,7 +176,7 @@ CHILD = textwrap.dedent(
     from phonevault.store.backends.local import LocalBackend
     from phonevault.store.errors import PhonevaultError
     from phonevault.store.repository import Repository
-    from phonevault.sync.backup2 import Timeouts, backup_device
+    from phonevault.sync.backup2 import Timeouts, backup_device, find_devices, restore_device
     where, address, password, scrypt_n = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     repo = Repository.init(LocalBackend(where / "vault"), password, scrypt_n=scrypt_n, cache_root=where / "cache")
     try:
@@ -211,3 +212,45 @@ def test_absurd_lengths_are_refused_without_allocating_them(emu, tmp_path, name)
     assert out["bites"], "the 1 GiB cap did not stop a 4 GiB allocation: this test would prove nothing"
     kind, text = EXPECTED[name]
     assert out["type"] == kind.__name__ and text in out["message"], out
+
+
+RESTORE_EXPECTED: dict[str, tuple[type[DeviceError], str]] = {
+    "usbmux-silent": (DeviceTimeout, "while connecting to usbmuxd and lockdownd"),
+    "lockdown-bad-tls": (DeviceError, "TLS handshake failed"),
+    "dl-silent-handshake": (DeviceTimeout, "while starting MobileBackup2"),
+    "dl-silent-after-backup": (DeviceTimeout, "while restoring"),
+    "dl-stall-mid-frame": (DeviceTimeout, "while restoring"),
+    "dl-absurd-plist-length": (ProtocolError, "4294967295-byte message"),
+    "dl-unknown-message": (ProtocolError, "unknown message DLMessageSelfDestruct"),
+    "dl-traversal-download": (ProtocolError, "climbs out of the backup folder"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESTORE_EXPECTED))
+def test_a_hostile_device_ends_a_restore_in_one_typed_line(repo, emu, name):
+    emu.fault = None
+    snap = backup_device(repo, usbmux_address=emu.address, timeouts=ANSWERS).snapshot
+    view = repo.devices()[0]
+    emu.fault = Fault(hostile=name)
+    try:
+        timeouts = SILENCE if RESTORE_EXPECTED[name][0] is DeviceTimeout else ANSWERS
+        error = within_deadline(lambda: restore_device(repo, view, snap, usbmux_address=emu.address, timeouts=timeouts))
+    finally:
+        emu.fault = None
+    kind, text = RESTORE_EXPECTED[name]
+    assert type(error) is kind, f"{name}: {type(error).__name__}: {error}"
+    assert text in str(error) and "\n" not in str(error), str(error)
+    assert [a.kind for a in repo.devices()[0].audit if a.kind == "restored"] == []
+    assert check(repo, read_data=True).ok
+
+
+@pytest.mark.parametrize("name", ["usbmux-silent", "usbmux-garbage", "usbmux-wrong-types"])
+def test_finding_devices_through_a_hostile_usbmuxd_finds_none_in_bounded_time(emu, name):
+    emu.fault = Fault(hostile=name)
+    found: list[list[str]] = []
+    try:
+        error = within_deadline(lambda: found.append(find_devices(emu.address, timeouts=SILENCE)))
+    finally:
+        emu.fault = None
+    assert error is None and found == [[]]
+    assert find_devices(emu.address) == [emu.udid]
