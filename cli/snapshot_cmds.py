@@ -13,8 +13,9 @@ from phonevault.store.history import tag as set_tag
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.refs import resolve_device, resolve_in_device, resolve_snapshot
 from phonevault.store.repository import Repository, format_time
-from phonevault.sync.catalog import diff as catalog_diff
 from phonevault.sync.catalog import list_dir, load_catalog
+from phonevault.sync.diff import DiffRow, per_domain
+from phonevault.sync.diff import diff as catalog_diff
 from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractIncomplete, StrictRefused
 from phonevault.sync.extract import extract as catalog_extract
 from phonevault.sync.mobilesync import export_snapshot
@@ -205,36 +206,78 @@ def _print_listing(items: list, as_json: bool) -> None:
 @click.command()
 @click.argument("snap_a")
 @click.argument("snap_b")
+@click.argument("paths", nargs=-1)
+@click.option(
+    "--metadata", "show_metadata", is_flag=True, help="Also list files with the same bytes and another mode or mtime."
+)
+@click.option("--stat", "as_stat", is_flag=True, help="Counts and bytes per domain instead of one line per file.")
 @json_option
 @with_repo
-def diff(repo: Repository, snap_a: str, snap_b: str, as_json: bool) -> None:
-    """Added, removed and modified files between two snapshots."""
+def diff(
+    repo: Repository,
+    snap_a: str,
+    snap_b: str,
+    paths: tuple[str, ...],
+    show_metadata: bool,
+    as_stat: bool,
+    as_json: bool,
+) -> None:
+    """Files added, removed and modified (their bytes differ) from SNAP_A to SNAP_B, by domain path; PATHS keep
+    those at or below these domain paths (e.g. CameraRollDomain/Media). A file whose bytes are the same but whose
+    mode or mtime changed (a restore and a new backup rewrite every file) is not modified: --metadata lists it."""
     _va, a = resolve_snapshot(repo, snap_a)
     _vb, b = resolve_snapshot(repo, snap_b)
-    rows = catalog_diff(repo, a, b)
+    every = catalog_diff(repo, a, b, paths, metadata=True)
+    rows = every if show_metadata else [r for r in every if r.kind != "metadata"]
+    if as_stat:
+        _print_diff_stat(a, b, per_domain(rows), show_metadata, as_json)
+    elif as_json:
+        changes = [{"path": r.path, "change": r.kind, "old_size": r.old_size, "new_size": r.new_size} for r in rows]
+        emit_json({"from": a.hex, "to": b.hex, "changes": changes})
+    else:
+        for r in rows:
+            out.print(f"{_SIGN[r.kind]} {shown(r.path)}  ({_diff_sizes(r)})", markup=False)
+        out.print(_diff_counts(rows, hidden=len(every) - len(rows), show_metadata=show_metadata), markup=False)
+
+
+_SIGN = {"added": "+", "removed": "-", "modified": "M", "metadata": "~"}
+
+
+def _diff_sizes(r: DiffRow) -> str:
+    if r.kind == "added":
+        return human(r.new_size)
+    if r.kind == "removed":
+        return human(r.old_size)
+    if r.kind == "metadata":
+        return f"{human(r.new_size)}, same bytes"
+    return f"{human(r.old_size)} -> {human(r.new_size)}"
+
+
+def _diff_counts(rows: list, *, hidden: int, show_metadata: bool) -> str:
+    counts = {k: sum(r.kind == k for r in rows) for k in _SIGN}
+    line = f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified"
+    if show_metadata:
+        return line + f", {counts['metadata']} with the same bytes and another mode or mtime"
+    if hidden:
+        return line + f"; {hidden} with the same bytes and another mode or mtime not listed (--metadata lists them)"
+    return line
+
+
+def _print_diff_stat(a: SnapshotRecord, b: SnapshotRecord, stats: list, show_metadata: bool, as_json: bool) -> None:
+    counted = ["added", "removed", "modified", *(["metadata"] if show_metadata else [])]
+    keys = [*counted, "added_bytes", "removed_bytes"]
     if as_json:
-        emit_json(
-            {
-                "from": a.hex,
-                "to": b.hex,
-                "changes": [
-                    {"path": r.path, "change": r.kind, "old_size": r.old_size, "new_size": r.new_size} for r in rows
-                ],
-            }
-        )
+        domains = [{"domain": d.domain, **{k: getattr(d, k) for k in keys}} for d in stats]
+        emit_json({"from": a.hex, "to": b.hex, "domains": domains})
         return
-    sign = {"added": "+", "removed": "-", "modified": "M"}
-    for r in rows:
-        sizes = (
-            human(r.new_size)
-            if r.kind == "added"
-            else human(r.old_size)
-            if r.kind == "removed"
-            else f"{human(r.old_size)} -> {human(r.new_size)}"
-        )
-        out.print(f"{sign[r.kind]} {shown(r.path)}  ({sizes})", markup=False)
-    counts = {k: sum(r.kind == k for r in rows) for k in sign}
-    out.print(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified")
+    total = {k: sum(getattr(d, k) for d in stats) for k in keys}
+    rows = [[d.domain or "(backup folder)", *(getattr(d, k) for k in keys)] for d in stats]
+    rows.append(["total", *(total[k] for k in keys)])
+    table(
+        None,
+        ["domain", *counted, "added bytes", "removed bytes"],
+        [[*r[:-2], human(r[-2]), human(r[-1])] for r in rows],
+    )
 
 
 @click.command()

@@ -39,7 +39,7 @@ import msgpack
 from phonevault.store.errors import CorruptObject, PathNotFound
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
-from phonevault.store.trees import FileEntry, diff_trees, iter_tree, lookup
+from phonevault.store.trees import FileEntry, iter_tree, lookup
 
 from .errors import EncryptedBackup, LegacyManifestInvalid
 from .layouts import MANIFEST_DB, MBDB, MDINFO, Layout, layout_of
@@ -408,36 +408,3 @@ def select(catalog: Iterable[CatalogEntry], path: str) -> list[CatalogEntry]:
     """Files (flags 1) at or under a domain path, in catalog order."""
     path = path.strip("/")
     return [c for c in catalog if c.flags == FLAG_FILE and under(domain_path(c), path)]
-
-
-@dataclass(frozen=True, slots=True)
-class DiffRow:
-    path: str  # a domain path where the catalog knows the file, else the backup-folder path
-    kind: str
-    old_size: int | None
-    new_size: int | None
-
-
-def diff(repo: Repository, a: SnapshotRecord, b: SnapshotRecord) -> list[DiffRow]:
-    """What changed from a to b. The tree diff skips every unchanged shard; names come from the catalogs."""
-    changes = list(diff_trees(a.tree, b.tree, repo.get_blob))
-    names: dict[str, str] = {}
-    described: dict[str, str] = {}  # iPhone OS 3: <fileID>.mdinfo -> the <fileID>.mddata it describes
-    for snap in (a, b):
-        try:
-            catalog = load_catalog(repo, snap)
-        except (EncryptedBackup, PathNotFound):
-            continue
-        for c in catalog:
-            names[catalog.layout.backup_path(c.file_id)] = domain_path(c)
-            if catalog.layout is MDINFO:
-                described[f"{c.file_id}.mdinfo"] = catalog.layout.backup_path(c.file_id)
-
-    def size(e: FileEntry | None) -> int | None:
-        return e.size if e is not None else None
-
-    # A file's .mdinfo changes with it (its mtime at least); the file's own row says what changed.
-    changed = {ch.path for ch in changes}
-    changes = [ch for ch in changes if described.get(ch.path) not in changed]
-    rows = [DiffRow(names.get(ch.path, ch.path), ch.kind, size(ch.old), size(ch.new)) for ch in changes]
-    return sorted(rows, key=lambda r: r.path)

@@ -161,7 +161,7 @@ def library_command(name: str, repo: Repository, world: World, rig: Rig, scratch
             want = (world.folders["A-d1"] / file_id[:2] / file_id).read_bytes()
             return (dest / path).read_bytes() == want
         case "diff":
-            from phonevault.sync.catalog import diff
+            from phonevault.sync.diff import diff
 
             _va, a = _snap(repo, world, "A day 0")
             _vb, b = _snap(repo, world, "A day 1")

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phonevault.store.records import decode_record
-from phonevault.sync.catalog import diff, list_dir, load_catalog, select
+from phonevault.sync.catalog import list_dir, load_catalog, select
+from phonevault.sync.diff import diff
 from phonevault.sync.emulator.legacy import (
     datahash,
     encode_mbdb,

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from phonevault.store.check import check
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.trees import diff_trees
-from phonevault.sync.catalog import diff, list_dir, load_catalog
+from phonevault.sync.catalog import list_dir, load_catalog
+from phonevault.sync.diff import diff
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.errors import BackupFolderInvalid, EncryptedBackup
 from phonevault.sync.extract import extract
