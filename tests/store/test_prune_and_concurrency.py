@@ -454,3 +454,29 @@ def test_a_reader_opened_before_a_prune_reads_through_the_repack(repo, tmp_path)
     assert result.repacked >= 1 and result.deleted >= 1, result
     assert b"".join(reader.read_file(entry)) == keep
     reader.close()
+
+
+def test_prune_keeps_an_unindexed_pack_while_a_live_snapshot_needs_a_blob_no_index_locates(repo, tmp_path):
+    """An index object lost (deleted, or a disk that dropped it): check reports the snapshot's blobs as missing
+    from the index, and the pack's own header can rebuild it. A prune run meanwhile must leave the pack, so the
+    repair still brings the snapshot back whole."""
+    from phonevault.store.errors import PhonevaultError
+    from phonevault.store.repair import repair_index
+    from tests.conftest import reopen
+
+    photo = os.urandom(1 << 20)
+    snap = snapshot(repo, {"ab/photo": photo})
+    data_pack = max(repo.backend.list("packs/"), key=lambda x: x[1])[0]
+    repo.backend.delete(f"index/{data_pack.rsplit('/', 1)[1]}")
+    fresh = reopen(repo, cache_root=tmp_path / "cold")
+    try:
+        assert not check(fresh).ok  # the damage is reported
+        try:
+            prune(fresh, grace_us=0)
+        except PhonevaultError:
+            pass  # refusing to prune while the index is incomplete is as good
+        assert fresh.backend.exists(data_pack), "prune deleted the only copy of a live snapshot's data"
+        repair_index(fresh)
+        assert read_all(fresh, snap) == {"ab/photo": photo}
+    finally:
+        fresh.close()
