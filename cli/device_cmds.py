@@ -106,7 +106,7 @@ def restore(
     """Restore a dated version (SNAPSHOT or DEVICE@DATE) to a connected device. A file the vault cannot read back
     is answered with a file error and named (exit 3, or 1 if the device will not restore without it); with
     --strict every file is read first and the device is asked nothing unless all of them read back."""
-    from phonevault.sync.backup2 import restore_device
+    from phonevault.sync.restore import restore_device
 
     view, snap = resolve_snapshot(repo, snapshot)
     try:

@@ -50,16 +50,13 @@ from pymobiledevice3.services.afc import AfcService
 from pymobiledevice3.services.mobilebackup2 import SUPPORTED_VERSIONS, Mobilebackup2Service
 from pymobiledevice3.services.notification_proxy import NotificationProxyService
 
-from phonevault.store.check import readable_tree, unreadable_files
-from phonevault.store.errors import PathNotFound, PhonevaultError
-from phonevault.store.history import record_restore
-from phonevault.store.projections import DeviceView, SnapshotRecord
+from phonevault.store.errors import PhonevaultError
+from phonevault.store.projections import SnapshotRecord
 from phonevault.store.records import DeviceRecord
 from phonevault.store.repository import Repository
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
-from .damage import describe
 from .devicelink import ACTIVITY, Progress, VaultDeviceLink
 from .errors import (
     DeviceDisconnected,
@@ -69,13 +66,11 @@ from .errors import (
     DeviceTimeout,
     ManifestInvalid,
     ProtocolError,
-    RestoreRefused,
-    StrictRefused,
 )
 from .manifest import check_manifest_db
-from .paths import safe_component, shown, unsafe_reason
+from .paths import shown, unsafe_reason
 from .plists import read_info_plist, read_manifest_plist
-from .records import BackupMeta, backup_meta, device_record
+from .records import BackupMeta, device_record
 
 T = TypeVar("T")
 
@@ -152,7 +147,7 @@ class _Watchdog:
         return task.result()
 
 
-def _watched(timeouts: Timeouts, outcome: str, operation: Callable[[_Watchdog], Coroutine[Any, Any, T]]) -> T:
+def watched(timeouts: Timeouts, outcome: str, operation: Callable[[_Watchdog], Coroutine[Any, Any, T]]) -> T:
     """Run one device operation in a fresh event loop, under its watchdog."""
 
     async def run() -> T:
@@ -275,7 +270,7 @@ async def _lockdown(udid: str | None, usbmux_address: str | None):
 
 
 @asynccontextmanager
-async def _connected(udid: str | None, usbmux_address: str | None) -> AsyncIterator[_VaultBackupService]:
+async def connected(udid: str | None, usbmux_address: str | None) -> AsyncIterator[_VaultBackupService]:
     """Lockdown + the MobileBackup2 service for one operation. Whatever goes wrong inside (a disconnect, a device
     error, a malformed message) leaves as one typed PhonevaultError; the caller commits nothing."""
     try:
@@ -324,7 +319,7 @@ def backup_device(
     on_start: Callable[[str, str | None], None] | None = None,
     timeouts: Timeouts = Timeouts(),
 ) -> DeviceBackupResult:
-    return _watched(
+    return watched(
         timeouts,
         "nothing was committed",
         lambda watchdog: _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog),
@@ -334,7 +329,7 @@ def backup_device(
 async def _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog: _Watchdog) -> DeviceBackupResult:
     writer: SnapshotWriter | None = None
     try:  # however the backup ends, the writer is closed: a failure releases its writers/ marker at once
-        async with _connected(udid, usbmux_address) as service:
+        async with connected(udid, usbmux_address) as service:
             udid = _device_udid(service.lockdown.udid)
             if on_start:
                 on_start(udid, service.lockdown.all_values.get("DeviceName"))
@@ -406,115 +401,3 @@ def _new_status(full: bool) -> bytes:
         },
         fmt=plistlib.FMT_BINARY,
     )
-
-
-@dataclass(slots=True)
-class RestoreResult:
-    udid: str
-    snapshot: SnapshotRecord
-    bytes_sent: int
-    problems: list[str]
-    damaged: list[str] = field(default_factory=list)  # not restored: the vault cannot give them back (one line each)
-
-
-def restore_device(
-    repo: Repository,
-    view: DeviceView,
-    snap: SnapshotRecord,
-    *,
-    udid: str | None = None,
-    usbmux_address: str | None = None,
-    password: str | None = None,
-    reboot: bool = True,
-    system: bool = False,
-    remove: bool = False,
-    strict: bool = False,
-    timeouts: Timeouts = Timeouts(),
-) -> RestoreResult:
-    """Restore `snap` to the device. A damaged snapshot is served as far as it reads: a file the vault cannot give
-    back is answered with a file error and named in `damaged`; a device that ends the restore over it raises
-    RestoreRefused naming them. With `strict`, every file is read first, and StrictRefused names the damaged ones
-    before the device is asked anything."""
-    entries, lost = readable_tree(repo, view, snap)  # lost: backup path (or glob) -> why
-    if strict:
-        lost.update(unreadable_files(repo, entries))
-        if lost:
-            raise StrictRefused(describe(repo, snap, lost, "restored"), "restored")
-    state = {e.path: e for e in entries}
-    args = (repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove)
-    return _watched(timeouts, "the restore did not finish", lambda watchdog: _restore(*args, watchdog))
-
-
-async def _restore(repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove, watchdog):
-    # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
-    source = safe_component(view.device or "", "a backup folder name")
-    manifest = state.get("Manifest.plist")
-    for needed in ("Info.plist", "Manifest.plist", "Status.plist"):
-        if needed not in state:
-            raise PathNotFound(needed, f"snapshot {snap.hex[:8]} (a device cannot restore without it)")
-    raw_manifest = b"".join(repo.read_file(manifest))
-    encrypted = bool(raw_manifest) and read_manifest_plist(raw_manifest, "Manifest.plist").is_encrypted
-    if encrypted is None:  # not a boolean: what the import decided from the Manifest.db itself
-        encrypted = backup_meta(snap).encrypted
-    problems: list[str] = []
-    if encrypted and not password:
-        raise PhonevaultError("this backup was encrypted by the phone: give its backup password (--backup-password)")
-    # The link serves `<source>/…` from the snapshot: restoring one phone's backup onto another works as in Finder.
-    dl: VaultDeviceLink | None = None
-    try:
-        async with _connected(udid, usbmux_address) as service:
-            target = service.lockdown.udid
-            watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
-            async with service.vault_link(repo=repo, udid=source, snapshot_state=state) as dl:
-                watchdog.phase("taking the sync lock", watchdog.timeouts.setup)
-                async with service.session(dl) as afc:
-                    options: dict = {
-                        "RestoreShouldReboot": reboot,
-                        "RestoreDontCopyBackup": True,
-                        "RestorePreserveSettings": True,
-                        "RestoreSystemFiles": system,
-                        "RemoveItemsNotRestored": remove,
-                    }
-                    if encrypted:
-                        options["Password"] = password
-                    await dl.send_process_message(
-                        {"MessageName": "Restore", "TargetIdentifier": target, "SourceIdentifier": source,
-                         "Options": options}
-                    )  # fmt: skip
-                    try:
-                        info = b"".join(repo.read_file(state["Info.plist"]))
-                    except PhonevaultError as e:  # damaged: no apps list is sent, the device keeps its own
-                        lost["Info.plist"], info = str(e), None
-                    applications = _applications(info, problems) if info is not None else None
-                    if applications is not None:
-                        await afc.makedirs("/iTunesRestore")
-                        await afc.set_file_contents(
-                            "/iTunesRestore/RestoreApplications.plist", plistlib.dumps(applications)
-                        )
-                    watchdog.phase("restoring", watchdog.timeouts.idle)
-                    await dl.dl_loop(lambda _percent: None)
-                    watchdog.phase("ending the restore session", watchdog.timeouts.setup)
-    except DeviceReportedFailure as e:
-        damaged = {**lost, **(dl.unreadable if dl is not None else {})}
-        if damaged:  # most likely why: say so, naming what the vault could not give
-            said = m.group(1) if (m := re.search(r"'ErrorDescription': '([^']*)'", e.description)) else e.description
-            raise RestoreRefused(describe(repo, snap, damaged, "restored"), f"{said} (error {e.code})") from None
-        raise
-    record_restore(repo, view, snap, f"device:{target}")
-    damaged = {**lost, **dl.unreadable}
-    named = describe(repo, snap, damaged, "restored") if damaged else []
-    return RestoreResult(target, snap, dl.bytes_sent, problems + dl.problems, named)
-
-
-def _applications(info_plist: bytes, problems: list[str]) -> dict | None:
-    """Info.plist's Applications dict (what the device reinstalls), or None, naming anything unusable."""
-    try:
-        info = plistlib.loads(info_plist)
-    except Exception as e:  # plistlib raises several types on damage
-        problems.append(f"Info.plist is not a plist ({type(e).__name__}); no app list sent to the device")
-        return None
-    applications = info.get("Applications") if isinstance(info, dict) else None
-    if applications is not None and not isinstance(applications, dict):
-        problems.append(f"Info.plist: Applications is a {type(applications).__name__}, not a dict; not sent")
-        return None
-    return applications

@@ -15,12 +15,13 @@ from pymobiledevice3.service_connection import ServiceConnection
 from phonevault.store.check import check
 from phonevault.store.records import DeviceRecord
 from phonevault.store.trees import load_tree
-from phonevault.sync.backup2 import backup_device, restore_device
+from phonevault.sync.backup2 import backup_device
 from phonevault.sync.devicelink import VaultDeviceLink, normalize
 from phonevault.sync.emulator import Emulator, Fault
 from phonevault.sync.errors import DeviceDisconnected, DeviceError, DeviceReportedFailure, ProtocolError
 from phonevault.sync.mobilesync import import_folder
 from phonevault.sync.plists import read_info_plist
+from phonevault.sync.restore import restore_device
 from tests.sync.test_emulator import pmd3
 
 SIZE = 8 << 20

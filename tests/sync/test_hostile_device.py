@@ -27,7 +27,7 @@ from collections.abc import Callable
 import pytest
 
 from phonevault.store.check import check
-from phonevault.sync.backup2 import Timeouts, backup_device, find_devices, restore_device
+from phonevault.sync.backup2 import Timeouts, backup_device, find_devices
 from phonevault.sync.emulator import Emulator, Fault
 from phonevault.sync.emulator.hostile import BEHAVIOURS
 from phonevault.sync.errors import (
@@ -37,6 +37,7 @@ from phonevault.sync.errors import (
     DeviceTimeout,
     ProtocolError,
 )
+from phonevault.sync.restore import restore_device
 from tests.conftest import FAST_SCRYPT, PASSWORD
 
 SIZE = 256 << 10
@@ -176,7 +177,8 @@ CHILD = textwrap.dedent(
     from phonevault.store.backends.local import LocalBackend
     from phonevault.store.errors import PhonevaultError
     from phonevault.store.repository import Repository
-    from phonevault.sync.backup2 import Timeouts, backup_device, find_devices, restore_device
+    from phonevault.sync.backup2 import Timeouts, backup_device, find_devices
+    from phonevault.sync.restore import restore_device
     where, address, password, scrypt_n = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     repo = Repository.init(LocalBackend(where / "vault"), password, scrypt_n=scrypt_n, cache_root=where / "cache")
     try:

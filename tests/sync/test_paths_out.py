@@ -22,7 +22,6 @@ from phonevault.store.packs import pack_name
 from phonevault.store.records import DeviceRecord
 from phonevault.store.trees import lookup
 from phonevault.store.writer import SnapshotWriter
-from phonevault.sync.backup2 import restore_device
 from phonevault.sync.catalog import backup_path, load_catalog
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.errors import EncryptedBackup, ExtractIncomplete, TargetConflict
@@ -32,6 +31,7 @@ from phonevault.sync.mbfile import encode_mbfile
 from phonevault.sync.mobilesync import export_snapshot, import_folder
 from phonevault.sync.paths import Target, safe_component
 from phonevault.sync.records import backup_meta
+from phonevault.sync.restore import restore_device
 from tests.conftest import reopen
 
 THUMBS = "Media/PhotoData/Thumbnails/V2/DCIM/100APPLE"
