@@ -177,3 +177,15 @@ class LogUnreadable(PhonevaultError):
             "names the damage"
         )
         self.damage = damage
+
+
+class IndexIncomplete(PhonevaultError):
+    """Live snapshots need blobs that no readable index object locates (an index object lost or damaged): their
+    pack may look like a crash leftover, so prune deletes nothing until the index is repaired from pack headers."""
+
+    def __init__(self, blobs: int) -> None:
+        super().__init__(
+            f"prune deletes nothing: {blobs} blob(s) that snapshots need are in no readable index object; run "
+            "`phonevault check --repair-index` (it rebuilds the index from the packs' own headers), then prune again"
+        )
+        self.blobs = blobs

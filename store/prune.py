@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from .crypto import MasterKey
-from .errors import CorruptObject, LogUnreadable, MissingObject, UnsupportedFormat
+from .errors import CorruptObject, IndexIncomplete, LogUnreadable, MissingObject, UnsupportedFormat
 from .index import decode_index, index_name, write_index
 from .packs import TARGET_PACK_SIZE, BlobLocation, PackWriter, open_blob, pack_name
 from .projections import SnapshotRecord
@@ -420,6 +420,7 @@ def prune(
     writers = live_writers(repo, result)  # before the live set: see the module docstring
     live = LiveSet()
     live.update(repo)
+    _check_indexed(live.blobs, _list_packs(repo))
     due: list[str] = []
     sweep: set[str] = set()
     for name, t, marked in read_markers(repo):
@@ -458,6 +459,15 @@ def prune(
     repo.sync_index()
     result.pack_bytes = sum(size for _, size in repo.backend.list("packs/"))
     return result
+
+
+def _check_indexed(live: set[bytes], packs: _Packs) -> None:
+    """A pack no readable index object describes is taken for a crashed writer's leftover and deleted. That is only
+    true while every live blob is located: if one is not (an index object deleted or damaged), its pack may be such
+    a pack, and only `check --repair-index` (the pack's own header) can tell. Refuse before deleting anything."""
+    located = set().union(*(blobs.keys() for blobs in packs.contents.values()))
+    if unlocated := live - located:
+        raise IndexIncomplete(len(unlocated))
 
 
 def _wait(result: PruneResult, packs: list[str], sizes: dict[str, int], until: int) -> None:
