@@ -43,6 +43,7 @@ from phonevault.store.repository import Repository
 from phonevault.store.retention import Policy
 from phonevault.store.stats import usage
 
+from . import crash
 from .crash import close_quietly, faulty, open_faulty
 from .records import Trial, TrialResult, TrialSpec
 from .vaults import NEW_PASSWORD, PASSWORD, PV, Run, Vault, differences, folder_digest, pv, record
@@ -259,7 +260,8 @@ def run_fault(spec: TrialSpec, world: World, rig: Rig, where: Path) -> TrialResu
         password = opening_password(trial, vault, (PASSWORD, NEW_PASSWORD))
         if password is None:
             return trial.result()
-    verdict(trial, vault, world.digests(op.baseline), "after the fault", password=password)
+    survivors = crash.survivors(crash.OPS[op.name], world) if op.name == "forget" else world.digests(op.baseline)
+    verdict(trial, vault, survivors, "after the fault", password=password)
     args = [a.replace("{scratch}", str(vault.tmp)) for a in cli_args(op.name, world)]
     env = {"PHONEVAULT_NEW_PASSWORD": NEW_PASSWORD}
     if op.name == "backup":

@@ -185,7 +185,7 @@ def _conc(rng: random.Random, op: str, label: str, params: dict) -> TrialSpec:
 def concurrency_specs(c: Censuses, rng: random.Random, full: bool) -> list[TrialSpec]:
     first = c.kill("backup-first")["events"]
     backup = c.kill("backup")["events"]
-    imp = c.kill("import")["events"]
+    imp = c.kill("import")["events"]  # the census of importing A day 2 into `base`
     specs = []
     pairs = [("backup:B-d0", "backup:C-d0"), ("import:C-d0", "backup:B-d0")]
     for sides in pairs if full else pairs[:1]:
@@ -205,11 +205,16 @@ def concurrency_specs(c: Censuses, rng: random.Random, full: bool) -> list[Trial
     for baseline, sides, at in one if full else one[:1]:
         label = f"{sides[0]} held at {'its commit' if at == 'commit' else f'event {at}'}, {sides[1]} commits"
         specs.append(_conc(rng, "one-device", label, {"baseline": baseline, "sides": sides, "at": at}))
-    during = [("backup:B-d1", backup), ("import:A-d1", imp)]
-    for side, top in during if full else during[:1]:
-        for _ in range(3 if full else 1):
-            at = rng.randint(1, int(top * 0.9))
-            specs.append(_conc(rng, "prune-during", f"{side} held at event {at}/{top}", {"side": side, "at": at}))
+    for _ in range(3 if full else 1):
+        at = rng.randint(1, int(backup * 0.9))
+        specs.append(
+            _conc(rng, "prune-during", f"backup:B-d1 held at event {at}/{backup}", {"side": "backup:B-d1", "at": at})
+        )
+    # A re-import of A day 1 reuses, from its stat cache, exactly the packs the prune reclaims: held where it has
+    # registered, where its first pack lands, where its first index object lands (every reuse decided).
+    for where in ("/writers/", "/packs/", "/index/") if full else ():
+        params = {"side": "import:A-d1", "at": 1, "match": ("os.rename", where)}
+        specs.append(_conc(rng, "prune-during", f"import:A-d1 held at its first {where.strip('/')} put", params))
     for together in (False, True) if full else (False,):
         label = "imports at once" if together else "imports one after the other"
         specs.append(_conc(rng, "two-copies", label, {"together": together}))
