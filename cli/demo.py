@@ -67,7 +67,7 @@ def demo(workdir: Path | None, size: str) -> None:
         run("ls", f"{udid}@latest", "CameraRollDomain/Media/DCIM/100APPLE")
         run("extract", f"{udid}@latest", _a_photo(), "--to", str(work / "extracted"), note="a photo, at its full path")
         run("rollback", udid, "--to", first, note="day 0 becomes current again; day 1 stays in the vault")
-        run("restore", f"{udid}@current", "--no-reboot", note="the phone gets day 0 back")
+        run("restore", f"{udid}@current", "--no-reboot", "--yes", note="the phone gets day 0 back")
         same = _device_equals_snapshot(emu.device_dir, first)
         out.print(f"the phone's content now equals snapshot {first}: [bold]{'yes' if same else 'NO'}[/]")
         run("export", f"{udid}@current", "--to", str(work / "export"), note="a folder Finder/iTunes can restore")

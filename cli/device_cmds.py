@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import platformdirs
 
+from phonevault.store.errors import NotConfirmed
+from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.refs import resolve_snapshot
-from phonevault.store.repository import Repository
+from phonevault.store.repository import Repository, format_time
 from phonevault.sync.errors import RestoreIncomplete, RestoreRefused, SourceIncomplete, StrictRefused
+from phonevault.sync.paths import shown
 
 from .context import with_repo
 from .render import err, human, out, progress
@@ -98,10 +102,11 @@ def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day:
 @click.option(
     "--strict", is_flag=True, help="All or nothing: read every file first; ask the device nothing if one fails."
 )
+@click.option("--yes", "-y", is_flag=True, help="Do not ask first (needed without a terminal).")
 @with_repo
 def restore(
     repo: Repository, snapshot: str, udid: str | None, use_emulator: bool, emulator_day: int, emulator_size: str,
-    backup_password: str | None, no_reboot: bool, system: bool, remove: bool, strict: bool,
+    backup_password: str | None, no_reboot: bool, system: bool, remove: bool, strict: bool, yes: bool,
 ) -> None:  # fmt: skip
     """Restore a dated version (SNAPSHOT or DEVICE@DATE) to a connected device. A file the vault cannot read back
     is answered with a file error and named (exit 3, or 1 if the device will not restore without it); with
@@ -111,6 +116,7 @@ def restore(
     view, snap = resolve_snapshot(repo, snapshot)
     try:
         with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
+            _confirm_restore(view, snap, udid or _only_device(address), yes)
             r = restore_device(
                 repo, view, snap, udid=udid, usbmux_address=address, password=backup_password,
                 reboot=not no_reboot, system=system, remove=remove, strict=strict,
@@ -124,6 +130,38 @@ def restore(
     if r.damaged:
         warn(r.damaged)
         raise RestoreIncomplete(r.damaged)
+
+
+def _only_device(address: str | None) -> str | None:
+    from phonevault.sync.backup2 import find_devices
+
+    found = find_devices(address)
+    return found[0] if len(found) == 1 else None  # none or several: restore_device says which in one line
+
+
+def _confirm_restore(view: DeviceView, snap: SnapshotRecord, target: str | None, yes: bool) -> None:
+    """Say what goes onto which device, warn when it is another device's backup, and ask (a restore replaces the
+    device's content)."""
+    name = shown(view.info.name or view.device or "?")
+    err.print(
+        f"restore snapshot {snap.hex[:8]} of {name} ({view.device}), backed up {format_time(snap.time)}: "
+        f"{snap.stats.files} files, {human(snap.stats.size)} → device {target or '(the connected one)'}",
+        markup=False,
+        soft_wrap=True,
+    )
+    if target and view.device and target.lower() != view.device.lower():
+        err.print(
+            f"warning: this is the backup of another device ({name}); restoring it onto {target} replaces that "
+            "device's content, as setting up a new phone from a backup does",
+            markup=False,
+            soft_wrap=True,
+        )
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise NotConfirmed("restore", "no terminal to ask on: give --yes")
+    if not click.confirm("Restore it now?", default=False, err=True):
+        raise NotConfirmed("restore", "not confirmed")
 
 
 @click.group()

@@ -223,14 +223,14 @@ def test_restore_of_a_damaged_snapshot_is_refused_by_the_emulator_in_one_line(pv
     emu.set_day(1)  # the phone moves on; a restore that happened would bring day 0 back
     before = tree_digest(emu.device_dir)
 
-    r = pv("restore", "latest", env=env)
+    r = pv("restore", "latest", "--yes", env=env)
     no_traceback(r, 1)
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("phonevault:")]
     assert len(lines) == 1 and "refused to restore" in lines[0] and "1 damaged file" in lines[0]
     assert photo["path"] in r.stderr
     assert tree_digest(emu.device_dir) == before
 
-    r = pv("restore", "latest", "--strict", env=env)
+    r = pv("restore", "latest", "--strict", "--yes", env=env)
     no_traceback(r, 1)
     assert photo["path"] in r.stderr and "with --strict nothing was restored" in r.stderr
     assert tree_digest(emu.device_dir) == before
