@@ -294,7 +294,8 @@ def extract(repo: Repository, snapshot: str, paths: tuple[str, ...], dest: Path,
     extracted (exit 3); with --strict nothing is, then."""
     _view, snap = resolve_snapshot(repo, snapshot)
     try:
-        done = catalog_extract(repo, snap, list(paths), dest, overwrite=overwrite, strict=strict)
+        with progress("extracting", None) as update:
+            done = catalog_extract(repo, snap, list(paths), dest, overwrite=overwrite, strict=strict, progress=update)
     except ExtractIncomplete as e:
         _print_extracted(e.extracted)
         warn(e.problems)

@@ -26,6 +26,7 @@ import os
 import stat
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def extract(
     *,
     overwrite: bool = False,
     strict: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Extracted]:
     """Write the named files (or everything under named folders) to dest/<domain path>. Reads only the chunks of
     those files: one photo costs one photo's worth of reads, however large the backup.
@@ -119,7 +121,11 @@ def extract(
             raise StrictRefused(problems, "extracted")
     out: list[Extracted] = []
     written: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) of each file written -> its domain path
+    total, done = sum(item.entry.size for item in plan), 0
     for item in plan:
+        if progress:
+            progress(done, total)
+        done += item.entry.size
         try:
             out.append(_write(repo, item, overwrite, written, problems))
         except _NotWritten as e:
@@ -130,6 +136,8 @@ def extract(
                     f"{item.path}: {e.strerror}; stopped after extracting {len(out)} of {len(plan)} file(s)"
                 ) from None
             problems.append(f"{shown(item.source)}: not extracted to {item.path} ({e.strerror or e})")
+    if progress:
+        progress(done, total)
     if problems:
         raise ExtractIncomplete(problems, out)
     return out

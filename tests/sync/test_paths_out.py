@@ -418,3 +418,14 @@ def test_cli_on_a_hostile_backup_folder(pv, phone, tmp_path):
     pv("export", "latest", "--to", str(w / "exp"), check=True)
     assert os.listdir(w / "exp") == [dev.name]
     assert sorted(os.listdir(w)) == ["ex1", "ex2", "exp"]
+
+
+def test_extract_reports_progress_in_bytes_up_to_the_total(repo, tmp_path):
+    """extract calls its progress with (bytes done, bytes in all) before each file and once at the end."""
+    folder = SyntheticPhone(seed=91, size=2 << 20).write_backup(tmp_path / "src", day=0)
+    snap = import_folder(repo, folder).snapshot
+    calls: list[tuple[int, int]] = []
+    got = extract(repo, snap, ["CameraRollDomain"], tmp_path / "out", progress=lambda d, t: calls.append((d, t)))
+    total = sum(x.size for x in got)
+    assert len(got) > 1 and calls[-1] == (total, total) and len(calls) == len(got) + 1
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
