@@ -117,10 +117,12 @@ def restore(
     try:
         with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
             _confirm_restore(view, snap, udid or _only_device(address), yes)
-            r = restore_device(
-                repo, view, snap, udid=udid, usbmux_address=address, password=backup_password,
-                reboot=not no_reboot, system=system, remove=remove, strict=strict,
-            )  # fmt: skip
+            with progress("restoring", snap.stats.size) as update:
+                r = restore_device(
+                    repo, view, snap, udid=udid, usbmux_address=address, password=backup_password,
+                    reboot=not no_reboot, system=system, remove=remove, strict=strict,
+                    progress=lambda _files, sent: update(sent),
+                )  # fmt: skip
     except (StrictRefused, RestoreRefused) as e:
         warn(e.problems)
         raise

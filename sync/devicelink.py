@@ -331,6 +331,8 @@ class VaultDeviceLink(DeviceLink):
                         frame = chunk[i : i + FRAME]
                         await self._sendall(_HDR.pack(len(frame) + 1, CODE_FILE_DATA) + frame)
                         self.bytes_sent += len(frame)
+                        if self.progress:
+                            self.progress(self.files_received, self.bytes_sent)
             except PhonevaultError as e:
                 # The vault cannot give this file back: a file error, after whatever data went already (as
                 # libimobiledevice does when a read fails), so the device drops it; the others are still served.

@@ -22,7 +22,7 @@ from phonevault.store.repository import Repository
 
 from .backup2 import Timeouts, connected, watched
 from .damage import describe
-from .devicelink import VaultDeviceLink
+from .devicelink import Progress, VaultDeviceLink
 from .errors import DeviceReportedFailure, RestoreRefused, StrictRefused
 from .paths import safe_component
 from .plists import read_manifest_plist
@@ -53,6 +53,7 @@ def restore_device(
     remove: bool = False,
     strict: bool = False,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore `snap` to the device. A damaged snapshot is served as far as it reads: a file the vault cannot give
     back is answered with a file error and named in `damaged`; a device that ends the restore over it raises
@@ -64,11 +65,13 @@ def restore_device(
         if lost:
             raise StrictRefused(describe(repo, snap, lost, "restored"), "restored")
     state = {e.path: e for e in entries}
-    args = (repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove)
+    args = (repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove, progress)
     return watched(timeouts, "the restore did not finish", lambda watchdog: _restore(*args, watchdog))
 
 
-async def _restore(repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove, watchdog):
+async def _restore(
+    repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove, progress, watchdog
+):
     # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
     source = safe_component(view.device or "", "a backup folder name")
     manifest = state.get("Manifest.plist")
@@ -88,7 +91,7 @@ async def _restore(repo, view, snap, state, lost, udid, usbmux_address, password
         async with connected(udid, usbmux_address) as service:
             target = service.lockdown.udid
             watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
-            async with service.vault_link(repo=repo, udid=source, snapshot_state=state) as dl:
+            async with service.vault_link(repo=repo, udid=source, snapshot_state=state, progress=progress) as dl:
                 watchdog.phase("taking the sync lock", watchdog.timeouts.setup)
                 async with service.session(dl) as afc:
                     options: dict = {

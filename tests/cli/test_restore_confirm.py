@@ -31,6 +31,7 @@ def test_restore_asks_first_and_warns_across_devices(pv, cli_env, two_phones):
 
     r = pv("restore", "latest", "--no-reboot", "--yes", env=on_a, check=True)
     assert "warning" not in r.stderr and tree_digest(a.device_dir) != before
+    assert "restoring: 50 %" in r.stderr  # progress, one line per 10 % on a non-terminal
 
     b_before = tree_digest(b.device_dir)
     r = pv("restore", "latest", "--no-reboot", "--yes", env=on_b)  # a's backup onto b: allowed, with a warning
