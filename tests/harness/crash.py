@@ -38,6 +38,7 @@ from phonevault.store.backends.local import LocalBackend
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.history import apply_forget, plan_forget, rollback
 from phonevault.store.prune import prune
+from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
 from phonevault.store.retention import Policy
 
@@ -246,8 +247,7 @@ def library_op(op: Operation, repo: Repository, world: World, rig: Rig) -> None:
         case "prune":
             prune(repo, grace_us=3600 * 10**6)
         case "rollback":
-            view = repo.view(repo.device_key(world.phones["A"].udid))
-            rollback(repo, view, view.get(bytes.fromhex(world.by_label("A day 0").id)))
+            rollback(repo, *resolve_snapshot(repo, world.by_label("A day 0").id))
         case "key-add":
             keyring.add_key(repo.backend, repo.key, NEW_PASSWORD)
         case "key-passwd":

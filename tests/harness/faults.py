@@ -39,6 +39,7 @@ from phonevault.store.check import check
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.history import apply_forget, plan_forget, rollback, tag
 from phonevault.store.prune import prune
+from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
 from phonevault.store.retention import Policy
 from phonevault.store.stats import usage
@@ -87,9 +88,9 @@ FAULT_OPS = {
 
 
 def _snap(repo: Repository, world: World, label: str):
-    s = world.by_label(label)
-    view = repo.view(repo.device_key(s.device))
-    return view, view.get(bytes.fromhex(s.id))
+    """(view, snapshot) as the CLI resolves an id: a snapshot the log does not show (a segment it could not read)
+    is SnapshotNotFound, not None."""
+    return resolve_snapshot(repo, world.by_label(label).id)
 
 
 def extract_target(world: World) -> tuple[str, str]:
