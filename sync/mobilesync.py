@@ -217,6 +217,15 @@ class ImportResult:
     reused_files: int
 
 
+def _is_utf8(name: str) -> bool:
+    """os.walk hands back bytes that are not UTF-8 as lone surrogates; such a name cannot be stored or shown."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _stat_key(path: str, st: _Stat) -> bytes:
     return f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}".encode()
 
@@ -240,6 +249,11 @@ def _walk(folder: Path) -> tuple[list[tuple[str, _Stat]], list[tuple[str, _Stat]
     """Every regular file and every empty directory under folder, sorted, as paths relative to it."""
     files, empty_dirs = [], []
     for dirpath, dirs, names in os.walk(folder):
+        # os.walk lists a symbolic link to a folder among the folders and never enters it: list it as the
+        # non-regular file it is, so the import names it instead of dropping it without a word.
+        for link in [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            dirs.remove(link)
+            names.append(link)
         dirs.sort()
         rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")
         prefix = "" if rel_dir == "." else rel_dir + "/"
@@ -319,6 +333,9 @@ def _stage_and_commit(
     base = str(folder) + os.sep
     for rel, st in files:
         full = base + rel.replace("/", os.sep)
+        if not _is_utf8(rel):
+            problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
+            continue
         if not stat.S_ISREG(st.st_mode):
             problems.append(f"{rel}: not a regular file (skipped)")
             continue
@@ -350,7 +367,10 @@ def _stage_and_commit(
         if entry.size == st.st_size:
             new_stat.append((key, list(entry.chunks)))
     for rel, st in empty_dirs:
-        writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
+        if _is_utf8(rel):
+            writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
+        else:
+            problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
     catalog = None
     if fm.catalog is not None:
         try:

@@ -26,6 +26,9 @@ from pathlib import Path
 from phonevault.store.errors import UnsafePath
 
 _WINDOWS = os.name == "nt"
+# Bytes in one folder name made from an outside string (a UDID is 25 to 40): file systems allow 255 (NAME_MAX, NTFS,
+# APFS), and the temporary names built from it (export's `.<udid>.phonevault-partial`) need room beside it.
+MAX_NAME = 200
 
 
 def shown(text: str) -> str:
@@ -41,6 +44,8 @@ def unsafe_reason(rel: str, *, component: bool = False) -> str | None:
         return "the path contains NUL"
     if component and ("/" in rel or "\\" in rel):
         return "it must be one folder name, without '/' or '\\'"
+    if component and len(rel.encode(errors="surrogateescape")) > MAX_NAME:
+        return f"it is longer than a folder name may be ({MAX_NAME} bytes)"
     if rel.startswith("/") or (_WINDOWS and (rel.startswith("\\") or (len(rel) > 1 and rel[1] == ":"))):
         return "the path is absolute"
     for p in rel.split("/"):
