@@ -75,14 +75,14 @@ def manifest_plist(phone: SyntheticPhone, day: int) -> bytes:
     return plistlib.dumps(d, fmt=plistlib.FMT_BINARY, sort_keys=True)
 
 
-def status_plist(phone: SyntheticPhone, day: int) -> bytes:
+def status_plist(phone: SyntheticPhone, day: int, version: str = "3.3") -> bytes:
     d = {
         "BackupState": "new",
         "Date": plist_date(backup_time(day)),
         "IsFullBackup": day == 0,
         "SnapshotState": "finished",
         "UUID": str(uuid.UUID(bytes=derive(phone.seed, "status", day)[:16])).upper(),
-        "Version": "3.3",
+        "Version": version,
     }
     return plistlib.dumps(d, fmt=plistlib.FMT_BINARY, sort_keys=True)
 

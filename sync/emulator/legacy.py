@@ -41,6 +41,7 @@ from phonevault.sync.manifest import FLAG_FILE, CatalogEntry
 from phonevault.sync.mbdb import ABSENT, MAGIC, MbdbRecord
 
 from .days import PhoneFile
+from .folder import status_plist
 from .seeds import BUNDLES, backup_time, derive, plist_date
 
 if TYPE_CHECKING:
@@ -188,15 +189,7 @@ def _ios8_manifest_plist(phone: SyntheticPhone, day: int) -> bytes:
 
 
 def _ios8_status_plist(phone: SyntheticPhone, day: int) -> bytes:
-    d = {
-        "BackupState": "new",
-        "Date": plist_date(backup_time(day)),
-        "IsFullBackup": day == 0,
-        "SnapshotState": "finished",
-        "UUID": str(uuid.UUID(bytes=derive(phone.seed, "status", day)[:16])).upper(),
-        "Version": "2.4",
-    }
-    return plistlib.dumps(d, fmt=plistlib.FMT_BINARY, sort_keys=True)
+    return status_plist(phone, day, version="2.4")  # what iOS 8 wrote; everything else as today
 
 
 def _fresh(dest: Path, keep: set[str]) -> None:
