@@ -1,6 +1,6 @@
 """Damage trials: one object of the `damage` baseline bit-flipped, truncated or deleted, then `check` and exports.
 
-Objects: config, keys/ (the key the password opens, and a spare), every packs/ and index/ object, every events/
+Objects: config, keys/ (the key the password opens, and a spare; also a bit flipped inside its "kdf" value), every packs/ and index/ object, every events/
 segment, the prune/ marker, the writers/ marker a killed import left, and the local cache's data.mdb; plus the only
 key of a one-key vault (`only-key`). Which live snapshots each object can take down (`map_damage`): a pack or its
 index object — the snapshots with a blob in that pack; a segment — the snapshot it commits; config or the opening
@@ -44,6 +44,7 @@ from .world import World
 
 CACHE_OBJECT = "cache:data.mdb"
 MODES = ("flip", "truncate", "delete")
+KEY_MODES = ("flip-kdf",)  # a random flip rarely lands in the few bytes that name the KDF
 
 
 def map_damage(world: World) -> dict:
@@ -114,6 +115,12 @@ def damage(path: Path, mode: str, rng: random.Random) -> str:
     if mode == "delete":
         path.unlink()
         return "deleted"
+    if mode == "flip-kdf":  # one bit inside a key file's "kdf" value: still JSON, now naming a KDF nobody knows
+        raw = bytearray(path.read_bytes())
+        at = raw.index(b'"', raw.index(b":", raw.index(b'"kdf"'))) + 4
+        raw[at] ^= 0x01
+        path.write_bytes(bytes(raw))
+        return f"byte {at} (inside the kdf value) flipped"
     if mode == "truncate":
         keep = rng.randrange(0, size)
         os.truncate(path, keep)

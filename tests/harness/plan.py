@@ -166,14 +166,15 @@ def log_fault_specs(c: Censuses, rng: random.Random, op: str, n: int) -> list[Tr
 def damage_specs(c: Censuses, rng: random.Random, only: list[tuple[str, str]] | None = None) -> list[TrialSpec]:
     dmap = c.damage()
     specs = []
-    targets = only or [(name, mode) for name in sorted(dmap["objects"]) for mode in damage.MODES]
+    modes = lambda name: damage.MODES + (damage.KEY_MODES if name.startswith("keys/") else ())  # noqa: E731
+    targets = only or [(name, mode) for name in sorted(dmap["objects"]) for mode in modes(name)]
     for name, mode in targets:
         op = "only-key" if name == "only-key" else name.split("/", 1)[0].split(":")[0]
         obj = dmap["opening_key"] if name == "only-key" else name
         label = f"{mode} {name if len(name) < 40 else name[:40] + '…'}"
         specs.append(TrialSpec("damage", op, label, rng.randrange(2**31), {"object": obj, "mode": mode}))
     if only is None:
-        for mode in damage.MODES:
+        for mode in damage.MODES + damage.KEY_MODES:
             specs.append(TrialSpec("damage", "only-key", f"{mode} the only key", rng.randrange(2**31), {"mode": mode}))
     return specs
 
