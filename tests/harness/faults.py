@@ -8,7 +8,8 @@ filling after N bytes (`full`). N is drawn by the plan from a census of the same
 trials aim at the event log itself: the Nth read of an events/ segment, with a cold cache (a second machine, or
 a rebuilt cache), so every segment is read whole. Then:
 1. the command either succeeds or raises a typed error (PhonevaultError or OSError: one line and an exit code in
-   the CLI); any other exception is a traceback there, and a problem here;
+   the CLI); any other exception is a traceback there, and a problem here; and the error is about the vault
+   (DeviceDisconnected for a fault of the vault would send the user to the cable, not the disk);
 2. if it succeeds, what it returned is right: an export equals the snapshot's digest, a listing, diff, extract or
    stats equals the fault-free census's; `check --read-data` that was handed a corrupted pack read and says ok
    has missed it;
@@ -43,6 +44,7 @@ from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
 from phonevault.store.retention import Policy
 from phonevault.store.stats import usage
+from phonevault.sync.errors import DeviceDisconnected
 
 from . import crash
 from .crash import close_quietly, faulty, open_faulty
@@ -83,6 +85,7 @@ FAULT_OPS = {
         FaultOp("extract", "base", False),
         FaultOp("diff", "base", False),
         FaultOp("stats", "base", False),
+        FaultOp("restore", "base", True),  # it appends an audit event; the device is the emulator's third B
     )
 }
 
@@ -91,6 +94,9 @@ def _snap(repo: Repository, world: World, label: str):
     """(view, snapshot) as the CLI resolves an id: a snapshot the log does not show (a segment it could not read)
     is SnapshotNotFound, not None."""
     return resolve_snapshot(repo, world.by_label(label).id)
+
+
+RESTORE_TARGET = 2  # the emulator instance restores write to, so no backup trial ever reads a restored phone
 
 
 def extract_target(world: World) -> tuple[str, str]:
@@ -171,6 +177,17 @@ def library_command(name: str, repo: Repository, world: World, rig: Rig, scratch
         case "stats":
             per_device, total, _on_disk = usage(repo)
             return repr((per_device, total))
+        case "restore":
+            from phonevault.sync.restore import restore_device
+
+            view, snap = _snap(repo, world, "B day 0 (backup)")
+            emu = rig.emulator("B", 1, instance=RESTORE_TARGET)
+            r = restore_device(repo, view, snap, usbmux_address=emu.address, reboot=False)
+            if r.damaged:  # exit 3 in the CLI: named files were not restored
+                return ("partial", len(r.damaged))
+            got = {p: d for p, d in folder_digest(emu.device_dir).items() if "/" in p}
+            want = {p: d for p, d in world.device_content("B", 0).items() if "/" in p}
+            return differences(got, want, content_only=True)
     raise ValueError(name)
 
 
@@ -191,6 +208,7 @@ def cli_args(name: str, world: World) -> list[str]:
         "extract": ["extract", a1, extract_target(world)[0], "--to", "{scratch}/cli-extract"],
         "diff": ["diff", a0, a1],
         "stats": ["stats"],
+        "restore": ["restore", world.by_label("B day 0 (backup)").id, "--yes", "--no-reboot"],
     }[name]
 
 
@@ -243,6 +261,8 @@ def run_fault(spec: TrialSpec, world: World, rig: Rig, where: Path) -> TrialResu
     except TYPED as e:
         failed = e
         trial.note(f"failed cleanly: {type(e).__name__}: {str(e)[:200]}")
+        if isinstance(e, DeviceDisconnected):  # every fault here is the vault's; the phone never went away
+            trial.problem(f"a fault of the vault ({rule}) is reported as the device disconnecting: {e}")
     except Exception as e:  # noqa: BLE001 - any other type is a traceback in the CLI
         failed = e
         trial.problem(f"{op.name} under {rule} raised {type(e).__name__} (untyped: a traceback in the CLI): {e}")
@@ -267,6 +287,8 @@ def run_fault(spec: TrialSpec, world: World, rig: Rig, where: Path) -> TrialResu
     env = {"PHONEVAULT_NEW_PASSWORD": NEW_PASSWORD}
     if op.name == "backup":
         env["USBMUXD_SOCKET_ADDRESS"] = rig.address("B", 1)
+    if op.name == "restore":
+        env["USBMUXD_SOCKET_ADDRESS"] = rig.address("B", 1, RESTORE_TARGET)
     rerun = pv(trial, vault, *args, password=password, **env)
     if rerun.code != 0:
         trial.problem(f"`{' '.join(rerun.args)}` without the fault fails: exit {rerun.code}: {rerun.lines()[-2:]}")
@@ -304,6 +326,10 @@ def _same_result(trial: Trial, op: FaultOp, rule, outcome, reference, world: Wor
             trial.problem(f"check --read-data was handed a corrupted read of {missed[0]} ({rule}) and says ok")
         trial.damaged_made += bool(missed)
         trial.damaged_detected += bool(missed) and not outcome["ok"]
+    elif op.name == "restore" and isinstance(outcome, list) and outcome:
+        trial.problem(f"restore succeeded under {rule} but the phone now differs from the snapshot: {outcome}")
+    elif op.name == "restore":
+        pass  # restored exactly, or a partial restore that named what it left out
     elif reference is not None and outcome != reference:
         trial.problem(f"{op.name} succeeded under {rule} but returned something else than without it")
 
