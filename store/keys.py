@@ -57,8 +57,10 @@ def add_key(backend: Backend, master: MasterKey, password: str, scrypt_n: int = 
 def _try_unwrap(name: str, raw: bytes, password: str) -> MasterKey | None:
     try:
         doc = json.loads(raw)
-        if doc.get("version") != KEY_FORMAT or doc.get("kdf") != "scrypt":
+        if doc.get("version") != KEY_FORMAT:
             raise UnsupportedFormat(name, doc.get("version"))
+        if doc.get("kdf") != "scrypt":  # a newer phonevault's KDF, or one flipped byte: never a format version
+            raise CorruptObject(name, f"unknown key derivation {str(doc.get('kdf'))[:40]!r}")
         salt = base64.b64decode(doc["salt"])
         wrapped = base64.b64decode(doc["wrapped"])
         kek = _kek(password, salt, int(doc["n"]), int(doc["r"]), int(doc["p"]))
@@ -73,12 +75,13 @@ def _try_unwrap(name: str, raw: bytes, password: str) -> MasterKey | None:
 def unlock(backend: Backend, password: str) -> tuple[str, MasterKey]:
     """Try every key object; returns (key id, master key) or raises WrongPassword.
 
-    A damaged key object does not stop the others from being tried."""
-    damaged: list[CorruptObject] = []
+    A damaged key object, or one in a format this version does not know, does not stop the others from being
+    tried; only when every key object is so is the first one's error raised."""
+    damaged: list[CorruptObject | UnsupportedFormat] = []
     for name, _size in sorted(backend.list("keys/")):
         try:
             master = _try_unwrap(name, backend.get(name), password)
-        except CorruptObject as e:
+        except (CorruptObject, UnsupportedFormat) as e:
             damaged.append(e)
             continue
         if master is not None:

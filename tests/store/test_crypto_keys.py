@@ -82,12 +82,6 @@ def test_no_object_name_leaks_the_udid(repo):
     assert b"00008030-001A2B3C4D5E6F70" not in raw and b"Ada's iPhone" not in raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keys.unlock stops at a key file whose kdf or version it does not know (UnsupportedFormat is not "
-    "CorruptObject), so one damaged or newer-format key locks every password out, saying 'format version 1 is not "
-    "supported' (found by tests/harness, damage/keys)",
-)
 def test_a_key_file_with_an_unknown_kdf_does_not_lock_out_the_other_passwords(tmp_path):
     """Each password has its own key file and a damaged one must not stop the others from being tried (keys.unlock
     says so). A flipped byte in the "kdf" field of the key file that sorts first is enough today."""
