@@ -246,6 +246,20 @@ def _translate(e: BaseException) -> PhonevaultError:
     return DeviceError(f"{type(e).__name__}: {_first_line(e)}")
 
 
+def _on_this_computer(e: BaseException) -> bool:
+    """Whether `e` is an OSError raised while the vault was being read or written (a frame of phonevault.store is
+    on its way up): the vault's disk, which the CLI names with the object (`packs/…: Input/output error`). A
+    socket to the device never raises through the store."""
+    if not isinstance(e, OSError):
+        return False
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith("phonevault.store."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _error_code(text: str) -> int:
     m = re.search(r"'ErrorCode': (\d+)", text)
     return int(m.group(1)) if m else -1
@@ -288,6 +302,8 @@ async def connected(udid: str | None, usbmux_address: str | None) -> AsyncIterat
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException as e:  # noqa: BLE001 - every failure becomes one typed error
+        if _on_this_computer(e):
+            raise  # the vault's own disk failed (I/O error, full): that is not the device, and not the cable
         raise _translate(e) from None
     finally:
         with suppress(Exception):

@@ -267,12 +267,6 @@ def test_device_busy_with_another_sync_is_refused_cleanly(repo, emu):
     assert backup_device(repo, usbmux_address=emu.address).full  # once the other sync is over, it works
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore reads the vault inside the device session and sync/backup2._translate maps every OSError to "
-    "DeviceDisconnected, the vault's own disk errors included: an I/O error reading a pack reads 'lost the "
-    "connection to the device' (found by tests/harness, fault/restore)",
-)
 def test_a_vault_disk_error_during_a_restore_is_not_called_a_disconnect(repo, emu, tmp_path):
     """The phone is fine and connected; the vault's disk fails one read. The user must be sent to the disk, not
     to the cable: the error is the vault's (naming the object it could not read), never DeviceDisconnected."""
