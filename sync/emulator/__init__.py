@@ -6,8 +6,8 @@ afc, installation_proxy, springboardservices), `devicelink`, `backup2`, `device`
 purpose, chosen with `Fault(hostile=...)`, for tests of the host side).
 
 What the phone holds is the synthetic phone, `phone.SyntheticPhone`, built from `seeds`, `identity`, `days` (which
-files exist on day N), `content` and `databases` (their bytes), `ioscrypto` (iOS backup encryption) and `folder`
-(the MobileSync folder writer). It is test rig, not product: no product module imports this package.
+files exist on day N), `content` and `databases` (their bytes) and `folder` (the MobileSync folder writer); iOS
+backup encryption is the product's own `phonevault.sync.ioscrypto`, which the host uses to read what the phone wrote. It is test rig, not product: no product module imports this package.
 """
 
 from .backup2 import Report

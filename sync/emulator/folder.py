@@ -20,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phonevault.sync.ioscrypto import encrypt
 from phonevault.sync.manifest import FLAG_FILE, write_manifest_db
 from phonevault.sync.plists import info_plist_bytes
 
 from .content import read_pieces
 from .days import PhoneFile
-from .ioscrypto import encrypt
 from .seeds import BUNDLES, backup_time, derive, plist_date
 
 if TYPE_CHECKING:

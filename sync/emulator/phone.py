@@ -2,7 +2,7 @@
 
 A `SyntheticPhone` is deterministic per (seed, size, options): its lockdown identity (`identity`), the files it
 holds on day N (`days`), their bytes (`content`, `databases`), and the backup folder a host holds after backing
-it up on day N (`folder`), optionally iOS-encrypted (`ioscrypto`). The emulator serves it; tests, the demo and
+it up on day N (`folder`), optionally iOS-encrypted (`phonevault.sync.ioscrypto`). The emulator serves it; tests, the demo and
 the benchmarks use it directly. Same seed and options → same folder bytes, whatever the machine.
 
 Memory: file bytes stream in ≤ 1 MiB pieces; the file list costs ~0.5 KiB per file (see `days`).
@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from phonevault.sync.ioscrypto import KEYBAG_CLASSES, backup_keybag, encrypt, encrypted_size, password_key, wrapped_key
 from phonevault.sync.manifest import FLAG_FILE
 from phonevault.sync.plists import DeviceInfo
 
@@ -24,7 +25,6 @@ from .content import FileBytes, read_pieces
 from .databases import Databases, database_targets
 from .days import DB_PATHS, MANY_FILES, DayModel, PhoneFile, with_directories
 from .identity import Identity
-from .ioscrypto import KEYBAG_CLASSES, backup_keybag, encrypt, encrypted_size, password_key, wrapped_key
 from .seeds import backup_time, derive
 
 __all__ = ["MANY_FILES", "PhoneFile", "SyntheticPhone"]

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phonevault.sync.emulator.__main__ import main
-from phonevault.sync.emulator.ioscrypto import KEYBAG_CLASSES, encrypt, encrypted_size, password_key, wrapped_key
 from phonevault.sync.emulator.phone import MANY_FILES, SyntheticPhone
+from phonevault.sync.ioscrypto import KEYBAG_CLASSES, encrypt, encrypted_size, password_key, wrapped_key
 from phonevault.sync.manifest import FLAG_DIR, FLAG_FILE, file_id, read_manifest_db, read_manifest_rows
 from phonevault.sync.plists import read_info_plist, read_manifest_plist, read_status_plist
 

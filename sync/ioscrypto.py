@@ -1,4 +1,5 @@
-"""iOS backup encryption (iOS ≥ 10.2), the writing side: keybag, wrapped keys, encrypted files.
+"""iOS backup encryption (iOS ≥ 10.2): keybag, wrapped keys, encrypted files. The one module that owns it: the
+emulator (sync/emulator/phone.py) writes with it, and the host reads what a phone wrote with it.
 
 Formats:
 - BackupKeyBag (Manifest.plist): TLV records, a 4-byte ASCII tag + u32 big-endian length + value. Header VERS,
