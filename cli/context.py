@@ -21,6 +21,7 @@ import lmdb
 import platformdirs
 
 from phonevault.store.backends import open_backend
+from phonevault.store.backends.readonly import ReadOnlyBackend
 from phonevault.store.errors import PhonevaultError, RepositoryNotFound
 from phonevault.store.repository import Repository
 
@@ -46,12 +47,15 @@ def get_password(*, confirm: bool = False, what: str = "vault password") -> str:
     return click.prompt(what.capitalize(), hide_input=True, confirmation_prompt=confirm)
 
 
-def open_repo(path: Path) -> Repository:
+def open_repo(path: Path, *, readonly: bool = False) -> Repository:
+    """Open the vault at `path`; `readonly` wraps its backend so that any write is refused (ReadOnlyVault) before
+    it reaches the vault."""
     if not path.exists():
         raise RepositoryNotFound(str(path), "does not exist (create it with `phonevault init`)")
     if not path.is_dir():
         raise RepositoryNotFound(str(path), "is not a directory")
-    return Repository.open(open_backend(str(path)), get_password())
+    backend = open_backend(str(path))
+    return Repository.open(ReadOnlyBackend(backend) if readonly else backend, get_password())
 
 
 repo_option = click.option(
@@ -64,14 +68,20 @@ repo_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
 
-def with_repo(fn: Callable) -> Callable:
+def with_repo(fn: Callable | None = None, *, readonly: bool | Callable[[dict], bool] = False) -> Callable:
     """Add --repo, open the repository (asking for the password), pass it as `repo`, close it afterwards, and exit
-    non-zero if reading met damaged objects (after printing what was found)."""
+    non-zero if reading met damaged objects (after printing what was found).
+
+    A command that only reads says `readonly=True` (or a function of its options, as `check` without
+    `--repair-index`): its vault is opened through ReadOnlyBackend, so a bug in it cannot change the vault."""
+    if fn is None:
+        return functools.partial(with_repo, readonly=readonly)
 
     @repo_option
     @functools.wraps(fn)
     def wrapper(repo_arg: str | None, **kwargs):
-        repo = open_repo(repo_path(repo_arg))
+        reads_only = readonly(kwargs) if callable(readonly) else readonly
+        repo = open_repo(repo_path(repo_arg), readonly=reads_only)
         try:
             result = fn(repo=repo, **kwargs)
         finally:

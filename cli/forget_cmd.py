@@ -33,7 +33,7 @@ from .render import emit_json, out, table
 @click.option("--yes", "-y", is_flag=True, help="With --all: do not ask for confirmation.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be forgotten.")
 @json_option
-@with_repo
+@with_repo(readonly=lambda options: options["dry_run"])
 def forget(
     repo: Repository, snapshots_: tuple[str, ...], device: str | None, keep_last: int, keep_daily: int,
     keep_weekly: int, keep_monthly: int, forget_all: bool, unpin: bool, yes: bool, dry_run: bool, as_json: bool,

@@ -61,7 +61,7 @@ def key_passwd(repo: Repository) -> None:
 
 @key.command("list")
 @json_option
-@with_repo
+@with_repo(readonly=True)
 def key_list(repo: Repository, as_json: bool) -> None:
     """List the keys (one per password)."""
     ids = keyring.list_keys(repo.backend)
@@ -87,7 +87,7 @@ def _new_password_env() -> str:
     "unreadable or wrong (deletes nothing), then check.",
 )
 @json_option
-@with_repo
+@with_repo(readonly=lambda options: not options["repair_index"])
 def check(repo: Repository, read_data: bool, repair_index: bool, as_json: bool) -> None:
     """Verify the logs, that every snapshot tree equals the fold of its deltas, and index vs packs; name the files
     each damage costs, by the phone's names."""
@@ -144,7 +144,7 @@ def _damaged_json(repo: Repository, d: DamagedSnapshot) -> dict:
 
 @click.command()
 @json_option
-@with_repo
+@with_repo(readonly=True)
 def stats(repo: Repository, as_json: bool) -> None:
     """Logical size vs stored size, dedup and compression ratios, per device."""
     per_device, total, on_disk = usage(repo)

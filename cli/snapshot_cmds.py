@@ -55,7 +55,7 @@ def device_json(v: DeviceView) -> dict:
 
 @click.command()
 @json_option
-@with_repo
+@with_repo(readonly=True)
 def devices(repo: Repository, as_json: bool) -> None:
     """One row per device in the vault."""
     docs = [device_json(v) for v in repo.devices()]
@@ -122,7 +122,7 @@ def snapshot_json(v: DeviceView, s: SnapshotRecord) -> dict:
 @click.argument("device", required=False)
 @click.option("--all", "show_all", is_flag=True, help="Include forgotten snapshots.")
 @json_option
-@with_repo
+@with_repo(readonly=True)
 def snapshots(repo: Repository, device: str | None, show_all: bool, as_json: bool) -> None:
     """Every dated version, oldest first (`*` marks each device's current backup)."""
     views = [resolve_device(repo, device)] if device else repo.devices()
@@ -161,7 +161,7 @@ def snapshots(repo: Repository, device: str | None, show_all: bool, as_json: boo
 @click.argument("snapshot")
 @click.argument("path", required=False, default="")
 @json_option
-@with_repo
+@with_repo(readonly=True)
 def ls(repo: Repository, snapshot: str, path: str, as_json: bool) -> None:
     """Browse a snapshot by domain and path (no PATH lists the domains). Unusable catalog rows are named on
     stderr (exit 3)."""
@@ -212,7 +212,7 @@ def _print_listing(items: list, as_json: bool) -> None:
 )
 @click.option("--stat", "as_stat", is_flag=True, help="Counts and bytes per domain instead of one line per file.")
 @json_option
-@with_repo
+@with_repo(readonly=True)
 def diff(
     repo: Repository,
     snap_a: str,
@@ -286,7 +286,7 @@ def _print_diff_stat(a: SnapshotRecord, b: SnapshotRecord, stats: list, show_met
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Target folder.")
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist under --to.")
 @click.option("--strict", is_flag=True, help="All or nothing: write nothing unless every file can be extracted.")
-@with_repo
+@with_repo(readonly=True)
 def extract(repo: Repository, snapshot: str, paths: tuple[str, ...], dest: Path, overwrite: bool, strict: bool) -> None:
     """Copy files out of a snapshot by domain path to DEST/<domain path>, e.g. --to ex gives
     ex/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC. Existing files are never replaced without --overwrite;
