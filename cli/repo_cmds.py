@@ -228,7 +228,8 @@ def parse_share(text: str) -> float:
 def prune(repo: Repository, grace: str, max_unused: str, as_json: bool) -> None:
     """Reclaim the space of forgotten snapshots: in one run when no backup is running; while one is, what it may
     need is kept and a prune after it has finished frees the rest."""
-    r = run_prune(repo, grace_us=parse_duration(grace), max_unused=parse_share(max_unused))
+    with progress("pruning", None) as update:  # bytes of the packs each sweep deletes or repacks
+        r = run_prune(repo, grace_us=parse_duration(grace), max_unused=parse_share(max_unused), progress=update)
     doc = {
         "live_blobs": r.live_blobs,
         "live_bytes": r.live_bytes,

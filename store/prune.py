@@ -75,7 +75,7 @@ holds one new pack (≤ `pack_size` plus one blob, or one source's live blobs if
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgpack
@@ -324,11 +324,18 @@ def _choose(packs: _Packs, live: set[bytes], skip: set[str], max_unused: float) 
     return dead, repack, live_bytes
 
 
-def _delete(repo: Repository, pack: str, size: int, result: PruneResult) -> None:
+def _delete(repo: Repository, pack: str, size: int, result: PruneResult, tick: Tick) -> None:
     repo.backend.delete(index_name(pack))  # index first: a pack without index is harmless, the reverse is not
     repo.backend.delete(pack_name(pack))
     result.deleted += 1
     result.deleted_bytes += size
+    tick(size)
+
+
+#: progress(done, total): bytes of the packs a sweep has dealt with (deleted, or kept because damaged), of all it
+#: set out to.
+PruneProgress = Callable[[int, int], None]
+Tick = Callable[[int], None]
 
 
 def _sweep(
@@ -337,6 +344,7 @@ def _sweep(
     result: PruneResult,
     live: LiveSet | None = None,
     pack_size: int = TARGET_PACK_SIZE,
+    progress: PruneProgress | None = None,
 ) -> None:
     """Delete the candidates, first copying the live blobs that only they hold (see the module docstring). The
     caller has made sure no running writer may depend on them and brought `live` up to date after reading the
@@ -356,13 +364,26 @@ def _sweep(
         if not whole:
             break
         doomed -= whole  # keeping it costs nothing; copying it would copy all of it
+    total, done = sum(packs.sizes[p] for p in doomed), [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
+
     for pack in sorted(p for p in doomed if not need[p]):  # nothing to copy: the vault shrinks before it grows
-        _delete(repo, pack, packs.sizes[pack], result)
-    _repack(repo, packs, [p for p in sorted(doomed) if need[p]], need, result, pack_size)
+        _delete(repo, pack, packs.sizes[pack], result, tick)
+    _repack(repo, packs, [p for p in sorted(doomed) if need[p]], need, result, pack_size, tick)
 
 
 def _repack(
-    repo: Repository, packs: _Packs, sources: list[str], need: dict[str, list[bytes]], result: PruneResult, size: int
+    repo: Repository,
+    packs: _Packs,
+    sources: list[str],
+    need: dict[str, list[bytes]],
+    result: PruneResult,
+    size: int,
+    tick: Tick,
 ) -> None:
     """Copy each source's needed blobs into new packs and delete the source once its blobs are in a written pack.
     A new pack is cut before a source's blobs would overflow it, so no source spans two of them."""
@@ -376,7 +397,7 @@ def _repack(
             pack_id, locations = done
             repo.cache.add_index(write_index(repo.backend, repo.key, pack_id, locations), locations)
         for src in waiting:
-            _delete(repo, src, packs.sizes[src], result)
+            _delete(repo, src, packs.sizes[src], result, tick)
         waiting.clear()
 
     for src in sources:
@@ -401,6 +422,8 @@ def _repack(
         if not damaged:
             waiting.append(src)
             result.repacked += 1
+        else:
+            tick(packs.sizes[src])  # kept, and dealt with
     cut()
 
 
@@ -410,9 +433,11 @@ def prune(
     grace_us: int = 0,
     max_unused: float = MAX_UNUSED,
     pack_size: int = TARGET_PACK_SIZE,
+    progress: PruneProgress | None = None,
 ) -> PruneResult:
     """Sweep the markers that are due and that no running backup holds, then mark, and sweep the new marker at once
-    unless a grace period is asked for or a running backup holds it. See the module docstring."""
+    unless a grace period is asked for or a running backup holds it. See the module docstring. `progress` hears
+    each sweep's bytes (the packs it deletes or repacks) as it goes."""
     result = PruneResult()
     repo.sync_index()
     sizes = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("packs/")}
@@ -432,7 +457,7 @@ def prune(
             due.append(name)
             sweep.update(marked)
     if due:
-        _sweep(repo, sweep, result, live, pack_size)
+        _sweep(repo, sweep, result, live, pack_size, progress)
         for name in due:
             repo.backend.delete(name)
     # Mark.
@@ -454,7 +479,7 @@ def prune(
             _hold(result, marked, packs.sizes, holders)
         else:
             live.update(repo)  # after that read: commits made since are live
-            _sweep(repo, set(marked), result, live, pack_size)
+            _sweep(repo, set(marked), result, live, pack_size, progress)
             repo.backend.delete(name)
     repo.sync_index()
     result.pack_bytes = sum(size for _, size in repo.backend.list("packs/"))

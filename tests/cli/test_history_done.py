@@ -51,8 +51,10 @@ def test_three_generations_take_their_own_dates_and_one_deleted_device_is_freed(
 
     # Apple's "Delete Backup" for the iOS 17 phone, then one prune: its space comes back.
     pv("forget", phones["17"].udid, "--all", "--yes", check=True)
-    doc = js(pv("prune", "--json"))
+    r = pv("prune", "--json", check=True)
+    doc = js(r)
     assert doc["deleted_packs"] >= 1 and doc["pending_packs"] == 0
+    assert "pruning: 100 % (" in r.stderr, r.stderr  # progress, as a log or a script sees it (not a terminal)
     with open_library(cli_env, tmp_path) as repo:
         live = live_data(repo)
     assert du(Path(cli_env["PHONEVAULT_REPO"])) <= 1.05 * live, (du(Path(cli_env["PHONEVAULT_REPO"])), live)
