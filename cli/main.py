@@ -12,6 +12,7 @@ from .context import run_cli
 from .demo import demo
 from .forget_cmd import forget
 from .import_cmd import import_
+from .web.command import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +42,7 @@ for command in (
     device_cmds.restore,
     device_cmds.emulator,
     demo,
+    serve,
 ):
     cli.add_command(command)
 

@@ -1,0 +1,209 @@
+"""The camera roll across versions: every photo and video any snapshot of a device holds, and which ones the
+device's current backup no longer has.
+
+A camera-roll item is a file under `CameraRollDomain/Media/DCIM/` whose name ends in a photo or video extension
+(`.HEIC`, `.JPG`, `.PNG`, `.MOV`, `.MP4`, …); thumbnails under `Media/PhotoData/` are the phone's own caches, not
+items. Items are told apart **by content**: a stored file's content key is the keyed hash of its chunk id list
+(chunk ids are keyed hashes of the chunk bytes, and one path's bytes are always cut the same way), so the same
+bytes kept under another name or in another folder are one item, and a photo edited in place is two: the old bytes
+and the new. "Not on the phone any more" (`CameraRoll.gone`) is exactly the union of the other live snapshots'
+items minus the current snapshot's, by content; an item's `snapshots` are exactly the live snapshots holding it.
+
+Per snapshot (`snapshot_media`): read from its catalog (sync/catalog.py) and one walk of its tree, then cached in
+the LMDB cache (`derived`, sealed) under `photos/<format>/<tree id>`. The tree id names the snapshot's whole
+content (the Manifest.db the catalog comes from included), so the entry never goes stale. Cached value: msgpack
+list of `[domain path, backup path, size, mtime, content key]` (PHOTOS_CACHE_FORMAT 1).
+Snapshots the phone encrypted (their catalog needs the backup password) are skipped and listed in
+`CameraRoll.encrypted`; if the current snapshot is one of them, `current_known` is False and nothing is called gone.
+
+Memory: the rows of every live snapshot's camera roll (~200 bytes a row) plus one item per distinct content; on a
+cache miss, one snapshot's catalog and a walk of its tree (one shard node at a time).
+Nothing here writes a file; bytes come back through `read_media` as the vault's chunks, one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import msgpack
+
+from phonevault.store.errors import CorruptObject, MissingObject
+from phonevault.store.projections import DeviceView, SnapshotRecord
+from phonevault.store.repository import Repository
+from phonevault.store.trees import FileEntry, iter_tree, lookup
+
+from .catalog import domain_path, load_catalog
+from .errors import EncryptedBackup
+from .manifest import FLAG_FILE
+
+PHOTOS_CACHE_FORMAT = 1
+CAMERA_ROLL_DOMAIN = "CameraRollDomain"
+DCIM = "Media/DCIM/"
+PHOTO_EXTENSIONS = frozenset({"heic", "heif", "jpg", "jpeg", "png", "gif", "dng", "tif", "tiff", "webp", "bmp"})
+VIDEO_EXTENSIONS = frozenset({"mov", "mp4", "m4v", "3gp", "avi"})
+
+
+def media_kind(name: str) -> str | None:
+    """ "photo", "video", or None for a name that is neither."""
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext in PHOTO_EXTENSIONS:
+        return "photo"
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMedia:
+    """One camera-roll file of one snapshot."""
+
+    path: str  # domain path, e.g. CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC
+    backup_path: str  # where the snapshot's tree keeps its bytes (xx/<fileID>, …)
+    size: int
+    mtime: int  # seconds, the phone's own mtime of the file: when it was taken, as far as the catalog tells
+    content: bytes  # the content key (see the module docstring)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaItem:
+    """One distinct photo or video (by content) across every live snapshot of a device."""
+
+    content: bytes
+    path: str  # its domain path in the newest snapshot holding it
+    size: int
+    mtime: int
+    kind: str  # "photo" | "video"
+    snapshots: tuple[bytes, ...]  # ids of the live snapshots holding it, oldest first
+    in_current: bool
+    source: bytes  # a snapshot holding it (the newest): where its bytes are read from
+    backup_path: str  # its backup path in `source`
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def key(self) -> str:
+        """The item's name in URLs: its content key in hex (a keyed hash: it tells nothing of the bytes)."""
+        return self.content.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class CameraRoll:
+    items: tuple[MediaItem, ...]  # newest first (mtime, then path, descending)
+    snapshots: tuple[SnapshotRecord, ...]  # the live snapshots read, oldest first
+    encrypted: tuple[SnapshotRecord, ...]  # live snapshots skipped: the phone encrypted them
+    current: bytes | None  # the device's current snapshot
+    current_known: bool  # the current snapshot was read (it exists and is not encrypted)
+
+    def gone(self) -> list[MediaItem]:
+        """Items earlier (or other) versions hold and the current backup does not: photos deleted from the phone."""
+        if not self.current_known:
+            return []
+        return [i for i in self.items if not i.in_current]
+
+    def find(self, key: str) -> MediaItem | None:
+        for i in self.items:
+            if i.key == key:
+                return i
+        return None
+
+
+def content_key(repo: Repository, entry: FileEntry) -> bytes:
+    return repo.key.blob_id(b"".join(entry.chunks))
+
+
+def _cache_key(snap: SnapshotRecord) -> bytes:
+    return b"photos/%d/" % PHOTOS_CACHE_FORMAT + snap.tree
+
+
+def snapshot_media(repo: Repository, snap: SnapshotRecord) -> list[SnapshotMedia]:
+    """The camera-roll files of one snapshot (cached; see the module docstring). EncryptedBackup for a snapshot the
+    phone encrypted."""
+    key = _cache_key(snap)
+    if (cached := repo.cache.derived_get(key)) is not None:
+        try:
+            return [SnapshotMedia(p, b, s, m, bytes(c)) for p, b, s, m, c in msgpack.unpackb(cached)]
+        except (ValueError, TypeError, msgpack.UnpackException):
+            pass  # a value of another shape: computed again below and replaced
+    catalog = load_catalog(repo, snap)
+    wanted: dict[str, tuple[str, int, int]] = {}  # backup path -> (domain path, size, mtime)
+    for c in catalog:
+        if c.flags != FLAG_FILE or c.domain != CAMERA_ROLL_DOMAIN or not c.relative_path.startswith(DCIM):
+            continue
+        if media_kind(c.relative_path) is None:
+            continue
+        wanted[catalog.layout.backup_path(c.file_id)] = (domain_path(c), c.size, c.mtime)
+    rows: list[SnapshotMedia] = []
+    if wanted:
+        for entry in iter_tree(snap.tree, repo.get_blob):
+            if (row := wanted.get(entry.path)) is not None and not entry.is_dir:
+                path, _size, mtime = row
+                rows.append(SnapshotMedia(path, entry.path, entry.size, mtime, content_key(repo, entry)))
+    rows.sort(key=lambda r: r.path)
+    repo.cache.derived_put(key, msgpack.packb([[r.path, r.backup_path, r.size, r.mtime, r.content] for r in rows]))
+    return rows
+
+
+def merge(
+    per_snapshot: Iterable[tuple[SnapshotRecord, list[SnapshotMedia]]], current: bytes | None
+) -> tuple[MediaItem, ...]:
+    """Items by content from each snapshot's rows (snapshots oldest first): the pure core of `camera_roll`."""
+    acc: dict[bytes, tuple[SnapshotMedia, SnapshotRecord, list[bytes]]] = {}
+    for snap, rows in per_snapshot:
+        for r in rows:
+            kind = media_kind(r.path)
+            if kind is None:
+                continue
+            seen = acc.get(r.content)
+            if seen is None:
+                acc[r.content] = (r, snap, [snap.id])
+            else:
+                holders = seen[2]
+                if holders[-1] != snap.id:
+                    holders.append(snap.id)
+                # the newest snapshot's name and place win: that is where the photo was last seen
+                acc[r.content] = (r, snap, holders)
+    items = [
+        MediaItem(
+            content, r.path, r.size, r.mtime, media_kind(r.path) or "photo", tuple(holders), current in holders,
+            snap.id, r.backup_path,
+        )
+        for content, (r, snap, holders) in acc.items()
+    ]  # fmt: skip
+    items.sort(key=lambda i: (i.mtime, i.path, i.content), reverse=True)
+    return tuple(items)
+
+
+def camera_roll(repo: Repository, view: DeviceView) -> CameraRoll:
+    """Every photo and video in any live snapshot of the device, by content (see the module docstring)."""
+    live = sorted(view.live(), key=lambda s: (s.time, s.seq))
+    read: list[tuple[SnapshotRecord, list[SnapshotMedia]]] = []
+    encrypted: list[SnapshotRecord] = []
+    for snap in live:
+        try:
+            read.append((snap, snapshot_media(repo, snap)))
+        except EncryptedBackup:
+            encrypted.append(snap)
+    current_known = view.head is not None and any(s.id == view.head for s, _rows in read)
+    return CameraRoll(merge(read, view.head), tuple(s for s, _ in read), tuple(encrypted), view.head, current_known)
+
+
+def read_media(repo: Repository, view: DeviceView, item: MediaItem) -> Iterator[bytes]:
+    """The item's original bytes, chunk by chunk, bit for bit as stored. Raises MissingObject if its snapshot no
+    longer holds it (forgotten meanwhile) and CorruptObject if the entry found is not the item's content."""
+    entry = media_entry(repo, view, item)
+    return repo.read_file(entry)
+
+
+def media_entry(repo: Repository, view: DeviceView, item: MediaItem) -> FileEntry:
+    snap = view.get(item.source)
+    if snap is None or snap.forgotten:
+        raise MissingObject(f"snapshot {item.source.hex()[:12]}", "forgotten since the camera roll was read")
+    entry = lookup(snap.tree, item.backup_path, repo.get_blob)
+    if entry is None or entry.is_dir:
+        raise MissingObject(item.path, f"not in snapshot {snap.hex[:12]}")
+    if content_key(repo, entry) != item.content:
+        raise CorruptObject(item.path, "its stored entry is not the content the camera roll listed")
+    return entry
