@@ -1,8 +1,9 @@
-"""com.apple.mobilebackup2, device side: Hello, then Backup / Restore / Info / List scripts over DeviceLink.
+"""com.apple.mobilebackup2, device side: Hello, then Backup / Restore / Info / List / ChangePassword over DeviceLink.
 
 Room: MobileBackup2. Invariant: a backup leaves the host folder equal to the device folder (every `xx/<fileID>`,
-Manifest.db, Manifest.plist, Status.plist byte for byte; Info.plist is the host's) or ends with a non-zero
-ErrorCode / a dropped link; a restore replaces the device folder only after every file arrived, so a failed
+Manifest.db, Manifest.plist, Status.plist byte for byte; Info.plist is the host's) — or, when the phone has a
+backup password, equal to it as the phone encrypts it (backupkeys.py: every file, Manifest.db and Manifest.plist)
+— or ends with a non-zero ErrorCode / a dropped link; a restore replaces the device folder only after every file arrived, so a failed
 restore leaves the phone as it was. The device folder is locked for the whole operation.
 
 Backup follows the device side of docs/protocol.md, 'A backup, end to end': download the host's Status.plist and
@@ -30,7 +31,8 @@ from phonevault.sync.manifest import FLAG_FILE, CatalogEntry, read_manifest_rows
 from phonevault.sync.plists import read_manifest_plist
 
 from . import hostile
-from .devicelink import Aborted, DeviceLink, HostRefused, Upload
+from .backupkeys import BackupKeys
+from .devicelink import Aborted, DeviceLink, HostRefused, Stream, Upload
 from .wire import FrameError, Link, PeerClosed
 
 if TYPE_CHECKING:
@@ -139,6 +141,14 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
                 shutil.rmtree(scratch, ignore_errors=True)
         device.record(report)
         return
+    if name == "ChangePassword":
+        with device.content.lock:  # never in the middle of a backup or restore
+            code, description = device.backup_keys.change_password(
+                request.get("OldPassword"), request.get("NewPassword")
+            )
+        dl.finish(code, description)
+        device.record(Report("ChangePassword", error_code=code, error=description))
+        return
     log.info("mobilebackup2: unsupported request %r", name)
     dl.finish(ERROR_UNSUPPORTED, f"{name} is not supported by the emulator")
 
@@ -148,10 +158,21 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
 
 def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Report:
     folder = device.content.folder
-    plan = _plan(folder / "Manifest.db", _download_host_manifest(dl, target, scratch))
+    keys = device.backup_keys
+    plan = _plan(folder / "Manifest.db", _download_host_manifest(dl, target, scratch, keys))
+    # An encrypted phone sends every file, Manifest.db and Manifest.plist encrypted (backupkeys.py); the folder
+    # it holds stays plain.
+    encrypted = keys.prepare(folder, scratch, full=plan.kind == "full") if keys.encrypts else None
+    bodies: dict[str, Stream] = encrypted.bodies if encrypted is not None else {}
+    metadata = {m: folder / m for m in METADATA}
+    if encrypted is not None:
+        metadata = {"Manifest.db": encrypted.manifest_db, "Manifest.plist": encrypted.manifest_plist}
     changed = [fid for fid, _ in plan.changed]
-    uploads = [Upload(path, f"{target}/Snapshot/{fid[:2]}/{fid}", folder / fid[:2] / fid) for fid, path in plan.changed]
-    uploads += [Upload(f"/var/mobile/Library/Backup/{m}", f"{target}/Snapshot/{m}", folder / m) for m in METADATA]
+    uploads = [
+        Upload(path, f"{target}/Snapshot/{fid[:2]}/{fid}", bodies.get(fid) or folder / fid[:2] / fid)
+        for fid, path in plan.changed
+    ]
+    uploads += [Upload(f"/var/mobile/Library/Backup/{m}", f"{target}/Snapshot/{m}", metadata[m]) for m in METADATA]
     fault = device.fault
     if fault is not None and fault.bad_upload_path is not None:
         uploads.insert(0, Upload("/var/mobile/evil", fault.bad_upload_path, b"not yours"))
@@ -190,9 +211,12 @@ def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Repor
         [Upload("/var/mobile/Library/Backup/Status.plist", f"{target}/Status.plist", status)], _size(status), 99.0
     )
     dl.finish(0)
+    if encrypted is not None:
+        keys.sent(encrypted, folder)  # the next backup continues this one: same keys for the files it keeps
     log.info(
-        "backup (%s): %d files uploaded, %d removed, %d bytes",
+        "backup (%s%s): %d files uploaded, %d removed, %d bytes",
         plan.kind,
+        ", encrypted" if encrypted is not None else "",
         len(changed),
         len(plan.removed),
         dl.uploaded_bytes,
@@ -200,11 +224,14 @@ def _backup(dl: DeviceLink, device: Device, target: str, scratch: Path) -> Repor
     return Report("Backup", plan.kind, tuple(changed), dl.uploaded_bytes, tuple(plan.removed), error_code=0)
 
 
-def _download_host_manifest(dl: DeviceLink, target: str, scratch: Path) -> Path | None:
-    """The host's previous Manifest.db, or None when this must be a full backup.
+def _download_host_manifest(dl: DeviceLink, target: str, scratch: Path, keys: BackupKeys) -> Path | None:
+    """The plain catalog of the host's previous backup, or None when this must be a full backup.
 
     Full when Manifest.plist or Manifest.db is missing or empty: pmd3 `backup(full=True)` deletes and re-creates
-    an empty Manifest.plist, which is how `--full` reaches the device.
+    an empty Manifest.plist, which is how `--full` reaches the device. Full too when the host's backup is encrypted
+    and the phone does not encrypt, or the other way round (the password was set or removed since), and, for an
+    encrypted phone, unless the host holds the phone's current keybag and the Manifest.db it last sent
+    (`BackupKeys.continues`).
     """
     here = scratch / "host"
     dl.download_files([f"{target}/Status.plist"], lambda p: here / Path(p).name, 0.0)
@@ -213,13 +240,16 @@ def _download_host_manifest(dl: DeviceLink, target: str, scratch: Path) -> Path 
     if not plist.is_file() or plist.stat().st_size == 0:
         return None
     try:
-        if read_manifest_plist(plist.read_bytes(), str(plist)).is_encrypted:
-            return None  # the emulator's phone never encrypts: an encrypted host backup cannot be continued
+        manifest = read_manifest_plist(plist.read_bytes(), str(plist))
     except ManifestInvalid:
+        return None
+    if bool(manifest.is_encrypted) != keys.encrypts:
         return None
     dl.download_files([f"{target}/Manifest.db"], lambda p: here / Path(p).name, 0.0)
     db = here / "Manifest.db"
-    return db if db.is_file() and db.stat().st_size > 0 else None
+    if not db.is_file() or db.stat().st_size == 0:
+        return None
+    return keys.continues(manifest.keybag, db) if keys.encrypts else db
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,9 +315,11 @@ def _device_path(entry: CatalogEntry) -> str:
     return f"{base}/{entry.relative_path}"
 
 
-def _size(source: Path | bytes) -> int:
+def _size(source: Path | bytes | Stream) -> int:
     if isinstance(source, bytes):
         return len(source)
+    if isinstance(source, Stream):
+        return source.size
     try:
         return source.stat().st_size
     except OSError:

@@ -26,6 +26,7 @@ from typing import Any
 from phonevault.sync.manifest import read_manifest_db
 
 from . import backup2, hostile, lockdown, pairing, services
+from .backupkeys import DEFAULT_KDF_ITERATIONS, BackupKeys
 from .phone import SyntheticPhone
 from .usbmux import LOCKDOWN_PORT, PortHandler
 from .wire import Link
@@ -87,7 +88,13 @@ class Device:
 
     device_id = DEVICE_ID
 
-    def __init__(self, data_dir: Path, phone: SyntheticPhone, fault: Fault | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        phone: SyntheticPhone,
+        fault: Fault | None = None,
+        kdf_iterations: int = DEFAULT_KDF_ITERATIONS,
+    ) -> None:
         self.data_dir = data_dir
         self.phone = phone
         self.udid: str = phone.udid
@@ -96,6 +103,7 @@ class Device:
         self.tls: ssl.SSLContext = pairing.server_context(self.pairing, data_dir)
         self.buid = self.pairing.system_buid
         self.content = Content(data_dir, phone)
+        self.backup_keys = BackupKeys(data_dir, phone.seed, kdf_iterations)
         self.afc = services.AfcStore()
         self.reports: list[backup2.Report] = []
         self._ports: dict[int, str] = {}
@@ -144,8 +152,8 @@ class Device:
         values = dict(self.phone.lockdown_values())
         values.setdefault("UniqueDeviceID", self.udid)
         values["DevicePublicKey"] = self.pairing.device_public_key
-        # pmd3 `get_will_encrypt` reads it; the emulated phone never encrypts its backups.
-        values.setdefault("com.apple.mobile.backup", {"WillEncrypt": False})
+        # pmd3 `get_will_encrypt` and lid (`WillEncrypt` before a backup) read it: whether a backup password is set.
+        values["com.apple.mobile.backup"] = {"WillEncrypt": self.backup_keys.encrypts}
         return hostile.lockdown_values(self, values)
 
     def start_service(self, name: str) -> tuple[int, bool] | None:

@@ -61,12 +61,21 @@ class Aborted(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Stream:
+    """A body made while it is sent (a file the phone encrypts for the host): its exact length, and a function
+    yielding its bytes in pieces."""
+
+    size: int
+    open: Callable[[], Iterator[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
 class Upload:
     """One file the device sends: where it lives on the phone, where the host should write it, its bytes."""
 
     device_path: str
     host_path: str
-    source: Path | bytes
+    source: Path | bytes | Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +191,19 @@ class DeviceLink:
         sock.sendall(U32BE.pack(0))
         self.status("UploadFiles")
 
-    def _send_body(self, source: Path | bytes) -> str | None:
+    def _send_body(self, source: Path | bytes | Stream) -> str | None:
         if isinstance(source, bytes):
             for start in range(0, len(source), UPLOAD_BLOCK):
                 self._send_block(memoryview(source)[start : start + UPLOAD_BLOCK])
+            return None
+        if isinstance(source, Stream):
+            try:
+                for piece in source.open():
+                    for start in range(0, len(piece), UPLOAD_BLOCK):
+                        if chunk := memoryview(piece)[start : start + UPLOAD_BLOCK]:
+                            self._send_block(chunk)
+            except OSError as e:  # the plain file behind it: as a file that cannot be read, this one file fails
+                return f"{e.strerror} ({e.errno})"
             return None
         buf = bytearray(BLOCK_HEADER.size + UPLOAD_BLOCK)
         view = memoryview(buf)

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from . import usbmux
 from .backup2 import Report
+from .backupkeys import DEFAULT_KDF_ITERATIONS
 from .device import Device, Fault
 from .phone import SyntheticPhone
 from .wire import Link
@@ -28,7 +29,11 @@ DEFAULT_SIZE = 64 * 2**20
 
 
 class Emulator:
-    """A simulated iPhone behind a usbmuxd on 127.0.0.1. Start it, point a client at `.address`."""
+    """A simulated iPhone behind a usbmuxd on 127.0.0.1. Start it, point a client at `.address`.
+
+    ``backup_password`` sets the phone up with backup encryption on (kept in ``data_dir`` across restarts, as the
+    phone keeps it; ChangePassword over MobileBackup2 changes it); ``kdf_iterations`` is its keybag's DPIC.
+    """
 
     def __init__(
         self,
@@ -39,11 +44,16 @@ class Emulator:
         day: int = 0,
         port: int = 0,
         fault: Fault | None = None,
+        backup_password: str | None = None,
+        kdf_iterations: int = DEFAULT_KDF_ITERATIONS,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._device = Device(self.data_dir, SyntheticPhone(seed=seed, size=size), fault)
+        self._device = Device(self.data_dir, SyntheticPhone(seed=seed, size=size), fault, kdf_iterations)
         self._device.content.ensure_day(day)
+        if backup_password is not None and not self._device.backup_keys.verify(backup_password):
+            # A phone set up with this backup password (kept across restarts: the same password changes nothing).
+            self._device.backup_keys.set_password(backup_password)
         self._requested_port = port
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
@@ -79,6 +89,15 @@ class Emulator:
     @fault.setter
     def fault(self, fault: Fault | None) -> None:
         self._device.fault = fault
+
+    @property
+    def will_encrypt(self) -> bool:
+        """Whether the phone encrypts its backups (a backup password is set): lockdown's `WillEncrypt`."""
+        return self._device.backup_keys.encrypts
+
+    def backup_password_is(self, password: str) -> bool:
+        """Whether ``password`` is the phone's backup password (checked against its keybag, never stored)."""
+        return self._device.backup_keys.verify(password)
 
     @property
     def reports(self) -> list[Report]:
