@@ -1,0 +1,116 @@
+"""The web view in a real browser (headless Debian Chromium via Selenium) against `phonevault serve`: every page
+loads, thumbnails render, a photo deleted on day 2 is found under "not on the phone any more" and downloads bit for
+bit, the token is required, and no request leaves 127.0.0.1.
+
+PHONEVAULT_SCREENSHOTS=DIR also saves the screenshots the README shows (web-roll.png, web-timeline.png) there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from .browser import requested_urls, start
+from .server import Server, wait_for
+
+DELETED_ON_DAY_2 = "CameraRollDomain/Media/DCIM/100APPLE/IMG_0005.HEIC"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver = start(downloads)
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def _loaded_images(driver) -> tuple[int, int]:
+    return driver.execute_script(
+        "const imgs = Array.from(document.querySelectorAll('img.thumb'));"
+        "return [imgs.length, imgs.filter(i => i.complete && i.naturalWidth > 0).length];"
+    )
+
+
+def _shot(driver, name: str, tmp: Path) -> None:
+    target = Path(os.environ["PHONEVAULT_SCREENSHOTS"]) if os.environ.get("PHONEVAULT_SCREENSHOTS") else tmp
+    target.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(target / name))
+    assert (target / name).stat().st_size > 10_000
+
+
+def test_the_main_flows_in_a_browser(web_vault, tmp_path, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    assert DELETED_ON_DAY_2 in web_vault.days[1] and DELETED_ON_DAY_2 not in web_vault.days[2]
+    with Server(web_vault.env(tmp_path / "cache")) as server:
+        # Without the token: 403, and nothing of the vault on the page.
+        browser.get(server.base + "/")
+        assert "403" in browser.page_source and "Margaret" not in browser.page_source
+
+        # The printed URL: the token becomes a cookie and leaves the address bar.
+        browser.get(server.url)
+        wait_for(lambda: "Devices" in browser.title, what="the devices page")
+        assert "token=" not in browser.current_url
+        assert "Margaret" in browser.find_element(By.CSS_SELECTOR, "section.device h2").text
+        assert browser.find_element(By.CSS_SELECTOR, "td.versions").text == "3"
+        assert browser.find_elements(By.CSS_SELECTOR, ".chart rect.bar-size")
+
+        # Timeline: three versions; tick two and compare.
+        browser.find_element(By.CSS_SELECTOR, "section.device h2 a").click()
+        wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "table.snapshots tbody tr")) == 3, what="rows")
+        assert browser.find_element(By.ID, "diff-button").get_property("disabled")
+        boxes = browser.find_elements(By.CSS_SELECTOR, "input[name=s]")
+        boxes[0].click()
+        boxes[2].click()
+        _shot(browser, "web-timeline.png", tmp_path)
+        browser.find_element(By.ID, "diff-button").click()
+        summary = wait_for(lambda: browser.find_elements(By.ID, "diff-summary"), what="the diff")[0].text
+        assert "added" in summary and "removed" in summary
+
+        # Camera roll: every thumbnail renders (real pictures and the video icon alike).
+        browser.find_element(By.ID, "nav-photos").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.thumb"), what="thumbnails")
+        browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        total, loaded = wait_for(lambda: (c := _loaded_images(browser))[0] == c[1] and c, what="every thumbnail")
+        assert total == len(browser.find_elements(By.CSS_SELECTOR, "li.tile")) >= 10
+        browser.execute_script("window.scrollTo(0, 0)")
+        _shot(browser, "web-roll.png", tmp_path)
+
+        # "Not on the phone any more": the photo deleted on day 2 is there; download its original.
+        browser.find_element(By.ID, "filter-gone").click()
+        name = DELETED_ON_DAY_2.rsplit("/", 1)[1]
+        tile = wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, f'li.tile[data-name="{name}"]'), what="the deleted photo"
+        )[0]
+        assert "not on the phone any more" in tile.text
+        assert not browser.find_elements(By.CSS_SELECTOR, 'li.tile[data-name="IMG_0007.JPG"]')  # still on the phone
+        tile.find_element(By.TAG_NAME, "a").click()
+        preview = wait_for(lambda: browser.find_elements(By.ID, "preview"), what="the photo page")[0]
+        wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", preview) > 0, what="the preview")
+        browser.find_element(By.ID, "download").click()
+        done = browser.downloads / name
+        wait_for(lambda: done.exists() and not list(browser.downloads.glob("*.crdownload")), what="the download")
+        assert done.read_bytes() == web_vault.days[1][DELETED_ON_DAY_2]
+
+        # Files of a version, and find across versions from the search box.
+        browser.get(server.base + "/")
+        browser.find_element(By.LINK_TEXT, "Files of the current backup").click()
+        wait_for(lambda: "CameraRollDomain/" in browser.page_source, what="the domains")
+        box = browser.find_element(By.CSS_SELECTOR, "form.search input[name=q]")
+        box.send_keys("IMG_0003", Keys.ENTER)
+        found = wait_for(lambda: browser.find_elements(By.ID, "find-summary"), what="find")[0].text
+        assert "IMG_0003" in found
+        assert "IMG_0003.HEIC" in browser.find_element(By.CSS_SELECTOR, "table.find").text
+
+        # No request left 127.0.0.1, and no page hit a CSP violation or a script error.
+        urls = requested_urls(browser)
+        assert urls
+        hosts = {urlsplit(u).hostname for u in urls if not u.startswith(("data:", "about:", "chrome"))}
+        assert hosts == {"127.0.0.1"}, hosts
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "403" not in e["message"]]
+        assert not errors, errors
