@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import click
 
-from . import device_cmds, repo_cmds, snapshot_cmds
+from . import device_cmds, encryption_cmds, repo_cmds, snapshot_cmds
 from .context import run_cli
 from .demo import demo
+from .find_cmd import find
 from .forget_cmd import forget
 from .import_cmd import import_
 from .web.command import serve
@@ -41,8 +42,10 @@ for command in (
     device_cmds.backup,
     device_cmds.restore,
     device_cmds.emulator,
+    encryption_cmds.device,
     demo,
     serve,
+    find,
 ):
     cli.add_command(command)
 

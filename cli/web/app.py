@@ -43,6 +43,7 @@ from phonevault.store.repository import format_time
 from phonevault.sync.errors import EncryptedBackup
 from phonevault.sync.photos import MediaItem
 
+from ..find_cmd import hit_json
 from ..render import human
 from . import thumbs
 from .library import Library, VaultThread, day_of
@@ -438,17 +439,4 @@ def _find_json(result, views) -> dict:
         "encrypted_snapshots": [s.hex for s in result.encrypted],
         "truncated": result.truncated,
         "hits": [hit_json(h, views[h.device_key]) for h in result.hits],
-    }
-
-
-def hit_json(h, view) -> dict:
-    return {
-        "device": view.device,
-        "device_name": view.info.name or None,
-        "path": h.path,
-        "first": {"id": h.first.hex, "time": format_time(h.first.time)},
-        "last": {"id": h.last.hex, "time": format_time(h.last.time)},
-        "snapshots": [s.hex for s in h.snapshots],
-        "sizes": list(h.sizes),
-        "in_current": h.in_current,
     }
