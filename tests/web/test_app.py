@@ -157,7 +157,7 @@ def test_find_api_lists_every_version_holding_a_file(client) -> None:
 
 
 # --- bytes -------------------------------------------------------------------------------------------------------
-def test_thumbnails_from_real_bytes_and_icons_for_videos(served, client) -> None:
+def test_thumbnails_from_real_bytes_and_icons_for_videos(served, client, tmp_path) -> None:
     _c, repo = served
     key = _device(client)
     items = client.get(f"/api/device/{key}/photos").json()["items"]
@@ -177,6 +177,10 @@ def test_thumbnails_from_real_bytes_and_icons_for_videos(served, client) -> None
         assert r.headers["content-type"] == "image/svg+xml" and b"video" in r.content
     r = client.get(f"/device/{key}/preview/{photos[0]['key']}")
     assert Image.open(io.BytesIO(r.content)).format == "JPEG"
+    # Never a plaintext file: no file under the test's folders (the cache among them) holds a thumbnail's bytes.
+    made = [client.get(f"/device/{key}/thumb/{i['key']}").content[100:400] for i in photos] + [r.content[100:400]]
+    on_disk = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    assert on_disk and not any(m in data for m in made for data in on_disk)
 
 
 def test_downloads_are_bit_exact(client, web_vault) -> None:
