@@ -76,6 +76,12 @@ def demo(workdir: Path | None, size: str) -> None:
         run("stats")
         run("check", "--read-data")
     out.print(f"\ndemo finished in {time.monotonic() - started:.1f} s; everything is in {work}")
+    out.print(
+        "see every version in your browser (password: demo):\n"
+        f"  PHONEVAULT_REPO={vault} PHONEVAULT_CACHE_DIR={work / 'cache'} phonevault serve --open",
+        markup=False,
+        soft_wrap=True,
+    )
     if not same:
         raise click.ClickException("the restored phone differs from the snapshot")
 
