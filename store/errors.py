@@ -77,7 +77,8 @@ class DeviceNotFound(PhonevaultError):
 
 class PathNotFound(PhonevaultError):
     def __init__(self, path: str, where: str) -> None:
-        super().__init__(f"{path}: not in {where}")
+        # A phone names its own rows: a path with a newline or a terminal escape is shown quoted, on one line.
+        super().__init__(f"{path if path.isprintable() else repr(path)}: not in {where}")
         self.path = path
 
 
@@ -189,3 +190,45 @@ class IndexIncomplete(PhonevaultError):
             "`phonevault check --repair-index` (it rebuilds the index from the packs' own headers), then prune again"
         )
         self.blobs = blobs
+
+
+class BucketNotFound(RepositoryNotFound):
+    """An S3 vault location names a bucket the server does not have (`phonevault init` creates it)."""
+
+    def __init__(self, location: str, bucket: str) -> None:
+        super().__init__(location, f"bucket {bucket!r} does not exist (`phonevault init` creates it)")
+        self.bucket = bucket
+
+
+class StorageAccessDenied(PhonevaultError):
+    """The object store refused the credentials (unknown key, wrong secret) or this key's rights."""
+
+    def __init__(self, location: str, reason: str) -> None:
+        super().__init__(
+            f"{location}: access denied ({reason}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        )
+        self.location = location
+
+
+class ConditionalWritesUnsupported(PhonevaultError):
+    """The object store ignores `If-None-Match: *`, so two writers appending to one event log could overwrite each
+    other's commit: the vault is not opened for writing there."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(
+            f"{location}: the server does not honour conditional writes (If-None-Match: *), which several writers "
+            "need to append safely; refusing to write to this vault"
+        )
+        self.location = location
+
+
+class StorageUnavailable(OSError):
+    """The object store did not answer usefully: unreachable, a reset connection, throttling (429/503), a 5xx.
+
+    An OSError, as a failing disk is, so that reading code does not take it for damage in the vault, and the CLI
+    prints it as one line (`filename: strerror`). `transient`: worth trying again (the retrying wrapper does); an
+    endpoint that never answered since the backend was opened is not — it is a wrong address, said at once."""
+
+    def __init__(self, errno: int, message: str, where: str, *, transient: bool) -> None:
+        super().__init__(errno, message, where)
+        self.transient = transient

@@ -16,7 +16,8 @@ raises MissingObject, `delete` does nothing.
 
 Wrappers of the same shape add one concern each and wrap any backend: `readonly.ReadOnlyBackend` (the write calls
 raise ReadOnlyVault) and `faulty.FaultyBackend` (injected I/O errors, short and corrupted reads, a full disk,
-delays). `memory.MemoryBackend` holds objects in a dict, for tests. `open_backend` is the only place that knows
+delays), and `retrying.RetryingBackend` (transient failures of an object store tried again with backoff; around
+every `s3.S3Backend`). `memory.MemoryBackend` holds objects in a dict, for tests. `open_backend` is the only place that knows
 which backends exist. Calls may come from several threads at once (the pack writer puts from its own thread).
 """
 
@@ -85,9 +86,10 @@ def check_prefix(prefix: str) -> str:
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 
-def open_backend(location: str) -> Backend:
+def open_backend(location: str, *, create: bool = False) -> Backend:
     """The backend a vault location names: a path or `file:PATH` (a local directory, created on first write),
-    `memory:` (a new empty in-memory store, private to this handle: for tests), `s3:` (not supported yet)."""
+    `memory:` (a new empty in-memory store, private to this handle: for tests), `s3:http(s)://HOST/BUCKET/PREFIX`
+    (S3-compatible object storage, behind a RetryingBackend; `create`: a missing bucket is created, for init)."""
     if not location:
         raise UnsupportedBackend(repr(location), "an empty location names no vault")
     scheme = m.group(1).lower() if (m := _SCHEME.match(location)) else None
@@ -109,7 +111,10 @@ def open_backend(location: str) -> Backend:
 
         return MemoryBackend()
     if scheme == "s3":
-        raise UnsupportedBackend(location, "S3 vaults are not supported yet; use a local directory")
+        from .retrying import RetryingBackend
+        from .s3 import S3Backend
+
+        return RetryingBackend(S3Backend(location, create_bucket=create))
     raise UnsupportedBackend(
         location, f"unknown storage scheme {scheme}: (a local folder whose name has a colon: write ./{location})"
     )

@@ -36,6 +36,7 @@ from phonevault.store.errors import (
     UnsupportedBackend,
 )
 from phonevault.store.repository import Repository
+from tests.seaweed import shared_seaweed
 
 DEADLINE = 60.0  # seconds any wait in this file may take before it is a failure, never a timing assertion
 
@@ -67,9 +68,23 @@ def _readonly_memory(_tmp_path: Path) -> Store:
     return Store(ReadOnlyBackend(inner), inner, lambda: ReadOnlyBackend(inner))
 
 
-WRITABLE: dict[str, Callable[[Path], Store]] = {"local": _local, "memory": _memory, "faulty-local": _faulty_local}
+def _s3(_tmp_path: Path) -> Store:
+    location = shared_seaweed().location()  # a real SeaweedFS on loopback; each test its own prefix of the bucket
+    b = open_backend(location)
+    return Store(b, b, lambda: open_backend(location))
+
+
+WRITABLE: dict[str, Callable[[Path], Store]] = {
+    "local": _local,
+    "memory": _memory,
+    "faulty-local": _faulty_local,
+    "s3": _s3,
+}
 READABLE = {**WRITABLE, "readonly-memory": _readonly_memory}
-PROCESS_SHARED = {"local": lambda tmp_path: str(tmp_path / "vault")}  # location another process opens
+PROCESS_SHARED = {  # location another process opens
+    "local": lambda tmp_path: str(tmp_path / "vault"),
+    "s3": lambda _tmp_path: shared_seaweed().location(),
+}
 
 
 @pytest.fixture(params=sorted(WRITABLE))
@@ -490,7 +505,7 @@ def test_open_backend(tmp_path: Path) -> None:
     for location in ("s3:bucket/vault", "S3://bucket/vault", "sftp:host/path", "", "file:", "file://nas/v"):
         with pytest.raises(UnsupportedBackend):
             open_backend(location)
-    with pytest.raises(UnsupportedBackend, match="not supported yet"):
+    with pytest.raises(UnsupportedBackend, match="names its endpoint"):
         open_backend("s3://bucket/vault")
 
 
