@@ -14,6 +14,7 @@ from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.refs import resolve_device, resolve_in_device, resolve_snapshot
 from phonevault.store.repository import Repository, format_time
 from phonevault.sync.catalog import list_dir, load_catalog
+from phonevault.sync.decrypt_export import export_decrypted
 from phonevault.sync.diff import DiffRow, per_domain
 from phonevault.sync.diff import diff as catalog_diff
 from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractIncomplete, StrictRefused
@@ -22,6 +23,7 @@ from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.paths import shown
 from phonevault.sync.records import backup_meta, device_info
 
+from .backup_password import backup_password_option, password_from
 from .context import json_option, with_repo
 from .render import emit_json, err, human, out, progress, table, when
 
@@ -160,13 +162,14 @@ def snapshots(repo: Repository, device: str | None, show_all: bool, as_json: boo
 @click.command("ls")
 @click.argument("snapshot")
 @click.argument("path", required=False, default="")
+@backup_password_option
 @json_option
 @with_repo(readonly=True)
-def ls(repo: Repository, snapshot: str, path: str, as_json: bool) -> None:
+def ls(repo: Repository, snapshot: str, path: str, backup_password: str | None, as_json: bool) -> None:
     """Browse a snapshot by domain and path (no PATH lists the domains). Unusable catalog rows are named on
-    stderr (exit 3)."""
+    stderr (exit 3). A snapshot the phone encrypted needs its backup password (asked for only then)."""
     _view, snap = resolve_snapshot(repo, snapshot)
-    catalog = load_catalog(repo, snap)
+    catalog = load_catalog(repo, snap, password_from(backup_password))
     problems = catalog.problems_under(path)
     try:
         items = list_dir(catalog, path)
@@ -211,6 +214,7 @@ def _print_listing(items: list, as_json: bool) -> None:
     "--metadata", "show_metadata", is_flag=True, help="Also list files with the same bytes and another mode or mtime."
 )
 @click.option("--stat", "as_stat", is_flag=True, help="Counts and bytes per domain instead of one line per file.")
+@backup_password_option
 @json_option
 @with_repo(readonly=True)
 def diff(
@@ -220,6 +224,7 @@ def diff(
     paths: tuple[str, ...],
     show_metadata: bool,
     as_stat: bool,
+    backup_password: str | None,
     as_json: bool,
 ) -> None:
     """Files added, removed and modified (their bytes differ) from SNAP_A to SNAP_B, by domain path; PATHS keep
@@ -227,7 +232,7 @@ def diff(
     mode or mtime changed (a restore and a new backup rewrite every file) is not modified: --metadata lists it."""
     _va, a = resolve_snapshot(repo, snap_a)
     _vb, b = resolve_snapshot(repo, snap_b)
-    every = catalog_diff(repo, a, b, paths, metadata=True)
+    every = catalog_diff(repo, a, b, paths, metadata=True, password=password_from(backup_password))
     rows = every if show_metadata else [r for r in every if r.kind != "metadata"]
     if as_stat:
         _print_diff_stat(a, b, per_domain(rows), show_metadata, as_json)
@@ -286,16 +291,29 @@ def _print_diff_stat(a: SnapshotRecord, b: SnapshotRecord, stats: list, show_met
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Target folder.")
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist under --to.")
 @click.option("--strict", is_flag=True, help="All or nothing: write nothing unless every file can be extracted.")
+@backup_password_option
 @with_repo(readonly=True)
-def extract(repo: Repository, snapshot: str, paths: tuple[str, ...], dest: Path, overwrite: bool, strict: bool) -> None:
+def extract(
+    repo: Repository,
+    snapshot: str,
+    paths: tuple[str, ...],
+    dest: Path,
+    overwrite: bool,
+    strict: bool,
+    backup_password: str | None,
+) -> None:
     """Copy files out of a snapshot by domain path to DEST/<domain path>, e.g. --to ex gives
     ex/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC. Existing files are never replaced without --overwrite;
     a file that cannot be extracted (one the vault cannot read back, too) is named on stderr, every other one is
-    extracted (exit 3); with --strict nothing is, then."""
+    extracted (exit 3); with --strict nothing is, then. Files of a snapshot the phone encrypted are decrypted with
+    its backup password."""
     _view, snap = resolve_snapshot(repo, snapshot)
+    password = password_from(backup_password)
     try:
         with progress("extracting", None) as update:
-            done = catalog_extract(repo, snap, list(paths), dest, overwrite=overwrite, strict=strict, progress=update)
+            done = catalog_extract(
+                repo, snap, list(paths), dest, overwrite=overwrite, strict=strict, progress=update, password=password
+            )
     except ExtractIncomplete as e:
         _print_extracted(e.extracted)
         warn(e.problems)
@@ -315,15 +333,29 @@ def _print_extracted(done: list) -> None:
 @click.argument("snapshot")
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Backup root.")
 @click.option("--strict", is_flag=True, help="All or nothing: leave nothing in DEST unless every file exports.")
+@click.option(
+    "--decrypt",
+    is_flag=True,
+    help="For a backup the phone encrypted: write the plain folder of its content (files, Manifest.db decrypted; "
+    "IsEncrypted false), with its backup password. Without it, export is the encrypted folder, bit for bit.",
+)
+@backup_password_option
 @with_repo
-def export(repo: Repository, snapshot: str, dest: Path, strict: bool) -> None:
+def export(
+    repo: Repository, snapshot: str, dest: Path, strict: bool, decrypt: bool, backup_password: str | None
+) -> None:
     """Write a complete MobileSync backup folder (DEST/<UDID>/) that Finder, iTunes or idevicebackup2 restore from.
     A file the vault cannot read back is named on stderr and the rest is exported (exit 3); with --strict nothing
     is, then."""
     view, snap = resolve_snapshot(repo, snapshot)
     try:
         with progress("exporting", snap.stats.size) as update:
-            result = export_snapshot(repo, view, snap, dest, progress=update, strict=strict)
+            if decrypt:
+                result = export_decrypted(
+                    repo, view, snap, dest, password_from(backup_password), progress=update, strict=strict
+                )
+            else:
+                result = export_snapshot(repo, view, snap, dest, progress=update, strict=strict)
     except StrictRefused as e:
         warn(e.problems)
         raise

@@ -15,10 +15,16 @@ Rows that cannot be used are named, never dropped silently and never fatal: an u
 the catalog and named in its problems; rows sharing one fileID (one stored file, several names: which one is its
 own cannot be told) stay listed, are named, and are not extracted.
 
-A backup the phone encrypted has an encrypted Manifest.db (iOS 10+) or encrypted .mdinfo (iPhone OS 3): browsing it
-needs the backup password, which this version does not take yet (`EncryptedBackup`); such snapshots can still be
-exported and restored as they are. iOS 4–9 kept Manifest.mbdb in plaintext, so those are browsed and diffed as
-usual; only their files' bytes are encrypted (rows with `has_encryption_key`, refused one by one by extract).
+A backup the phone encrypted has an encrypted Manifest.db (iOS 10+) or encrypted .mdinfo (iPhone OS 3). With the
+phone's backup password (a `BackupPassword`, asked for only when such a snapshot is read) an iOS 10.2+ one is read
+by sync/encrypted.py: the password is checked against its keybag every time, then its Manifest.db is decrypted in
+memory and parsed here like any other, and the catalog carries the file keys (`Catalog.keys`) that decrypt its
+files on read. Its cache value (CATALOG_CACHE_FORMAT, key prefix `catalog/2/encrypted/`) is msgpack
+`[packed catalog, {fileID: wrapped EncryptionKey}]`, sealed like every value of the cache. Without a password it is
+`BackupPasswordNeeded` (an `EncryptedBackup`); an encrypted iPhone OS 3 backup is `EncryptedBackup` (not read).
+Either can still be exported and restored as it is. iOS 4–9 kept Manifest.mbdb in plaintext, so those are browsed
+and diffed as usual; only their files' bytes are encrypted (rows with `has_encryption_key`, refused one by one by
+extract: their keybags predate iOS 10.2).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree, lookup
 
-from .errors import EncryptedBackup, LegacyManifestInvalid
+from .encrypted import BackupPassword, FileKeys, decrypt_manifest_db, unlock, wrapped_keys
+from .errors import BackupPasswordNeeded, EncryptedBackup, LegacyManifestInvalid
 from .layouts import MANIFEST_DB, MBDB, MDINFO, Layout, layout_of
 from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, check_manifest_db, read_manifest_db
 from .mbdb import load_mbdb, mbdb_entries
@@ -79,6 +86,7 @@ class Catalog:
     entries: tuple[CatalogEntry, ...]
     problems: tuple[CatalogProblem, ...] = ()
     layout: Layout = MANIFEST_DB
+    keys: FileKeys | None = None  # a backup the phone encrypted, opened with its password: what decrypts its files
 
     def __iter__(self) -> Iterator[CatalogEntry]:
         return iter(self.entries)
@@ -321,10 +329,15 @@ def _read_whole(repo: Repository, entry: FileEntry) -> bytearray:
     return buf
 
 
-def load_catalog(repo: Repository, snap: SnapshotRecord) -> Catalog:
+def load_catalog(repo: Repository, snap: SnapshotRecord, password: BackupPassword | None = None) -> Catalog:
+    """A snapshot's catalog (cached). One the phone encrypted needs `password` (see the module docstring)."""
     where = f"snapshot {snap.hex[:12]}"
     meta = backup_meta(snap)
     layout = layout_of(meta, where)
+    if meta.encrypted and layout is MANIFEST_DB:
+        if password is None:
+            raise BackupPasswordNeeded(snap.hex[:12])
+        return _load_encrypted(repo, snap, password)
     if meta.encrypted and layout is not MBDB:  # iOS 4–9 kept the file list in plaintext
         raise EncryptedBackup(snap.hex[:12])
     key, source = _listing(repo, snap, layout)
@@ -344,6 +357,28 @@ def load_catalog(repo: Repository, snap: SnapshotRecord) -> Catalog:
         parsed = _mdinfo_from_vault(repo, source, where)
     repo.cache.derived_put(key, parsed.packed)
     return _unpack(parsed.packed, layout)
+
+
+def _load_encrypted(repo: Repository, snap: SnapshotRecord, password: BackupPassword) -> Catalog:
+    """An iOS 10.2+ snapshot the phone encrypted: the password is checked first (the keybag), then the catalog comes
+    from the cache or from its Manifest.db, decrypted and parsed in memory."""
+    where = f"snapshot {snap.hex[:12]}"
+    unlocked = unlock(repo, snap, password)  # WrongBackupPassword before anything cached is used
+    entry = lookup(snap.tree, MANIFEST_DB.listing, repo.get_blob)
+    if entry is None or entry.is_dir:
+        raise PathNotFound(MANIFEST_DB.listing, where)
+    key = b"catalog/%d/encrypted/" % CATALOG_CACHE_FORMAT + repo.key.blob_id(b"".join(entry.chunks))
+    if (cached := repo.cache.derived_get(key)) is not None:
+        packed, wrapped = msgpack.unpackb(cached)
+    else:
+        image = decrypt_manifest_db(unlocked, _read_whole(repo, entry), where)
+        wrapped = wrapped_keys(bytes(image))
+        memo = repo.cache.derived_get(_memo_key(snap.device_key))
+        parsed = _parse_packed(image, memo, f"{where}: Manifest.db")  # empties `image` once parsed
+        repo.cache.derived_put(_memo_key(snap.device_key), parsed.packed_memo)
+        packed = parsed.packed
+        repo.cache.derived_put(key, msgpack.packb([packed, wrapped]))
+    return replace(_unpack(packed), keys=FileKeys(unlocked.class_keys, wrapped))
 
 
 def _mdinfo_from_vault(repo: Repository, files: dict[str, FileEntry], where: str) -> ParsedCatalog:

@@ -13,6 +13,10 @@ backup folder: Manifest.db, Info.plist, a file no row names), and is one of:
                Manifest.db row or iPhone OS 3 .mdinfo), or kept at another backup path (iOS 9 -> 10 moved every
                file into xx/). Left out unless asked for (`metadata=True`): bytes are what people diff for
 
+Snapshots the phone encrypted are named by domain path once their catalogs are decrypted with the backup password;
+their bytes are compared as stored, that is as ciphertext: a file the phone re-encrypted with a fresh key (a full
+backup, a password change) is `modified` even where its plaintext is the same.
+
 A file kept at another backup path in each snapshot (the layout changed) is one row, not a removal and an addition.
 An iPhone OS 3 `.mdinfo` is its file's metadata, so a changed one is its file's `metadata` row unless the file has
 a row of its own. `paths` keeps the rows at or below any of the given domain paths (or backup paths); a path
@@ -35,6 +39,7 @@ from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, diff_trees
 
 from .catalog import Catalog, domain_path, load_catalog, under
+from .encrypted import BackupPassword
 from .errors import EncryptedBackup
 from .layouts import MDINFO
 from .manifest import FLAG_FILE
@@ -65,10 +70,10 @@ class DomainStat:
     removed_bytes: int = 0
 
 
-def _catalog(repo: Repository, snap: SnapshotRecord) -> Catalog | None:
+def _catalog(repo: Repository, snap: SnapshotRecord, password: BackupPassword | None) -> Catalog | None:
     try:
-        return load_catalog(repo, snap)
-    except (EncryptedBackup, PathNotFound):  # encrypted by the phone, or no file list: rows keep backup paths
+        return load_catalog(repo, snap, password)
+    except (EncryptedBackup, PathNotFound):  # encrypted, no password at hand, or no file list: backup paths stay
         return None
 
 
@@ -81,10 +86,17 @@ def _kind(old: FileEntry | None, new: FileEntry | None) -> str:
 
 
 def diff(
-    repo: Repository, a: SnapshotRecord, b: SnapshotRecord, paths: Sequence[str] = (), *, metadata: bool = False
+    repo: Repository,
+    a: SnapshotRecord,
+    b: SnapshotRecord,
+    paths: Sequence[str] = (),
+    *,
+    metadata: bool = False,
+    password: BackupPassword | None = None,
 ) -> list[DiffRow]:
-    """What changed from a to b, sorted by path (see the module docstring)."""
-    catalogs = [c for c in (_catalog(repo, a), _catalog(repo, b)) if c is not None]
+    """What changed from a to b, sorted by path (see the module docstring). Snapshots the phone encrypted are named
+    by domain path with `password` (a wrong one is WrongBackupPassword); without one, by backup path."""
+    catalogs = [c for c in (_catalog(repo, a, password), _catalog(repo, b, password)) if c is not None]
     names: dict[str, tuple[str, str, int]] = {}  # backup path -> (domain path, domain, size in the list)
     described: dict[str, str] = {}  # iPhone OS 3: <fileID>.mdinfo -> the <fileID>.mddata it describes
     for catalog in catalogs:

@@ -196,3 +196,63 @@ class LegacyManifestInvalid(ManifestInvalid):
     def __init__(self, path: str, reason: str, offset: int | None = None) -> None:
         super().__init__(path, reason)
         self.offset = offset
+
+
+# --- encrypted backups read with the phone's backup password (sync/encrypted.py) -----------------------------------
+
+
+class BackupPasswordNeeded(EncryptedBackup):
+    """An encrypted snapshot was to be browsed, but no backup password was given and there is no terminal to ask on."""
+
+    def __init__(self, snapshot: str) -> None:
+        PhonevaultError.__init__(
+            self,
+            f"snapshot {snapshot}: the phone encrypted this backup; browsing it needs its backup password "
+            "(--backup-password, PHONEVAULT_BACKUP_PASSWORD or PHONEVAULT_BACKUP_PASSWORD_FILE, or a terminal to ask on)",
+        )
+        self.snapshot = snapshot
+
+
+class EncryptionUnsupported(PhonevaultError):
+    """An encrypted snapshot whose keybag this phonevault cannot open with a password (iOS before 10.2, an unknown
+    keybag version or type). Raised only once a password is in hand, so a reader that goes on without the catalog
+    when none is given (EncryptedBackup) still says so when one is. Export and restore work as usual."""
+
+    def __init__(self, snapshot: str, reason: str) -> None:
+        super().__init__(f"snapshot {snapshot}: {reason} (export and restore of it work as usual)")
+        self.snapshot = snapshot
+        self.reason = reason
+
+
+class WrongBackupPassword(PhonevaultError):
+    """The backup password unwraps none of the snapshot keybag's class keys (exit 12, as a wrong vault password)."""
+
+    exit_code = 12
+
+    def __init__(self, snapshot: str) -> None:
+        super().__init__(f"snapshot {snapshot}: wrong backup password (it unwraps no key of this backup's keybag)")
+        self.snapshot = snapshot
+
+
+class KeybagDamaged(PhonevaultError):
+    """Manifest.plist's BackupKeyBag (or the ManifestKey it should unwrap) cannot be read: truncated, a record of
+    the wrong size, a class key that does not unwrap while the others do."""
+
+    def __init__(self, snapshot: str, reason: str) -> None:
+        super().__init__(f"snapshot {snapshot}: Manifest.plist's BackupKeyBag is damaged: {reason}")
+        self.snapshot = snapshot
+        self.reason = reason
+
+
+class ManifestUndecryptable(ManifestInvalid):
+    """The ManifestKey unwrapped, yet Manifest.db does not decrypt with it into an SQLite database."""
+
+
+class FileUndecryptable(PhonevaultError):
+    """One file of an encrypted snapshot: its wrapped key does not unwrap, or its bytes do not decrypt (padding,
+    length). Extract and export --decrypt name it and go on with the others."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: cannot be decrypted: {reason}")
+        self.path = path
+        self.reason = reason

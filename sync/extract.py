@@ -12,8 +12,12 @@ rest are extracted (`ExtractIncomplete`, exit 3); with `strict`, nothing is writ
 file the vault cannot give back is found by reading the chosen files first. A full or read-only disk stops the
 extract with one line.
 A file's bytes are found where the snapshot's folder layout keeps them (xx/<fileID>, <fileID> or <fileID>.mddata:
-sync/layouts.py). An iOS 4–9 backup the phone encrypted lists its files in plaintext but keeps each file's bytes
-encrypted (its row has an encryption key): such a file needs the backup password, not supported yet, and is named.
+sync/layouts.py). A backup of iOS 10.2 or later the phone encrypted is read with its backup password (`password`,
+sync/encrypted.py): each file's key is unwrapped while planning (one that does not unwrap is named there, so
+`strict` refuses before writing) and its bytes are decrypted as they stream into the temp file, whose padding and
+length are checked before it is moved into place (a file that fails is named; nothing of it is left). An iOS 4–9
+backup the phone encrypted lists its files in plaintext but keeps each file's bytes encrypted (its row has an
+encryption key) under a keybag of before iOS 10.2, which phonevault does not read: such a file is named.
 Memory: the snapshot's catalog (see catalog.py) and the plan (one record per file), and one chunk at a time of
 the file being written; only the chunks of the chosen files are read. When a tree node is damaged, the snapshot's
 entries are read whole once, its lost nodes from the fold of its deltas (store/check.py `readable_tree`).
@@ -37,7 +41,8 @@ from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, lookup
 
 from .catalog import Catalog, domain_path, load_catalog, select
-from .errors import ExtractIncomplete, StrictRefused, TargetConflict
+from .encrypted import BackupPassword
+from .errors import ExtractIncomplete, FileUndecryptable, StrictRefused, TargetConflict
 from .manifest import CatalogEntry
 from .paths import Target, relative_parts, shown
 
@@ -55,6 +60,7 @@ class _Planned:
     source: str
     path: Path
     entry: FileEntry
+    key: bytes | None = None  # the file's own key, when the phone encrypted it
 
 
 class _NotWritten(Exception):
@@ -74,6 +80,7 @@ def extract(
     overwrite: bool = False,
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    password: BackupPassword | None = None,
 ) -> list[Extracted]:
     """Write the named files (or everything under named folders) to dest/<domain path>. Reads only the chunks of
     those files: one photo costs one photo's worth of reads, however large the backup.
@@ -81,8 +88,9 @@ def extract(
     Raises before writing anything: PathNotFound (a path names nothing), TargetConflict (an existing name without
     `overwrite`, two files on one name, a file where a folder must be), and with `strict` StrictRefused if any
     file cannot be extracted (each named; the chosen files are read once to know, before the write reads them
-    again). Raises after writing every other file: ExtractIncomplete naming each file that was not written."""
-    catalog = load_catalog(repo, snap)
+    again). Raises after writing every other file: ExtractIncomplete naming each file that was not written.
+    A snapshot the phone encrypted needs `password` (see load_catalog)."""
+    catalog = load_catalog(repo, snap, password)
     shared = {fid for fid, n in Counter(c.file_id for c in catalog).items() if n > 1}  # named in catalog.problems
     problems: list[str] = []
     chosen: dict[str, CatalogEntry] = {}
@@ -103,10 +111,10 @@ def extract(
                 )
     problems = list(dict.fromkeys(problems))  # overlapping paths name a row once
     for name, c in list(chosen.items()):
-        if c.has_encryption_key:  # its bytes are ciphertext: written out they would pass for the file
+        if c.has_encryption_key and catalog.keys is None:  # ciphertext written out would pass for the file
             problems.append(
-                f"{shown(name)}: the phone encrypted this file; extracting it needs the backup password, which "
-                "phonevault does not support yet (export keeps it)"
+                f"{shown(name)}: the phone encrypted this file; extracting it needs the backup password and a "
+                "keybag of iOS 10.2 or later, which phonevault reads and this backup predates (export keeps it)"
             )
             del chosen[name]
     plan = _plan(repo, snap, catalog, chosen, Target(dest), overwrite, problems)
@@ -117,6 +125,7 @@ def extract(
             for i in plan
             if i.entry.path in bad
         ]
+        problems += _undecryptable(repo, catalog, [i for i in plan if i.key is not None and i.entry.path not in bad])
         if problems:
             raise StrictRefused(problems, "extracted")
     out: list[Extracted] = []
@@ -127,7 +136,7 @@ def extract(
             progress(done, total)
         done += item.entry.size
         try:
-            out.append(_write(repo, item, overwrite, written, problems))
+            out.append(_write(repo, item, overwrite, written, problems, catalog))
         except _NotWritten as e:
             problems.append(str(e))
         except OSError as e:
@@ -178,7 +187,14 @@ def _plan(
                 f"snapshot {snap.hex[:12]}"
             )
             continue
-        plan.append(_Planned(c, name, path, entry))
+        key = None
+        if catalog.keys is not None and c.has_encryption_key:
+            try:
+                key = catalog.keys.key(c.file_id, shown(name))
+            except FileUndecryptable as e:
+                problems.append(f"{e}; not extracted")
+                continue
+        plan.append(_Planned(c, name, path, entry, key))
     files = {item.source for item in plan}
     existing: list[Path] = []
     usable: list[_Planned] = []
@@ -210,16 +226,41 @@ def _plan(
     return usable
 
 
+def _undecryptable(repo: Repository, catalog: Catalog, items: list[_Planned]) -> list[str]:
+    """--strict: the encrypted files among `items` whose bytes do not decrypt (padding, length), read once."""
+    assert catalog.keys is not None
+    out = []
+    for i in items:
+        assert i.key is not None
+        try:
+            for _piece in catalog.keys.open(i.key, repo.read_file(i.entry), i.row.size, shown(i.source)):
+                pass
+        except FileUndecryptable as e:
+            out.append(str(e))
+    return out
+
+
 def _write(
-    repo: Repository, item: _Planned, overwrite: bool, written: dict[tuple[int, int], str], problems: list[str]
+    repo: Repository,
+    item: _Planned,
+    overwrite: bool,
+    written: dict[tuple[int, int], str],
+    problems: list[str],
+    catalog: Catalog | None = None,
 ) -> Extracted:
     item.path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=item.path.parent, prefix=".phonevault-")
     try:
         with os.fdopen(fd, "wb") as f:
+            pieces = repo.read_file(item.entry)
+            if item.key is not None and catalog is not None and catalog.keys is not None:
+                # Decrypted into the temp file, which is removed unless its padding and length check out.
+                pieces = catalog.keys.open(item.key, pieces, item.row.size, shown(item.source))
             try:
-                for chunk in repo.read_file(item.entry):
+                for chunk in pieces:
                     f.write(chunk)
+            except FileUndecryptable as e:
+                raise _NotWritten(f"{e}; not extracted") from None
             except PhonevaultError as e:  # a damaged or missing blob: this file only
                 raise _NotWritten(f"{shown(item.source)}: not extracted ({e})") from None
         os.chmod(tmp, (item.row.mode & 0o777) or 0o644)
@@ -231,7 +272,7 @@ def _write(
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
-    return Extracted(item.source, item.path, item.entry.size)
+    return Extracted(item.source, item.path, item.row.size if item.key is not None else item.entry.size)
 
 
 def _place(tmp: str, item: _Planned, overwrite: bool, written: dict[tuple[int, int], str]) -> None:

@@ -1,0 +1,246 @@
+"""`export --decrypt`: a snapshot the phone encrypted, written out as the plain MobileSync folder of the same content.
+
+`<root>/<UDID>/` holds what a plain backup of the same phone holds:
+  xx/<fileID>     each file decrypted with its own key (sync/encrypted.py), its padding and length checked; mode and
+                  mtime as stored
+  Manifest.db     the decrypted database rewritten fresh in Apple's schema (sync/manifest.py MANIFEST_DB_SCHEMA), rows
+                  in fileID order, as `write_manifest_db` writes one (page size 4096, rollback journal, one
+                  transaction: same rows, same bytes), each row's MBFile without its `EncryptionKey` (re-archived by
+                  sync/mbfile.py, which writes the shape devices write; an archive it cannot re-encode keeps its
+                  shape and only loses that key), the Properties table copied
+  Manifest.plist  `IsEncrypted` false, no `BackupKeyBag` and no `ManifestKey` (nothing in the folder is wrapped any
+                  more); every other key as the phone wrote it
+  anything else   (Info.plist, Status.plist, …) copied bit for bit
+The plain `export` (sync/mobilesync.py) stays the bit-exact encrypted folder; this module only reads the vault and
+uses its public pieces (the tree reader, the export file writers, the export record).
+
+Assumed, not checked against a device: that a phone restores such a folder as a plain backup. What only an
+encrypted backup restores (the keychain's items, which keychain-backup.plist keeps wrapped by the keybag's class
+keys inside the file) does not come back from it: the file is decrypted, its items stay wrapped.
+
+Like export, it is built under `.<UDID>.phonevault-partial` and renamed at the end, removed on failure; a file that
+cannot be read back or decrypted is named in `damaged` and left out (with `strict`: nothing is left). A plain
+snapshot is exported as export does (it is plain already). Memory: the decrypted Manifest.db and SQLite's copy of
+it while the new one is written; files as export (small ones whole, large ones a chunk at a time).
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import shutil
+import sqlite3
+from contextlib import suppress
+from pathlib import Path
+
+from phonevault.store.check import readable_tree
+from phonevault.store.errors import PhonevaultError, UnsafePath
+from phonevault.store.history import record_export
+from phonevault.store.projections import DeviceView, SnapshotRecord
+from phonevault.store.repository import Repository
+from phonevault.store.trees import FileEntry
+
+from .catalog import Catalog, domain_path, load_catalog
+from .damage import describe
+from .encrypted import BackupPassword, decrypt_manifest_db, unlock
+from .errors import FileUndecryptable, StrictRefused, TargetConflict
+from .manifest import FLAG_FILE, MANIFEST_DB_SCHEMA
+from .mbfile import decode_mbfile, encode_mbfile
+from .mobilesync import ExportResult, Progress, export_snapshot
+from .paths import Target, safe_component, shown
+from .records import backup_meta
+from .writeout import FileWriters, set_meta
+
+DROPPED_PLIST_KEYS = ("BackupKeyBag", "ManifestKey")
+
+
+def export_decrypted(
+    repo: Repository,
+    view: DeviceView,
+    snap: SnapshotRecord,
+    dest_root: Path,
+    password: BackupPassword,
+    *,
+    progress: Progress | None = None,
+    strict: bool = False,
+) -> ExportResult:
+    """Write `dest_root/<UDID>/` as the plain folder of the snapshot's content (see the module docstring)."""
+    if not backup_meta(snap).encrypted:
+        return export_snapshot(repo, view, snap, dest_root, progress=progress, strict=strict)
+    catalog = load_catalog(repo, snap, password)  # the password is checked before anything is written
+    assert catalog.keys is not None
+    udid = safe_component(view.device or view.key, str(dest_root))
+    target = dest_root / udid
+    if os.path.islink(target):
+        raise TargetConflict(str(target), "is a symbolic link; export into a real folder")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise TargetConflict(str(target), "already exists and is not an empty folder; export into an empty place")
+    made_root = not dest_root.exists()
+    dest_root.mkdir(parents=True, exist_ok=True)
+    tmp = dest_root / f".{udid}.phonevault-partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        result = _write_folder(repo, view, snap, catalog, password, tmp, target, progress)
+        if strict and (result.damaged or result.problems):
+            raise StrictRefused(result.problems + result.damaged, "exported")
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made_root:
+            with suppress(OSError):
+                dest_root.rmdir()
+        raise
+    record_export(repo, view, snap, str(target))
+    return result
+
+
+def _write_folder(
+    repo: Repository,
+    view: DeviceView,
+    snap: SnapshotRecord,
+    catalog: Catalog,
+    password: BackupPassword,
+    tmp: Path,
+    target: Path,
+    progress: Progress | None,
+) -> ExportResult:
+    assert catalog.keys is not None
+    keys = catalog.keys
+    rows = {catalog.layout.backup_path(c.file_id): c for c in catalog if c.flags == FLAG_FILE and c.has_encryption_key}
+    entries, damaged = readable_tree(repo, view, snap)
+    total = sum(e.size for e in entries)
+    done = files = 0
+    dirs: list[tuple[Path, FileEntry]] = []
+    problems: list[str] = []
+    undecryptable: list[str] = []
+    under = Target(tmp)
+    with FileWriters() as writers:
+        for e in entries:
+            try:
+                local = under.join(e.path)
+            except UnsafePath as exc:
+                problems.append(str(exc).replace(str(tmp), str(target)))
+                continue
+            if e.is_dir:
+                local.mkdir(parents=True, exist_ok=True)
+                dirs.append((local, e))
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if e.path == "Manifest.plist":
+                    writers.submit(local, e, _plain_manifest_plist(b"".join(repo.read_file(e))))
+                elif e.path == catalog.layout.listing:
+                    _plain_manifest_db(repo, snap, password, e, local)
+                elif (row := rows.get(e.path)) is not None:
+                    name = shown(domain_path(row))
+                    plain = keys.open(keys.key(row.file_id, name), repo.read_file(e), row.size, name)
+                    if row.size <= FileWriters.SMALL:
+                        writers.submit(local, e, b"".join(plain))
+                    else:
+                        _write_large(plain, local, e)
+                elif e.size <= FileWriters.SMALL:  # Info.plist, Status.plist, a file no row keys: as stored
+                    writers.submit(local, e, b"".join(repo.read_file(e)))
+                else:
+                    _write_large(repo.read_file(e), local, e)
+            except FileUndecryptable as exc:
+                undecryptable.append(f"{exc}; not exported")
+                continue
+            except PhonevaultError as exc:  # a chunk that is missing or damaged: this file only
+                damaged[e.path] = str(exc)
+                continue
+            done += e.size
+            files += 1
+            if progress:
+                progress(done, total)
+    for local, d in dirs:
+        os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
+    lost = describe(repo, snap, damaged, "exported") if damaged else []
+    return ExportResult(target, files, done, problems, lost + undecryptable)
+
+
+def _write_large(plain, local: Path, e: FileEntry) -> None:
+    """A large file decrypted a chunk at a time; removed again unless all of it decrypts (no half file)."""
+    try:
+        with open(local, "wb") as f:
+            for piece in plain:
+                f.write(piece)
+    except BaseException:
+        local.unlink(missing_ok=True)
+        raise
+    set_meta(local, e)
+
+
+def _plain_manifest_plist(data: bytes) -> bytes:
+    d = plistlib.loads(data)
+    d["IsEncrypted"] = False
+    for key in DROPPED_PLIST_KEYS:
+        d.pop(key, None)
+    return plistlib.dumps(d, fmt=plistlib.FMT_BINARY, sort_keys=True)
+
+
+def _plain_manifest_db(
+    repo: Repository, snap: SnapshotRecord, password: BackupPassword, e: FileEntry, local: Path
+) -> None:
+    """Manifest.db decrypted (in memory) and written fresh at `local` without any row's EncryptionKey."""
+    buf = bytearray(e.size)
+    at = 0
+    for chunk in repo.read_file(e):
+        buf[at : at + len(chunk)] = chunk
+        at += len(chunk)
+    image = decrypt_manifest_db(unlock(repo, snap, password), buf, f"snapshot {snap.hex[:12]}")
+    if image[18:20] == b"\x02\x02":  # WAL header: the file is whole without its -wal (see sync/manifest.py)
+        image[18:20] = b"\x01\x01"
+    src = sqlite3.connect(":memory:")
+    dst = sqlite3.connect(local, isolation_level=None)
+    try:
+        src.deserialize(bytes(image))
+        del image
+        tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        dst.execute("PRAGMA page_size = 4096")
+        dst.execute("PRAGMA journal_mode = DELETE")
+        dst.execute("BEGIN")
+        for statement in MANIFEST_DB_SCHEMA:
+            dst.execute(statement)
+        dst.executemany(
+            "INSERT INTO Files (fileID, domain, relativePath, flags, file) VALUES (?, ?, ?, ?, ?)",
+            (
+                (fid, domain, rel, flags, _without_key(blob))
+                for fid, domain, rel, flags, blob in src.execute(
+                    "SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY fileID"
+                )
+            ),
+        )
+        if "Properties" in tables:
+            dst.executemany(
+                "INSERT INTO Properties (key, value) VALUES (?, ?)",
+                src.execute("SELECT key, value FROM Properties ORDER BY key"),
+            )
+        dst.execute("COMMIT")
+    finally:
+        src.close()
+        dst.close()
+    set_meta(local, e)
+
+
+def _without_key(blob: object) -> object:
+    """A row's MBFile archive without its EncryptionKey (anything undecodable as it is: the catalog names it)."""
+    if not isinstance(blob, bytes):
+        return blob
+    try:
+        fields = decode_mbfile(blob)
+    except ValueError:
+        return blob
+    if "EncryptionKey" not in fields:
+        return blob
+    del fields["EncryptionKey"]
+    try:
+        return encode_mbfile(fields)
+    except (TypeError, OverflowError):  # a field of a kind devices do not write as MBFile values: edit in place
+        archive = plistlib.loads(blob)
+        top = archive["$objects"][archive["$top"]["root"].data]
+        top.pop("EncryptionKey", None)
+        return plistlib.dumps(archive, fmt=plistlib.FMT_BINARY)
