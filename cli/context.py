@@ -30,8 +30,11 @@ def default_repo() -> Path:
     return Path(platformdirs.user_data_dir("phonevault")) / "vault"
 
 
-def repo_path(value: str | None) -> Path:
-    return Path(value or os.environ.get("PHONEVAULT_REPO") or default_repo()).expanduser()
+def repo_path(value: str | None) -> Path | str:
+    raw = value or os.environ.get("PHONEVAULT_REPO") or default_repo()
+    if str(raw)[:3].lower() == "s3:":
+        return str(raw)  # a URL, not a path: Path would fold its "//"
+    return Path(raw).expanduser()
 
 
 def get_password(*, confirm: bool = False, what: str = "vault password") -> str:
@@ -47,12 +50,12 @@ def get_password(*, confirm: bool = False, what: str = "vault password") -> str:
     return click.prompt(what.capitalize(), hide_input=True, confirmation_prompt=confirm)
 
 
-def open_repo(path: Path, *, readonly: bool = False) -> Repository:
+def open_repo(path: Path | str, *, readonly: bool = False) -> Repository:
     """Open the vault at `path`; `readonly` wraps its backend so that any write is refused (ReadOnlyVault) before
     it reaches the vault."""
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         raise RepositoryNotFound(str(path), "does not exist (create it with `phonevault init`)")
-    if not path.is_dir():
+    if isinstance(path, Path) and not path.is_dir():
         raise RepositoryNotFound(str(path), "is not a directory")
     backend = open_backend(str(path))
     return Repository.open(ReadOnlyBackend(backend) if readonly else backend, get_password())

@@ -28,10 +28,10 @@ from .render import emit_json, err, human, out, progress, table
 def init(repo_arg: str | None) -> None:
     """Create a new, empty, encrypted vault."""
     path = repo_path(repo_arg)
-    if path.exists() and not path.is_dir():
+    if not isinstance(path, str) and path.exists() and not path.is_dir():  # s3: is a URL, no folder
         raise PhonevaultError(f"{path}: is a file; a vault needs a new or empty folder")
     password = get_password(confirm=True, what="new vault password")
-    repo = Repository.init(open_backend(str(path)), password)
+    repo = Repository.init(open_backend(str(path), create=True), password)  # create: an S3 bucket, if missing
     out.print(f"created vault {repo.config.id} at {path}")
     repo.close()
 

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.repository import Repository
+from tests.seaweed import seaweed  # noqa: F401  (the session fixture: a real SeaweedFS, started on first use)
 
 settings.register_profile(
     "phonevault", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

@@ -160,7 +160,7 @@ class S3Backend:
         self.where = parse_location(location)
         self._create_bucket = create_bucket
         session = boto3.session.Session()
-        unsigned = session.get_credentials() is None
+        self._unsigned = unsigned = session.get_credentials() is None
         config = botocore.config.Config(
             retries={"total_max_attempts": 1},  # RetryingBackend retries; botocore's own would multiply it
             max_pool_connections=MAX_CONNECTIONS,
@@ -194,7 +194,8 @@ class S3Backend:
             if code == "NoSuchBucket":
                 return BucketNotFound(self.location, self.where.bucket)
             if code in _DENIED or status == 403:
-                return StorageAccessDenied(self.location, f"{code}: {message}" if code != "403" else "HTTP 403")
+                why = "no AWS credentials were found, so the request was unsigned" if self._unsigned else message
+                return StorageAccessDenied(self.location, f"{code}: {why}" if code != "403" else "HTTP 403")
             if code in _THROTTLED or status == 429:
                 return StorageUnavailable(errno.EAGAIN, f"throttled by the server ({code})", where, transient=True)
             if code in _RETRY_CODES or status >= 500 or status == 409:
@@ -224,8 +225,8 @@ class S3Backend:
         with self._lock:
             if self._checked:
                 return
-            try:
-                self._client.head_bucket(Bucket=self.where.bucket)
+            try:  # a listing, not head_bucket: its error names the cause (a HEAD answer has no body)
+                self._client.list_objects_v2(Bucket=self.where.bucket, Prefix=self.where.key(""), MaxKeys=1)
             except botocore.exceptions.ClientError as e:
                 self._reached = True
                 code, status = self._code(e)
