@@ -95,7 +95,11 @@ def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day:
 @click.command()
 @click.argument("snapshot")
 @with_device_options
-@click.option("--backup-password", help="The phone's backup password, if it encrypted this backup.")
+@click.option(
+    "--backup-password",
+    help="The phone's backup password, if it encrypted this backup (default: $PHONEVAULT_BACKUP_PASSWORD, the first "
+    "line of $PHONEVAULT_BACKUP_PASSWORD_FILE, or a prompt).",
+)
 @click.option("--no-reboot", is_flag=True, help="Do not reboot the device after restoring.")
 @click.option("--system", is_flag=True, help="Also restore system files.")
 @click.option("--remove", is_flag=True, help="Remove items on the device that are not in the backup.")
@@ -111,12 +115,16 @@ def restore(
     """Restore a dated version (SNAPSHOT or DEVICE@DATE) to a connected device. A file the vault cannot read back
     is answered with a file error and named (exit 3, or 1 if the device will not restore without it); with
     --strict every file is read first and the device is asked nothing unless all of them read back."""
-    from phonevault.sync.restore import restore_device
+    from phonevault.sync.restore import restore_device, snapshot_encrypted
+
+    from .encryption_cmds import backup_password as ask_backup_password
 
     view, snap = resolve_snapshot(repo, snapshot)
     try:
         with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
             _confirm_restore(view, snap, udid or _only_device(address), yes)
+            if backup_password is None and snapshot_encrypted(snap):  # asked only for a backup the phone encrypted
+                backup_password = ask_backup_password(None)
             with progress("restoring", snap.stats.size) as update:
                 r = restore_device(
                     repo, view, snap, udid=udid, usbmux_address=address, password=backup_password,

@@ -6,12 +6,19 @@ safe folder name. Nothing here writes a local file; the one device-side path wri
 `/iTunesRestore/RestoreApplications.plist`. A damaged snapshot is served as far as it reads: a file the vault cannot
 give back is answered with a DeviceLink file error and named; `strict` reads every file before the device is asked
 anything. Restoring one phone's backup onto another works as in Finder.
+
+A backup the phone encrypted is restored as stored (the device decrypts it) with its backup password in the
+Restore request's Options.Password, as pymobiledevice3 and idevicebackup2 send it. The password is checked here
+first against the snapshot's own keybag (`phonevault.sync.ioscrypto`), so a wrong one is refused before the device
+is asked anything (BackupPasswordRefused, exit 12); a device that still answers 207 ("Invalid password when
+restoring encrypted backup") is the same error. A keybag this host cannot read leaves the check to the device.
 """
 
 from __future__ import annotations
 
 import plistlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from phonevault.store.check import readable_tree, unreadable_files
@@ -23,7 +30,9 @@ from phonevault.store.repository import Repository
 from .backup2 import Timeouts, connected, watched
 from .damage import describe
 from .devicelink import Progress, VaultDeviceLink
+from .encryption import ERROR_INVALID_PASSWORD, BackupPasswordRefused, WrongDevicePassword
 from .errors import DeviceReportedFailure, RestoreRefused, StrictRefused
+from .ioscrypto import KeybagError, PasswordMismatch, parse_keybag, unlock_class_keys
 from .paths import safe_component
 from .plists import read_manifest_plist
 from .records import backup_meta
@@ -47,7 +56,7 @@ def restore_device(
     *,
     udid: str | None = None,
     usbmux_address: str | None = None,
-    password: str | None = None,
+    password: str | Callable[[], str] | None = None,
     reboot: bool = True,
     system: bool = False,
     remove: bool = False,
@@ -58,33 +67,70 @@ def restore_device(
     """Restore `snap` to the device. A damaged snapshot is served as far as it reads: a file the vault cannot give
     back is answered with a file error and named in `damaged`; a device that ends the restore over it raises
     RestoreRefused naming them. With `strict`, every file is read first, and StrictRefused names the damaged ones
-    before the device is asked anything."""
+    before the device is asked anything. ``password`` (the phone's backup password) may be a function: it is called
+    only when the snapshot is encrypted."""
     entries, lost = readable_tree(repo, view, snap)  # lost: backup path (or glob) -> why
     if strict:
         lost.update(unreadable_files(repo, entries))
         if lost:
             raise StrictRefused(describe(repo, snap, lost, "restored"), "restored")
     state = {e.path: e for e in entries}
-    args = (repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove, progress)
-    return watched(timeouts, "the restore did not finish", lambda watchdog: _restore(*args, watchdog))
-
-
-async def _restore(
-    repo, view, snap, state, lost, udid, usbmux_address, password, reboot, system, remove, progress, watchdog
-):
-    # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
-    source = safe_component(view.device or "", "a backup folder name")
-    manifest = state.get("Manifest.plist")
     for needed in ("Info.plist", "Manifest.plist", "Status.plist"):
         if needed not in state:
             raise PathNotFound(needed, f"snapshot {snap.hex[:8]} (a device cannot restore without it)")
-    raw_manifest = b"".join(repo.read_file(manifest))
+    raw_manifest = b"".join(repo.read_file(state["Manifest.plist"]))
     encrypted = bool(raw_manifest) and read_manifest_plist(raw_manifest, "Manifest.plist").is_encrypted
     if encrypted is None:  # not a boolean: what the import decided from the Manifest.db itself
         encrypted = backup_meta(snap).encrypted
+    if encrypted:
+        if callable(password):
+            password = password()
+        if not password:
+            raise PhonevaultError(
+                "this backup was encrypted by the phone: give its backup password (--backup-password, "
+                "PHONEVAULT_BACKUP_PASSWORD or PHONEVAULT_BACKUP_PASSWORD_FILE)"
+            )
+        check_backup_password(raw_manifest, password, f"snapshot {snap.hex[:8]}")
+    args = (repo, view, snap, state, lost, udid, usbmux_address, password, encrypted, reboot, system, remove, progress)
+    try:
+        return watched(timeouts, "the restore did not finish", lambda watchdog: _restore(*args, watchdog))
+    except DeviceReportedFailure as e:
+        if encrypted and e.code == ERROR_INVALID_PASSWORD:
+            raise WrongDevicePassword("restore this backup", _said(e)) from None
+        raise
+
+
+def snapshot_encrypted(snap: SnapshotRecord) -> bool:
+    """Whether the phone encrypted this snapshot's backup (a restore needs its backup password), as stored."""
+    return bool(backup_meta(snap).encrypted)
+
+
+def check_backup_password(manifest_plist: bytes, password: str, what: str) -> None:
+    """BackupPasswordRefused unless ``password`` opens a class key of the backup keybag in ``manifest_plist``. A
+    keybag this host cannot read (damaged, or of a kind ioscrypto does not read) leaves the check to the device."""
+    bag = read_manifest_plist(manifest_plist, "Manifest.plist").keybag
+    try:
+        unlock_class_keys(parse_keybag(bag or b""), password)
+    except PasswordMismatch:
+        raise BackupPasswordRefused(
+            f"{what}: wrong backup password (it opens no key of the backup's keybag); nothing was sent to the device"
+        ) from None
+    except KeybagError:
+        return
+
+
+def _said(e: DeviceReportedFailure) -> str:
+    """The device's own ErrorDescription inside pymobiledevice3's message, else the whole message."""
+    return m.group(1) if (m := re.search(r"'ErrorDescription': '([^']*)'", e.description)) else e.description
+
+
+async def _restore(
+    repo, view, snap, state, lost, udid, usbmux_address, password, encrypted, reboot, system, remove, progress,
+    watchdog,
+):  # fmt: skip
+    # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
+    source = safe_component(view.device or "", "a backup folder name")
     problems: list[str] = []
-    if encrypted and not password:
-        raise PhonevaultError("this backup was encrypted by the phone: give its backup password (--backup-password)")
     # The link serves `<source>/…` from the snapshot: restoring one phone's backup onto another works as in Finder.
     dl: VaultDeviceLink | None = None
     try:
@@ -123,8 +169,7 @@ async def _restore(
     except DeviceReportedFailure as e:
         damaged = {**lost, **(dl.unreadable if dl is not None else {})}
         if damaged:  # most likely why: say so, naming what the vault could not give
-            said = m.group(1) if (m := re.search(r"'ErrorDescription': '([^']*)'", e.description)) else e.description
-            raise RestoreRefused(describe(repo, snap, damaged, "restored"), f"{said} (error {e.code})") from None
+            raise RestoreRefused(describe(repo, snap, damaged, "restored"), f"{_said(e)} (error {e.code})") from None
         raise
     record_restore(repo, view, snap, f"device:{target}")
     damaged = {**lost, **dl.unreadable}

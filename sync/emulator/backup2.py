@@ -3,8 +3,8 @@
 Room: MobileBackup2. Invariant: a backup leaves the host folder equal to the device folder (every `xx/<fileID>`,
 Manifest.db, Manifest.plist, Status.plist byte for byte; Info.plist is the host's) — or, when the phone has a
 backup password, equal to it as the phone encrypts it (backupkeys.py: every file, Manifest.db and Manifest.plist)
-— or ends with a non-zero ErrorCode / a dropped link; a restore replaces the device folder only after every file arrived, so a failed
-restore leaves the phone as it was. The device folder is locked for the whole operation.
+— or ends with a non-zero ErrorCode / a dropped link; a restore replaces the device folder only after every file
+arrived, so a failed restore leaves the phone as it was. The device folder is locked for the whole operation.
 
 Backup follows the device side of docs/protocol.md, 'A backup, end to end': download the host's Status.plist and
 Manifest.plist (and Manifest.db unless the plist is empty: pmd3 signals `--full` only by truncating
@@ -31,7 +31,7 @@ from phonevault.sync.manifest import FLAG_FILE, CatalogEntry, read_manifest_rows
 from phonevault.sync.plists import read_manifest_plist
 
 from . import hostile
-from .backupkeys import BackupKeys
+from .backupkeys import BackupKeys, RestoreRefused, decrypt_staged, open_encrypted
 from .devicelink import Aborted, DeviceLink, HostRefused, Stream, Upload
 from .wire import FrameError, Link, PeerClosed
 
@@ -58,7 +58,6 @@ ERROR_NO_SUCH_FILE = 4
 ERROR_UNSUPPORTED = 22
 ERROR_UPLOAD_FAILED = 104
 ERROR_HOST_DISK_FULL = 105
-ERROR_INVALID_PASSWORD = 207
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +141,13 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
         device.record(report)
         return
     if name == "ChangePassword":
+        fault = device.fault
         with device.content.lock:  # never in the middle of a backup or restore
-            code, description = device.backup_keys.change_password(
-                request.get("OldPassword"), request.get("NewPassword")
-            )
+            if fault is not None and fault.fail_with_code is not None:  # e.g. the passcode prompt was dismissed
+                code, description = fault.fail_with_code, f"emulated failure {fault.fail_with_code}"
+            else:
+                old, new = request.get("OldPassword"), request.get("NewPassword")
+                code, description = device.backup_keys.change_password(old, new)
         dl.finish(code, description)
         device.record(Report("ChangePassword", error_code=code, error=description))
         return
@@ -347,7 +349,9 @@ def _percent(done: int, total: int, low: float, high: float) -> float:
 
 
 def _restore(dl: DeviceLink, device: Device, source: str, options: dict[str, Any], scratch: Path) -> Report:
-    """Download the host's backup of `source` into a staging folder, then make it the phone's content.
+    """Download the host's backup of `source` into a staging folder, then make it the phone's content. An encrypted
+    backup needs Options.Password: a wrong one ends the restore with 207 before any file moves; its files are
+    decrypted in the staging folder (backupkeys.py), so the phone holds them plain as it always does.
 
     Options (RestoreSystemFiles, RemoveItemsNotRestored, …) are logged, not modelled: the emulated phone
     becomes exactly the restored backup.
@@ -358,12 +362,16 @@ def _restore(dl: DeviceLink, device: Device, source: str, options: dict[str, Any
     errors = dl.download_files(wanted, lambda p: staged / Path(p).name, 0.0)
     if errors:
         return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, f"host could not send {', '.join(sorted(errors))}")
+    class_keys: dict[int, bytes] | None = None
     try:
         if read_manifest_plist((staged / "Manifest.plist").read_bytes(), source).is_encrypted:
-            return _fail(dl, "Restore", ERROR_INVALID_PASSWORD, "encrypted backups cannot be restored to the emulator")
+            # The password first, before any file is asked for; Manifest.db is then staged decrypted.
+            class_keys = open_encrypted(staged, options.get("Password"))
         fids = [entry.file_id for entry, _ in _data_files(staged / "Manifest.db")]
     except ManifestInvalid as e:
         return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, str(e))
+    except RestoreRefused as e:
+        return _fail(dl, "Restore", e.code, e.description)
     # fileIDs become local paths in the staging folder: only sha1 names, never "../x" from a hostile catalog.
     bad = [fid for fid in fids if not FILE_ID.fullmatch(fid)]
     if bad:
@@ -376,6 +384,11 @@ def _restore(dl: DeviceLink, device: Device, source: str, options: dict[str, Any
         if errors:
             missing = sorted(errors)
             return _fail(dl, "Restore", ERROR_NO_SUCH_FILE, f"{len(missing)} file(s) missing, first {missing[0]}")
+    if class_keys is not None:
+        try:  # the phone holds its files plain (backupkeys.py); they leave it encrypted again on the next backup
+            decrypt_staged(staged, class_keys, device.phone.keybag())
+        except RestoreRefused as e:
+            return _fail(dl, "Restore", e.code, e.description)
     info = device.content.folder / "Info.plist"
     if info.exists():
         # Info.plist describes the phone to the host; a restore does not change which phone this is.

@@ -40,12 +40,22 @@ from typing import Any
 
 import blake3
 
+from phonevault.sync.errors import ManifestInvalid
 from phonevault.sync.ioscrypto import (
     KEYBAG_CLASSES,
+    KeybagError,
+    PaddingError,
+    PasswordMismatch,
+    UnwrapError,
     backup_keybag,
+    decrypt,
+    decrypt_bytes,
     encrypt,
     encrypted_size,
+    parse_keybag,
     password_key,
+    unlock_class_keys,
+    unwrap_key,
     wrapped_key,
 )
 from phonevault.sync.manifest import FLAG_FILE, read_manifest_rows, write_manifest_db
@@ -60,8 +70,14 @@ DEFAULT_KDF_ITERATIONS = 1000  # DPIC; real phones use 10 000 000 (ITER = DPIC /
 DEFAULT_CLASS = 3  # a file without a ProtectionClass is wrapped with class 3, as the synthetic phone does
 MANIFEST_CLASS = 4  # ManifestKey is wrapped with class 4 on every backup seen
 ERROR_BAD_REQUEST = 1
+ERROR_BAD_BACKUP = 205  # "Error reading backup properties": a backup the phone cannot read
 ERROR_INVALID_PASSWORD = 207  # MBErrorDomain/207, for ChangePassword and for restoring an encrypted backup
 INVALID_PASSWORD = "Invalid password (MBErrorDomain/207)"
+# What phones answer a restore (or Unback) of an encrypted backup with a wrong password.
+RESTORE_INVALID_PASSWORD = (
+    "Invalid password when restoring encrypted backup (MBErrorDomain/207). Underlying error: MKBKeyBagUnlock "
+    "error (-3) (MBErrorDomain/207)."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,3 +301,75 @@ def _digest(path: Path) -> bytes:
     except OSError:
         return b""
     return h.digest()
+
+
+# --------------------------------------------------------------------------------------------------- restore
+
+
+class RestoreRefused(Exception):
+    """The phone ends a restore with this ErrorCode and ErrorDescription."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+def open_encrypted(staged: Path, password: object) -> dict[int, bytes]:
+    """First step of restoring an encrypted backup, before any file is asked for (a phone checks the password
+    first): unlock the staged Manifest.plist's keybag with the restore's ``password`` (Options.Password) and replace
+    the staged Manifest.db with its plaintext. Returns the class keys. RestoreRefused: 207 for a missing or wrong
+    password, ERROR_BAD_BACKUP for a keybag or Manifest.db that cannot be read."""
+    try:
+        manifest = plistlib.loads((staged / "Manifest.plist").read_bytes())
+    except Exception as e:  # plistlib raises several types on damage
+        raise RestoreRefused(ERROR_BAD_BACKUP, f"Error reading backup properties: {type(e).__name__}") from None
+    if not isinstance(password, str) or not password:
+        raise RestoreRefused(ERROR_INVALID_PASSWORD, RESTORE_INVALID_PASSWORD)
+    bag, manifest_key = manifest.get("BackupKeyBag"), manifest.get("ManifestKey")
+    try:
+        class_keys = unlock_class_keys(parse_keybag(bag if isinstance(bag, bytes) else b""), password)
+    except PasswordMismatch:
+        raise RestoreRefused(ERROR_INVALID_PASSWORD, RESTORE_INVALID_PASSWORD) from None
+    except KeybagError as e:
+        raise RestoreRefused(ERROR_BAD_BACKUP, f"Error reading the backup keybag: {e}") from None
+    try:
+        db_key = unwrap_key(class_keys, manifest_key if isinstance(manifest_key, bytes) else b"")
+        plain = decrypt_bytes(db_key, (staged / "Manifest.db").read_bytes())
+    except (UnwrapError, PaddingError) as e:
+        raise RestoreRefused(ERROR_BAD_BACKUP, f"Error decrypting Manifest.db: {e}") from None
+    (staged / "Manifest.db").write_bytes(plain)
+    return class_keys
+
+
+def decrypt_staged(staged: Path, class_keys: dict[int, bytes], plain_keybag: bytes) -> None:
+    """Last step: every staged `xx/<fileID>` decrypted in place with its own key, then Manifest.db without the
+    keys and Manifest.plist as a plain backup's (``plain_keybag``, the phone's own, no ManifestKey, IsEncrypted
+    false): the plain folder the phone holds. RestoreRefused (ERROR_BAD_BACKUP) names a file that does not decrypt;
+    the phone is then left as it was."""
+    entries, extra = [], {}
+    where = "Manifest.db"
+    try:
+        for entry, mbfile in read_manifest_rows(staged / "Manifest.db"):
+            where = f"{entry.domain}/{entry.relative_path}"
+            fields = {k: v for k, v in mbfile.items() if k != "EncryptionKey"}
+            wrapped = mbfile.get("EncryptionKey")
+            if entry.flags == FLAG_FILE and isinstance(wrapped, bytes):
+                _decrypt_in_place(staged / entry.file_id[:2] / entry.file_id, unwrap_key(class_keys, wrapped))
+            entries.append(replace(entry, has_encryption_key=False))
+            extra[entry.file_id] = fields
+    except (UnwrapError, PaddingError, ManifestInvalid) as e:
+        raise RestoreRefused(ERROR_BAD_BACKUP, f"Error decrypting {where}: {e}") from None
+    write_manifest_db(staged / "Manifest.db", entries, extra)
+    manifest = plistlib.loads((staged / "Manifest.plist").read_bytes())
+    manifest.pop("ManifestKey", None)
+    manifest.update(BackupKeyBag=plain_keybag, IsEncrypted=False)
+    (staged / "Manifest.plist").write_bytes(plistlib.dumps(manifest, fmt=plistlib.FMT_BINARY, sort_keys=True))
+
+
+def _decrypt_in_place(path: Path, key: bytes) -> None:
+    tmp = path.with_name(path.name + ".plain")
+    with open(tmp, "wb") as out:
+        for piece in decrypt(key, read_pieces(path)):
+            out.write(piece)
+    os.replace(tmp, path)

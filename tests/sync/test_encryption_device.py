@@ -12,9 +12,24 @@ import plistlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyiosbackup import Backup
 
+from phonevault.sync.backup2 import backup_device
 from phonevault.sync.emulator import Emulator
+from phonevault.sync.emulator.backupkeys import ERROR_BAD_REQUEST, ERROR_INVALID_PASSWORD, BackupKeys
+from phonevault.sync.emulator.phone import SyntheticPhone
+from phonevault.sync.encryption import (
+    BackupEncryptionState,
+    BackupPasswordRefused,
+    WrongDevicePassword,
+    backup_encryption_status,
+    change_backup_password,
+    set_backup_encryption,
+)
+from phonevault.sync.records import backup_meta
+from phonevault.sync.restore import restore_device
 from tests.sync.test_emulator import ok, pmd3
 
 SIZE = 2 << 20
@@ -105,3 +120,87 @@ def test_the_password_state_survives_a_restart_of_the_emulator(tmp_path):
         assert emu.will_encrypt
     with Emulator(tmp_path / "emulator", seed=15, size=SIZE) as emu:  # the phone remembers its password
         assert emu.will_encrypt and emu.backup_password_is("kept")
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_restoring_an_encrypted_backup_gives_back_the_phone_bit_for_bit(repo, tmp_path):
+    """Oracle: the synthetic phone's own plain folder of the day that was backed up."""
+    with Emulator(tmp_path / "emulator", seed=17, size=SIZE, day=1, backup_password=PASSWORD) as emu:
+        snap = backup_device(repo, usbmux_address=emu.address).snapshot
+        assert backup_meta(snap).encrypted
+        emu.set_day(3)
+        with pytest.raises(BackupPasswordRefused):  # checked against the snapshot's keybag: the phone is not asked
+            restore_device(repo, repo.devices()[0], snap, usbmux_address=emu.address, password="not it")
+        assert [r.operation for r in emu.reports] == ["Backup"]
+        restore_device(repo, repo.devices()[0], snap, usbmux_address=emu.address, password=PASSWORD)
+        assert emu.reports[-1].operation == "Restore" and emu.reports[-1].error_code == 0
+        plain = SyntheticPhone(seed=17, size=SIZE).write_backup(tmp_path / "oracle", 1)
+        assert folder_files(emu.device_dir) == folder_files(plain)
+
+
+def test_the_phone_refuses_a_restore_with_a_wrong_password_before_any_file_moves(tmp_path):
+    """pymobiledevice3's own restore of an encrypted folder: 207, as phones answer, and the phone as it was."""
+    with Emulator(tmp_path / "emulator", seed=18, size=SIZE, backup_password=PASSWORD) as emu:
+        ok(pmd3(emu, tmp_path / "home", "backup2", "backup", "--full", str(tmp_path / "host")))
+        emu.set_day(2)
+        before = folder_files(emu.device_dir)
+        r = pmd3(
+            emu, tmp_path / "home", "backup2", "restore", "--password", "wrong", "--no-reboot", str(tmp_path / "host")
+        )
+        assert r.returncode != 0 and "'ErrorCode': 207" in r.stdout + r.stderr
+        assert emu.reports[-1].error_code == 207 and folder_files(emu.device_dir) == before
+
+
+PASSWORDS = st.sampled_from(["a", "b", "c"])
+OPERATIONS = st.lists(st.tuples(st.sampled_from(["on", "off", "change"]), PASSWORDS, PASSWORDS), max_size=6)
+
+
+@settings(max_examples=200)
+@given(requests=st.lists(st.tuples(st.one_of(st.none(), PASSWORDS), st.one_of(st.none(), PASSWORDS)), max_size=8))
+def test_change_password_answers_as_a_one_password_model(tmp_path_factory, requests):
+    """Every ChangePassword message (OldPassword / NewPassword present or not) against the phone's keystore, checked
+    against the model `current password or None`: 0 and the new state, or 207 and nothing changed."""
+    keys = BackupKeys(tmp_path_factory.mktemp("keys"), seed=19, kdf_iterations=1)
+    current: str | None = None
+    for old, new in requests:
+        code, _ = keys.change_password(old, new)
+        if old is None and new is None:
+            assert code == ERROR_BAD_REQUEST
+        elif old is None:  # turn on: only when off
+            assert code == (0 if current is None else ERROR_INVALID_PASSWORD)
+            current = new if current is None else current
+        elif current is not None and old == current:  # off, or a change
+            assert code == 0
+            current = new
+        else:
+            assert code == ERROR_INVALID_PASSWORD
+        assert keys.encrypts == (current is not None)
+        assert all(keys.verify(p) == (p == current) for p in "abc")
+
+
+@settings(max_examples=6)
+@given(operations=OPERATIONS)
+def test_device_commands_follow_the_same_model_over_the_wire(tmp_path_factory, operations):
+    """The host side (sync/encryption.py, pymobiledevice3 as the client) against the real emulator: a wrong password
+    is WrongDevicePassword (exit 12), a state the device is already in is refused before it is asked."""
+    with Emulator(tmp_path_factory.mktemp("e"), seed=20, size=1 << 20, kdf_iterations=1) as emu:
+        current: str | None = None
+        for action, a, b in operations:
+            try:
+                if action == "change":
+                    change_backup_password(a, b, usbmux_address=emu.address)
+                else:
+                    set_backup_encryption(action == "on", a, usbmux_address=emu.address)
+            except BackupEncryptionState:
+                assert (current is not None) == (action == "on")
+                continue
+            except WrongDevicePassword:
+                assert current is not None and a != current
+                continue
+            assert (current is None) == (action == "on") and (action == "on" or a == current)
+            current = a if action == "on" else (b if action == "change" else None)
+        assert backup_encryption_status(usbmux_address=emu.address).encrypts == (current is not None)
+        assert current is None or emu.backup_password_is(current)
