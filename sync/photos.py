@@ -12,7 +12,9 @@ items minus the current snapshot's, by content; an item's `snapshots` are exactl
 Per snapshot (`snapshot_media`): read from its catalog (sync/catalog.py) and one walk of its tree, then cached in
 the LMDB cache (`derived`, sealed) under `photos/<format>/<tree id>`. The tree id names the snapshot's whole
 content (the Manifest.db the catalog comes from included), so the entry never goes stale. Cached value: msgpack
-list of `[domain path, backup path, size, mtime, content key]` (PHOTOS_CACHE_FORMAT 1).
+list of `[domain path, backup path, size, mtime, content key]` (PHOTOS_CACHE_FORMAT 1). The merged roll is cached
+as well (`photo-roll/<format>/<keyed hash of the head and the live snapshots' ids and trees>`, see `_pack_roll`):
+the same versions and head always give the same roll.
 Snapshots the phone encrypted (their catalog needs the backup password) are skipped and listed in
 `CameraRoll.encrypted`; if the current snapshot is one of them, `current_known` is False and nothing is called gone.
 
@@ -177,8 +179,16 @@ def merge(
 
 
 def camera_roll(repo: Repository, view: DeviceView) -> CameraRoll:
-    """Every photo and video in any live snapshot of the device, by content (see the module docstring)."""
+    """Every photo and video in any live snapshot of the device, by content (see the module docstring). The merged
+    roll is cached too, keyed by the live snapshots (ids and trees, in order) and the head, so showing it again
+    costs one cache read however many versions there are."""
     live = sorted(view.live(), key=lambda s: (s.time, s.seq))
+    key = _roll_key(repo, live, view.head)
+    if (cached := repo.cache.derived_get(key)) is not None:
+        try:
+            return _unpack_roll(cached, live, view.head)
+        except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException):
+            pass  # a value of another shape: computed again below and replaced
     read: list[tuple[SnapshotRecord, list[SnapshotMedia]]] = []
     encrypted: list[SnapshotRecord] = []
     for snap in live:
@@ -187,7 +197,40 @@ def camera_roll(repo: Repository, view: DeviceView) -> CameraRoll:
         except EncryptedBackup:
             encrypted.append(snap)
     current_known = view.head is not None and any(s.id == view.head for s, _rows in read)
-    return CameraRoll(merge(read, view.head), tuple(s for s, _ in read), tuple(encrypted), view.head, current_known)
+    roll = CameraRoll(merge(read, view.head), tuple(s for s, _ in read), tuple(encrypted), view.head, current_known)
+    repo.cache.derived_put(key, _pack_roll(roll))
+    return roll
+
+
+def _roll_key(repo: Repository, live: list[SnapshotRecord], head: bytes | None) -> bytes:
+    parts = [head or b"", [[s.id, s.tree] for s in live]]
+    return b"photo-roll/%d/" % PHOTOS_CACHE_FORMAT + repo.key.blob_id(msgpack.packb(parts))
+
+
+def _pack_roll(roll: CameraRoll) -> bytes:
+    """Cached value: [[id…] read, [id…] encrypted, current_known, items], an item being [content, path, size,
+    mtime, kind, [snapshot index…], in_current, source index, backup path]; an index is into read + encrypted."""
+    ids = [s.id for s in roll.snapshots + roll.encrypted]
+    index = {sid: k for k, sid in enumerate(ids)}
+    items = [
+        [i.content, i.path, i.size, i.mtime, i.kind, [index[s] for s in i.snapshots], i.in_current, index[i.source],
+         i.backup_path]
+        for i in roll.items
+    ]  # fmt: skip
+    return msgpack.packb([[s.id for s in roll.snapshots], [s.id for s in roll.encrypted], roll.current_known, items])
+
+
+def _unpack_roll(packed: bytes, live: list[SnapshotRecord], head: bytes | None) -> CameraRoll:
+    order, encrypted, current_known, rows = msgpack.unpackb(packed)
+    by_id = {s.id: s for s in live}
+    read = tuple(by_id[bytes(i)] for i in order)
+    skipped = tuple(by_id[bytes(i)] for i in encrypted)
+    ids = [s.id for s in read + skipped]
+    items = tuple(
+        MediaItem(bytes(c), p, size, mtime, kind, tuple(ids[k] for k in held), in_cur, ids[src], bp)
+        for c, p, size, mtime, kind, held, in_cur, src, bp in rows
+    )
+    return CameraRoll(items, read, skipped, head, current_known)
 
 
 def read_media(repo: Repository, view: DeviceView, item: MediaItem) -> Iterator[bytes]:

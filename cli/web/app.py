@@ -47,7 +47,7 @@ from ..find_cmd import hit_json
 from ..render import human
 from . import thumbs
 from .library import Library, VaultThread, day_of
-from .security import Gate, allowed_hosts, cookie_name
+from .security import WILDCARDS, Gate, allowed_hosts, cookie_name
 
 HERE = Path(__file__).parent
 PAGE = 120  # camera-roll items per page: more than a screen, few enough for the first screen to be quick
@@ -342,7 +342,14 @@ def create_app(library: Library, *, token: str, host: str = "127.0.0.1", port: i
         },
     )
     app.state.web = state
-    return Gate(app, token=token, hosts=hosts or allowed_hosts(host, port), cookie=cookie_name(port))
+    return Gate(
+        app,
+        token=token,
+        hosts=hosts or allowed_hosts(host, port),
+        cookie=cookie_name(port),
+        port=port,
+        ip_literals=host in WILDCARDS,
+    )
 
 
 class _BadRequest(Exception):

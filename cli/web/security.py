@@ -2,8 +2,9 @@
 
 Rules, in order:
 1. Host: the request's Host header must name the address served (127.0.0.1, localhost or [::1] with the port, or
-   the --host given). Anything else is 403: a page on another site that rebinds its DNS name to 127.0.0.1 sends its
-   own name as Host, so it is refused before the token is even looked at.
+   the --host given; on 0.0.0.0 or ::, also this machine's host name and any IP literal). Anything else is 403: a
+   page on another site that rebinds its DNS name to 127.0.0.1 sends its own name as Host, so it is refused before
+   the token is even looked at.
 2. Method: GET and HEAD only (405 otherwise). Nothing in the web view changes the vault, which is opened
    read-only besides.
 3. Token, as Jupyter does it: the URL printed at start carries `?token=…`; a request with the right token gets a
@@ -18,6 +19,8 @@ The vault password is never taken from or put in a URL: the server asks for it a
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import socket
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -45,18 +48,42 @@ def cookie_name(port: int) -> str:
     return f"phonevault-token-{port}"
 
 
+WILDCARDS = ("0.0.0.0", "::", "[::]")
+
+
 def allowed_hosts(host: str, port: int) -> frozenset[str]:
-    """Host header values this server answers to."""
-    names = {host, "127.0.0.1", "localhost", "[::1]"} if host in ("127.0.0.1", "localhost", "::1") else {host}
+    """Host header values this server answers to. Listening on every address (0.0.0.0, ::), the names it may be
+    reached by cannot be known: this machine's host names and loopback here, and any IP literal (`ip_literals`)."""
+    names = {host}
+    if host in ("127.0.0.1", "localhost", "::1", *WILDCARDS):
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    if host in WILDCARDS:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
     names = {f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names}
     return frozenset(f"{n}:{port}" for n in names) | (frozenset(names) if port == 80 else frozenset())
+
+
+def ip_literal(host_header: str, port: int) -> bool:
+    """`host_header` is an IP address (with this port): no DNS name, so no DNS rebinding through it."""
+    name, sep, given = host_header.rpartition(":")
+    if not sep or given != str(port):
+        name = host_header if port == 80 else ""
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class Gate:
     """ASGI middleware enforcing the module docstring's rules around `app`."""
 
-    def __init__(self, app: ASGIApp, *, token: str, hosts: frozenset[str], cookie: str) -> None:
+    def __init__(
+        self, app: ASGIApp, *, token: str, hosts: frozenset[str], cookie: str, port: int = 0, ip_literals: bool = False
+    ) -> None:
         self.app = app
+        self.port = port
+        self.ip_literals = ip_literals  # listening on every address: any IP literal is a name of this server
         self.token = token.encode()
         self.hosts = hosts
         self.cookie = cookie
@@ -68,7 +95,8 @@ class Gate:
         if scope["type"] != "http":  # no websockets here
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if headers.get("host", "").lower() not in self.hosts:
+        host = headers.get("host", "").lower()
+        if host not in self.hosts and not (self.ip_literals and ip_literal(host, self.port)):
             await _plain(send, 403, b"403 Forbidden: unexpected Host header.\n")
             return
         if scope["method"] not in ("GET", "HEAD"):

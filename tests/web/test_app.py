@@ -103,11 +103,27 @@ def test_security_headers(client) -> None:
 
 
 def test_allowed_hosts() -> None:
-    from phonevault.cli.web.security import allowed_hosts
+    import socket
+
+    from phonevault.cli.web.security import allowed_hosts, ip_literal
 
     assert allowed_hosts("127.0.0.1", 8765) == {"127.0.0.1:8765", "localhost:8765", "[::1]:8765"}
     assert allowed_hosts("192.0.2.7", 80) == {"192.0.2.7:80", "192.0.2.7"}
     assert allowed_hosts("::1", 8) >= {"[::1]:8"}
+    assert f"{socket.gethostname().lower()}:8765" in allowed_hosts("0.0.0.0", 8765)
+    assert ip_literal("192.0.2.7:8765", 8765) and ip_literal("[2001:db8::1]:8765", 8765)
+    assert not ip_literal("192.0.2.7:8766", 8765) and not ip_literal("evil.example:8765", 8765)
+    assert not ip_literal("192.0.2.7", 8765) and ip_literal("192.0.2.7", 80)
+
+
+def test_listening_everywhere_answers_ip_literals_only(web_vault, tmp_path) -> None:
+    with web_vault.open(tmp_path / "cache") as repo:
+        app = create_app(Library(repo), token=TOKEN, host="0.0.0.0", port=PORT)
+        with TestClient(app, headers={"authorization": f"token {TOKEN}"}) as c:
+            assert c.get("/", headers={"host": f"192.0.2.7:{PORT}"}).status_code == 200
+            assert c.get("/", headers={"host": f"localhost:{PORT}"}).status_code == 200
+            assert c.get("/", headers={"host": f"rebound.example:{PORT}"}).status_code == 403
+            assert c.get("/", headers={"host": f"192.0.2.7:{PORT}", "authorization": ""}).status_code == 403
 
 
 # --- pages -------------------------------------------------------------------------------------------------------

@@ -108,3 +108,18 @@ def test_snapshot_media_is_cached_sealed_and_keyed_by_tree(web_vault, tmp_path) 
         }
     data = b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert b"IMG_0" not in data and b"CameraRollDomain" not in data  # the cached rows are sealed
+
+
+def test_the_merged_roll_is_cached_per_versions_and_head(web_vault, tmp_path) -> None:
+    with web_vault.open(tmp_path / "cache") as repo:
+        view = repo.devices()[0]
+        live = sorted(view.live(), key=lambda s: s.time)
+        first = camera_roll(repo, view)
+        assert camera_roll(repo, view) == first  # the second one comes from the cache
+        # Another head (as after a rollback to day 0) is another roll: day 0's photos are current again.
+        rolled = replace(view, head=live[0].id)
+        again = camera_roll(repo, rolled)
+        expected = merge([(s, snapshot_media(repo, s)) for s in live], live[0].id)
+        assert again.items == expected and again.current == live[0].id
+        assert {i.name for i in again.gone()} != {i.name for i in first.gone()}
+        assert camera_roll(repo, rolled) == again
