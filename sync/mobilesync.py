@@ -117,9 +117,14 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
         raise BackupFolderInvalid(
             str(folder), "no Manifest.db, Manifest.mbdb or .mdinfo files (an interrupted backup?)"
         )
+    if layout is MANIFEST_DB and (manifest_db.is_symlink() or not manifest_db.is_file()):
+        raise BackupFolderInvalid(str(folder), "Manifest.db is not a regular file (a link is not followed)")
 
     def read_plist(name: str, reader):
         p = folder / name
+        if p.is_symlink() or (p.exists() and not p.is_file()):  # a link may point out of the folder: not the backup
+            problems.append(f"{name}: not a regular file (skipped)")
+            return None
         if not p.is_file():
             if name != "Status.plist" or layout is not MDINFO:  # iTunes wrote none for iPhone OS 3
                 problems.append(f"{name}: missing")
