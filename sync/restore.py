@@ -10,8 +10,8 @@ anything. Restoring one phone's backup onto another works as in Finder.
 A backup the phone encrypted is restored as stored (the device decrypts it) with its backup password in the
 Restore request's Options.Password, as pymobiledevice3 and idevicebackup2 send it. The password is checked here
 first against the snapshot's own keybag (`phonevault.sync.ioscrypto`), so a wrong one is refused before the device
-is asked anything (BackupPasswordRefused, exit 12); a device that still answers 207 ("Invalid password when
-restoring encrypted backup") is the same error. A keybag this host cannot read leaves the check to the device.
+is asked anything (WrongBackupPassword, exit 12, as `ls` says it); a device that still answers 207 ("Invalid password
+when restoring encrypted backup") is WrongDevicePassword, exit 12 too. A keybag this host cannot read leaves the check to the device.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from phonevault.store.repository import Repository
 from .backup2 import Timeouts, connected, watched
 from .damage import describe
 from .devicelink import Progress, VaultDeviceLink
-from .encryption import ERROR_INVALID_PASSWORD, BackupPasswordRefused, WrongDevicePassword
-from .errors import DeviceReportedFailure, RestoreRefused, StrictRefused
+from .encryption import ERROR_INVALID_PASSWORD, WrongDevicePassword
+from .errors import DeviceReportedFailure, RestoreRefused, StrictRefused, WrongBackupPassword
 from .ioscrypto import KeybagError, PasswordMismatch, parse_keybag, unlock_class_keys
 from .paths import safe_component
 from .plists import read_manifest_plist
@@ -90,7 +90,7 @@ def restore_device(
                 "this backup was encrypted by the phone: give its backup password (--backup-password, "
                 "PHONEVAULT_BACKUP_PASSWORD or PHONEVAULT_BACKUP_PASSWORD_FILE)"
             )
-        check_backup_password(raw_manifest, password, f"snapshot {snap.hex[:8]}")
+        check_backup_password(raw_manifest, password, snap.hex[:8])
     args = (repo, view, snap, state, lost, udid, usbmux_address, password, encrypted, reboot, system, remove, progress)
     try:
         return watched(timeouts, "the restore did not finish", lambda watchdog: _restore(*args, watchdog))
@@ -105,16 +105,15 @@ def snapshot_encrypted(snap: SnapshotRecord) -> bool:
     return bool(backup_meta(snap).encrypted)
 
 
-def check_backup_password(manifest_plist: bytes, password: str, what: str) -> None:
-    """BackupPasswordRefused unless ``password`` opens a class key of the backup keybag in ``manifest_plist``. A
-    keybag this host cannot read (damaged, or of a kind ioscrypto does not read) leaves the check to the device."""
+def check_backup_password(manifest_plist: bytes, password: str, snapshot: str) -> None:
+    """WrongBackupPassword (exit 12, as `ls` and `extract` say it) unless ``password`` opens a class key of the
+    backup keybag in ``manifest_plist``. A keybag this host cannot read (damaged, or of a kind ioscrypto does not
+    read) leaves the check to the device."""
     bag = read_manifest_plist(manifest_plist, "Manifest.plist").keybag
     try:
         unlock_class_keys(parse_keybag(bag or b""), password)
     except PasswordMismatch:
-        raise BackupPasswordRefused(
-            f"{what}: wrong backup password (it opens no key of the backup's keybag); nothing was sent to the device"
-        ) from None
+        raise WrongBackupPassword(snapshot) from None
     except KeybagError:
         return
 

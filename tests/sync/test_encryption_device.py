@@ -22,12 +22,12 @@ from phonevault.sync.emulator.backupkeys import ERROR_BAD_REQUEST, ERROR_INVALID
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.encryption import (
     BackupEncryptionState,
-    BackupPasswordRefused,
     WrongDevicePassword,
     backup_encryption_status,
     change_backup_password,
     set_backup_encryption,
 )
+from phonevault.sync.errors import WrongBackupPassword
 from phonevault.sync.records import backup_meta
 from phonevault.sync.restore import restore_device
 from tests.sync.test_emulator import ok, pmd3
@@ -132,7 +132,7 @@ def test_restoring_an_encrypted_backup_gives_back_the_phone_bit_for_bit(repo, tm
         snap = backup_device(repo, usbmux_address=emu.address).snapshot
         assert backup_meta(snap).encrypted
         emu.set_day(3)
-        with pytest.raises(BackupPasswordRefused):  # checked against the snapshot's keybag: the phone is not asked
+        with pytest.raises(WrongBackupPassword):  # checked against the snapshot's keybag: the phone is not asked
             restore_device(repo, repo.devices()[0], snap, usbmux_address=emu.address, password="not it")
         assert [r.operation for r in emu.reports] == ["Backup"]
         restore_device(repo, repo.devices()[0], snap, usbmux_address=emu.address, password=PASSWORD)
