@@ -8,9 +8,9 @@ decoding (CPU, no vault access) runs on a separate bounded pool (app.py).
 Names in URLs are never paths on this machine: a device is its keyed device key, a snapshot its id, a file its
 domain path looked up in the snapshot's catalog, a camera-roll item its content key looked up in the roll. What
 the catalog does not list is PathNotFound, so no URL can name anything else.
-Device logs are re-read (a listing and a 12-byte read per segment) when the devices page or a device's timeline
-is shown, so backups made while the server runs appear; the camera roll is kept per device until its live
-snapshots or head change.
+Device logs and the blob index are re-read (listings, and a 12-byte read per segment) when a page is shown, so
+backups made while the server runs appear and read; the camera roll is kept per device until its live snapshots or
+head change.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Library:
 
     # --- devices and snapshots ---------------------------------------------------------------------------------
     def devices(self) -> list[tuple[DeviceView, dict, list[SnapshotRow]]]:
+        self.repo.sync_index()
         out = []
         for key in self.repo.device_keys():
             view = self.repo.view(key, refresh=True)
@@ -91,6 +92,8 @@ class Library:
     def device(self, key: str, *, refresh: bool = False) -> DeviceView:
         if key not in self.repo.device_keys():
             raise DeviceNotFound(key[:12])
+        if refresh:  # a backup made while the server runs: its snapshots, and the blobs they need
+            self.repo.sync_index()
         return self.repo.view(key, refresh=refresh)
 
     def timeline(self, key: str) -> tuple[DeviceView, dict, list[SnapshotRow]]:
