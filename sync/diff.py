@@ -96,7 +96,10 @@ def diff(
 ) -> list[DiffRow]:
     """What changed from a to b, sorted by path (see the module docstring). Snapshots the phone encrypted are named
     by domain path with `password` (a wrong one is WrongBackupPassword); without one, by backup path."""
-    catalogs = [c for c in (_catalog(repo, a, password), _catalog(repo, b, password)) if c is not None]
+    cat_a, cat_b = _catalog(repo, a, password), _catalog(repo, b, password)
+    catalogs = [c for c in (cat_a, cat_b) if c is not None]
+    # An encrypted snapshot stores each file padded; its row's Size is the file's, as a plain backup's would be.
+    plain_a, plain_b = _plain_sizes(cat_a), _plain_sizes(cat_b)
     names: dict[str, tuple[str, str, int]] = {}  # backup path -> (domain path, domain, size in the list)
     described: dict[str, str] = {}  # iPhone OS 3: <fileID>.mdinfo -> the <fileID>.mddata it describes
     for catalog in catalogs:
@@ -120,7 +123,8 @@ def diff(
         pair[0] = pair[0] or ch.old
         pair[1] = pair[1] or ch.new
     rows = [
-        DiffRow(name, _kind(old, new), _size_of(old), _size_of(new), dom) for name, (old, new, dom) in pairs.items()
+        DiffRow(name, _kind(old, new), _size_of(old, plain_a), _size_of(new, plain_b), dom)
+        for name, (old, new, dom) in pairs.items()
     ]
 
     # The phone's own metadata of files whose bytes did not change: a changed .mdinfo, a changed catalog row.
@@ -145,8 +149,15 @@ def diff(
     )
 
 
-def _size_of(e: FileEntry | None) -> int | None:
-    return e.size if e is not None else None
+def _size_of(e: FileEntry | None, plain: dict[str, int]) -> int | None:
+    return plain.get(e.path, e.size) if e is not None else None
+
+
+def _plain_sizes(catalog: Catalog | None) -> dict[str, int]:
+    """Backup path -> the file's own size, for the files of a snapshot the phone encrypted (read with its keys)."""
+    if catalog is None or catalog.keys is None:
+        return {}
+    return {catalog.layout.backup_path(c.file_id): c.size for c in catalog if c.flags == FLAG_FILE}
 
 
 def _metadata_changed(catalogs: list[Catalog]) -> list[str]:

@@ -313,7 +313,11 @@ def decrypt_bytes(key: bytes, data: bytes | bytearray | memoryview, piece: int =
     output is held."""
     view = memoryview(data)
     out = bytearray()
-    for plain in decrypt(key, (view[i : i + piece] for i in range(0, len(view), piece))):
-        out += plain
-    view.release()
+    try:
+        # Each slice copied (1 MiB at a time): a view of it left in a traceback would pin `data`, which the caller
+        # empties once it is decrypted, or fails to.
+        for plain in decrypt(key, (bytes(view[i : i + piece]) for i in range(0, len(view), piece))):
+            out += plain
+    finally:
+        view.release()
     return out
