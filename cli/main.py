@@ -9,6 +9,7 @@ import click
 
 from . import device_cmds, encryption_cmds, repo_cmds, snapshot_cmds
 from .context import run_cli
+from .copy_cmd import copy
 from .demo import demo
 from .find_cmd import find
 from .forget_cmd import forget
@@ -46,6 +47,7 @@ for command in (
     demo,
     serve,
     find,
+    copy,
 ):
     cli.add_command(command)
 

@@ -1,0 +1,114 @@
+"""`phonevault copy --to LOCATION [SNAPSHOT…]`: snapshots the target vault lacks, re-sealed under its keys.
+
+The source (--repo) is opened read-only; the target has its own password: PHONEVAULT_TO_PASSWORD, else the first
+line of PHONEVAULT_TO_PASSWORD_FILE, else a prompt. `--init` creates the target vault (and an S3 bucket) when there is
+none, with that password. What is copied and how it resumes: store/copy.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from phonevault.store.backends import open_backend
+from phonevault.store.copy import CopiedSnapshot, copy_snapshots, plan
+from phonevault.store.errors import PhonevaultError, RepositoryNotFound
+from phonevault.store.refs import resolve_snapshot
+from phonevault.store.repository import Repository
+
+from .context import json_option, repo_path, with_repo
+from .render import emit_json, err, human, out, progress
+
+
+def target_password(*, confirm: bool) -> str:
+    if (pw := os.environ.get("PHONEVAULT_TO_PASSWORD")) is not None:
+        return pw
+    if path := os.environ.get("PHONEVAULT_TO_PASSWORD_FILE"):
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise PhonevaultError(f"PHONEVAULT_TO_PASSWORD_FILE {path}: {e.strerror}") from None
+        return text.splitlines()[0] if text else ""
+    if not sys.stdin.isatty():
+        raise PhonevaultError(
+            "no password for the target vault: set PHONEVAULT_TO_PASSWORD or PHONEVAULT_TO_PASSWORD_FILE, or run in a "
+            "terminal"
+        )
+    return click.prompt("Target vault password", hide_input=True, confirmation_prompt=confirm)
+
+
+def open_target(location: str, *, init: bool) -> Repository:
+    where = repo_path(location)
+    if not isinstance(where, str) and where.exists() and not where.is_dir():
+        raise PhonevaultError(f"{where}: is a file; a vault needs a folder")
+    backend = open_backend(str(where), create=init)
+    if backend.exists("config"):
+        return Repository.open(backend, target_password(confirm=False))
+    if not init:
+        raise RepositoryNotFound(str(where), "no vault here (create it with `phonevault init --repo …`, or add --init)")
+    repo = Repository.init(backend, target_password(confirm=True))
+    err.print(f"created vault {repo.config.id} at {where}")
+    return repo
+
+
+def _record_json(c: CopiedSnapshot) -> dict:
+    return {
+        "source": c.source,
+        "target": c.target or None,
+        "device": c.device,
+        "files": c.files,
+        "size": c.size,
+        "new_bytes": c.new_bytes,
+    }
+
+
+@click.command()
+@click.argument("snapshots", nargs=-1)
+@click.option("--to", "to", required=True, metavar="LOCATION", help="The target vault (a folder or s3:…).")
+@click.option("--init", "init", is_flag=True, help="Create the target vault if there is none.")
+@json_option
+@with_repo(readonly=True)
+def copy(repo: Repository, snapshots: tuple[str, ...], to: str, init: bool, as_json: bool) -> None:
+    """Copy snapshots (default: every one) into another vault, skipping those it already has."""
+    wanted = [resolve_snapshot(repo, ref) for ref in snapshots] or None
+    target = open_target(to, init=init)
+    try:
+        todo = plan(repo, target, wanted)
+        total = sum(s.stats.size for _v, s, _there in todo)
+
+        def told(c: CopiedSnapshot, copied: bool) -> None:
+            if as_json:
+                return
+            if copied:
+                out.print(
+                    f"copied {c.source[:8]} → {c.target[:8]} ({c.device[:12]}): {c.files} files, {human(c.size)}; "
+                    f"{human(c.new_bytes)} new in the target"
+                )
+            else:
+                out.print(f"{c.source[:8]} ({c.device[:12]}): already in the target")
+
+        with progress("copying", total or None) as update:
+            result = copy_snapshots(repo, target, wanted, progress=update, on_snapshot=told)
+        warnings = list(target.warnings)
+    finally:
+        target.close()
+    if as_json:
+        emit_json(
+            {
+                "copied": [_record_json(c) for c in result.copied],
+                "present": [_record_json(c) for c in result.present],
+                "new_bytes": result.new_bytes,
+            }
+        )
+    else:
+        out.print(
+            f"{len(result.copied)} snapshot(s) copied, {len(result.present)} already there; "
+            f"{human(result.new_bytes)} new in the target"
+        )
+    for w in warnings:
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)
+    if warnings:
+        sys.exit(1)
