@@ -297,18 +297,23 @@ def create_app(library: Library, *, token: str, host: str = "127.0.0.1", port: i
             }
         )
 
-    # --- errors ----------------------------------------------------------------------------------------------
+    # --- errors: one line, as the CLI says it; JSON under /api/ ----------------------------------------------
+    def error(request: Request, status: int, title: str, exc: Exception, **extra) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(exc)}, status_code=status)
+        return page(request, "error.html", status, title=title, message=str(exc), **extra)
+
     async def not_found(request: Request, exc: Exception) -> Response:
-        return page(request, "error.html", 404, title="Not found", message=str(exc))
+        return error(request, 404, "Not found", exc)
 
     async def encrypted(request: Request, exc: Exception) -> Response:
-        return page(request, "error.html", 409, title="Encrypted by the phone", message=str(exc), locked=True)
+        return error(request, 409, "Encrypted by the phone", exc, locked=True)
 
     async def bad_request(request: Request, exc: Exception) -> Response:
-        return page(request, "error.html", 400, title="Bad request", message=str(exc))
+        return error(request, 400, "Bad request", exc)
 
     async def failed(request: Request, exc: Exception) -> Response:
-        return page(request, "error.html", 500, title="The vault could not be read", message=str(exc))
+        return error(request, 500, "The vault could not be read", exc)
 
     routes = [
         Route("/", devices),

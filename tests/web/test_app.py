@@ -232,6 +232,8 @@ def test_no_url_reaches_the_file_system(client, web_vault) -> None:
     assert client.get(f"/device/{key}/original/{'0' * 64}").status_code == 404
     assert client.get(f"/device/{key}/thumb/..%2F..%2Fetc").status_code == 404
     assert client.get(f"/device/{'0' * 32}/photos").status_code == 404
+    r = client.get(f"/api/device/{'0' * 32}/photos")
+    assert r.status_code == 404 and "device" in r.json()["error"]
     assert client.get(f"/device/{key}/snap/nothex/files").status_code == 404
 
 
