@@ -13,16 +13,19 @@ backup folder: Manifest.db, Info.plist, a file no row names), and is one of:
                Manifest.db row or iPhone OS 3 .mdinfo), or kept at another backup path (iOS 9 -> 10 moved every
                file into xx/). Left out unless asked for (`metadata=True`): bytes are what people diff for
 
-Snapshots the phone encrypted are named by domain path once their catalogs are decrypted with the backup password;
-their bytes are compared as stored, that is as ciphertext: a file the phone re-encrypted with a fresh key (a full
-backup, a password change) is `modified` even where its plaintext is the same.
+Snapshots the phone encrypted are named by domain path once their catalogs are decrypted with the backup password,
+and sized by their rows (not padded). Their stored bytes are ciphertext, and a file the phone re-encrypted with a
+fresh key (a full backup, a password change) has other ciphertext for the same bytes: where the chunk lists differ
+but the plain sizes agree, both are decrypted and their plaintext compared (its BLAKE3 cached sealed, per key and
+chunk list), so such a file is `metadata` (same bytes, stored differently), not `modified`. That reads those files'
+data once, only where encryption could be the difference, and only at or below `paths`.
 
 A file kept at another backup path in each snapshot (the layout changed) is one row, not a removal and an addition.
 An iPhone OS 3 `.mdinfo` is its file's metadata, so a changed one is its file's `metadata` row unless the file has
 a row of its own. `paths` keeps the rows at or below any of the given domain paths (or backup paths); a path
 that names nothing in either snapshot's catalog, nor a changed file, is PathNotFound (not an empty diff).
 
-Cost: the tree diff reads only the shards whose node ids differ; both catalogs are loaded (cached after their first
+Cost (plain snapshots): the tree diff reads only the shards whose node ids differ; both catalogs are loaded (cached after their first
 load) to name rows, and their file rows are compared by fileID for the phone's own metadata (a dict of the first
 catalog's file rows: one tuple a row). Directories are not rows: the phone's are catalog rows without bytes, and
 the backup folder's own (the empty xx/ folders a snapshot records) hold no file of the phone.
@@ -33,14 +36,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from phonevault.store.errors import PathNotFound
+import blake3
+
+from phonevault.store.errors import PathNotFound, PhonevaultError
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, diff_trees
 
 from .catalog import Catalog, domain_path, load_catalog, under
 from .encrypted import BackupPassword
-from .errors import EncryptedBackup
+from .errors import EncryptedBackup, FileUndecryptable
 from .layouts import MDINFO
 from .manifest import FLAG_FILE
 from .paths import shown
@@ -122,10 +127,21 @@ def diff(
         pair = pairs.setdefault(name, [None, None, domain])
         pair[0] = pair[0] or ch.old
         pair[1] = pair[1] or ch.new
-    rows = [
-        DiffRow(name, _kind(old, new), _size_of(old, plain_a), _size_of(new, plain_b), dom)
-        for name, (old, new, dom) in pairs.items()
-    ]
+    wanted = [p.strip("/") for p in paths]
+    rows = []
+    for name, (old, new, dom) in pairs.items():
+        kind = _kind(old, new)
+        if (
+            kind == "modified"
+            and cat_a is not None
+            and cat_b is not None
+            and old.path in plain_a
+            and plain_a.get(old.path) == plain_b.get(new.path)
+            and (not wanted or any(under(name, p) for p in wanted))
+            and _same_plaintext(repo, cat_a, old, cat_b, new, plain_a[old.path])
+        ):
+            kind = "metadata"  # re-encrypted with another key: the same bytes of the phone, stored differently
+        rows.append(DiffRow(name, kind, _size_of(old, plain_a), _size_of(new, plain_b), dom))
 
     # The phone's own metadata of files whose bytes did not change: a changed .mdinfo, a changed catalog row.
     seen = set(pairs)
@@ -134,7 +150,6 @@ def diff(
         if name not in seen:
             seen.add(name)
             rows.append(DiffRow(name, "metadata", size, size, domain))
-    wanted = [p.strip("/") for p in paths]
     known = [name for name, _domain, _size in names.values()] + [r.path for r in rows]
     for p in wanted:  # a mistyped path would otherwise read as "nothing changed there"
         if not any(under(name, p) for name in known):
@@ -151,6 +166,36 @@ def diff(
 
 def _size_of(e: FileEntry | None, plain: dict[str, int]) -> int | None:
     return plain.get(e.path, e.size) if e is not None else None
+
+
+def _same_plaintext(
+    repo: Repository, cat_a: Catalog, old: FileEntry, cat_b: Catalog, new: FileEntry, size: int
+) -> bool:
+    """Two stored files of encrypted snapshots whose ciphertexts differ: do they decrypt to the same bytes?"""
+    one = _plain_digest(repo, cat_a, old, size)
+    return one is not None and one == _plain_digest(repo, cat_b, new, size)
+
+
+def _plain_digest(repo: Repository, catalog: Catalog, entry: FileEntry, size: int) -> bytes | None:
+    """BLAKE3 of an encrypted file's plaintext, cached (sealed) under a keyed hash of its key and its chunk ids, so a
+    file is decrypted for this once; None if it cannot be decrypted (the diff then says modified)."""
+    assert catalog.keys is not None
+    file_id = entry.path.rsplit("/", 1)[-1]
+    try:
+        key = catalog.keys.key(file_id, entry.path)
+    except FileUndecryptable:
+        return None
+    cache_key = b"plain-digest/1/" + repo.key.blob_id(key + b"".join(entry.chunks))
+    if (digest := repo.cache.derived_get(cache_key)) is not None:
+        return digest
+    h = blake3.blake3()
+    try:
+        for piece in catalog.keys.open(key, repo.read_file(entry), size, entry.path):
+            h.update(piece)
+    except PhonevaultError:
+        return None
+    repo.cache.derived_put(cache_key, h.digest())
+    return h.digest()
 
 
 def _plain_sizes(catalog: Catalog | None) -> dict[str, int]:

@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from phonevault.sync.emulator.phone import SyntheticPhone
-from phonevault.sync.ioscrypto import decrypt, encrypt, parse_keybag, unlock_class_keys, unwrap_key
+from phonevault.sync.ioscrypto import decrypt, encrypt, parse_keybag, unlock_class_keys, unwrap_key, wrapped_key
 from phonevault.sync.manifest import FLAG_FILE, file_id
 from phonevault.sync.mbfile import decode_mbfile, encode_mbfile
 from tests.test_no_plaintext import PAUSE_AT_CATALOG, needles, scan
@@ -373,3 +373,49 @@ def test_nothing_decrypted_lands_on_disk(cli_env, folders, tmp_path):
     assert p.wait() == -signal.SIGKILL
     assert scan([vault, cache, tmpdir], wanted) == []
     assert list(tmpdir.rglob("*")) == []
+
+
+# --- re-encryption ----------------------------------------------------------------------------------------------
+
+
+def test_a_file_the_phone_re_encrypted_is_not_modified_in_a_diff(pv, cli_env, tmp_path):
+    """A full backup after a password change re-encrypts every file with a fresh key: other ciphertext for the same
+    bytes. diff compares the plaintext there, so only a file whose bytes changed is modified."""
+    phone = SyntheticPhone(SEED, SIZE, password=PASSWORD)
+    first = phone.write_backup(tmp_path / "a", 0)
+    second = phone.write_backup(tmp_path / "b", 0)
+    photos = sorted(
+        f"{f.entry.domain}/{f.entry.relative_path}"
+        for f in phone.files(0)
+        if f.entry.flags == FLAG_FILE and f.entry.relative_path.startswith("Media/DCIM/")
+    )
+    keys = unlock_class_keys(parse_keybag(phone.keybag()), PASSWORD)
+    rekeyed: dict[str, bytes] = {}
+    for n, path in enumerate(photos):
+        target = second / backup_path(path)
+        plain = b"".join(decrypt(_file_key(phone, path), [target.read_bytes()]))
+        if n == 0:  # this one's bytes change too
+            plain = b"X" + plain[1:]
+        new_key = hashlib.sha256(f"fresh key {path}".encode()).digest()
+        target.write_bytes(b"".join(encrypt(new_key, iter([plain]))))
+        rekeyed[file_id(*path.split("/", 1))] = wrapped_key(3, keys[3], new_key)
+
+    def rewrap(conn):
+        for fid, wrapped in rekeyed.items():
+            (blob,) = conn.execute("SELECT file FROM Files WHERE fileID = ?", (fid,)).fetchone()
+            fields = decode_mbfile(blob)
+            fields["EncryptionKey"] = wrapped
+            conn.execute("UPDATE Files SET file = ? WHERE fileID = ?", (encode_mbfile(fields), fid))
+
+    _edit_manifest_db(phone, second, rewrap)
+    snaps = imported(pv, cli_env, first, second)
+    a, b = snaps[0]["id"][:8], snaps[1]["id"][:8]
+    env = dict(cli_env, PHONEVAULT_BACKUP_PASSWORD=PASSWORD)
+    changes = js(pv("diff", a, b, "CameraRollDomain", "--json", env=env))["changes"]
+    assert [(c["path"], c["change"]) for c in changes] == [(photos[0], "modified")]
+    shown = js(pv("diff", a, b, "CameraRollDomain", "--metadata", "--json", env=env))["changes"]
+    assert sorted((c["path"], c["change"]) for c in shown) == [(photos[0], "modified")] + [
+        (p, "metadata") for p in photos[1:]
+    ]
+    assert len(photos) >= 3
+    assert js(pv("diff", a, b, "CameraRollDomain", "--json", env=env))["changes"] == changes  # digests cached
