@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import plistlib
 import signal
 import sqlite3
@@ -419,3 +420,33 @@ def test_a_file_the_phone_re_encrypted_is_not_modified_in_a_diff(pv, cli_env, tm
     ]
     assert len(photos) >= 3
     assert js(pv("diff", a, b, "CameraRollDomain", "--json", env=env))["changes"] == changes  # digests cached
+
+
+def _asked_on_a_terminal(cli_env: dict, answer: str, *args: str) -> subprocess.CompletedProcess:
+    """Run phonevault with a terminal as stdin (and no controlling terminal, so the prompt reads stdin), wait for the
+    backup password prompt on stderr, type `answer`."""
+    exe = str(Path(sys.executable).with_name("phonevault"))
+    master, slave = os.openpty()
+    p = subprocess.Popen(
+        [exe, *args], env=cli_env, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    os.close(slave)
+    assert p.stderr is not None and p.stdout is not None
+    said = b""
+    while b"backup password" not in said:
+        piece = os.read(p.stderr.fileno(), 4096)
+        assert piece, f"no prompt before the end: {said!r} (exit {p.wait()})"
+        said += piece
+    os.write(master, answer.encode() + b"\n")
+    out, err = p.communicate(timeout=300)
+    os.close(master)
+    return subprocess.CompletedProcess(args, p.returncode, out.decode(), (said + err).decode())
+
+
+def test_the_backup_password_is_asked_for_on_a_terminal(pv, cli_env, folders):
+    snap = imported(pv, cli_env, folders["enc0"])[0]["id"][:8]
+    r = _asked_on_a_terminal(cli_env, PASSWORD, "ls", snap, DCIM, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [x["name"] for x in json.loads(r.stdout)] and PASSWORD not in r.stderr  # not echoed
+    r = _asked_on_a_terminal(cli_env, "guess", "ls", snap)
+    assert r.returncode == 12 and "wrong backup password" in r.stderr
