@@ -26,7 +26,9 @@ FileUndecryptable (one file: its key does not unwrap, its padding or length is w
 
 Memory: Manifest.plist; the encrypted Manifest.db and its plaintext while it is decrypted, then the plaintext and
 SQLite's copy of it while it is read (as for a plain one, ~850 bytes a row), and the wrapped keys (~100 bytes a
-file row); a file streams one chunk at a time.
+file row); a file streams one chunk at a time. Time: the first read of a snapshot's catalog decodes every file row's
+MBFile once more for its key (~100 µs a row: 6 s for 60 000 files), then it is cached; every command pays the
+keybag's PBKDF2 rounds once (a real phone's DPIC of 10 000 000 is seconds).
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def decrypt_manifest_db(unlocked: Unlocked, ciphertext: bytearray, where: str) -
     return image
 
 
-def wrapped_keys(image: bytes) -> dict[str, bytes]:
+def wrapped_keys(image: bytes | bytearray) -> dict[str, bytes]:
     """fileID -> the wrapped EncryptionKey of every file row that has one, from a decrypted Manifest.db's bytes
     (parsed in memory: SQLite's `deserialize`, no file). A row whose MBFile does not decode is left out here: the
     catalog names it."""
