@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phonevault.sync.catalog import domain_path, load_catalog
-from phonevault.sync.find import find
+from phonevault.sync.find import _Index, find, literal
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,28 @@ def test_find_cli_lists_every_version_holding_a_file(web_vault, tmp_path) -> Non
     assert line.rstrip().endswith("no")  # deleted on day 1: not in the current backup
     r = subprocess.run([str(exe), "find", "x", "--device", "nope"], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.count("\n") == 1
+
+
+GLOB = st.text("ab/.*?[]!-İ", min_size=1, max_size=8)
+PATHS = st.text("ab/.-İ\n", max_size=12)
+
+
+@given(GLOB, PATHS)
+def test_every_match_contains_the_literal(pattern, path) -> None:
+    """What the index searches for first (`literal`) is in every path the exact matcher takes."""
+    low = pattern.lower()
+    if fnmatch.fnmatchcase(path.lower(), low) or fnmatch.fnmatchcase(path.rsplit("/", 1)[-1].lower(), low):
+        assert literal(pattern) in path.lower()
+
+
+@given(st.lists(st.text("aAbİ/.", max_size=6), max_size=8), st.text("abi/.", max_size=3))
+def test_index_lines_are_exactly_the_lines_containing_the_needle(paths, needle) -> None:
+    from array import array
+
+    offsets, at = array("I"), 0
+    for p in paths:
+        offsets.append(at)
+        at += len(p) + 1
+    index = _Index("\n".join(paths), array("q", [0] * len(paths)), offsets)
+    assert [index.path(k) for k in range(len(paths))] == paths
+    assert list(index.lines(needle)) == [k for k, p in enumerate(paths) if needle in p.lower()]
