@@ -74,7 +74,7 @@ def encryption(
     Only an encrypted backup keeps saved passwords, Wi-Fi settings, website history and Health data. `on` sets the
     backup password: --backup-password, else $PHONEVAULT_NEW_BACKUP_PASSWORD or $PHONEVAULT_BACKUP_PASSWORD(_FILE),
     else asked twice. `off` needs the current one. A phone asks for its passcode on screen to confirm. Without the
-    backup password, an encrypted backup can still be stored, exported and restored, but never browsed: keep it.
+    backup password an encrypted backup can still be stored and exported, but neither browsed nor restored: keep it.
     """
     from phonevault.sync.encryption import backup_encryption_status, set_backup_encryption
 

@@ -141,6 +141,8 @@ def _dispatch(dl: DeviceLink, device: Device, request: dict[str, Any]) -> None:
         device.record(report)
         return
     if name == "ChangePassword":
+        if hostile.change_password(dl, device):
+            return
         fault = device.fault
         with device.content.lock:  # never in the middle of a backup or restore
             if fault is not None and fault.fail_with_code is not None:  # e.g. the passcode prompt was dismissed

@@ -1,9 +1,9 @@
 """A hostile device: the emulator breaking usbmuxd, lockdownd, DeviceLink and MobileBackup2 on purpose.
 
-Room: hostility, for tests of the host side. `Fault(hostile=NAME)` picks one behaviour of `BEHAVIOURS`; the layers
-call in here at their fault points (usbmux `serve`, lockdown `serve`, `Device.lockdown_values`, mobilebackup2
-`serve` before the DeviceLink handshake and `_dispatch` when a Backup or Restore starts) and carry on as usual for every
-behaviour that is not theirs. Each behaviour is what a broken or malicious phone (or usbmuxd) can put on the wire:
+Room: hostility, for tests of the host side. `Fault(hostile=NAME)` picks one behaviour of `BEHAVIOURS` (or of
+`CHANGE_PASSWORD`); the layers call in here at their fault points (usbmux `serve`, lockdown `serve`,
+`Device.lockdown_values`, mobilebackup2 `serve` before the DeviceLink handshake, `_dispatch` when a Backup, Restore
+or ChangePassword starts) and carry on as usual for every behaviour that is not theirs. Each behaviour is what a broken or malicious phone (or usbmuxd) can put on the wire:
 truncated frames, absurd lengths, wrong types, paths that climb out of the backup folder, request floods, silence,
 a disconnect mid-file, garbage where a TLS handshake or a plist should be.
 
@@ -21,6 +21,7 @@ import plistlib
 import socket
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .wire import U32BE, FrameError, Link, send_plist
@@ -406,6 +407,36 @@ def _raw_upload(dl: DeviceLink, host_path: str) -> None:
     _raw(dl, _name("/var/mobile/x") + _name(host_path) + BLOCK_HEADER.pack(2, CODE_FILE_DATA) + b"x")
     _raw(dl, BLOCK_HEADER.pack(1, 0) + U32BE.pack(0))
     dl.status("UploadFiles")
+
+
+def change_password(dl: DeviceLink, device: Device) -> bool:
+    """Called when the host asks for a ChangePassword: a behaviour of `CHANGE_PASSWORD` answers it instead."""
+    name = behaviour(device)
+    script = CHANGE_PASSWORD.get(name or "")
+    if script is None:
+        return PASS
+    try:
+        script(dl)
+    except (FrameError, OSError) as e:
+        log.info("hostile %s: the host hung up (%s)", name, e)
+        return DONE
+    wait_for_hangup(dl.link)
+    return DONE
+
+
+#: How a broken phone can answer ChangePassword (`phonevault device encryption|password`). Apart from BEHAVIOURS,
+#: which every backup meets: these only change what the answer to a ChangePassword is.
+CHANGE_PASSWORD: dict[str, Callable[[DeviceLink], None]] = {
+    "cp-silent": _silent,  # a phone waiting forever on a passcode nobody enters
+    "cp-stall-mid-frame": lambda dl: _raw(dl, U32BE.pack(1000) + b"bplist00" + b"\x00" * 8),
+    "cp-hang-up": lambda dl: _hang_up(dl),
+    "cp-garbage-plist": lambda dl: _raw(dl, U32BE.pack(200) + _garbage(200)),
+    "cp-final-not-a-dict": lambda dl: dl.send(["DLMessageProcessMessage", "all done"]),
+    "cp-final-error-code-string": lambda dl: dl.process_message({"MessageName": "Response", "ErrorCode": "0"}),
+    "cp-file-request": lambda dl: dl.create_directory("x/Snapshot"),
+    "cp-traversal-download": lambda dl: dl.download_files(["../../etc/passwd"], lambda p: Path("/nonexistent"), 0.0),
+    "cp-disconnect-message": lambda dl: dl.send(["DLMessageDisconnect", "___EmptyParameterString___"]),
+}
 
 
 #: Every behaviour by name, and the layer it breaks.

@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyiosbackup import Backup
 
-from phonevault.sync.backup2 import backup_device
-from phonevault.sync.emulator import Emulator
+from phonevault.sync.backup2 import Timeouts, backup_device
+from phonevault.sync.emulator import Emulator, Fault
 from phonevault.sync.emulator.backupkeys import ERROR_BAD_REQUEST, ERROR_INVALID_PASSWORD, BackupKeys
+from phonevault.sync.emulator.hostile import CHANGE_PASSWORD
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.encryption import (
     BackupEncryptionState,
@@ -27,13 +28,20 @@ from phonevault.sync.encryption import (
     change_backup_password,
     set_backup_encryption,
 )
-from phonevault.sync.errors import WrongBackupPassword
+from phonevault.sync.errors import (
+    DeviceDisconnected,
+    DeviceError,
+    DeviceTimeout,
+    ProtocolError,
+    WrongBackupPassword,
+)
 from phonevault.sync.records import backup_meta
 from phonevault.sync.restore import restore_device
 from tests.sync.test_emulator import ok, pmd3
 
 SIZE = 2 << 20
 PASSWORD = "tr0ub4dor&3"
+QUICK = Timeouts(setup=20.0, idle=3.0, cleanup=2.0)
 
 
 @pytest.fixture
@@ -204,3 +212,34 @@ def test_device_commands_follow_the_same_model_over_the_wire(tmp_path_factory, o
             current = a if action == "on" else (b if action == "change" else None)
         assert backup_encryption_status(usbmux_address=emu.address).encrypts == (current is not None)
         assert current is None or emu.backup_password_is(current)
+
+
+# hostile answer -> (the error, a fragment of its one line)
+HOSTILE: dict[str, tuple[type[DeviceError], str]] = {
+    "cp-silent": (DeviceTimeout, "enter the passcode"),
+    "cp-stall-mid-frame": (DeviceTimeout, "enter the passcode"),
+    "cp-hang-up": (DeviceDisconnected, "disconnected"),
+    "cp-garbage-plist": (ProtocolError, "not a valid plist"),
+    "cp-final-not-a-dict": (ProtocolError, "integer ErrorCode"),
+    "cp-final-error-code-string": (ProtocolError, "integer ErrorCode"),
+    "cp-file-request": (ProtocolError, "DLMessageCreateDirectory during ChangePassword"),
+    "cp-traversal-download": (ProtocolError, "DLMessageDownloadFiles during ChangePassword"),
+    "cp-disconnect-message": (DeviceDisconnected, "DLMessageDisconnect"),
+}
+
+
+def test_every_hostile_answer_has_an_expected_outcome():
+    assert set(HOSTILE) == set(CHANGE_PASSWORD)
+
+
+@pytest.mark.parametrize("behaviour", sorted(HOSTILE))
+def test_a_hostile_answer_to_change_password_is_one_typed_line(tmp_path, behaviour):
+    """A phone that answers ChangePassword wrongly, or not at all: one typed error within the watchdog's bound, and
+    no file request is answered (the host has no folder to answer it from)."""
+    error, fragment = HOSTILE[behaviour]
+    with Emulator(tmp_path / "e", seed=23, size=1 << 20, kdf_iterations=1, backup_password="kept") as emu:
+        emu.fault = Fault(hostile=behaviour)
+        with pytest.raises(error) as caught:
+            set_backup_encryption(False, "kept", usbmux_address=emu.address, timeouts=QUICK)
+        assert fragment in str(caught.value) and "\n" not in str(caught.value)
+        assert emu.will_encrypt and emu.backup_password_is("kept")  # the hostile phone did nothing
