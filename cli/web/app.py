@@ -91,7 +91,9 @@ class WebState:
         self.vault.close()
 
 
-def create_app(library: Library, *, token: str, host: str = "127.0.0.1", port: int = 8765, hosts=None) -> Starlette:
+def create_app(
+    library: Library, *, token: str, host: str = "127.0.0.1", port: int = 8765, hosts=None, page_size: int = PAGE
+) -> Starlette:
     """The app behind the gate. `hosts`: Host header values to answer (default: those of host:port)."""
     state = WebState(library)
 
@@ -128,7 +130,7 @@ def create_app(library: Library, *, token: str, host: str = "127.0.0.1", port: i
         view, roll = await run(state.library.roll, key, refresh=True)
         _v, doc, rows = await run(state.library.timeline, key)
         items = roll.gone() if show == "gone" else list(roll.items)
-        chunk = items[pageno * PAGE : (pageno + 1) * PAGE]
+        chunk = items[pageno * page_size : (pageno + 1) * page_size]
         versions = {r.record.id: n for n, r in enumerate(rows, 1)}
         ctx = dict(
             device=_device_ctx(view, doc, rows),
@@ -137,7 +139,7 @@ def create_app(library: Library, *, token: str, host: str = "127.0.0.1", port: i
             total=len(items),
             groups=_group(chunk),
             page=pageno,
-            more=(pageno + 1) * PAGE < len(items),
+            more=(pageno + 1) * page_size < len(items),
             versions=versions,
             nversions=len(rows),
             gone_count=len(roll.gone()),

@@ -246,3 +246,21 @@ def test_the_vault_is_unchanged(served, client, web_vault) -> None:
     client.get(f"/device/{key}/photos?show=gone")
     client.get("/find?q=IMG")
     assert _vault_files(web_vault.vault) == before
+
+
+def test_the_roll_pages_without_gaps_or_repeats(web_vault, tmp_path) -> None:
+    with web_vault.open(tmp_path / "cache") as repo:
+        app = create_app(Library(repo), token=TOKEN, hosts=HOSTS, page_size=4)
+        with TestClient(app, headers={"authorization": f"token {TOKEN}"}) as c:
+            key = _device(c)
+            every = [i["key"] for i in c.get(f"/api/device/{key}/photos").json()["items"]]
+            first = c.get(f"/device/{key}/photos").text
+            seen = re.findall(r'data-key="([0-9a-f]+)"', first)
+            url = re.search(r'data-fragment="([^"]+)"', first).group(1).replace("&amp;", "&")
+            while url:
+                fragment = c.get(url).text
+                assert "<html" not in fragment  # a piece for app.js to append, not a page
+                seen += re.findall(r'data-key="([0-9a-f]+)"', fragment)
+                more = re.search(r'data-fragment="([^"]+)"', fragment)
+                url = more.group(1).replace("&amp;", "&") if more else ""
+            assert seen == every and len(every) > 8

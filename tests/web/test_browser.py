@@ -114,3 +114,47 @@ def test_the_main_flows_in_a_browser(web_vault, tmp_path, browser) -> None:
         assert hosts == {"127.0.0.1"}, hosts
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "403" not in e["message"]]
         assert not errors, errors
+
+
+def test_the_roll_loads_more_as_one_scrolls(web_vault, tmp_path, browser) -> None:
+    """app.js appends the next page when its link scrolls into view (a page of 4 here, so the roll has several)."""
+    import threading
+
+    import uvicorn
+    from selenium.webdriver.common.by import By
+
+    from phonevault.cli.web.app import create_app
+    from phonevault.cli.web.command import bind
+    from phonevault.cli.web.library import Library
+
+    repo = web_vault.open(tmp_path / "cache")
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = create_app(Library(repo), token="tok", port=port, page_size=4)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="the server")
+        browser.get(f"http://127.0.0.1:{port}/?token=tok")
+        key = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "section.device"), what="devices")[0]
+        browser.get(f"http://127.0.0.1:{port}/device/{key.get_attribute('data-device')}/photos")
+        total = int(browser.find_element(By.ID, "roll").get_attribute("data-total"))
+        assert total > 8
+
+        def tiles():
+            return browser.find_elements(By.CSS_SELECTOR, "li.tile")
+
+        count = len(tiles())
+        assert count == 4
+        while count < total:  # each scroll to the bottom brings the next page
+            browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+            count = wait_for(lambda c=count: (n := len(tiles())) > c and n, what="the next page")
+        shown = tiles()
+        keys = [t.get_attribute("data-key") for t in shown]
+        assert len(set(keys)) == total
+        assert not browser.find_elements(By.ID, "more")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        repo.close()
