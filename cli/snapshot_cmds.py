@@ -104,6 +104,7 @@ def snapshot_json(v: DeviceView, s: SnapshotRecord) -> dict:
         "device": v.device,
         "device_name": v.info.name or None,
         "time": format_time(s.time),
+        "dated_by": backup_meta(s).dated_by,  # where `time` came from (sync/dates.py): status-plist, …, stored
         "committed": format_time(s.committed),
         "source": s.source,
         "parent": s.parent.hex() if s.parent else None,

@@ -39,6 +39,7 @@ def test_three_generations_take_their_own_dates_and_one_deleted_device_is_freed(
     assert [s["device"] for s in snaps] == [phones[g].udid for g in ("3", "8", "17")]  # in date order
     for gen, s in zip(("3", "8", "17"), snaps, strict=True):
         assert s["time"] == format_time(backup_time(DAYS[gen]) * 10**6), (gen, s)  # its own date, not today
+        assert s["dated_by"] == ("info-plist" if gen == "3" else "status-plist"), s  # iPhone OS 3 wrote no Status
         assert s["current"]
         photos = [x for x in js(pv("ls", s["id"][:8], DCIM, "--json")) if x["type"] == "file"]
         assert photos, gen  # browsable by domain path
