@@ -59,7 +59,7 @@ def test_every_route_needs_the_token(served) -> None:
         assert "token" in r.text
         r = client.get(url, headers={"authorization": "token wrong"})
         assert r.status_code == 403, url
-        r = client.get(url, cookies={f"phonevault-token-{PORT}": "wrong"})
+        r = client.get(url, headers={"cookie": f"phonevault-token-{PORT}=wrong"})
         assert r.status_code == 403, url
     assert client.get("/?token=wrong").status_code == 403
 
