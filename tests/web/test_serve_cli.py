@@ -57,3 +57,12 @@ def test_serve_refuses_a_public_host_without_the_flag(web_vault, tmp_path) -> No
     )
     assert r.returncode == 2
     assert "--allow-remote" in r.stderr and "token=" not in r.stdout
+
+
+def test_which_hosts_are_loopback() -> None:
+    from phonevault.cli.web.command import is_loopback
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.0.2.1", "10.0.0.1", "example.org", ""):
+        assert not is_loopback(host), host
