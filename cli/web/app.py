@@ -309,7 +309,13 @@ def create_app(
         return error(request, 404, "Not found", exc)
 
     async def encrypted(request: Request, exc: Exception) -> Response:
-        return error(request, 409, "Encrypted by the phone", exc, locked=True)
+        # The web view takes no backup password (yet): say where browsing it works instead.
+        snap = getattr(exc, "snapshot", None) or "SNAPSHOT"
+        why = PhonevaultError(
+            f"snapshot {snap}: the phone encrypted this backup; the web view cannot browse it yet, the command line can with "
+            f"its backup password (phonevault ls {snap} --backup-password …, or PHONEVAULT_BACKUP_PASSWORD)"
+        )
+        return error(request, 409, "Encrypted by the phone", why, locked=True)
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         return error(request, 400, "Bad request", exc)

@@ -36,7 +36,7 @@ def test_encrypted_snapshots_are_shown_and_not_browsable(client) -> None:
     r = c.get(f"/device/{view.key}")
     assert r.status_code == 200 and "encrypted by the phone" in r.text and "browse</a>" not in r.text
     r = c.get(f"/device/{view.key}/snap/{snap.hex}/files")
-    assert r.status_code == 409 and "backup password" in r.text
+    assert r.status_code == 409 and "backup password" in r.text and "phonevault ls" in r.text
     r = c.get(f"/device/{view.key}/snap/{snap.hex}/file", params={"path": "HomeDomain/Library/x"})
     assert r.status_code == 409
     r = c.get(f"/device/{view.key}/photos?show=gone")
