@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from phonevault.store.errors import PhonevaultError
-from phonevault.store.repository import Repository
+from phonevault.store.projections import SnapshotRecord
+from phonevault.store.repository import Repository, format_time
 from phonevault.sync.errors import FoldersNotImported, SourceIncomplete
 from phonevault.sync.layouts import MBDB
 from phonevault.sync.mobilesync import find_backup_folders, import_folder
@@ -45,8 +46,8 @@ def import_(repo: Repository, path: Path | None) -> None:
             imported += 1
             s = r.snapshot.stats
             out.print(
-                f"{shown(r.device.name or r.device.udid)}: snapshot {r.snapshot.hex[:8]} — {s.files} files, {human(s.size)}; "
-                f"{s.added} added, {s.modified} modified, {s.removed} removed; "
+                f"{shown(r.device.name or r.device.udid)}: snapshot {r.snapshot.hex[:8]} of "
+                f"{format_time(r.snapshot.time)} — {s.files} files, {human(s.size)}; {_against(repo, r.snapshot)}"
                 f"{human(s.new_bytes)} new in the vault ({r.reused_files} files unchanged since last import)",
                 markup=False,
             )
@@ -69,6 +70,18 @@ def import_(repo: Repository, path: Path | None) -> None:
         worst = FoldersNotImported(shown(path.name) if path else "the default locations", failed, imported)
     if worst is not None:
         raise worst
+
+
+def _against(repo: Repository, snap: SnapshotRecord) -> str:
+    """The counts, and what they count against: the device's current backup when the import began, which for an
+    archived backup imported late is a newer one (`phonevault diff` compares any two)."""
+    s = snap.stats
+    parent = repo.view(snap.device_key).get(snap.parent) if snap.parent else None
+    if parent is None:
+        return f"{s.files} files new to this device; "
+    later = " (a later backup: this one is older)" if parent.time > snap.time else ""
+    return (f"{s.added} added, {s.modified} modified, {s.removed} removed against the backup of "
+            f"{format_time(parent.time)}{later}; ")  # fmt: skip
 
 
 def _keep_worse(held: PhonevaultError | None, new: PhonevaultError) -> PhonevaultError:

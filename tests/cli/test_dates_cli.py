@@ -39,8 +39,11 @@ def test_archived_backups_imported_newest_first_take_their_own_dates(pv, tmp_pat
     set_status_date(old, june1)
     set_status_date(new, june4)
     pv("init", check=True)
-    pv("import", str(new), check=True)
-    pv("import", str(old), check=True)  # the older one arrives last
+    first = pv("import", str(new), check=True).stdout
+    assert f"of {iso(june4)} — " in first and "files new to this device" in first
+    late = pv("import", str(old), check=True).stdout  # the older one arrives last
+    # Its counts say what they count against: the newer backup that was current, not one before it.
+    assert f"of {iso(june1)} — " in late and f"against the backup of {iso(june4)} (a later backup" in late, late
 
     snaps = js(pv("snapshots", "--json"))
     assert [(s["time"], s["current"]) for s in snaps] == [(iso(june1), False), (iso(june4), True)]
