@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from phonevault.store.errors import DeviceNotFound, PathNotFound, SnapshotNotFound
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.repository import Repository, format_time
-from phonevault.store.trees import FileEntry, lookup
+from phonevault.store.trees import FileEntry, iter_tree, lookup
 from phonevault.sync.catalog import Catalog, Listing, domain_path, list_dir, load_catalog, select
 from phonevault.sync.diff import DiffRow
 from phonevault.sync.diff import diff as catalog_diff
@@ -40,6 +40,7 @@ from phonevault.sync.records import backup_meta
 from ..snapshot_cmds import device_json, snapshot_json
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
+WALK_TREE_OVER = 64  # files in a zip past which its entries come from one walk of the tree, not a lookup each
 
 
 class VaultThread:
@@ -146,11 +147,15 @@ class Library:
         rows = select(catalog, path)
         if not rows:
             raise PathNotFound(path.strip("/"), "this snapshot (no files at or under it)")
+        rows = sorted((c for c in rows if not c.has_encryption_key), key=domain_path)
+        wanted = {catalog.layout.backup_path(c.file_id) for c in rows}
+        if len(wanted) > WALK_TREE_OVER:  # one walk of the tree rather than a shard node read per file
+            entries = {e.path: e for e in iter_tree(snap.tree, self.repo.get_blob) if e.path in wanted}
+        else:
+            entries = {p: e for p in wanted if (e := lookup(snap.tree, p, self.repo.get_blob)) is not None}
         plan = []
-        for c in sorted(rows, key=domain_path):
-            if c.has_encryption_key:
-                continue
-            entry = lookup(snap.tree, catalog.layout.backup_path(c.file_id), self.repo.get_blob)
+        for c in rows:
+            entry = entries.get(catalog.layout.backup_path(c.file_id))
             if entry is not None and not entry.is_dir:
                 plan.append((domain_path(c), c, entry))
         return plan

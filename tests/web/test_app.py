@@ -264,3 +264,27 @@ def test_the_roll_pages_without_gaps_or_repeats(web_vault, tmp_path) -> None:
                 more = re.search(r'data-fragment="([^"]+)"', fragment)
                 url = more.group(1).replace("&amp;", "&") if more else ""
             assert seen == every and len(every) > 8
+
+
+@pytest.mark.parametrize("walk_over", [8, 1000])
+def test_a_folder_zips_whole_and_bit_exact_by_either_plan(client, web_vault, monkeypatch, walk_over) -> None:
+    import sqlite3
+
+    from phonevault.cli.web import library
+
+    monkeypatch.setattr(library, "WALK_TREE_OVER", walk_over)  # one tree walk, or a lookup per file
+    key = _device(client)
+    snap = _snapshots(client, key)[0]
+    folder = web_vault.folders[0]
+    db = sqlite3.connect(f"file:{folder / 'Manifest.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT fileID, relativePath FROM Files WHERE flags = 1 AND domain = 'HomeDomain'").fetchall()
+    finally:
+        db.close()
+    expected = {f"HomeDomain/{rel}": (folder / fid[:2] / fid).read_bytes() for fid, rel in rows}
+    assert len(expected) > 8
+    r = client.get(f"/device/{key}/snap/{snap}/zip", params={"path": "HomeDomain"})
+    assert r.headers["content-type"] == "application/zip" and "content-length" not in r.headers  # streamed
+    with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        assert z.testzip() is None
+        assert {n: z.read(n) for n in z.namelist()} == expected
