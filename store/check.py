@@ -28,7 +28,7 @@ store/repair.py (`check --repair-index`); check only says so.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .crypto import content_hash
@@ -345,6 +345,60 @@ def readable_tree(repo: Repository, view: DeviceView, snap: SnapshotRecord) -> t
         return entries, {lost_glob(shard): why for shard, why in lost.items()}
     entries += [e for e in folded.values() if None in lost or shard_of(e.path) in lost]
     return sorted(entries, key=lambda e: e.path), {}
+
+
+class ReadableShards:
+    """`readable_tree` a shard at a time, for readers that stream (export): iterating yields each shard's entries,
+    sorted by path, in shard order; a tree node that cannot be read is taken from the fold of the deltas, read once
+    on the first such node (the whole snapshot's entries, held only while there is damage); a node lost with its
+    fold is named in `lost` (its glob -> why) as it is met. A root lost with the fold raises CorruptObject when
+    this is made, before anything is yielded. `size` is the snapshot's bytes from its root (the progress total).
+    Memory: one shard's entries (and, with damage, the fold)."""
+
+    def __init__(self, repo: Repository, view: DeviceView, snap: SnapshotRecord) -> None:
+        self._repo, self._view, self._snap = repo, view, snap
+        self.lost: dict[str, str] = {}
+        self._folded: dict[str, FileEntry] | None = None
+        self._fold_error: str | None = None
+        try:
+            self._refs: list | None = read_root(snap.tree, repo.get_blob)
+        except (PhonevaultError, ValueError, TypeError) as e:
+            self._refs = None
+            if self._fold() is None:
+                raise CorruptObject(
+                    f"tree {snap.tree.hex()[:16]}", f"{e}; nor do its deltas fold ({self._fold_error})"
+                ) from None
+        self.size = (
+            sum(r.size for r in self._refs) if self._refs is not None else sum(e.size for e in self._folded.values())
+        )
+
+    def _fold(self) -> dict[str, FileEntry] | None:
+        if self._folded is None and self._fold_error is None:
+            try:
+                self._folded = fold_state(self._view, self._snap.id, self._repo.get_blob)
+            except (PhonevaultError, ValueError) as e:
+                self._fold_error = str(e)
+        return self._folded
+
+    def __iter__(self) -> Iterator[list[FileEntry]]:
+        if self._refs is None:
+            by_shard: dict[str, list[FileEntry]] = {}
+            for e in self._folded.values():
+                by_shard.setdefault(shard_of(e.path), []).append(e)
+            for shard in sorted(by_shard):
+                yield sorted(by_shard[shard], key=lambda e: e.path)
+            return
+        for ref in self._refs:
+            try:
+                yield decode_shard(self._repo.get_blob(ref.node), f"tree {ref.node.hex()[:16]}")
+                continue
+            except (PhonevaultError, ValueError, TypeError) as e:
+                why = str(e)
+            folded = self._fold()
+            if folded is None:
+                self.lost[lost_glob(ref.shard)] = why
+                continue
+            yield sorted((e for e in folded.values() if shard_of(e.path) == ref.shard), key=lambda e: e.path)
 
 
 def unreadable_files(repo: Repository, entries: Iterable[FileEntry]) -> dict[str, str]:

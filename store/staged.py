@@ -15,7 +15,7 @@ folder with children, holding the children's path strings (shared with the state
 from __future__ import annotations
 
 from .errors import UnsafePath
-from .trees import FileEntry
+from .trees import FileEntry, shard_of
 
 MAX_NAME_BYTES = 255  # NAME_MAX of every file system an export may land on
 MAX_PATH_BYTES = 1024  # PATH_MAX on macOS; a MobileSync path is ~60 bytes
@@ -124,6 +124,20 @@ class StagedTree:
         kids = self._index()
         cut = len(path) + 1 if path else 0
         return [(c[cut:], self.state.get(c), bool(kids.get(c))) for c in sorted(kids.get(path, ()))]
+
+    def take_shard(self, shard: str) -> list[FileEntry]:
+        """Remove and return the entries of one shard (store/trees.py `shard_of`). O(entries staged)."""
+        out = [e for p, e in self.state.items() if shard_of(p) == shard]
+        for e in out:
+            del self.state[e.path]
+        if out:
+            self._kids = None  # rebuilt on next need
+        return out
+
+    def take_all(self) -> dict[str, FileEntry]:
+        """Remove and return every entry."""
+        state, self.state, self._kids = self.state, {}, None
+        return state
 
     # --- edits ------------------------------------------------------------------------------------------------
     def set(self, entry: FileEntry) -> None:

@@ -101,16 +101,17 @@ def decode_root(data: bytes, where: str = "tree") -> list[ShardRef]:
     return [ShardRef(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
 
 
+def write_shard(shard: str, entries: list[FileEntry], put_tree: PutBlob) -> ShardRef:
+    """Write one shard node (entries of one shard, any order); returns its root row."""
+    return ShardRef(shard, put_tree(encode_shard(entries)), len(entries), sum(e.size for e in entries))
+
+
 def write_tree(state: Mapping[str, FileEntry], put_tree: PutBlob) -> bytes:
     """Write every shard node and the root; returns the root id. Unchanged shards dedup by id."""
     by_shard: dict[str, list[FileEntry]] = {}
     for entry in state.values():
         by_shard.setdefault(shard_of(entry.path), []).append(entry)
-    refs = [
-        ShardRef(shard, put_tree(encode_shard(entries)), len(entries), sum(e.size for e in entries))
-        for shard, entries in by_shard.items()
-    ]
-    return put_tree(encode_root(refs))
+    return put_tree(encode_root(write_shard(shard, entries, put_tree) for shard, entries in by_shard.items()))
 
 
 def read_root(root: bytes, get: GetBlob) -> list[ShardRef]:
@@ -160,21 +161,42 @@ def diff_states(old: Mapping[str, FileEntry], new: Mapping[str, FileEntry]) -> I
             yield Change(path, "modified", a, b)
 
 
+class DeltaWriter:
+    """Delta blobs written as changes stream in: each group of DELTA_GROUP changes is put as soon as it fills, so
+    memory holds one group, however many files changed. `finish()` puts the rest (an empty delta if nothing
+    changed at all) and returns every blob id in order."""
+
+    def __init__(self, put_delta: PutBlob) -> None:
+        self._put = put_delta
+        self._puts: list[list] = []
+        self._removes: list[str] = []
+        self.ids: list[bytes] = []
+
+    def add(self, c: Change) -> None:
+        if c.new is None:
+            self._removes.append(c.path)
+        else:
+            self._puts.append(c.new.encode())
+        if len(self._puts) + len(self._removes) >= DELTA_GROUP:
+            self._emit()
+
+    def _emit(self) -> None:
+        self.ids.append(self._put(msgpack.packb([TREE_FORMAT, "delta", self._puts, self._removes])))
+        self._puts, self._removes = [], []
+
+    def finish(self) -> tuple[bytes, ...]:
+        if self._puts or self._removes or not self.ids:
+            self._emit()
+        return tuple(self.ids)
+
+
 def encode_deltas(changes: Iterable[Change]) -> list[bytes]:
     """Delta blobs' plaintexts for a list of changes (puts and removes), in groups of DELTA_GROUP."""
-    puts: list[list] = []
-    removes: list[str] = []
     out: list[bytes] = []
+    w = DeltaWriter(lambda data: out.append(data) or b"")
     for c in changes:
-        if c.new is None:
-            removes.append(c.path)
-        else:
-            puts.append(c.new.encode())
-        if len(puts) + len(removes) >= DELTA_GROUP:
-            out.append(msgpack.packb([TREE_FORMAT, "delta", puts, removes]))
-            puts, removes = [], []
-    if puts or removes or not out:
-        out.append(msgpack.packb([TREE_FORMAT, "delta", puts, removes]))
+        w.add(c)
+    w.finish()
     return out
 
 

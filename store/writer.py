@@ -45,7 +45,18 @@ from .prune import WRITER_REFRESH_S, candidate_packs, seal_writer_marker, writer
 from .records import DeviceRecord, SnapshotStats
 from .repository import Repository, now_us
 from .staged import StagedTree, check_path
-from .trees import FileEntry, diff_trees, encode_deltas, load_tree, write_tree
+from .trees import (
+    DeltaWriter,
+    FileEntry,
+    ShardRef,
+    decode_shard,
+    diff_states,
+    encode_root,
+    load_tree,
+    read_root,
+    shard_of,
+    write_shard,
+)
 
 
 @dataclass(slots=True)
@@ -271,6 +282,10 @@ class SnapshotWriter:
         self.device = device
         self.info = info
         self.sink: BlobSink | None = None
+        self._refs: dict[str, ShardRef] = {}  # shards written so far (`seal_shard`, then the rest at commit)
+        self._done: set[str] = set()  # shards written or found empty: no entry may be staged in them any more
+        self._deltas = DeltaWriter(lambda data: self.sink.put(DELTA, data, True)[0])
+        self._counts = [0, 0, 0, 0, 0]  # files, bytes, added, modified, removed: of the shards written
         # Register before deciding anything about reuse, then read the prune markers (BlobSink), then catch the
         # cache up with index objects a sweep deleted before those markers were read.
         self._registration = WriterRegistration(repo)
@@ -284,6 +299,7 @@ class SnapshotWriter:
             # Only an incremental writer starts from the parent's content; the delta against the parent is computed
             # at commit by diffing trees, which descends only into shards whose ids changed.
             self.tree = StagedTree(load_tree(self.parent.tree, repo.get_blob) if incremental and self.parent else {})
+            self._parent_refs = {r.shard: r for r in read_root(self.parent.tree, self.sink.get)} if self.parent else {}
         except BaseException:
             self.close()
             raise
@@ -313,8 +329,13 @@ class SnapshotWriter:
             check_path(path)  # before a byte of it is stored
         return FileWriter(self, path, mode, mtime_ns)
 
-    def _put(self, entry: FileEntry, *, new: bool) -> None:
+    def _stage(self, entry: FileEntry) -> None:
+        if self._done and shard_of(entry.path) in self._done:
+            raise ValueError(f"{entry.path}: its shard was already written (seal_shard)")
         self.tree.set(entry)
+
+    def _put(self, entry: FileEntry, *, new: bool) -> None:
+        self._stage(entry)
         self.stats.new_files += int(new)
 
     def read_file(self, entry: FileEntry) -> Iterator[bytes]:
@@ -326,12 +347,12 @@ class SnapshotWriter:
         """Reuse an entry whose chunks are already stored (stat cache hit); False if any chunk is unknown."""
         if not all(self.sink.known(c) for c in entry.chunks):
             return False
-        self.tree.set(entry)
+        self._stage(entry)
         self.stats.reused_files += 1
         return True
 
     def add_dir(self, path: str, mode: int = 0o040755, mtime_ns: int = 0) -> None:
-        self.tree.set(FileEntry(path, 0, stat.S_IFDIR | (mode & 0o7777), mtime_ns))
+        self._stage(FileEntry(path, 0, stat.S_IFDIR | (mode & 0o7777), mtime_ns))
 
     def get(self, path: str) -> FileEntry | None:
         return self.tree.get(path)
@@ -360,23 +381,54 @@ class SnapshotWriter:
         finally:
             self.close()
 
+    def seal_shard(self, shard: str) -> None:
+        """Write shard `shard` (every staged path whose first component it is; "" is the top level) now: its tree
+        node, and its changes against the parent's shard into the delta stream; its entries leave memory. Every
+        entry of it must be staged by then: staging one in it afterwards raises ValueError. A folder import calls
+        this after each `xx/` folder, so it holds one shard rather than the snapshot."""
+        self._write_shard(shard, self.tree.take_shard(shard))
+
+    def _put_tree(self, data: bytes) -> bytes:
+        return self.sink.put(TREE, data, True)[0]
+
+    def _write_shard(self, shard: str, entries: list[FileEntry]) -> None:
+        if shard in self._done:
+            raise ValueError(f"shard {shard!r} was already written")
+        self._done.add(shard)
+        ref = write_shard(shard, entries, self._put_tree) if entries else None
+        if ref is not None:
+            self._refs[shard] = ref
+        old = self._parent_refs.get(shard)
+        if ref is None or old is None or old.node != ref.node:  # an unchanged shard keeps its id: no changes
+            where = f"tree {old.node.hex()[:16]}" if old is not None else ""
+            before = {e.path: e for e in decode_shard(self.sink.get(old.node), where)} if old is not None else {}
+            for c in diff_states(before, {e.path: e for e in entries}):
+                self._deltas.add(c)
+                self._counts[("added", "modified", "removed").index(c.kind) + 2] += 1
+        files = [e for e in entries if not e.is_dir]
+        self._counts[0] += len(files)
+        self._counts[1] += sum(e.size for e in files)
+
     def _commit(self, source: str, meta: bytes, time_us: int | None) -> SnapshotRecord:
         self.sink.flush()
-        self.sink.verify_packs()  # early: before the tree is written
-        put_tree = lambda data: self.sink.put(TREE, data, True)[0]  # noqa: E731
-        tree = write_tree(self.state, put_tree)
-        changes = list(diff_trees(self.parent.tree if self.parent else None, tree, self.sink.get))
-        deltas = tuple(self.sink.put(DELTA, d, True)[0] for d in encode_deltas(changes))
+        self.sink.verify_packs()  # early: before the rest of the tree is written
+        rest: dict[str, list[FileEntry]] = {}
+        for entry in self.tree.take_all().values():
+            rest.setdefault(shard_of(entry.path), []).append(entry)
+        for shard in sorted((rest.keys() | self._parent_refs.keys()) - self._done):
+            self._write_shard(shard, rest.pop(shard, []))  # a parent's shard absent now: all of it removed
+        tree = self._put_tree(encode_root(self._refs.values()))
+        deltas = self._deltas.finish()
         self.sink.flush()
         self.sink.verify_packs()  # the tree packs, and what the tree and deltas reused
         st = self.stats
-        files = [e for e in self.state.values() if not e.is_dir]
+        files, size, added, modified, removed = self._counts
         stats = SnapshotStats(
-            files=len(files),
-            size=sum(e.size for e in files),
-            added=sum(c.kind == "added" for c in changes),
-            modified=sum(c.kind == "modified" for c in changes),
-            removed=sum(c.kind == "removed" for c in changes),
+            files=files,
+            size=size,
+            added=added,
+            modified=modified,
+            removed=removed,
             new_files=st.new_files,
             new_blobs=st.new_blobs,
             new_raw=st.new_raw,

@@ -24,7 +24,7 @@ Export writes `<root>/<UDID>/` only if the UDID is one safe folder name and ever
 stays inside it (`paths`); a partial export is removed when the export fails. A damaged snapshot exports everything
 that reads back: a file whose chunks (or whose tree node) cannot be read is left out and named by its domain path
 (sync/damage.py), the rest is written (`damaged`, exit 3); with `strict`, nothing is left in the target. A tree
-node that cannot be read costs nothing while the snapshot's deltas fold (store/check.py `readable_tree`).
+node that cannot be read costs nothing while the snapshot's deltas fold (store/check.py `ReadableShards`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from phonevault.store.check import readable_tree
+from phonevault.store.cache import Spool
+from phonevault.store.check import ReadableShards
 from phonevault.store.errors import PhonevaultError, UnsafePath
 from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
@@ -250,9 +252,12 @@ class _Stat:
         return cls(st.st_size, st.st_mode, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def _walk(folder: Path) -> tuple[list[tuple[str, _Stat]], list[tuple[str, _Stat]]]:
-    """Every regular file and every empty directory under folder, sorted, as paths relative to it."""
-    files, empty_dirs = [], []
+def _walk(folder: Path) -> Iterator[tuple[str, list[tuple[str, _Stat]], list[tuple[str, _Stat]]]]:
+    """(shard, its regular files and other entries, its empty directories) per shard, paths relative to `folder`,
+    sorted within a shard; shards in sorted order, the top level ("", which also holds an empty top-level folder:
+    store/trees.py `shard_of`) last. Lazy: one shard's listing is held at a time."""
+    top: tuple[list, list] = ([], [])
+    shard, files, empty_dirs = "", [], []
     for dirpath, dirs, names in os.walk(folder):
         # os.walk lists a symbolic link to a folder among the folders and never enters it: list it as the
         # non-regular file it is, so the import names it instead of dropping it without a word.
@@ -262,11 +267,87 @@ def _walk(folder: Path) -> tuple[list[tuple[str, _Stat]], list[tuple[str, _Stat]
         dirs.sort()
         rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")
         prefix = "" if rel_dir == "." else rel_dir + "/"
+        here = rel_dir.partition("/")[0] if prefix else ""
+        if here != shard and shard:
+            yield shard, files, empty_dirs
+            files, empty_dirs = [], []
+        shard = here
+        into = top if not shard else (files, empty_dirs)
         if not dirs and not names and prefix:
-            empty_dirs.append((prefix.rstrip("/"), _Stat.of(os.stat(dirpath))))
+            (top if "/" not in rel_dir else into)[1].append((rel_dir, _Stat.of(os.stat(dirpath))))
         for name in sorted(names):
-            files.append((prefix + name, _Stat.of(os.lstat(os.path.join(dirpath, name)))))
-    return files, empty_dirs
+            into[0].append((prefix + name, _Stat.of(os.lstat(os.path.join(dirpath, name)))))
+    if shard:
+        yield shard, files, empty_dirs
+    yield "", top[0], sorted(top[1])
+
+
+def _folder_bytes(folder: Path) -> int:
+    """The bytes of the regular files under `folder` (the progress total): a walk that keeps nothing."""
+    total = 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            with suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
+
+
+class _Present(Mapping[str, int]):
+    """path -> size of every file the walk found, for the comparison with the file list, in ~28 bytes a file
+    rather than ~150: a name `xx/<fileID>` (40 hex digits starting with xx, as MobileSync names every file) is
+    kept as 20 bytes in its shard's sorted table; any other name in a plain dict."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, tuple[bytes, array]] = {}  # shard -> (sorted ids, sizes)
+        self._other: dict[str, int] = {}
+
+    @staticmethod
+    def _split(rel: str) -> tuple[str, bytes] | None:
+        shard, _, name = rel.partition("/")
+        if len(shard) == 2 and len(name) == 40 and name.startswith(shard) and name == name.lower():
+            with suppress(ValueError):
+                return shard, bytes.fromhex(name)
+        return None
+
+    def add_shard(self, items: list[tuple[str, int]]) -> None:
+        """The files of one shard; rows with a MobileSync name must come sorted (a walk's order)."""
+        ids, sizes, shard = bytearray(), array("q"), None
+        for rel, size in items:
+            got = self._split(rel)
+            if got is None or (shard is not None and got[0] != shard) or (ids and bytes(ids[-20:]) >= got[1]):
+                self._other[rel] = size
+                continue
+            shard = got[0]
+            ids += got[1]
+            sizes.append(size)
+        if shard is not None:
+            self._tables[shard] = (bytes(ids), sizes)
+
+    def __getitem__(self, rel: str) -> int:
+        got = self._split(rel)
+        table = self._tables.get(got[0]) if got else None
+        if table is not None:
+            ids, sizes = table
+            lo, hi = 0, len(sizes)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ids[mid * 20 : mid * 20 + 20] < got[1]:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < len(sizes) and ids[lo * 20 : lo * 20 + 20] == got[1]:
+                return sizes[lo]
+        return self._other[rel]
+
+    def __iter__(self) -> Iterator[str]:
+        for shard, (ids, _sizes) in self._tables.items():
+            for i in range(0, len(ids), 20):
+                yield f"{shard}/{ids[i : i + 20].hex()}"
+        yield from self._other
+
+    def __len__(self) -> int:
+        return sum(len(sizes) for _ids, sizes in self._tables.values()) + len(self._other)
 
 
 class _ReadAhead:
@@ -314,11 +395,22 @@ def import_folder(repo: Repository, folder: Path, *, progress: Progress | None =
 
 
 def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress | None) -> ImportResult:
-    files, empty_dirs = _walk(folder)
     # The writer is closed however the import ends: a failure before the commit releases its writers/ marker at
     # once, so a prune waiting on it need not wait for the garbage collector.
     with SnapshotWriter(repo, fm.device.udid, device_record(fm.device), incremental=False) as writer:
-        return _stage_and_commit(repo, writer, folder, fm, files, empty_dirs, progress)
+        with repo.cache.spool() as new_stat:
+            return _stage_and_commit(repo, writer, folder, fm, new_stat, progress)
+
+
+@dataclass(slots=True)
+class _Staging:
+    """What an import carries from shard to shard: nothing per file but the compact `present` table."""
+
+    problems: list[str]
+    total: int
+    done: int = 0
+    newest: int | None = None  # the newest mtime of a regular file
+    present: _Present = field(default_factory=_Present)
 
 
 def _stage_and_commit(
@@ -326,34 +418,78 @@ def _stage_and_commit(
     writer: SnapshotWriter,
     folder: Path,
     fm: FolderMeta,
-    files: list[tuple[str, _Stat]],
-    empty_dirs: list[tuple[str, _Stat]],
+    new_stat: Spool,
     progress: Progress | None,
 ) -> ImportResult:
-    problems = list(fm.problems)
-    total = sum(st.st_size for _r, st in files if stat.S_ISREG(st.st_mode))
-    done = 0
+    """Stage and write one shard at a time (walk, stat cache, read, tree node, delta), so memory holds one shard's
+    entries whatever the number of files; the commit point is still the one event segment written at the end."""
+    run = _Staging(list(fm.problems), _folder_bytes(folder) if progress else 0)
+    if progress:
+        progress(0, run.total)
+    for shard, files, empty_dirs in _walk(folder):
+        new_stat.append(_stage_shard(repo, writer, folder, run, files, progress))
+        for rel, st in empty_dirs:
+            if _is_utf8(rel):
+                writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
+            else:
+                run.problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
+        run.present.add_shard([(rel, st.st_size) for rel, st in files])
+        if shard:  # the top level ("") is written at the commit: it also holds empty top-level folders
+            writer.seal_shard(shard)
+    problems = run.problems
+    catalog = None
+    if fm.catalog is not None:
+        try:
+            catalog = fm.catalog.result()
+        except ManifestInvalid as e:
+            raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
+        problems += catalog.problems
+        problems += LAYOUTS[fm.meta.layout].compare(run.present, catalog.file_sizes, catalog.keyed)
+    # Dated by the backup itself, so an archived backup imported late takes its place in history.
+    dated = date_backup(fm.dates, run.newest, now_us())
+    problems += dated.problems
+    meta = replace(fm.meta, problems=len(problems), dated_by=dated.source)
+    snap = writer.commit(f"folder:{folder}", meta=meta.encode(), time_us=dated.time_us)
+    # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
+    for batch in new_stat:
+        repo.cache.stat_put_many(batch)
+    if catalog:
+        store_catalog(repo, snap, catalog.packed)  # so ls/extract/diff of this snapshot start at once
+    return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
+
+
+def _stage_shard(
+    repo: Repository,
+    writer: SnapshotWriter,
+    folder: Path,
+    run: _Staging,
+    files: list[tuple[str, _Stat]],
+    progress: Progress | None,
+) -> list[tuple[bytes, list]]:
+    """Stage one shard's files: each from the stat cache if it matches, else read. Returns its stat-cache updates."""
     new_stat: list[tuple[bytes, list]] = []
     to_read: list[tuple[str, str, _Stat, bytes]] = []
     base = str(folder) + os.sep
     for rel, st in files:
         full = base + rel.replace("/", os.sep)
+        if stat.S_ISREG(st.st_mode) and (run.newest is None or st.st_mtime_ns > run.newest):
+            run.newest = st.st_mtime_ns
         if not _is_utf8(rel):
-            problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
+            run.problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
             continue
         if not stat.S_ISREG(st.st_mode):
-            problems.append(f"{rel}: not a regular file (skipped)")
+            run.problems.append(f"{rel}: not a regular file (skipped)")
             continue
         key = _stat_key(full, st)
         cached = repo.cache.stat_get(key)
         if cached is not None and writer.put_entry(
             FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, tuple(bytes(c) for c in cached))
         ):
-            done += st.st_size
+            run.done += st.st_size
         else:
             to_read.append((rel, full, st, key))
     if progress:
-        progress(done, total)
+        progress(run.done, run.total)
     ahead = _ReadAhead([full for _rel, full, _st, _key in to_read], [st.st_size for *_x, st, _k in to_read])
     for i, (rel, full, st, key) in enumerate(to_read):
         ahead.advance(i)
@@ -362,40 +498,16 @@ def _stage_and_commit(
             with open(full, "rb") as f:
                 while block := f.read(BLOCK):
                     fw.write(block)
-                    done += len(block)
+                    run.done += len(block)
                     if progress:
-                        progress(done, total)
+                        progress(run.done, run.total)
             entry = fw.close()
         except OSError as e:
-            problems.append(f"{rel}: unreadable ({e.strerror})")
+            run.problems.append(f"{rel}: unreadable ({e.strerror})")
             continue
         if entry.size == st.st_size:
             new_stat.append((key, list(entry.chunks)))
-    for rel, st in empty_dirs:
-        if _is_utf8(rel):
-            writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
-        else:
-            problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
-    catalog = None
-    if fm.catalog is not None:
-        try:
-            catalog = fm.catalog.result()
-        except ManifestInvalid as e:
-            raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
-        problems += catalog.problems
-        present = {rel: st.st_size for rel, st in files}
-        problems += LAYOUTS[fm.meta.layout].compare(present, catalog.file_sizes, catalog.keyed)
-    # Dated by the backup itself, so an archived backup imported late takes its place in history.
-    newest = max((st.st_mtime_ns for _r, st in files if stat.S_ISREG(st.st_mode)), default=None)
-    dated = date_backup(fm.dates, newest, now_us())
-    problems += dated.problems
-    meta = replace(fm.meta, problems=len(problems), dated_by=dated.source)
-    snap = writer.commit(f"folder:{folder}", meta=meta.encode(), time_us=dated.time_us)
-    # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
-    repo.cache.stat_put_many(new_stat)
-    if catalog:
-        store_catalog(repo, snap, catalog.packed)  # so ls/extract/diff of this snapshot start at once
-    return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
+    return new_stat
 
 
 @dataclass(slots=True)
@@ -453,41 +565,44 @@ def export_snapshot(
 def _export_into(
     repo: Repository, view: DeviceView, snap: SnapshotRecord, tmp: Path, target: Path, progress: Progress | None
 ) -> ExportResult:
-    entries, damaged = readable_tree(repo, view, snap)  # damaged: backup path -> why it is not written
-    total = sum(e.size for e in entries)
+    shards = ReadableShards(repo, view, snap)  # one shard's entries at a time
+    damaged: dict[str, str] = {}  # backup path -> why it is not written
+    total = shards.size
     done = files = 0
     dirs: list[tuple[Path, FileEntry]] = []
     made: set[Path] = set()
     problems: list[str] = []
     under = Target(tmp)
     with FileWriters() as writers:
-        for e in entries:
-            try:
-                local = under.join(e.path)
-            except UnsafePath as exc:
-                problems.append(str(exc).replace(str(tmp), str(target)))
-                continue
-            if e.is_dir:
-                local.mkdir(parents=True, exist_ok=True)
-                dirs.append((local, e))
-                continue
-            if local.parent not in made:
-                local.parent.mkdir(parents=True, exist_ok=True)
-                made.add(local.parent)
-            try:
-                if e.size <= FileWriters.SMALL:
-                    data = b"".join(repo.read_file(e))
-                    writers.submit(local, e, data)
-                    done += len(data)
-                else:
-                    write_large(repo, e, local, progress, done, total)
-                    done += e.size
-            except PhonevaultError as exc:  # a chunk that is missing or damaged: this file only
-                damaged[e.path] = str(exc)
-                continue
-            files += 1
-            if progress:
-                progress(done, total)
+        for entries in shards:
+            for e in entries:
+                try:
+                    local = under.join(e.path)
+                except UnsafePath as exc:
+                    problems.append(str(exc).replace(str(tmp), str(target)))
+                    continue
+                if e.is_dir:
+                    local.mkdir(parents=True, exist_ok=True)
+                    dirs.append((local, e))
+                    continue
+                if local.parent not in made:
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(local.parent)
+                try:
+                    if e.size <= FileWriters.SMALL:
+                        data = b"".join(repo.read_file(e))
+                        writers.submit(local, e, data)
+                        done += len(data)
+                    else:
+                        write_large(repo, e, local, progress, done, total)
+                        done += e.size
+                except PhonevaultError as exc:  # a chunk that is missing or damaged: this file only
+                    damaged[e.path] = str(exc)
+                    continue
+                files += 1
+                if progress:
+                    progress(done, total)
+    damaged.update(shards.lost)
     for local, d in dirs:
         os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
     return ExportResult(target, files, done, problems, describe(repo, snap, damaged, "exported") if damaged else [])
