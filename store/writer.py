@@ -2,11 +2,17 @@
 
 `SnapshotWriter` holds the staged content of one backup (a StagedTree: path -> FileEntry, about 200 bytes per file,
 plus a folder index of ~40 bytes per entry once a device moves or copies something) and two pack writers (data,
-tree). Files arrive as pushed blocks (`open_file(...).write(block)`), so a 4 GB video costs the same memory as a
-4 MB photo: one chunker buffer (≤ 10 MiB), one open data pack and one being written (≤ 16 MiB each, plus one blob).
+tree). A writer that is told a shard is complete (`seal_shard`: a folder import, after each `xx/` folder) writes
+that shard's tree node and its changes against the parent's shard at once and drops its entries, so it holds one
+shard, not the snapshot; the rest is written at the commit. Deltas stream (trees.DeltaWriter): one group of
+changes (≤ DELTA_GROUP) is held, whatever the number of files. Files arrive as pushed blocks
+(`open_file(...).write(block)`), so a 4 GB video costs the same memory as a 4 MB photo: one chunker buffer
+(≤ 10 MiB), one open data pack and one being written (≤ 16 MiB each, plus one blob).
+Memory bound, folder import: one shard's entries + the parent's same shard (diffed) + one delta group + two packs.
 
-Write order, which crash safety rests on: data packs (+ their index objects) as they fill; at commit, tree nodes
-and delta blobs into tree packs (+ index); then the event segment via put_exclusive — the commit point. A crash
+Write order, which crash safety rests on: data packs (+ their index objects) as they fill; tree nodes and delta
+blobs into tree packs (+ index) as shards are sealed and at commit; then the event segment via put_exclusive — the
+commit point. A crash
 before that leaves only unreferenced packs, whose blobs a resumed backup finds in the index and does not write again.
 
 Against a prune running meanwhile (the protocol is stated in full in store/prune.py):

@@ -5,6 +5,12 @@ exactly what was imported: same bytes, same names, same modes and mtimes. Import
 pushes them into the store's chunker (memory does not depend on file size) and skips files whose stat (size, mtime,
 inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata.
 
+Memory: import holds one shard (a top-level `xx/` folder: its listing, its staged entries, the parent's same
+shard while they are diffed), one delta group, two packs and ~28 bytes a file for the comparison with the file list
+(`_Present`); the catalog's own parse is sync/catalog.py's. A flat layout (iOS 4–9, iPhone OS 3) keeps every file
+at the top level, one shard. Export holds one shard's entries and up to 64 MiB of small files waiting for a thread.
+A file that changes between the walk and its read is stored as it was read and named in `problems`.
+
 Three layouts are imported (sync/layouts.py): Manifest.db with xx/<fileID> (iOS 10 and later), Manifest.mbdb with
 flat <fileID> files (iOS 4–9) and .mdinfo/.mddata pairs (iPhone OS 3); the snapshot records which. The older two
 lists are parsed whole before anything is stored. A snapshot is dated by the backup itself (its plists' dates, else
@@ -507,6 +513,8 @@ def _stage_shard(
             continue
         if entry.size == st.st_size:
             new_stat.append((key, list(entry.chunks)))
+        else:  # stored as read; never put in the stat cache, so the next import reads it again
+            run.problems.append(f"{rel}: changed while it was read ({st.st_size} bytes listed, {entry.size} read)")
     return new_stat
 
 

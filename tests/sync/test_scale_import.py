@@ -1,0 +1,110 @@
+"""Folder import a shard at a time: what it holds, what it compares, and a folder that changes under it."""
+
+from __future__ import annotations
+
+import os
+import plistlib
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phonevault.store.check import check
+from phonevault.store.trees import load_tree, shard_of
+from phonevault.store.writer import SnapshotWriter
+from phonevault.sync.manifest import CatalogEntry, file_id, write_manifest_db
+from phonevault.sync.mobilesync import _Present, export_snapshot, import_folder
+
+UDID = "00008030-0000000000000002"
+
+
+def make_folder(root: Path, n: int, size: int = 100, names: list[str] | None = None) -> Path:
+    dev = root / UDID
+    dev.mkdir(parents=True)
+    entries = []
+    for i in names if names is not None else [f"f{i}" for i in range(n)]:
+        fid = file_id("HomeDomain", f"{i}")
+        (dev / fid[:2]).mkdir(exist_ok=True)
+        (dev / fid[:2] / fid).write_bytes(os.urandom(size))
+        entries.append(CatalogEntry(fid, "HomeDomain", f"{i}", 1, size, 0o100644, 0))
+    write_manifest_db(dev / "Manifest.db", entries)
+    (dev / "Info.plist").write_bytes(plistlib.dumps({"Target Identifier": UDID, "Device Name": "S"}))
+    return dev
+
+
+def test_import_holds_one_shard_at_a_time(repo, tmp_path, monkeypatch):
+    """The staged tree never holds more than the shard being imported plus the top level, and what is written is
+    the whole folder, exported bit for bit."""
+    dev = make_folder(tmp_path / "src", 300)
+    held: list[tuple[str, int]] = []
+    seal = SnapshotWriter.seal_shard
+
+    def spy(self, shard):
+        held.append((shard, len(self.tree)))
+        assert {shard_of(p) for p in self.tree.state} <= {shard, ""}
+        seal(self, shard)
+
+    monkeypatch.setattr(SnapshotWriter, "seal_shard", spy)
+    r = import_folder(repo, dev)
+    shards = {p.name for p in dev.iterdir() if p.is_dir()}
+    assert sorted(s for s, _ in held) == sorted(shards)
+    top = sum(1 for p in dev.iterdir() if p.is_file())
+    assert max(n for _, n in held) <= max(len(list((dev / s).iterdir())) for s in shards) + top
+    tree = load_tree(r.snapshot.tree, repo.get_blob)
+    assert len([p for p in tree if "/" in p]) == 300
+    assert check(repo).ok
+    view = repo.view(r.snapshot.device_key, refresh=True)
+    out = export_snapshot(repo, view, r.snapshot, tmp_path / "out").path
+    for p in dev.rglob("*"):
+        if p.is_file():
+            assert (out / p.relative_to(dev)).read_bytes() == p.read_bytes()
+
+
+def test_a_file_that_changes_while_the_import_reads_is_stored_as_read_and_named(repo, tmp_path):
+    by_prefix: dict[str, str] = {}  # two files in one shard: the second is listed before the first is read
+    for i in range(1000):
+        name = f"f{i}"
+        if (prefix := file_id("HomeDomain", name)[:2]) in by_prefix:
+            break
+        by_prefix[prefix] = name
+    dev = make_folder(tmp_path / "src", 2, size=3000, names=[by_prefix[prefix], name])
+    last = sorted((dev / prefix).iterdir())[-1]
+    cut = []
+
+    def progress(done: int, total: int) -> None:
+        if done and not cut:  # the first bytes are read: every file of the shard was listed already
+            cut.append(last.read_bytes()[:1000])
+            last.write_bytes(cut[0])
+
+    r = import_folder(repo, dev, progress=progress)
+    rel = f"{last.parent.name}/{last.name}"
+    assert any(p.startswith(f"{rel}: changed while it was read (3000 bytes listed, 1000 read)") for p in r.problems)
+    tree = load_tree(r.snapshot.tree, repo.get_blob)
+    assert b"".join(repo.read_file(tree[rel])) == cut[0]
+    again = import_folder(repo, dev)  # not taken from the stat cache: read again, nothing named
+    assert not any("changed while" in p for p in again.problems)
+
+
+fid = st.binary(min_size=20, max_size=20).map(bytes.hex)
+rel = st.one_of(
+    fid.map(lambda f: f"{f[:2]}/{f}"),  # a MobileSync name
+    fid.map(lambda f: f"{f[2:4]}/{f}"),  # a fileID in the wrong folder
+    st.text("abcXYZ./", min_size=1, max_size=12),  # anything else
+)
+
+
+@settings(max_examples=50)
+@given(st.dictionaries(rel, st.integers(0, 2**40), max_size=40))
+def test_the_compact_table_answers_as_the_dict_it_replaces(present):
+    table = _Present()
+    by_shard: dict[str, list[tuple[str, int]]] = {}
+    for path in sorted(present):
+        by_shard.setdefault(path.partition("/")[0] if "/" in path else "", []).append((path, present[path]))
+    for rows in by_shard.values():
+        table.add_shard(rows)
+    assert dict(table) == present
+    assert len(table) == len(present)
+    for path, size in present.items():
+        assert table.get(path) == size
+    assert table.get("00/" + "00" * 20) == present.get("00/" + "00" * 20)
+    assert table.keys() - {"x"} == present.keys() - {"x"}
