@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=HERE / "work", help="generated data (default: benchmarks/work/)")
     p.add_argument("--live-code", action="store_true", help="measure the working tree as it changes, not HEAD frozen")
     p.add_argument("--quick", action="store_true", help="smoke run: 256 MB, 3 000 many-files, 256 MB device path")
+    p.add_argument("--out", default="", help="results file stem under results/ (default: results, or quick)")
     return p.parse_args(argv)
 
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     cold = drop_caches()
     if not cold:
         notes.append("the page cache could not be dropped: every step ran warm")
-    stem = "quick" if args.quick else "results"
+    stem = args.out or ("quick" if args.quick else "results")
     results: dict = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in many:  # the longest case last: the others are on disk if it is interrupted
         results["sizes"].append(bench_case(case, work, peers, log))
         save(results, HERE / "results", stem)
-    if not args.quick and (why := plot(results, HERE / "results" / "scaling.png")):
+    if not args.quick and not args.out and (why := plot(results, HERE / "results" / "scaling.png")):
         notes.append(why)
     print(save(results, HERE / "results", stem))
     return 0
