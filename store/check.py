@@ -16,9 +16,11 @@ lists, named by a glob: `ab/**` (a folder of the backup), `*` (its top-level fil
 Naming paths as the phone names them is the sync layer's job. Damage in one object never stops the rest from
 being checked.
 
-Memory: the blob ids of every needed blob (as prune's live set), the ids of damaged blobs with why, one
-snapshot's tree and fold at a time, and per shard node already walked the paths it loses (usually none): a shard
-node shared by many snapshots is decoded for the comparison but its chunks are looked up once.
+Memory: the ids of damaged blobs with why; the set of pack ids; one snapshot's fold at a time (grouped by shard,
+~350 bytes a file: the fold cannot be had a shard at a time without reading every delta once per shard), one shard
+node of its tree at a time, and per shard node already walked the paths it loses (usually none): a shard node
+shared by many snapshots is decoded for the comparison but its chunks are looked up once. Blobs are located in the
+cache (memory-mapped) each time, not remembered. `read_data` adds one pack (≤ 16 MiB) and its header.
 
 `readable_tree` and `unreadable_files` are the same answers for one snapshot as its readers meet them: its entries
 despite damaged tree nodes, and which files read back (by reading them: export/extract/restore --strict ask that
@@ -36,9 +38,9 @@ from .errors import CorruptObject, MissingObject, PhonevaultError, UnsupportedFo
 from .events import open_segment, parse_segment_name
 from .index import decode_index, index_name
 from .packs import BlobLocation, open_blob, pack_name, parse_header
-from .projections import DeviceView, SnapshotRecord, fold_state
+from .projections import DeviceView, SnapshotRecord, fold_state, lineage
 from .repository import Repository
-from .trees import FileEntry, decode_root, decode_shard, read_root, shard_of
+from .trees import FileEntry, apply_delta, decode_root, decode_shard, read_root, shard_of
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 REPAIR_HINT = "`phonevault check --repair-index` rebuilds it from the pack's header"
@@ -71,18 +73,15 @@ class CheckReport:
 
 
 class _Blobs:
-    """What is known of each blob the snapshots need: fine (`ok`) or damaged (`bad`: blob id -> reason). Each blob
-    is located once; the first snapshot found needing a damaged blob names it, one error line per kind of damage
+    """What is known of the blobs the snapshots need: the damaged ones (`bad`: blob id -> reason). The first snapshot found needing a damaged blob names it, one error line per kind of damage
     (`flush`), so a lost index object of 10 000 blobs is one line, not 10 000."""
 
     def __init__(self, repo: Repository, packs: dict[str, int], bad: dict[bytes, str], rep: CheckReport) -> None:
         self.repo, self.packs, self.rep = repo, packs, rep
-        self.ok: set[bytes] = set()
         self.bad = bad  # pre-filled (and already reported) by the data phase
         self._new: dict[str, list[bytes]] = {}  # reason -> blobs found so far, not reported yet
 
     def _mark(self, bid: bytes, reason: str) -> None:
-        self.ok.discard(bid)
         self.bad[bid] = reason
         self._new.setdefault(reason, []).append(bid)
 
@@ -95,8 +94,9 @@ class _Blobs:
         self._new.clear()
 
     def damaged(self, bid: bytes) -> bool:
-        if bid in self.ok:
-            return False
+        """Located again each time it is asked (a cache lookup), rather than remembered: a set of every good blob
+        would grow with the vault. Shard nodes shared by snapshots are walked once (`nodes`), so few are asked
+        twice."""
         if bid in self.bad:
             return True
         loc = self.repo.locate_needed(bid)
@@ -104,8 +104,6 @@ class _Blobs:
             self._mark(bid, "is missing from the index")
         elif loc.pack not in self.packs:
             self._mark(bid, f"is in pack {loc.pack[:16]}…, which is missing")
-        else:
-            self.ok.add(bid)
         return bid in self.bad
 
     def get(self, bid: bytes) -> bytes | None:
@@ -123,17 +121,16 @@ def check(repo: Repository, *, read_data: bool = False, progress: Progress | Non
     rep = CheckReport()
     packs = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("packs/")}
     rep.packs = len(packs)
-    indexed: dict[str, set[bytes]] = {}
+    indexed: set[str] = set()  # the packs an index object describes (their blobs are in the cache)
     for name, _ in repo.backend.list("index/"):
         try:
-            for bid, loc in decode_index(repo.key, name, repo.backend.get(name)).items():
-                indexed.setdefault(loc.pack, set()).add(bid)
+            indexed.update(loc.pack for loc in decode_index(repo.key, name, repo.backend.get(name)).values())
         except (CorruptObject, UnsupportedFormat, MissingObject) as e:
             rep.errors.append(f"index: {e}; {REPAIR_HINT}")
     repo.sync_index()
-    for pack in indexed.keys() - packs.keys():
+    for pack in indexed - packs.keys():
         rep.notes.append(f"index/{pack[:16]}… describes a pack that does not exist")
-    unindexed = packs.keys() - indexed.keys()
+    unindexed = packs.keys() - indexed
     for pack in unindexed:
         rep.notes.append(
             f"pack {pack[:16]}… is in no index (left by an interrupted writer; harmless, prune reclaims it)"
@@ -191,17 +188,15 @@ def _check_snapshot(
 ) -> list[str]:
     """Check one snapshot; returns the paths it loses."""
     where = _where(view, snap)
-    folded = _fold(view, snap, blobs, where, rep)
-    by_shard: dict[str, dict[str, FileEntry]] = {}
-    for path, e in (folded or {}).items():
-        by_shard.setdefault(shard_of(path), {})[path] = e
+    folded = _fold(view, snap, blobs, where, rep)  # shard -> {path: entry}, or None
+    by_shard = folded if folded is not None else {}
 
     def instead(shard: str | None) -> list[str]:
         """A tree node that cannot be read: readers take its files from the fold (`readable_tree`), so what is lost
         is the fold's files with a damaged chunk; with no fold, all of them, named by a glob."""
         if folded is None:
             return [lost_glob(shard)]
-        got = folded.values() if shard is None else by_shard.get(shard, {}).values()
+        got = [e for d in by_shard.values() for e in d.values()] if shard is None else by_shard.get(shard, {}).values()
         return sorted(e.path for e in got if any([blobs.damaged(c) for c in e.chunks]))
 
     raw = blobs.get(snap.tree)
@@ -254,11 +249,30 @@ def _fold(view: DeviceView, snap: SnapshotRecord, blobs: _Blobs, where: str, rep
             raise MissingObject(f"delta {bid.hex()[:16]}…", blobs.bad.get(bid, "unreadable"))
         return data
 
+    state = _ShardedFold()
     try:
-        return fold_state(view, snap.id, get)
+        for rec in lineage(view, snap.id):
+            for delta in rec.deltas:
+                apply_delta(state, get(delta), f"delta {delta.hex()[:16]}")
+        return state.shards
     except (PhonevaultError, ValueError) as e:
         rep.errors.append(f"{where}: its deltas do not fold ({e}); the tree is not verified against them")
         return None
+
+
+class _ShardedFold:
+    """A fold of deltas kept as shard -> {path: entry} (what `apply_delta` needs of a map), so the check compares it
+    with the tree shard by shard without a second, flat map of the whole snapshot."""
+
+    def __init__(self) -> None:
+        self.shards: dict[str, dict[str, FileEntry]] = {}
+
+    def pop(self, path: str, default: FileEntry | None = None) -> FileEntry | None:
+        got = self.shards.get(shard_of(path))
+        return got.pop(path, default) if got is not None else default
+
+    def __setitem__(self, path: str, entry: FileEntry) -> None:
+        self.shards.setdefault(shard_of(path), {})[path] = entry
 
 
 def _shard(node: bytes, blobs: _Blobs, where: str, rep: CheckReport) -> list[FileEntry] | None:
