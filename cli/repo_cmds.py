@@ -59,6 +59,23 @@ def key_passwd(repo: Repository) -> None:
     out.print(f"password changed (key {repo.key_id} replaced by {key_id})")
 
 
+@key.command("remove")
+@click.argument("key_id")
+@with_repo
+def key_remove(repo: Repository, key_id: str) -> None:
+    """Remove another password's key (a damaged one that `check` names, or a password nobody should use again).
+    The key this command was opened with cannot be removed: use `key passwd`."""
+    ids = keyring.list_keys(repo.backend)
+    match = [i for i in ids if i.startswith(key_id)] if len(key_id) >= 4 else []
+    if len(match) != 1:
+        raise PhonevaultError(f"key {key_id!r}: {'no' if not match else 'more than one'} key of this vault "
+                              "starts with it (`phonevault key list`)")  # fmt: skip
+    if match[0] == repo.key_id:
+        raise PhonevaultError(f"key {match[0]} is the one this password opened: use `phonevault key passwd`")
+    keyring.remove_key(repo.backend, match[0])
+    out.print(f"removed key {match[0]}")
+
+
 @key.command("list")
 @json_option
 @with_repo(readonly=True)
@@ -94,6 +111,7 @@ def check(repo: Repository, read_data: bool, repair_index: bool, as_json: bool) 
     repaired = run_repair(repo) if repair_index else None
     with progress("checking", None) as update:
         report = run_check(repo, read_data=read_data, progress=lambda phase, done, total: update(done, total))
+    report.errors[:0] = keyring.damaged_keys(repo.backend)  # another password's key file (this one opened)
     if repaired is not None:
         report.errors[:0] = repaired.problems
     damaged = [(_damaged_json(repo, d), _label(repo, d)) for d in report.damaged]

@@ -54,17 +54,43 @@ def add_key(backend: Backend, master: MasterKey, password: str, scrypt_n: int = 
     return key_id
 
 
-def _try_unwrap(name: str, raw: bytes, password: str) -> MasterKey | None:
+def _parse(name: str, raw: bytes) -> tuple[bytes, bytes, int, int, int]:
+    """(salt, wrapped, n, r, p) of a key file, or CorruptObject / UnsupportedFormat saying what is wrong with it."""
     try:
         doc = json.loads(raw)
         if doc.get("version") != KEY_FORMAT:
             raise UnsupportedFormat(name, doc.get("version"))
         if doc.get("kdf") != "scrypt":  # a newer phonevault's KDF, or one flipped byte: never a format version
             raise CorruptObject(name, f"unknown key derivation {str(doc.get('kdf'))[:40]!r}")
-        salt = base64.b64decode(doc["salt"])
-        wrapped = base64.b64decode(doc["wrapped"])
-        kek = _kek(password, salt, int(doc["n"]), int(doc["r"]), int(doc["p"]))
-    except (ValueError, KeyError, TypeError) as e:
+        salt = base64.b64decode(doc["salt"], validate=True)
+        wrapped = base64.b64decode(doc["wrapped"], validate=True)
+        n, r, p = int(doc["n"]), int(doc["r"]), int(doc["p"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptObject(name, f"unreadable key file: {e}") from None
+    if len(wrapped) != NONCE_LEN + 32 + 16 or not salt or n < 2 or n & (n - 1) or r < 1 or p < 1:
+        raise CorruptObject(name, "unreadable key file: its salt, wrapped key or scrypt parameters are out of shape")
+    return salt, wrapped, n, r, p
+
+
+def damaged_keys(backend: Backend) -> list[str]:
+    """One line per key file that no password can open any more (damaged, or in a format this version does not
+    read). A key file's wrapped secret can only be verified with its own password; its shape can always be."""
+    out = []
+    for name, _size in sorted(backend.list("keys/")):
+        try:
+            _parse(name, backend.get(name))
+        except (CorruptObject, UnsupportedFormat) as e:
+            key_id = name.removeprefix("keys/")
+            out.append(f"{e}: that password no longer opens the vault (`phonevault key remove {key_id}`, then "
+                       "`key add` a new one)")  # fmt: skip
+    return out
+
+
+def _try_unwrap(name: str, raw: bytes, password: str) -> MasterKey | None:
+    salt, wrapped, n, r, p = _parse(name, raw)
+    try:
+        kek = _kek(password, salt, n, r, p)
+    except (ValueError, TypeError) as e:
         raise CorruptObject(name, f"unreadable key file: {e}") from None
     try:
         return MasterKey(AESGCM(kek).decrypt(wrapped[:NONCE_LEN], wrapped[NONCE_LEN:], _AD))

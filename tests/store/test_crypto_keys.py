@@ -93,3 +93,27 @@ def test_a_key_file_with_an_unknown_kdf_does_not_lock_out_the_other_passwords(tm
     path.write_text(path.read_text().replace('"scrypt"', '"scryqt"'))
     key_id, unlocked = keyring.unlock(backend, ids[intact])
     assert key_id == intact and unlocked.secret == master.secret
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: text[: len(text) // 2],  # truncated
+        lambda text: text.replace('"scrypt"', '"scryqt"'),  # one bit in its KDF
+        lambda text: text.replace('"wrapped": "', '"wrapped": "!'),  # not base64 any more
+        lambda text: text.replace('"n": 1024', '"n": 1000'),  # not a power of two
+    ],
+)
+def test_check_names_the_damaged_key_file_of_another_password(tmp_path, damage):
+    """The vault opens with the first password, so nothing else would ever notice that the second one stopped
+    working; `phonevault check` (cli/repo_cmds.py) reports keys.damaged_keys, which reads every key file's shape."""
+    backend = LocalBackend(tmp_path / "v")
+    master = MasterKey.generate()
+    first = keyring.add_key(backend, master, "first password", scrypt_n=2**10)
+    second = keyring.add_key(backend, master, "second password", scrypt_n=2**10)
+    assert keyring.damaged_keys(backend) == []
+    path = tmp_path / "v" / "keys" / second
+    path.write_text(damage(path.read_text()))
+    (line,) = keyring.damaged_keys(backend)
+    assert f"keys/{second}" in line and "no longer opens the vault" in line and "\n" not in line
+    assert keyring.unlock(backend, "first password")[0] == first
