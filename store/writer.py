@@ -410,6 +410,8 @@ class SnapshotWriter:
             before = {e.path: e for e in decode_shard(self.sink.get(old.node), where)} if old is not None else {}
             for c in diff_states(before, {e.path: e for e in entries}):
                 self._deltas.add(c)
+                if c.kind == "modified" and c.old is not None and c.new is not None and c.old.chunks == c.new.chunks:
+                    continue  # the same bytes with another mode or mtime: not modified (as `diff` says)
                 self._counts[("added", "modified", "removed").index(c.kind) + 2] += 1
         files = [e for e in entries if not e.is_dir]
         self._counts[0] += len(files)
