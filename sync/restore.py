@@ -75,6 +75,8 @@ def restore_device(
         if lost:
             raise StrictRefused(describe(repo, snap, lost, "restored"), "restored")
     state = {e.path: e for e in entries}
+    # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
+    source = safe_component(view.device or "", "a backup folder name")
     for needed in ("Info.plist", "Manifest.plist", "Status.plist"):
         if needed not in state:
             raise PathNotFound(needed, f"snapshot {snap.hex[:8]} (a device cannot restore without it)")
@@ -91,7 +93,8 @@ def restore_device(
                 "PHONEVAULT_BACKUP_PASSWORD or PHONEVAULT_BACKUP_PASSWORD_FILE)"
             )
         check_backup_password(raw_manifest, password, snap.hex[:8])
-    args = (repo, view, snap, state, lost, udid, usbmux_address, password, encrypted, reboot, system, remove, progress)
+    args = (repo, view, snap, source, state, lost, udid, usbmux_address, password, encrypted, reboot, system, remove,
+            progress)  # fmt: skip
     try:
         return watched(timeouts, "the restore did not finish", lambda watchdog: _restore(*args, watchdog))
     except DeviceReportedFailure as e:
@@ -124,11 +127,9 @@ def _said(e: DeviceReportedFailure) -> str:
 
 
 async def _restore(
-    repo, view, snap, state, lost, udid, usbmux_address, password, encrypted, reboot, system, remove, progress,
-    watchdog,
+    repo, view, snap, source, state, lost, udid, usbmux_address, password, encrypted, reboot, system, remove,
+    progress, watchdog,
 ):  # fmt: skip
-    # The device asks for `<source>/…` paths: the source must be one folder name (a phone wrote it).
-    source = safe_component(view.device or "", "a backup folder name")
     problems: list[str] = []
     # The link serves `<source>/…` from the snapshot: restoring one phone's backup onto another works as in Finder.
     dl: VaultDeviceLink | None = None
