@@ -35,6 +35,7 @@ from phonevault.sync.errors import (
     ProtocolError,
     WrongBackupPassword,
 )
+from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.records import backup_meta
 from phonevault.sync.restore import restore_device
 from tests.sync.test_emulator import ok, pmd3
@@ -243,3 +244,17 @@ def test_a_hostile_answer_to_change_password_is_one_typed_line(tmp_path, behavio
             set_backup_encryption(False, "kept", usbmux_address=emu.address, timeouts=QUICK)
         assert fragment in str(caught.value) and "\n" not in str(caught.value)
         assert emu.will_encrypt and emu.backup_password_is("kept")  # the hostile phone did nothing
+
+
+def test_after_a_restore_the_next_incremental_still_decrypts_whole(repo, tmp_path):
+    """Back up day 0 and day 2, restore day 0, back up again (incremental: only what the restore changed is sent,
+    every file kept from before keeps its key): the vault's latest snapshot, exported, is the phone's content."""
+    with Emulator(tmp_path / "emulator", seed=41, size=SIZE, backup_password=PASSWORD) as emu:
+        first = backup_device(repo, usbmux_address=emu.address).snapshot
+        emu.set_day(2)
+        backup_device(repo, usbmux_address=emu.address)
+        restore_device(repo, repo.devices()[0], first, usbmux_address=emu.address, password=PASSWORD)
+        again = backup_device(repo, usbmux_address=emu.address)
+        assert not again.full and emu.reports[-1].kind == "incremental"
+        export_snapshot(repo, repo.devices()[0], again.snapshot, tmp_path / "out")
+        assert decrypted(tmp_path / "out" / emu.udid, PASSWORD) == phone_files(emu)
