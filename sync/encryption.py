@@ -29,42 +29,21 @@ from typing import Any
 from pymobiledevice3.exceptions import ConnectionTerminatedError
 from pymobiledevice3.services.device_link import DeviceLink
 
-from phonevault.store.errors import PasswordRefused, PhonevaultError
+from phonevault.store.errors import PasswordRefused
 
 from .backup2 import Timeouts, _device_udid, _hello, connected, watched
 from .devicelink import ACTIVITY, VaultDeviceLink, check_message
-from .errors import DeviceError, DeviceReportedFailure, ProtocolError
+from .errors import (
+    BackupEncryptionState,
+    DeviceReportedFailure,
+    PasswordChangeRefused,
+    ProtocolError,
+    WrongDevicePassword,
+)
 from .paths import shown
 
 ERROR_INVALID_PASSWORD = 207  # MBErrorDomain/207: "Invalid password"
 DEFAULT_TIMEOUTS = Timeouts()
-
-
-class BackupPasswordRefused(PhonevaultError):
-    """A wrong backup password (the phone's, not the vault's): the device answered MBErrorDomain 207, or the
-    backup's keybag opens with no key it derives. Exit 12, as a wrong vault password."""
-
-    exit_code = 12
-
-
-class WrongDevicePassword(BackupPasswordRefused):
-    """The device refused the backup password it was given (ErrorCode 207)."""
-
-    def __init__(self, action: str, said: str) -> None:
-        super().__init__(f"wrong backup password: the device refused to {action} with it ({said})")
-
-
-class PasswordChangeRefused(DeviceError):
-    """The device answered a ChangePassword with an error other than a wrong password (exit 1)."""
-
-    def __init__(self, action: str, code: int, description: str) -> None:
-        super().__init__(f"the device refused to {action}: {description or 'no reason given'} (error {code})")
-        self.code = code
-        self.description = description
-
-
-class BackupEncryptionState(DeviceError):
-    """The device is already in the state asked for, or not in one the request needs; nothing was sent to it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,3 +256,30 @@ class FileUndecryptable(PhonevaultError):
         super().__init__(f"{path}: cannot be decrypted: {reason}")
         self.path = path
         self.reason = reason
+
+
+# --- a device's backup encryption: ChangePassword, and restoring an encrypted backup (sync/encryption.py) ------------
+
+
+class WrongDevicePassword(PhonevaultError):
+    """The device refused the backup password it was given (MBErrorDomain 207: a ChangePassword's old password, or a
+    restore's): exit 12, as a wrong vault password. (A wrong password found against a snapshot's own keybag, before
+    the device is asked, is WrongBackupPassword.)"""
+
+    exit_code = 12
+
+    def __init__(self, action: str, said: str) -> None:
+        super().__init__(f"wrong backup password: the device refused to {action} with it ({said})")
+
+
+class PasswordChangeRefused(DeviceError):
+    """The device answered a ChangePassword with an error other than a wrong password (exit 1)."""
+
+    def __init__(self, action: str, code: int, description: str) -> None:
+        super().__init__(f"the device refused to {action}: {description or 'no reason given'} (error {code})")
+        self.code = code
+        self.description = description
+
+
+class BackupEncryptionState(DeviceError):
+    """The device is already in the state asked for, or not in one the request needs; nothing was sent to it."""

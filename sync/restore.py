@@ -30,8 +30,8 @@ from phonevault.store.repository import Repository
 from .backup2 import Timeouts, connected, watched
 from .damage import describe
 from .devicelink import Progress, VaultDeviceLink
-from .encryption import ERROR_INVALID_PASSWORD, WrongDevicePassword
-from .errors import DeviceReportedFailure, RestoreRefused, StrictRefused, WrongBackupPassword
+from .encryption import ERROR_INVALID_PASSWORD
+from .errors import DeviceReportedFailure, RestoreRefused, StrictRefused, WrongBackupPassword, WrongDevicePassword
 from .ioscrypto import KeybagError, PasswordMismatch, parse_keybag, unlock_class_keys
 from .paths import safe_component
 from .plists import read_manifest_plist

@@ -22,18 +22,18 @@ from phonevault.sync.emulator.backupkeys import ERROR_BAD_REQUEST, ERROR_INVALID
 from phonevault.sync.emulator.hostile import CHANGE_PASSWORD
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.encryption import (
-    BackupEncryptionState,
-    WrongDevicePassword,
     backup_encryption_status,
     change_backup_password,
     set_backup_encryption,
 )
 from phonevault.sync.errors import (
+    BackupEncryptionState,
     DeviceDisconnected,
     DeviceError,
     DeviceTimeout,
     ProtocolError,
     WrongBackupPassword,
+    WrongDevicePassword,
 )
 from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.records import backup_meta
