@@ -17,7 +17,7 @@ import click
 from phonevault.store.errors import PhonevaultError
 
 from .device_cmds import device_address, with_device_options
-from .render import emit_json, out
+from .render import emit_json, err, out
 
 BACKUP_PASSWORD_HELP = (
     "The phone's backup password (default: $PHONEVAULT_BACKUP_PASSWORD, the first line of "
@@ -93,6 +93,10 @@ def encryption(
     state = "on" if status.encrypts else "off"
     verb = {"status": "is", "on": "is now", "off": "is now"}[action]
     out.print(f"{status.name or status.udid} ({status.udid}): backup encryption {verb} {state}", markup=False)
+    if action != "status" and state != action:
+        # The device said yes; idevicebackup2 once waited for `domain_changed` here, so a phone may lag.
+        err.print(f"warning: the device accepted, but still reports backup encryption {state}; check again with "
+                  "`phonevault device encryption`", markup=False)  # fmt: skip
 
 
 @device.command("password")
