@@ -372,7 +372,7 @@ def _load_encrypted(repo: Repository, snap: SnapshotRecord, password: BackupPass
         packed, wrapped = msgpack.unpackb(cached)
     else:
         image = decrypt_manifest_db(unlocked, _read_whole(repo, entry), where)
-        wrapped = wrapped_keys(image)
+        wrapped = wrapped_keys(image, f"{where}: Manifest.db")
         memo = repo.cache.derived_get(_memo_key(snap.device_key))
         parsed = _parse_packed(image, memo, f"{where}: Manifest.db")  # empties `image` once parsed
         repo.cache.derived_put(_memo_key(snap.device_key), parsed.packed_memo)

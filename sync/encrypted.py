@@ -157,7 +157,7 @@ def decrypt_manifest_db(unlocked: Unlocked, ciphertext: bytearray, where: str) -
     return image
 
 
-def wrapped_keys(image: bytes | bytearray) -> dict[str, bytes]:
+def wrapped_keys(image: bytes | bytearray, where: str = "Manifest.db") -> dict[str, bytes]:
     """fileID -> the wrapped EncryptionKey of every file row that has one, from a decrypted Manifest.db's bytes
     (parsed in memory: SQLite's `deserialize`, no file). A row whose MBFile does not decode is left out here: the
     catalog names it."""
@@ -178,7 +178,7 @@ def wrapped_keys(image: bytes | bytearray) -> dict[str, bytes]:
                 out[fid] = key
         return out
     except sqlite3.DatabaseError as e:
-        raise ManifestUndecryptable("Manifest.db", f"its Files table cannot be read once decrypted ({e})") from None
+        raise ManifestUndecryptable(where, f"its Files table cannot be read once decrypted ({e})") from None
     finally:
         conn.close()
 

@@ -205,8 +205,12 @@ def parse_keybag(blob: bytes) -> Keybag:
         raise KeybagError("no VERS record (truncated?)")
     if version not in KNOWN_VERSIONS:
         raise KeybagError(f"version {version} is unknown (this phonevault reads versions 3 to 5)", unsupported=True)
-    if header.get(b"TYPE") != KEYBAG_TYPE_BACKUP:
-        raise KeybagError(f"type {header.get(b'TYPE')!r} is not a backup keybag (1)", unsupported=True)
+    if b"TYPE" not in header:
+        raise KeybagError("no TYPE record (truncated?)")
+    if header[b"TYPE"] != KEYBAG_TYPE_BACKUP:
+        raise KeybagError(f"type {header[b'TYPE']!r} is not a backup keybag (1)", unsupported=True)
+    if not classes:  # before asking which KDF: a bag cut inside its header lacks DPSL too, and is damage
+        raise KeybagError("no class keys (truncated?)")
     if b"DPSL" not in header or b"DPIC" not in header:
         raise KeybagError(
             f"version {version} without DPSL/DPIC: a backup of iOS before 10.2 (one PBKDF2 round), which this "
@@ -237,8 +241,6 @@ def parse_keybag(blob: bytes) -> Keybag:
                 pclass, wrap, ktyp if isinstance(ktyp, int) else 0, wpky, uuid if isinstance(uuid, bytes) else b""
             )
         )
-    if not records:
-        raise KeybagError("no class keys (truncated?)")
     bag_uuid = header.get(b"UUID", b"")
     return Keybag(
         version, KEYBAG_TYPE_BACKUP, bag_uuid if isinstance(bag_uuid, bytes) else b"", salt, iterations, dpsl, dpic,

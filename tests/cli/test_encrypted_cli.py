@@ -180,7 +180,12 @@ def test_where_the_backup_password_comes_from(pv, cli_env, folders, tmp_path):
         (["--backup-password", "nope"], cli_env),
         ([], dict(cli_env, PHONEVAULT_BACKUP_PASSWORD="Tr0ub4dor&3")),
     ):
-        for cmd in (["ls", snap], ["diff", snap, snap], ["extract", snap, DCIM, "--to", str(tmp_path / "x")]):
+        for cmd in (
+            ["ls", snap],
+            ["diff", snap, snap],
+            ["extract", snap, DCIM, "--to", str(tmp_path / "x")],
+            ["export", snap, "--decrypt", "--to", str(tmp_path / "x")],
+        ):
             line = one_line(pv(*cmd, *args, env=env), 12)
             assert line == f"phonevault: snapshot {enc[0]['id'][:12]}: wrong backup password (it unwraps no key of " \
                            "this backup's keybag)"  # fmt: skip
@@ -253,6 +258,8 @@ def _damage(kind: str, phone: SyntheticPhone, folder: Path) -> str | None:
     elif kind == "Manifest.db does not decrypt":
         size = (folder / "Manifest.db").stat().st_size
         (folder / "Manifest.db").write_bytes(hashlib.shake_256(b"not a database").digest(size))
+    elif kind == "Manifest.db decrypts to no database":
+        (folder / "Manifest.db").write_bytes(b"".join(encrypt(phone.manifest_db_key(), iter([b"not SQLite " * 99]))))
     elif kind in ("file key does not unwrap", "file padding is wrong"):
         path = _photo(phone)
         if kind == "file key does not unwrap":
@@ -292,6 +299,11 @@ def _damage(kind: str, phone: SyntheticPhone, folder: Path) -> str | None:
             "a backup of iOS before 10.2 (one PBKDF2 round), which this phonevault does not read",
         ),
         ("Manifest.db does not decrypt", 1, "Manifest.db: does not decrypt with its ManifestKey"),
+        (
+            "Manifest.db decrypts to no database",
+            1,
+            "Manifest.db: decrypts with its ManifestKey into something that is not",
+        ),
         ("file key does not unwrap", 3, "cannot be decrypted: the wrapped key does not unwrap with the class"),
         ("file padding is wrong", 3, "cannot be decrypted: its PKCS#7 padding is wrong"),
     ],

@@ -136,7 +136,7 @@ def test_a_truncated_keybag_is_refused_never_read_short(cut):
     try:
         bag = parse_keybag(blob[:cut])
     except KeybagError as e:
-        assert not e.unsupported or "version" in str(e) or "iOS before 10.2" in str(e)
+        assert not e.unsupported, e  # damage, never taken for an older iOS or another kind of bag
         return
     # Cut exactly between records: what is left is read as what it is, and every class it lists unwraps.
     assert len(bag.classes) < len(KEYBAG_CLASSES)
