@@ -129,7 +129,8 @@ def test_several_machines_write_into_one_bucket_at_once(pv, s3_env, tmp_path) ->
             _progress_seen(procs[n], seen[n])
         procs[5] = _start(machine(5), "prune", "--grace", "0", "--json")
         procs[3].send_signal(signal.SIGCONT)
-        results = {n: (p.wait(DEADLINE), p.stdout.read(), "".join(seen[n]) + p.stderr.read()) for n, p in procs.items()}
+        outputs = {n: p.communicate(timeout=DEADLINE) for n, p in procs.items()}  # drains both pipes while waiting
+        results = {n: (p.returncode, outputs[n][0], "".join(seen[n]) + outputs[n][1]) for n, p in procs.items()}
     finally:
         for p in procs.values():
             if p.poll() is None:
