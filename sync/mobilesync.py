@@ -40,6 +40,7 @@ import shutil
 import stat
 from array import array
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -404,8 +405,53 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
     # The writer is closed however the import ends: a failure before the commit releases its writers/ marker at
     # once, so a prune waiting on it need not wait for the garbage collector.
     with SnapshotWriter(repo, fm.device.udid, device_record(fm.device), incremental=False) as writer:
-        with repo.cache.spool() as new_stat:
-            return _stage_and_commit(repo, writer, folder, fm, new_stat, progress)
+        with repo.cache.spool() as new_stat, ThreadPoolExecutor(4, thread_name_prefix="import-read") as readers:
+            return _stage_and_commit(repo, writer, folder, fm, new_stat, readers, progress)
+
+
+def _warm(path: str) -> None:
+    """Have the kernel read a file into the page cache (asynchronously where it can), keeping nothing here."""
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
+
+class _Prefetch:
+    """Has the kernel read the small files of a shard (≤ SMALL; _ReadAhead advises the larger ones) up to WINDOW
+    bytes and MAX_FILES files ahead of the one being chunked, from reader threads, so several reads are
+    outstanding at once: read one at a time from a cold disk, a shard of small files waits on each read in turn
+    (16 of 31 s of a cold import of a 0.5 GB phone). The threads open, advise and close (the syscalls release the
+    GIL); the bytes land in the page cache, not here, so this costs no memory, and the caller still reads every
+    file itself, in the walk's order (packs come out the same)."""
+
+    SMALL = 1 << 20
+    WINDOW = 32 << 20
+    MAX_FILES = 64
+
+    def __init__(self, pool: ThreadPoolExecutor, files: list[tuple[str, str, _Stat, bytes]]) -> None:
+        self._pool, self._files = pool, files
+        self._pending: dict[int, Future] = {}
+        self._next = 0
+        self._window = 0
+
+    def take(self, i: int) -> Future | None:
+        """Ask for the files after file `i` (and for `i` itself if it was not yet)."""
+        got = self._pending.pop(i, None)
+        if got is not None:
+            self._window -= self._files[i][2].st_size
+        while self._next < len(self._files) and self._window < self.WINDOW and len(self._pending) < self.MAX_FILES:
+            _rel, full, st, _key = self._files[self._next]
+            if st.st_size <= self.SMALL:
+                if self._next == i and got is None:
+                    got = self._pool.submit(_warm, full)
+                elif self._next > i:
+                    self._pending[self._next] = self._pool.submit(_warm, full)
+                    self._window += st.st_size
+            self._next += 1
+        return got
 
 
 @dataclass(slots=True)
@@ -413,6 +459,7 @@ class _Staging:
     """What an import carries from shard to shard: nothing per file but the compact `present` table."""
 
     problems: list[str]
+    readers: ThreadPoolExecutor
     total: int
     done: int = 0
     newest: int | None = None  # the newest mtime of a regular file
@@ -425,11 +472,12 @@ def _stage_and_commit(
     folder: Path,
     fm: FolderMeta,
     new_stat: Spool,
+    readers: ThreadPoolExecutor,
     progress: Progress | None,
 ) -> ImportResult:
     """Stage and write one shard at a time (walk, stat cache, read, tree node, delta), so memory holds one shard's
     entries whatever the number of files; the commit point is still the one event segment written at the end."""
-    run = _Staging(list(fm.problems), _folder_bytes(folder) if progress else 0)
+    run = _Staging(list(fm.problems), readers, _folder_bytes(folder) if progress else 0)
     if progress:
         progress(0, run.total)
     for shard, files, empty_dirs in _walk(folder):
@@ -497,8 +545,10 @@ def _stage_shard(
     if progress:
         progress(run.done, run.total)
     ahead = _ReadAhead([full for _rel, full, _st, _key in to_read], [st.st_size for *_x, st, _k in to_read])
+    prefetch = _Prefetch(run.readers, to_read)
     for i, (rel, full, st, key) in enumerate(to_read):
         ahead.advance(i)
+        prefetch.take(i)
         try:
             fw = writer.open_file(rel, st.st_mode, st.st_mtime_ns)
             with open(full, "rb") as f:
