@@ -462,3 +462,58 @@ def test_the_backup_password_is_asked_for_on_a_terminal(pv, cli_env, folders):
     assert [x["name"] for x in json.loads(r.stdout)] and PASSWORD not in r.stderr  # not echoed
     r = _asked_on_a_terminal(cli_env, "guess", "ls", snap)
     assert r.returncode == 12 and "wrong backup password" in r.stderr
+
+
+# --- the issue's "done when", over the wire -------------------------------------------------------------------
+
+
+def test_backups_an_encrypted_phone_sent_are_browsed_diffed_and_exported(pv, cli_env, tmp_path):
+    """The emulated phone encrypts its backups (a password set through MobileBackup2); what it sent is browsed, a
+    photo extracted with its original bytes, the two backups diffed by domain path, and after a password change and
+    a full re-encrypted backup, one snapshot exported as sent and the new one with --decrypt: the phone's plain files."""
+    from phonevault.sync.emulator import Emulator
+
+    with Emulator(tmp_path / "phone", seed=SEED, size=SIZE) as phone:
+        env = dict(cli_env, USBMUXD_SOCKET_ADDRESS=phone.address)
+        pv("init", check=True)
+        pv("device", "encryption", "on", env=dict(env, PHONEVAULT_NEW_BACKUP_PASSWORD="first"), check=True)
+        pv("backup", env=env, check=True)
+        phone.set_day(1)
+        pv("backup", env=env, check=True)
+        day1 = {p.name: p.read_bytes() for p in phone.device_dir.glob("??/*") if p.is_file()}
+        s0, s1 = (s["id"][:8] for s in js(pv("snapshots", "--json", env=env)))
+        first = dict(env, PHONEVAULT_BACKUP_PASSWORD="first")
+
+        listing = js(pv("ls", s1, DCIM, "--json", env=first))
+        photo = next(x for x in listing if x["type"] == "file" and x["name"].endswith((".JPG", ".HEIC")))
+        pv("extract", s1, photo["path"], "--to", str(tmp_path / "x"), env=first, check=True)
+        assert (tmp_path / "x" / photo["path"]).read_bytes() == day1[photo["file_id"]]
+
+        # The plain twin of the same two days, in a vault of its own, diffs the same by domain path.
+        twin_env = dict(cli_env, PHONEVAULT_REPO=str(tmp_path / "tv"), PHONEVAULT_CACHE_DIR=str(tmp_path / "tc"))
+        twin = SyntheticPhone(SEED, SIZE)
+        t = imported(pv, twin_env, *(twin.write_backup(tmp_path / f"twin{d}", d) for d in (0, 1)))
+        mine = js(pv("diff", s0, s1, "--json", env=first))["changes"]
+        theirs = js(pv("diff", t[0]["id"][:8], t[1]["id"][:8], "--json", env=twin_env))["changes"]
+        assert [c for c in mine if "Domain" in c["path"]] == [c for c in theirs if "Domain" in c["path"]]
+        assert any(c["path"].startswith("CameraRollDomain/") for c in mine)
+
+        again = dict(env, PHONEVAULT_BACKUP_PASSWORD="first", PHONEVAULT_NEW_BACKUP_PASSWORD="second")
+        pv("device", "password", env=again, check=True)
+        pv("backup", env=env, check=True)  # full: every file re-encrypted under the new keybag
+        s2 = js(pv("snapshots", "--json", env=env))[-1]["id"][:8]
+        assert one_line(pv("ls", s2, env=first), 12)  # the new backup needs the new password
+
+        pv("export", s1, "--to", str(tmp_path / "sent"), env=env, check=True)
+        sent = tmp_path / "sent" / phone.udid
+        assert plistlib.loads((sent / "Manifest.plist").read_bytes())["IsEncrypted"] is True
+        assert (sent / "Manifest.db").read_bytes()[:16] != b"SQLite format 3\x00"
+        pv("export", s2, "--decrypt", "--to", str(tmp_path / "plain"), env=dict(env, PHONEVAULT_BACKUP_PASSWORD="second"),
+           check=True)  # fmt: skip
+        plain = tmp_path / "plain" / phone.udid
+        assert {p.name: p.read_bytes() for p in plain.glob("??/*") if p.is_file()} == day1
+        with sqlite3.connect(f"file:{plain / 'Manifest.db'}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT fileID, file FROM Files WHERE flags = 1").fetchall()
+        assert {fid for fid, _ in rows} == set(day1)
+        assert not any("EncryptionKey" in decode_mbfile(blob) for _, blob in rows)
+        assert plistlib.loads((plain / "Manifest.plist").read_bytes())["IsEncrypted"] is False
