@@ -80,21 +80,26 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from .crypto import MasterKey
 from .errors import CorruptObject, IndexIncomplete, LogUnreadable, MissingObject, UnsupportedFormat
 from .index import decode_index, index_name, write_index
 from .packs import TARGET_PACK_SIZE, BlobLocation, PackWriter, open_blob, pack_name
 from .projections import SnapshotRecord
 from .repository import Repository, format_time, now_us
 from .trees import decode_shard, read_root
+from .writers import (  # noqa: F401 - writer.py and tests import them from here too
+    WRITER_FORMAT,
+    WRITER_REFRESH_S,
+    WRITER_STALE_US,
+    WRITERS,
+    WriterMarker,
+    read_writers,
+    seal_writer_marker,
+    writer_marker_name,
+)
 
 MARKER_FORMAT = 1
 MARKER_AD = b"phonevault/v1/prune-marker"
 
-WRITER_FORMAT = 1
-WRITERS = "writers/"
-WRITER_REFRESH_S = 60.0  # how often a running writer refreshes its marker
-WRITER_STALE_US = 10 * 60 * 10**6  # a marker not refreshed for this long belongs to a dead writer
 CLOCK_SLACK_US = 5 * 60 * 10**6  # writer started < Tm + this: it may depend on the marker's packs
 MAX_UNUSED = 0.02  # repack until dead and duplicate blobs in packs are at most this share of the live bytes
 
@@ -121,37 +126,6 @@ class PruneResult:
     running_since: list[int] = field(default_factory=list)  # when the backups holding candidates started
     stale_writers: int = 0  # dead writers' markers removed
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class WriterMarker:
-    name: str
-    started_us: int
-    refreshed_us: int
-
-
-def writer_marker_name() -> str:
-    return f"{WRITERS}{os.urandom(16).hex()}"
-
-
-def seal_writer_marker(key: MasterKey, name: str, started_us: int, refreshed_us: int) -> bytes:
-    return key.seal(msgpack.packb([WRITER_FORMAT, started_us, refreshed_us]), name.encode())
-
-
-def read_writers(repo: Repository) -> tuple[list[WriterMarker], list[str]]:
-    """Every writer marker that opens, and the names of those that do not (damaged, or from another format)."""
-    markers, unreadable = [], []
-    for name, _ in sorted(repo.backend.list(WRITERS)):
-        try:
-            fmt, started, refreshed = msgpack.unpackb(repo.key.open(repo.backend.get(name), name.encode(), name))
-            if fmt != WRITER_FORMAT or not isinstance(started, int) or not isinstance(refreshed, int):
-                raise ValueError(f"format {fmt!r}")
-            markers.append(WriterMarker(name, started, refreshed))
-        except MissingObject:
-            continue  # its writer finished while we listed
-        except (CorruptObject, ValueError, TypeError, msgpack.UnpackException):
-            unreadable.append(name)
-    return markers, unreadable
 
 
 def _ago(us: int) -> str:
