@@ -1,9 +1,11 @@
 """Where browsing commands get the phone's backup password (for snapshots the phone encrypted).
 
-In order: `--backup-password PASSWORD` (visible in the shell's history and to `ps`: for scripts that accept that),
-`PHONEVAULT_BACKUP_PASSWORD`, the first line of the file `PHONEVAULT_BACKUP_PASSWORD_FILE`, else a prompt on the
-terminal. Nothing is asked until an encrypted snapshot is actually read, so `ls` of a plain one never prompts; with no
-terminal and no password, reading an encrypted snapshot is BackupPasswordNeeded (one line, exit 1).
+The passwords at hand, in order: `--backup-password PASSWORD` (repeatable: a diff across a password change needs
+both; visible in the shell's history and to `ps`, for scripts that accept that), else `PHONEVAULT_BACKUP_PASSWORD`,
+else the first line of the file `PHONEVAULT_BACKUP_PASSWORD_FILE`. With none of them, a prompt on the terminal, once
+for each keybag the command meets. Nothing is looked for until an encrypted snapshot is actually read, so `ls` of a
+plain one never prompts; with no password and no terminal, reading an encrypted snapshot is BackupPasswordNeeded
+(one line, exit 1). A password at hand that opens no keybag is WrongBackupPassword (exit 12), never a prompt.
 """
 
 from __future__ import annotations
@@ -21,30 +23,40 @@ backup_password_option = click.option(
     "--backup-password",
     "backup_password",
     metavar="PASSWORD",
-    default=None,
-    help="The phone's backup password, for snapshots it encrypted (else $PHONEVAULT_BACKUP_PASSWORD, "
-    "$PHONEVAULT_BACKUP_PASSWORD_FILE, or a prompt; given here it lands in your shell history).",
+    multiple=True,
+    help="The phone's backup password, for snapshots it encrypted; repeat it for backups made before and after a "
+    "password change (else $PHONEVAULT_BACKUP_PASSWORD, $PHONEVAULT_BACKUP_PASSWORD_FILE, or a prompt; given "
+    "here it lands in your shell history).",
 )
 
 
-def password_from(given: str | None) -> BackupPassword:
+def password_from(given: tuple[str, ...] | str | None) -> BackupPassword:
     """A BackupPassword that looks for the password only when an encrypted snapshot needs it."""
+    given = (given,) if isinstance(given, str) else tuple(given or ())
 
-    def source() -> str | None:
-        if given is not None:
-            return given
+    def at_hand() -> list[str]:
+        if given:
+            return list(given)
         if (pw := os.environ.get("PHONEVAULT_BACKUP_PASSWORD")) is not None:
-            return pw
+            return [pw]
         if path := os.environ.get("PHONEVAULT_BACKUP_PASSWORD_FILE"):
             try:
                 text = Path(path).read_text()
             except (OSError, UnicodeDecodeError) as e:
-                raise PhonevaultError(
-                    f"PHONEVAULT_BACKUP_PASSWORD_FILE {path}: {getattr(e, 'strerror', None) or e}"
-                ) from None
-            return text.splitlines()[0] if text else ""
+                reason = getattr(e, "strerror", None) or e
+                raise PhonevaultError(f"PHONEVAULT_BACKUP_PASSWORD_FILE {path}: {reason}") from None
+            return [text.splitlines()[0] if text else ""]
+        return []
+
+    def ask(snapshot: str) -> str | None:
         if not sys.stdin.isatty():
             return None
-        return click.prompt("The phone's backup password", hide_input=True, err=True)
+        return click.prompt(f"The phone's backup password (snapshot {snapshot})", hide_input=True, err=True)
 
-    return BackupPassword(source)
+    # A password given in advance is what a script means: one that opens nothing is an error, not a prompt.
+    fixed = (
+        bool(given)
+        or "PHONEVAULT_BACKUP_PASSWORD" in os.environ
+        or bool(os.environ.get("PHONEVAULT_BACKUP_PASSWORD_FILE"))
+    )
+    return BackupPassword(at_hand, None if fixed else ask)

@@ -166,7 +166,7 @@ def snapshots(repo: Repository, device: str | None, show_all: bool, as_json: boo
 @backup_password_option
 @json_option
 @with_repo(readonly=True)
-def ls(repo: Repository, snapshot: str, path: str, backup_password: str | None, as_json: bool) -> None:
+def ls(repo: Repository, snapshot: str, path: str, backup_password: tuple[str, ...], as_json: bool) -> None:
     """Browse a snapshot by domain and path (no PATH lists the domains). Unusable catalog rows are named on
     stderr (exit 3). A snapshot the phone encrypted needs its backup password (asked for only then)."""
     _view, snap = resolve_snapshot(repo, snapshot)
@@ -225,7 +225,7 @@ def diff(
     paths: tuple[str, ...],
     show_metadata: bool,
     as_stat: bool,
-    backup_password: str | None,
+    backup_password: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Files added, removed and modified (their bytes differ) from SNAP_A to SNAP_B, by domain path; PATHS keep
@@ -301,7 +301,7 @@ def extract(
     dest: Path,
     overwrite: bool,
     strict: bool,
-    backup_password: str | None,
+    backup_password: tuple[str, ...],
 ) -> None:
     """Copy files out of a snapshot by domain path to DEST/<domain path>, e.g. --to ex gives
     ex/CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC. Existing files are never replaced without --overwrite;
@@ -343,7 +343,7 @@ def _print_extracted(done: list) -> None:
 @backup_password_option
 @with_repo
 def export(
-    repo: Repository, snapshot: str, dest: Path, strict: bool, decrypt: bool, backup_password: str | None
+    repo: Repository, snapshot: str, dest: Path, strict: bool, decrypt: bool, backup_password: tuple[str, ...]
 ) -> None:
     """Write a complete MobileSync backup folder (DEST/<UDID>/) that Finder, iTunes or idevicebackup2 restore from.
     A file the vault cannot read back is named on stderr and the rest is exported (exit 3); with --strict nothing

@@ -51,6 +51,7 @@ from .errors import (
     WrongBackupPassword,
 )
 from .ioscrypto import (
+    Keybag,
     KeybagError,
     PaddingError,
     PasswordMismatch,
@@ -70,27 +71,35 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class BackupPassword:
-    """The phone's backup password, asked for only when an encrypted snapshot is read (`source` is called at most
-    once and may prompt; None means there is none), and the keybags it opened in this process: one keybag costs its
-    PBKDF2 rounds once per command, however many snapshots share it (a diff reads two)."""
+    """The phone's backup passwords for this command, looked for only when an encrypted snapshot is read, and the
+    keybags they opened in this process: a keybag costs its PBKDF2 rounds once per command, however many snapshots
+    share it (a diff reads two). `source` gives the passwords at hand: a str, several, or None; a function is called
+    once, when the first encrypted snapshot is read. Each keybag is tried with every password at hand; when none
+    opens it, `ask` (a prompt on a terminal; None without one) is asked once for that keybag, so a diff across a
+    password change can be given both, as options or at two prompts."""
 
-    __slots__ = ("_asked", "_password", "_source", "_unlocked")
+    __slots__ = ("_ask", "_asked", "_candidates", "_source", "_unlocked")
 
-    def __init__(self, source: Callable[[], str | None] | str | None) -> None:
+    def __init__(
+        self,
+        source: Callable[[], str | Iterable[str] | None] | str | Iterable[str] | None,
+        ask: Callable[[str], str | None] | None = None,
+    ) -> None:
         self._source = source if callable(source) else (lambda: source)
+        self._ask = ask
         self._asked = False
-        self._password: str | None = None
+        self._candidates: list[str] = []
         self._unlocked: dict[bytes, dict[int, bytes]] = {}
 
-    def text(self, snapshot: str) -> str:
+    def _at_hand(self) -> list[str]:
         if not self._asked:
-            self._password, self._asked = self._source(), True
-        if self._password is None:
-            raise BackupPasswordNeeded(snapshot)
-        return self._password
+            value = self._source()
+            self._candidates = [value] if isinstance(value, str) else list(value or ())
+            self._asked = True
+        return self._candidates
 
     def class_keys(self, keybag: bytes, snapshot: str) -> dict[int, bytes]:
-        """The class keys of `keybag` this password unwraps (see the module docstring for the errors)."""
+        """The class keys of `keybag` that one of the passwords unwraps (see the module docstring for the errors)."""
         if (keys := self._unlocked.get(keybag)) is not None:
             return keys
         try:
@@ -99,15 +108,30 @@ class BackupPassword:
             if e.unsupported:
                 raise EncryptionUnsupported(snapshot, f"its BackupKeyBag cannot be read: {e}") from None
             raise KeybagDamaged(snapshot, str(e)) from None
-        password = self.text(snapshot)
-        try:
-            keys = unlock_class_keys(bag, password)
-        except PasswordMismatch:
-            raise WrongBackupPassword(snapshot) from None
-        except KeybagError as e:
-            raise KeybagDamaged(snapshot, str(e)) from None
-        self._unlocked[keybag] = keys
-        return keys
+        candidates = self._at_hand()
+        for password in candidates:
+            if (keys := _unlock(bag, password, snapshot)) is not None:
+                self._unlocked[keybag] = keys
+                return keys
+        if self._ask is not None and (password := self._ask(snapshot)) is not None:
+            if (keys := _unlock(bag, password, snapshot)) is None:
+                raise WrongBackupPassword(snapshot)
+            candidates.append(password)
+            self._unlocked[keybag] = keys
+            return keys
+        if not candidates:
+            raise BackupPasswordNeeded(snapshot)
+        raise WrongBackupPassword(snapshot)
+
+
+def _unlock(bag: Keybag, password: str, snapshot: str) -> dict[int, bytes] | None:
+    """The class keys `password` unwraps, None if it is not this keybag's password."""
+    try:
+        return unlock_class_keys(bag, password)
+    except PasswordMismatch:
+        return None
+    except KeybagError as e:
+        raise KeybagDamaged(snapshot, str(e)) from None
 
 
 @dataclass(frozen=True, slots=True)

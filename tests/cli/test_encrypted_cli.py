@@ -503,6 +503,13 @@ def test_backups_an_encrypted_phone_sent_are_browsed_diffed_and_exported(pv, cli
         pv("backup", env=env, check=True)  # full: every file re-encrypted under the new keybag
         s2 = js(pv("snapshots", "--json", env=env))[-1]["id"][:8]
         assert one_line(pv("ls", s2, env=first), 12)  # the new backup needs the new password
+        # A diff across the change takes both passwords; the same day's files, re-encrypted, are not modified.
+        assert "wrong backup password" in one_line(pv("diff", s1, s2, env=first), 12)
+        both = ["--backup-password", "second", "--backup-password", "first"]
+        across = js(pv("diff", s1, s2, *both, "--json", env=env))["changes"]
+        assert [c for c in across if "Domain" in c["path"]] == []
+        shown = js(pv("diff", s1, s2, *both, "--metadata", "--json", env=env))["changes"]
+        assert {c["change"] for c in shown if c["path"].startswith(DCIM)} == {"metadata"}
 
         pv("export", s1, "--to", str(tmp_path / "sent"), env=env, check=True)
         sent = tmp_path / "sent" / phone.udid
