@@ -23,10 +23,7 @@ Databases, natural key -> plaintext:
             rather than one per file, and a file's newer stat replaces its older one. The folder being read is
             held decoded (one folder's entries, ~200 bytes a file).
   derived   "<kind>/<content id>" -> bytes (a snapshot's catalog, the MBFile decoding memo)
-Spools (`Cache.spool()`): what a command must keep for later but not in memory (an import's stat-cache updates,
-written only after its commit) goes to an anonymous temporary file in the cache directory, unlinked as it is made
-(a crash leaves nothing), in sealed batches: u32be length ‖ nonce ‖ AES-256-GCM(msgpack batch, ad = `spool/` ‖
-8-byte batch number) ‖ tag. A batch that fails to open is CacheCorrupt.
+Spools (`Cache.spool()`, store/spool.py): sealed temporary files in the cache directory, unlinked as they are made.
 The sidecar file `state` is sealed (ad "cache-state") msgpack [size, mtime ns, ctime ns, inode] of data.mdb as the
 last clean close left it.
 
@@ -58,11 +55,10 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import struct
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 import msgpack
@@ -71,6 +67,9 @@ from .backends.local import mkdirs_private
 from .crypto import MasterKey
 from .errors import CacheCorrupt, PhonevaultError
 from .packs import BlobLocation
+
+if TYPE_CHECKING:
+    from .spool import Spool
 
 try:  # py-lmdb ≥ 3.0: a pure-Python structural verifier that never hands the file to liblmdb
     from lmdb.verify import verify as _verify_file
@@ -458,6 +457,8 @@ class Cache:
         self._stat_gen += 1
 
     def spool(self) -> Spool:
+        from .spool import Spool  # noqa: PLC0415  (spool.py builds on this module)
+
         return Spool(self)
 
     # --- derived projections ----------------------------------------------------------------------------------
@@ -474,40 +475,6 @@ class Cache:
         k = self._derived_key(key)
         sealed = self._seal(b"derived", k, bytes(value))
         self._write(lambda txn: txn.put(k, sealed, db=self._derived))
-
-
-class Spool:
-    """Sealed batches of msgpack-able items in an anonymous temporary file (format in the module docstring): append
-    them, then read them back once, in order. Memory: one batch."""
-
-    _LEN = struct.Struct(">I")
-
-    def __init__(self, cache: Cache) -> None:
-        self._cache = cache
-        self._file = tempfile.TemporaryFile(dir=cache.path, prefix="spool-")
-        self._n = 0
-
-    def append(self, batch: list) -> None:
-        if batch:
-            sealed = self._cache._seal(b"spool", self._n.to_bytes(8, "big"), msgpack.packb(batch))
-            self._file.write(self._LEN.pack(len(sealed)) + sealed)
-            self._n += 1
-
-    def __iter__(self):
-        self._file.flush()
-        self._file.seek(0)
-        for n in range(self._n):
-            (size,) = self._LEN.unpack(self._file.read(self._LEN.size))
-            yield self._cache._unpack(b"spool", n.to_bytes(8, "big"), self._file.read(size))
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> Spool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _split_stat_key(key: bytes) -> tuple[bytes, bytes, bytes]:

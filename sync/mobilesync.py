@@ -38,19 +38,18 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from array import array
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from phonevault.store.cache import Spool
 from phonevault.store.check import ReadableShards
 from phonevault.store.errors import PhonevaultError, UnsafePath
 from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.repository import Repository, now_us
+from phonevault.store.spool import Spool
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
@@ -58,6 +57,14 @@ from .catalog import ManifestParse, ReadyParse, parse_legacy_folder, store_catal
 from .damage import describe
 from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
 from .errors import BackupFolderInvalid, ManifestInvalid, StrictRefused, TargetConflict
+from .folderwalk import Prefetch as _Prefetch
+from .folderwalk import Present as _Present
+from .folderwalk import ReadAhead as _ReadAhead
+from .folderwalk import Stat as _Stat
+from .folderwalk import folder_bytes as _folder_bytes
+from .folderwalk import is_utf8 as _is_utf8
+from .folderwalk import stat_key as _stat_key
+from .folderwalk import walk as _walk
 from .layouts import LAYOUTS, MANIFEST_DB, MDINFO, Layout, detect_layout
 from .manifest import check_manifest_db
 from .paths import Target, safe_component, shown, unsafe_reason
@@ -231,166 +238,6 @@ class ImportResult:
     reused_files: int
 
 
-def _is_utf8(name: str) -> bool:
-    """os.walk hands back bytes that are not UTF-8 as lone surrogates; such a name cannot be stored or shown."""
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _stat_key(path: str, st: _Stat) -> bytes:
-    return f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}".encode()
-
-
-@dataclass(frozen=True, slots=True)
-class _Stat:
-    """The five stat fields import needs (an os.stat_result is ~400 bytes; a folder can hold 300 000 files)."""
-
-    st_size: int
-    st_mode: int
-    st_mtime_ns: int
-    st_ino: int
-    st_ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> _Stat:
-        return cls(st.st_size, st.st_mode, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-
-
-def _walk(folder: Path) -> Iterator[tuple[str, list[tuple[str, _Stat]], list[tuple[str, _Stat]]]]:
-    """(shard, its regular files and other entries, its empty directories) per shard, paths relative to `folder`,
-    sorted within a shard; shards in sorted order, the top level ("", which also holds an empty top-level folder:
-    store/trees.py `shard_of`) last. Lazy: one shard's listing is held at a time."""
-    top: tuple[list, list] = ([], [])
-    shard, files, empty_dirs = "", [], []
-    for dirpath, dirs, names in os.walk(folder):
-        # os.walk lists a symbolic link to a folder among the folders and never enters it: list it as the
-        # non-regular file it is, so the import names it instead of dropping it without a word.
-        for link in [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            dirs.remove(link)
-            names.append(link)
-        dirs.sort()
-        rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        here = rel_dir.partition("/")[0] if prefix else ""
-        if here != shard and shard:
-            yield shard, files, empty_dirs
-            files, empty_dirs = [], []
-        shard = here
-        into = top if not shard else (files, empty_dirs)
-        if not dirs and not names and prefix:
-            (top if "/" not in rel_dir else into)[1].append((rel_dir, _Stat.of(os.stat(dirpath))))
-        for name in sorted(names):
-            into[0].append((prefix + name, _Stat.of(os.lstat(os.path.join(dirpath, name)))))
-    if shard:
-        yield shard, files, empty_dirs
-    yield "", top[0], sorted(top[1])
-
-
-def _folder_bytes(folder: Path) -> int:
-    """The bytes of the regular files under `folder` (the progress total): a walk that keeps nothing."""
-    total = 0
-    for dirpath, _dirs, names in os.walk(folder):
-        for name in names:
-            with suppress(OSError):
-                st = os.lstat(os.path.join(dirpath, name))
-                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
-    return total
-
-
-class _Present(Mapping[str, int]):
-    """path -> size of every file the walk found, for the comparison with the file list, in ~28 bytes a file
-    rather than ~150: a name `xx/<fileID>` (40 hex digits starting with xx, as MobileSync names every file) is
-    kept as 20 bytes in its shard's sorted table; any other name in a plain dict."""
-
-    def __init__(self) -> None:
-        self._tables: dict[str, tuple[bytes, array]] = {}  # shard -> (sorted ids, sizes)
-        self._other: dict[str, int] = {}
-
-    @staticmethod
-    def _split(rel: str) -> tuple[str, bytes] | None:
-        shard, _, name = rel.partition("/")
-        if len(shard) == 2 and len(name) == 40 and name.startswith(shard) and name == name.lower():
-            with suppress(ValueError):
-                return shard, bytes.fromhex(name)
-        return None
-
-    def add_shard(self, items: list[tuple[str, int]]) -> None:
-        """The files of one shard; rows with a MobileSync name must come sorted (a walk's order)."""
-        ids, sizes, shard = bytearray(), array("q"), None
-        for rel, size in items:
-            got = self._split(rel)
-            if got is None or (shard is not None and got[0] != shard) or (ids and bytes(ids[-20:]) >= got[1]):
-                self._other[rel] = size
-                continue
-            shard = got[0]
-            ids += got[1]
-            sizes.append(size)
-        if shard is not None:
-            self._tables[shard] = (bytes(ids), sizes)
-
-    def __getitem__(self, rel: str) -> int:
-        got = self._split(rel)
-        table = self._tables.get(got[0]) if got else None
-        if table is not None:
-            ids, sizes = table
-            lo, hi = 0, len(sizes)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if ids[mid * 20 : mid * 20 + 20] < got[1]:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo < len(sizes) and ids[lo * 20 : lo * 20 + 20] == got[1]:
-                return sizes[lo]
-        return self._other[rel]
-
-    def __iter__(self) -> Iterator[str]:
-        for shard, (ids, _sizes) in self._tables.items():
-            for i in range(0, len(ids), 20):
-                yield f"{shard}/{ids[i : i + 20].hex()}"
-        yield from self._other
-
-    def __len__(self) -> int:
-        return sum(len(sizes) for _ids, sizes in self._tables.values()) + len(self._other)
-
-
-class _ReadAhead:
-    """Asks the kernel to start reading the next files (up to WINDOW bytes ahead) while this one is chunked and
-    sealed, so disk and CPU overlap without a reader thread. A no-op where posix_fadvise does not exist."""
-
-    WINDOW = 64 << 20
-    MIN_SIZE = 256 << 10
-
-    def __init__(self, paths: list[str], sizes: list[int]) -> None:
-        self.paths, self.sizes = paths, sizes
-        self.next = 0  # first file not yet advised
-        self.advised = 0  # bytes advised beyond the file being read
-
-    def advance(self, current: int) -> None:
-        if not hasattr(os, "posix_fadvise"):
-            return
-        if self.next <= current:
-            self.next, self.advised = current, 0
-        else:
-            self.advised -= self.sizes[current]
-        while self.next < len(self.paths) and self.advised < self.WINDOW:
-            # Small files are not worth an extra open and close: the kernel reads them in one go anyway.
-            if self.sizes[self.next] >= self.MIN_SIZE:
-                try:
-                    fd = os.open(self.paths[self.next], os.O_RDONLY)
-                    try:
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                    finally:
-                        os.close(fd)
-                except OSError:
-                    pass
-            self.advised += self.sizes[self.next]
-            self.next += 1
-
-
 def import_folder(repo: Repository, folder: Path, *, progress: Progress | None = None) -> ImportResult:
     folder = folder.resolve()
     fm = read_folder_meta(folder, repo)
@@ -407,51 +254,6 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
     with SnapshotWriter(repo, fm.device.udid, device_record(fm.device), incremental=False) as writer:
         with repo.cache.spool() as new_stat, ThreadPoolExecutor(4, thread_name_prefix="import-read") as readers:
             return _stage_and_commit(repo, writer, folder, fm, new_stat, readers, progress)
-
-
-def _warm(path: str) -> None:
-    """Have the kernel read a file into the page cache (asynchronously where it can), keeping nothing here."""
-    with suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
-
-
-class _Prefetch:
-    """Has the kernel read the small files of a shard (≤ SMALL; _ReadAhead advises the larger ones) up to WINDOW
-    bytes and MAX_FILES files ahead of the one being chunked, from reader threads, so several reads are
-    outstanding at once: read one at a time from a cold disk, a shard of small files waits on each read in turn
-    (16 of 31 s of a cold import of a 0.5 GB phone). The threads open, advise and close (the syscalls release the
-    GIL); the bytes land in the page cache, not here, so this costs no memory, and the caller still reads every
-    file itself, in the walk's order (packs come out the same)."""
-
-    SMALL = 1 << 20
-    WINDOW = 32 << 20
-    MAX_FILES = 64
-
-    def __init__(self, pool: ThreadPoolExecutor, files: list[tuple[str, str, _Stat, bytes]]) -> None:
-        self._pool, self._files = pool, files
-        self._pending: dict[int, Future] = {}
-        self._next = 0
-        self._window = 0
-
-    def take(self, i: int) -> Future | None:
-        """Ask for the files after file `i` (and for `i` itself if it was not yet)."""
-        got = self._pending.pop(i, None)
-        if got is not None:
-            self._window -= self._files[i][2].st_size
-        while self._next < len(self._files) and self._window < self.WINDOW and len(self._pending) < self.MAX_FILES:
-            _rel, full, st, _key = self._files[self._next]
-            if st.st_size <= self.SMALL:
-                if self._next == i and got is None:
-                    got = self._pool.submit(_warm, full)
-                elif self._next > i:
-                    self._pending[self._next] = self._pool.submit(_warm, full)
-                    self._window += st.st_size
-            self._next += 1
-        return got
 
 
 @dataclass(slots=True)
