@@ -405,7 +405,10 @@ def _place_extra(dev: Path, outside: Path, what: str, where: str, n: int) -> Non
     elif what == "metadata-symlink":
         target = outside / "Info.plist"
         target.write_bytes(plistlib.dumps({"Target Identifier": "OUTSIDE-0000", "Device Name": "not this phone"}))
-        (dev / "Info.plist").unlink(missing_ok=True)
+        info = dev / "Info.plist"
+        if info.is_dir() and not info.is_symlink():  # the drawn Info.plist may be a folder
+            shutil.rmtree(info)
+        info.unlink(missing_ok=True)
         if not (dev / "Info.plist").exists():
             (dev / "Info.plist").symlink_to(target)
     else:  # pragma: no cover - a typo in EXTRAS
