@@ -79,13 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_const", dest="mode", const="full", help="every trial (default)")
     mode.add_argument("--ci", action="store_const", dest="mode", const="ci", help="~30 trials in a few minutes")
     parser.add_argument("--seed", type=int, default=1, help="every draw of the run follows from it (default 1)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"results folder (default {DEFAULT_OUT}; with --ci or --only: its ci/ subfolder, so a "
+                             "partial run never replaces the full run's report)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="trials run at once (default 2)")
     parser.add_argument("--keep", action="store_true", help="keep every trial's scratch folder, not only failed ones")
     parser.add_argument("--only", default="", help="only trials whose label contains this text")
     parser.add_argument("--list", action="store_true", help="print the plan's trials and stop")
     args = parser.parse_args(argv)
     mode_name = args.mode or "full"
+    if args.out is None:
+        args.out = DEFAULT_OUT if mode_name == "full" and not args.only else DEFAULT_OUT / "ci"
     start = time.monotonic()
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     work = args.out.resolve() / "work"
