@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 
-from phonevault.store.errors import PhonevaultError
 from phonevault.sync.encrypted import BackupPassword
+
+from .context import secret_from_env
 
 backup_password_option = click.option(
     "--backup-password",
@@ -37,16 +37,8 @@ def password_from(given: tuple[str, ...] | str | None) -> BackupPassword:
     def at_hand() -> list[str]:
         if given:
             return list(given)
-        if (pw := os.environ.get("PHONEVAULT_BACKUP_PASSWORD")) is not None:
-            return [pw]
-        if path := os.environ.get("PHONEVAULT_BACKUP_PASSWORD_FILE"):
-            try:
-                text = Path(path).read_text()
-            except (OSError, UnicodeDecodeError) as e:
-                reason = getattr(e, "strerror", None) or e
-                raise PhonevaultError(f"PHONEVAULT_BACKUP_PASSWORD_FILE {path}: {reason}") from None
-            return [text.splitlines()[0] if text else ""]
-        return []
+        pw = secret_from_env("PHONEVAULT_BACKUP_PASSWORD")
+        return [] if pw is None else [pw]
 
     def ask(snapshot: str) -> str | None:
         if not sys.stdin.isatty():

@@ -37,14 +37,24 @@ def repo_path(value: str | None) -> Path | str:
     return Path(raw).expanduser()
 
 
-def get_password(*, confirm: bool = False, what: str = "vault password") -> str:
-    if (pw := os.environ.get("PHONEVAULT_PASSWORD")) is not None:
-        return pw
-    if path := os.environ.get("PHONEVAULT_PASSWORD_FILE"):
+def secret_from_env(name: str) -> str | None:
+    """A password from the environment: $NAME, else the first line of the file named by $NAME_FILE (one clear line
+    if it cannot be read), else None. Every password phonevault takes is found this way (the vault's, the copy
+    target's, the phone's backup password); none of them has to be on a command line."""
+    if (value := os.environ.get(name)) is not None:
+        return value
+    if path := os.environ.get(f"{name}_FILE"):
         try:
-            return Path(path).read_text().splitlines()[0] if Path(path).read_text() else ""
-        except OSError as e:
-            raise PhonevaultError(f"PHONEVAULT_PASSWORD_FILE {path}: {e.strerror}") from None
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PhonevaultError(f"{name}_FILE {path}: {getattr(e, 'strerror', None) or e}") from None
+        return text.splitlines()[0] if text else ""
+    return None
+
+
+def get_password(*, confirm: bool = False, what: str = "vault password") -> str:
+    if (pw := secret_from_env("PHONEVAULT_PASSWORD")) is not None:
+        return pw
     if not sys.stdin.isatty():
         raise PhonevaultError("no password: set PHONEVAULT_PASSWORD or PHONEVAULT_PASSWORD_FILE, or run in a terminal")
     return click.prompt(what.capitalize(), hide_input=True, confirmation_prompt=confirm)

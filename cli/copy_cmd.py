@@ -7,9 +7,7 @@ none, with that password. What is copied and how it resumes: store/copy.py.
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -19,19 +17,13 @@ from phonevault.store.errors import PhonevaultError, RepositoryNotFound
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
 
-from .context import json_option, repo_path, with_repo
+from .context import json_option, repo_path, secret_from_env, with_repo
 from .render import emit_json, err, human, out, progress
 
 
 def target_password(*, confirm: bool) -> str:
-    if (pw := os.environ.get("PHONEVAULT_TO_PASSWORD")) is not None:
+    if (pw := secret_from_env("PHONEVAULT_TO_PASSWORD")) is not None:
         return pw
-    if path := os.environ.get("PHONEVAULT_TO_PASSWORD_FILE"):
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise PhonevaultError(f"PHONEVAULT_TO_PASSWORD_FILE {path}: {e.strerror}") from None
-        return text.splitlines()[0] if text else ""
     if not sys.stdin.isatty():
         raise PhonevaultError(
             "no password for the target vault: set PHONEVAULT_TO_PASSWORD or PHONEVAULT_TO_PASSWORD_FILE, or run in a "

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 
 from phonevault.store.errors import PhonevaultError
 
+from .context import secret_from_env
 from .device_cmds import device_address, with_device_options
 from .render import emit_json, err, out
 
@@ -30,14 +30,8 @@ def backup_password(given: str | None, *, prompt: str = "Backup password", confi
     """The phone's backup password: ``given`` (--backup-password), else the environment, else a prompt."""
     if given is not None:
         return given
-    if (pw := os.environ.get("PHONEVAULT_BACKUP_PASSWORD")) is not None:
+    if (pw := secret_from_env("PHONEVAULT_BACKUP_PASSWORD")) is not None:
         return pw
-    if path := os.environ.get("PHONEVAULT_BACKUP_PASSWORD_FILE"):
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise PhonevaultError(f"PHONEVAULT_BACKUP_PASSWORD_FILE {path}: {e.strerror}") from None
-        return text.splitlines()[0] if text else ""
     if not sys.stdin.isatty():
         raise PhonevaultError(
             "no backup password: give --backup-password, set PHONEVAULT_BACKUP_PASSWORD or "
