@@ -28,14 +28,11 @@ from __future__ import annotations
 
 import os
 import plistlib
-import shutil
 import sqlite3
-from contextlib import suppress
 from pathlib import Path
 
 from phonevault.store.check import readable_tree
 from phonevault.store.errors import PhonevaultError, UnsafePath
-from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry
@@ -43,11 +40,11 @@ from phonevault.store.trees import FileEntry
 from .catalog import Catalog, domain_path, load_catalog
 from .damage import describe
 from .encrypted import BackupPassword, decrypt_manifest_db, unlock
-from .errors import FileUndecryptable, StrictRefused, TargetConflict
+from .errors import FileUndecryptable
 from .manifest import FLAG_FILE, MANIFEST_DB_SCHEMA
 from .mbfile import decode_mbfile, encode_mbfile
-from .mobilesync import ExportResult, Progress, export_snapshot
-from .paths import Target, safe_component, shown
+from .mobilesync import ExportResult, Progress, export_snapshot, into_new_folder
+from .paths import Target, shown
 from .records import backup_meta
 from .writeout import FileWriters, set_meta
 
@@ -69,33 +66,8 @@ def export_decrypted(
         return export_snapshot(repo, view, snap, dest_root, progress=progress, strict=strict)
     catalog = load_catalog(repo, snap, password)  # the password is checked before anything is written
     assert catalog.keys is not None
-    udid = safe_component(view.device or view.key, str(dest_root))
-    target = dest_root / udid
-    if os.path.islink(target):
-        raise TargetConflict(str(target), "is a symbolic link; export into a real folder")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise TargetConflict(str(target), "already exists and is not an empty folder; export into an empty place")
-    made_root = not dest_root.exists()
-    dest_root.mkdir(parents=True, exist_ok=True)
-    tmp = dest_root / f".{udid}.phonevault-partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        result = _write_folder(repo, view, snap, catalog, password, tmp, target, progress)
-        if strict and (result.damaged or result.problems):
-            raise StrictRefused(result.problems + result.damaged, "exported")
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if made_root:
-            with suppress(OSError):
-                dest_root.rmdir()
-        raise
-    record_export(repo, view, snap, str(target))
-    return result
+    write = lambda tmp, target: _write_folder(repo, view, snap, catalog, password, tmp, target, progress)  # noqa: E731
+    return into_new_folder(repo, view, snap, dest_root, write, strict=strict)
 
 
 def _write_folder(

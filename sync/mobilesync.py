@@ -393,6 +393,22 @@ def export_snapshot(
     folder name and every tree path must stay inside the folder (UnsafePath; a refused tree path is named in
     `problems` and the rest is exported). A file that cannot be read back from the vault is named in `damaged` and
     the rest is exported; with `strict`, StrictRefused instead, and nothing is left in the target."""
+    write = lambda tmp, target: _export_into(repo, view, snap, tmp, target, progress)  # noqa: E731
+    return into_new_folder(repo, view, snap, dest_root, write, strict=strict)
+
+
+def into_new_folder(
+    repo: Repository,
+    view: DeviceView,
+    snap: SnapshotRecord,
+    dest_root: Path,
+    write: Callable[[Path, Path], ExportResult],
+    *,
+    strict: bool,
+) -> ExportResult:
+    """`dest_root/<UDID>/` made by `write(temporary folder, final folder)` under a temporary name and renamed at the
+    end (every export: as imported, or decrypted), so a crash never leaves a half-written folder that looks
+    complete and a failure removes it. The target must be absent or an empty real folder."""
     udid = safe_component(view.device or view.key, str(dest_root))
     target = dest_root / udid
     if os.path.islink(target):
@@ -406,7 +422,7 @@ def export_snapshot(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        result = _export_into(repo, view, snap, tmp, target, progress)
+        result = write(tmp, target)
         if strict and (result.damaged or result.problems):
             raise StrictRefused(result.problems + result.damaged, "exported")
         if target.exists():
