@@ -57,7 +57,7 @@ from phonevault.store.repository import Repository
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
-from .devicelink import ACTIVITY, Progress, VaultDeviceLink
+from .devicelink import ACTIVITY, CheckedLink, Progress, VaultDeviceLink
 from .errors import (
     DeviceDisconnected,
     DeviceError,
@@ -73,6 +73,7 @@ from .plists import read_info_plist, read_manifest_plist
 from .records import BackupMeta, device_record
 
 T = TypeVar("T")
+L = TypeVar("L", bound=CheckedLink)
 
 # usbmuxd replies are device lists and pair records (kilobytes); anything longer is garbage, not a reply.
 MAX_USBMUX_REPLY = 1 << 20
@@ -168,20 +169,28 @@ class DeviceBackupResult:
     problems: list[str] = field(default_factory=list)
 
 
+@asynccontextmanager
+async def open_link(service: Mobilebackup2Service, make: Callable[[Any], L]) -> AsyncIterator[L]:
+    """MobileBackup2 connected, a DeviceLink made by `make` over it, versions exchanged and Hello said; the link
+    is disconnected afterwards (a device already gone is no error then)."""
+    await service.connect()
+    dl = make(service._service)
+    await dl.version_exchange()
+    await _hello(dl)
+    try:
+        yield dl
+    finally:
+        with suppress(ConnectionTerminatedError, OSError):
+            await dl.disconnect()
+
+
 class _VaultBackupService(Mobilebackup2Service):
     """pymobiledevice3's service with the folder replaced by the vault (its `device_link` builds a folder link)."""
 
     @asynccontextmanager
     async def vault_link(self, **kwargs) -> AsyncIterator[VaultDeviceLink]:
-        await self.connect()
-        dl = VaultDeviceLink(self._service, **kwargs)
-        await dl.version_exchange()
-        await _hello(dl)
-        try:
+        async with open_link(self, lambda service: VaultDeviceLink(service, **kwargs)) as dl:
             yield dl
-        finally:
-            with suppress(ConnectionTerminatedError, OSError):
-                await dl.disconnect()
 
     @asynccontextmanager
     async def session(self, dl: VaultDeviceLink) -> AsyncIterator[AfcService]:

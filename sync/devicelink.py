@@ -172,7 +172,31 @@ def normalize(path: str, udid: str) -> str:
     return "/".join(parts[1:])
 
 
-class VaultDeviceLink(DeviceLink):
+class CheckedLink(DeviceLink):
+    """pymobiledevice3's DeviceLink reading the device as this room does: every message checked (`check_message`)
+    instead of indexed blindly, and each read telling the watchdog (ACTIVITY) that the device is still talking."""
+
+    async def _recvall(self, size: int) -> bytes:
+        if (poke := ACTIVITY.get()) is not None:
+            poke()
+        return await super()._recvall(size)
+
+    async def receive_message(self) -> list[Any]:
+        if (poke := ACTIVITY.get()) is not None:
+            poke()
+        return check_message(await super().receive_message())
+
+    async def version_exchange(self) -> None:
+        offer = await self.receive_message()
+        if offer[0] != "DLMessageVersionExchange":
+            raise ProtocolError("DeviceLink", f"expected DLMessageVersionExchange, got {shown(offer[0][:80])}")
+        await self.service.send_plist(["DLMessageVersionExchange", "DLVersionsOk", offer[1]])
+        ready = await self.receive_message()
+        if ready[0] != "DLMessageDeviceReady":
+            raise ProtocolError("DeviceLink", f"expected DLMessageDeviceReady, got {shown(ready[0][:80])}")
+
+
+class VaultDeviceLink(CheckedLink):
     def __init__(
         self,
         service: ServiceConnection,
@@ -241,27 +265,6 @@ class VaultDeviceLink(DeviceLink):
             self.problems.append(f"the device asked to {what} during a restore; ignored")
             return False
         return True
-
-    # --- reading from the device ----------------------------------------------------------------------------
-    async def _recvall(self, size: int) -> bytes:
-        if (poke := ACTIVITY.get()) is not None:
-            poke()
-        return await super()._recvall(size)
-
-    async def receive_message(self) -> list[Any]:
-        if (poke := ACTIVITY.get()) is not None:
-            poke()
-        return check_message(await super().receive_message())
-
-    async def version_exchange(self) -> None:
-        """pymobiledevice3's, with the device's messages checked (`check_message`) instead of indexed blindly."""
-        offer = await self.receive_message()
-        if offer[0] != "DLMessageVersionExchange":
-            raise ProtocolError("DeviceLink", f"expected DLMessageVersionExchange, got {shown(offer[0][:80])}")
-        await self.service.send_plist(["DLMessageVersionExchange", "DLVersionsOk", offer[1]])
-        ready = await self.receive_message()
-        if ready[0] != "DLMessageDeviceReady":
-            raise ProtocolError("DeviceLink", f"expected DLMessageDeviceReady, got {shown(ready[0][:80])}")
 
     # --- framing helpers ------------------------------------------------------------------------------------
     async def _name(self) -> str:

@@ -20,19 +20,14 @@ on an encrypting device, turning off or changing the password of one that does n
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pymobiledevice3.exceptions import ConnectionTerminatedError
-from pymobiledevice3.services.device_link import DeviceLink
-
 from phonevault.store.errors import PasswordRefused
 
-from .backup2 import Timeouts, _device_udid, _hello, connected, watched
-from .devicelink import ACTIVITY, VaultDeviceLink, check_message
+from .backup2 import Timeouts, _device_udid, connected, open_link, watched
+from .devicelink import CheckedLink
 from .errors import (
     BackupEncryptionState,
     DeviceReportedFailure,
@@ -120,7 +115,7 @@ async def _run(udid, usbmux_address, request: _Request | None, watchdog) -> Encr
             if (why := request.refusal(encrypts)) is not None:
                 raise BackupEncryptionState(why)
             watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
-            async with _message_link(service) as dl:
+            async with open_link(service, _MessageLink) as dl:
                 message: dict[str, Any] = {"MessageName": "ChangePassword", "TargetIdentifier": target}
                 if request.old is not None:
                     message["OldPassword"] = request.old
@@ -148,7 +143,7 @@ async def _will_encrypt(lockdown) -> bool:
     return bool(value)
 
 
-class _MessageLink(DeviceLink):
+class _MessageLink(CheckedLink):
     """A DeviceLink for an operation that moves no file (ChangePassword): the device's messages are checked as a
     backup's are (`check_message`, every read reported to the watchdog), and a file request is a ProtocolError —
     no local folder exists to answer it from."""
@@ -158,30 +153,5 @@ class _MessageLink(DeviceLink):
         for name in self._dl_handlers:
             self._dl_handlers[name] = self._refuse
 
-    version_exchange = VaultDeviceLink.version_exchange
-
-    async def _recvall(self, size: int) -> bytes:
-        if (poke := ACTIVITY.get()) is not None:
-            poke()
-        return await super()._recvall(size)
-
-    async def receive_message(self) -> list[Any]:
-        if (poke := ACTIVITY.get()) is not None:
-            poke()
-        return check_message(await super().receive_message())
-
     async def _refuse(self, message: list[Any]) -> None:
         raise ProtocolError("MobileBackup2", f"the device sent {shown(str(message[0])[:60])} during ChangePassword")
-
-
-@asynccontextmanager
-async def _message_link(service) -> AsyncIterator[_MessageLink]:
-    await service.connect()
-    dl = _MessageLink(service._service)
-    await dl.version_exchange()
-    await _hello(dl)
-    try:
-        yield dl
-    finally:
-        with suppress(ConnectionTerminatedError, OSError):
-            await dl.disconnect()
