@@ -25,7 +25,7 @@ it; a get holds the one object or range it returns. Pack uploads run in parallel
 are sent PARALLEL_PARTS (4) at once, each a slice of that same buffer; it appears whole at completion or not at all,
 and a failed upload is aborted (one cut short by a kill stays as invisible parts until the bucket's lifecycle rule
 for incomplete uploads removes them; it is never an object). So an upload costs the pack it sends (≤ 16 MiB + one
-blob, see store/packs.py) plus socket buffers, and the pack writer's bound ((2 open + MAX_INFLIGHT) × 16 MiB,
+blob, see store/packs.py) plus socket buffers, and the pack writer's bound ((2 open + MAX_INFLIGHT) × 16 MiB, store/blobsink.py,
 store/writer.py) is the whole write-side bound on S3 as on a disk.
 
 Reads: a ranged read fetches at least READAHEAD (1 MiB) from its offset and keeps that window, so the next blobs of
