@@ -30,6 +30,17 @@ backup_password_option = click.option(
 )
 
 
+store_decrypted_option = click.option(
+    "--store-decrypted",
+    is_flag=True,
+    help="For a backup the phone encrypted: store each file's plaintext plus its own key instead of the ciphertext, "
+    "so it deduplicates across full backups, password changes and plain backups (export encrypts it again, bit "
+    "for bit as the phone sent it; ls/diff/extract need no backup password then). Off by default because the "
+    "vault's password then reads what the phone's backup password protected (the keychain's items excepted: "
+    "they stay wrapped by the keybag). Needs the backup password once, now.",
+)
+
+
 def password_from(given: tuple[str, ...] | str | None) -> BackupPassword:
     """A BackupPassword that looks for the password only when an encrypted snapshot needs it."""
     given = (given,) if isinstance(given, str) else tuple(given or ())

@@ -18,6 +18,7 @@ from phonevault.store.repository import Repository, format_time
 from phonevault.sync.errors import RestoreIncomplete, RestoreRefused, SourceIncomplete, StrictRefused
 from phonevault.sync.paths import shown
 
+from .backup_password import backup_password_option, password_from, store_decrypted_option
 from .context import with_repo
 from .render import err, human, out, progress
 from .sizes import parse_size
@@ -65,8 +66,13 @@ def with_device_options(fn):
 @click.command()
 @with_device_options
 @click.option("--full", is_flag=True, help="Ask the device for every file, not only what changed.")
+@store_decrypted_option
+@backup_password_option
 @with_repo
-def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day: int, emulator_size: str, full: bool):
+def backup(
+    repo: Repository, udid: str | None, use_emulator: bool, emulator_day: int, emulator_size: str, full: bool,
+    store_decrypted: bool, backup_password: tuple[str, ...],
+):  # fmt: skip
     """Back up a connected iPhone/iPad into a new dated snapshot (incremental after the first)."""
     from phonevault.sync.backup2 import backup_device  # pymobiledevice3 costs ~1 s to import: only when needed
 
@@ -79,6 +85,7 @@ def backup(repo: Repository, udid: str | None, use_emulator: bool, emulator_day:
                 full=full,
                 progress=lambda files, nbytes: update(nbytes),
                 on_start=lambda u, name: err.print(f"backing up {name or u} ({u}) …"),
+                store_decrypted=password_from(backup_password) if store_decrypted else None,
             )
     s = r.snapshot.stats
     out.print(

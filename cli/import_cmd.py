@@ -22,15 +22,19 @@ from phonevault.sync.mobilesync import find_backup_folders, import_folder
 from phonevault.sync.paths import shown
 from phonevault.sync.records import backup_meta
 
+from .backup_password import backup_password_option, password_from, store_decrypted_option
 from .context import with_repo
 from .render import err, human, out, progress
 
 
 @click.command("import")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
+@store_decrypted_option
+@backup_password_option
 @with_repo
-def import_(repo: Repository, path: Path | None) -> None:
+def import_(repo: Repository, path: Path | None, store_decrypted: bool, backup_password: tuple[str, ...]) -> None:
     """Import a backup folder (<UDID>/), a Backup/ folder of several, or (no PATH) the Finder/iTunes locations."""
+    password = password_from(backup_password) if store_decrypted else None
     worst: PhonevaultError | None = None
     failed: list[str] = []
     imported = 0
@@ -38,7 +42,7 @@ def import_(repo: Repository, path: Path | None) -> None:
         for folder in find_backup_folders(path):
             try:
                 with progress(f"importing {folder.name[:12]}", None) as update:  # import_folder reports the total
-                    r = import_folder(repo, folder, progress=update)
+                    r = import_folder(repo, folder, progress=update, store_decrypted=password)
             except PhonevaultError as e:
                 worst = _keep_worse(worst, e)
                 failed.append(shown(folder.name))
@@ -55,6 +59,12 @@ def import_(repo: Repository, path: Path | None) -> None:
             if meta.encrypted and meta.layout == MBDB.name:  # iOS 4–9: the file list is plaintext, the files are not
                 err.print("note: the phone encrypted this backup's files; it is stored as-is (browsable; extracting "
                           "its files needs its password)")  # fmt: skip
+            elif meta.all_decrypted:
+                err.print(f"note: the phone encrypted this backup; stored decrypted ({meta.decrypted} files), "
+                          "browsable without its password, exported encrypted again")  # fmt: skip
+            elif meta.encrypted and meta.decrypted:
+                err.print(f"note: the phone encrypted this backup; {meta.decrypted} files stored decrypted, the "
+                          "others as sent (browsing them needs its password)")  # fmt: skip
             elif meta.encrypted:
                 err.print("note: the phone encrypted this backup; it is stored as-is (browsing it needs its password)")
             for p in r.problems:  # names from the backup: plain text, never markup

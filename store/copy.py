@@ -25,7 +25,7 @@ packs ((2 open + MAX_INFLIGHT) × 16 MiB, store/writer.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .chunker import SNIFF_LEN, choose_policy
 from .packs import DATA
@@ -109,9 +109,9 @@ def copy_snapshots(
                     ids = mapped[1]
                 else:
                     ids = _copy_chunks(src, writer, entry)
-                if not writer.put_entry(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns, ids)):
+                if not writer.put_entry(replace(entry, chunks=ids)):  # every other field kept (cipher_key)
                     ids = _copy_chunks(src, writer, entry)  # a prune took a known chunk's pack meanwhile: store anew
-                    writer.put_entry(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns, ids))
+                    writer.put_entry(replace(entry, chunks=ids))
                 if entry.chunks:
                     chunk_map[path] = (entry.chunks, ids)
                 done_bytes += entry.size

@@ -14,6 +14,8 @@ folder with children, holding the children's path strings (shared with the state
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .errors import UnsafePath
 from .trees import FileEntry, shard_of
 
@@ -180,7 +182,7 @@ class StagedTree:
         self.check_relocation(src, dst, what)
         cut = len(src)
         out = [
-            FileEntry(dst + e.path[cut:], e.size, e.mode, e.mtime_ns, e.chunks)
+            replace(e, path=dst + e.path[cut:])  # every field kept (a cipher_key too)
             for p in self._nodes(src)
             if (e := self.state.get(p)) is not None
         ]

@@ -4,6 +4,11 @@ A snapshot's content is a flat map path -> FileEntry of a backup folder. Its tre
 first path component (a MobileSync folder's `xx/` directories; root-level files go to shard ""):
     root node  = [TREE_FORMAT, "root",  [[shard, shard node id, files, bytes], …]]  sorted by shard
     shard node = [TREE_FORMAT, "shard", [[path, size, mode, mtime_ns, [chunk id, …]], …]]  sorted by path
+An entry may carry a sixth item, `cipher_key` (bytes): the stored chunks are a plaintext that the source had
+encrypted with that key, and what it sent is recovered by encrypting them again (sync/decrypted.py: an iPhone's
+encrypted backup stored decrypted so it deduplicates). The store treats it as opaque. A node or delta holding such
+an entry is written as format 2 (a phonevault that predates it refuses it as an unsupported format rather than
+misreading it); every other node is still format 1, byte for byte as before, so its id does not change. Both read.
 Nodes are blobs (type TREE) addressed by their keyed hash, so an unchanged shard keeps its id and costs nothing to
 store again, and `diff` descends only into shards whose ids differ.
 A delta blob (type DELTA) lists what changed versus the parent: [TREE_FORMAT, "delta", [put entries], [removed
@@ -21,6 +26,8 @@ import msgpack
 from .errors import CorruptObject, UnsupportedFormat
 
 TREE_FORMAT = 1
+CIPHER_FORMAT = 2  # a node or delta with an entry that carries a cipher_key
+READ_FORMATS = (TREE_FORMAT, CIPHER_FORMAT)
 DELTA_GROUP = 20_000  # entries per delta blob: keeps each blob a few MiB at most
 
 
@@ -31,18 +38,26 @@ class FileEntry:
     mode: int
     mtime_ns: int
     chunks: tuple[bytes, ...] = ()
+    cipher_key: bytes = b""  # non-empty: the chunks are a plaintext the source sent encrypted with it (see above)
 
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
 
     def encode(self) -> list:
-        return [self.path, self.size, self.mode, self.mtime_ns, list(self.chunks)]
+        item = [self.path, self.size, self.mode, self.mtime_ns, list(self.chunks)]
+        return item + [self.cipher_key] if self.cipher_key else item
 
     @classmethod
     def decode(cls, item: list) -> FileEntry:
-        path, size, mode, mtime_ns, chunks = item
-        return cls(path, size, mode, mtime_ns, tuple(bytes(c) for c in chunks))
+        path, size, mode, mtime_ns, chunks, *rest = item
+        cipher_key = bytes(rest[0]) if rest else b""
+        return cls(path, size, mode, mtime_ns, tuple(bytes(c) for c in chunks), cipher_key)
+
+
+def _format(items: list[list]) -> int:
+    """The format a node or delta of these encoded entries is written as (format 1 unless one has a cipher_key)."""
+    return CIPHER_FORMAT if any(len(i) > 5 for i in items) else TREE_FORMAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +90,7 @@ def _unpack(data: bytes, kind: str, where: str) -> list:
         fmt, got_kind, *rest = msgpack.unpackb(data)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise CorruptObject(where, f"unreadable {kind} node: {e}") from None
-    if fmt != TREE_FORMAT:
+    if fmt not in READ_FORMATS:
         raise UnsupportedFormat(where, fmt)
     if got_kind != kind:
         raise CorruptObject(where, f"expected a {kind} node, found {got_kind!r}")
@@ -83,7 +98,8 @@ def _unpack(data: bytes, kind: str, where: str) -> list:
 
 
 def encode_shard(entries: Iterable[FileEntry]) -> bytes:
-    return msgpack.packb([TREE_FORMAT, "shard", [e.encode() for e in sorted(entries, key=lambda e: e.path)]])
+    items = [e.encode() for e in sorted(entries, key=lambda e: e.path)]
+    return msgpack.packb([_format(items), "shard", items])
 
 
 def decode_shard(data: bytes, where: str = "tree") -> list[FileEntry]:
@@ -181,7 +197,7 @@ class DeltaWriter:
             self._emit()
 
     def _emit(self) -> None:
-        self.ids.append(self._put(msgpack.packb([TREE_FORMAT, "delta", self._puts, self._removes])))
+        self.ids.append(self._put(msgpack.packb([_format(self._puts), "delta", self._puts, self._removes])))
         self._puts, self._removes = [], []
 
     def finish(self) -> tuple[bytes, ...]:

@@ -147,11 +147,12 @@ class FileWriter:
         else:
             self._emit(self._chunker.feed(data))
 
-    def close(self) -> FileEntry:
+    def close(self, cipher_key: bytes = b"") -> FileEntry:
+        """Stage the file. `cipher_key`: what was written is a plaintext the source sent encrypted (store/trees.py)."""
         if self._chunker is None:
             self._start()
         self._emit(self._chunker.finish())
-        entry = FileEntry(self.path, self._size, self._mode, self._mtime_ns, tuple(self._chunks))
+        entry = FileEntry(self.path, self._size, self._mode, self._mtime_ns, tuple(self._chunks), cipher_key)
         self._owner._put(entry, new=self._new)
         return entry
 

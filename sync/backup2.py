@@ -57,7 +57,9 @@ from phonevault.store.repository import Repository
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
+from .decrypted import decrypt_staged, device_meta
 from .devicelink import ACTIVITY, CheckedLink, Progress, VaultDeviceLink
+from .encrypted import BackupPassword
 from .errors import (
     DeviceDisconnected,
     DeviceError,
@@ -343,15 +345,20 @@ def backup_device(
     progress: Progress | None = None,
     on_start: Callable[[str, str | None], None] | None = None,
     timeouts: Timeouts = Timeouts(),
+    store_decrypted: BackupPassword | None = None,
 ) -> DeviceBackupResult:
+    """`store_decrypted`: an encrypted backup is stored decrypted (sync/decrypted.py) once the device has sent it;
+    a wrong password commits nothing."""
     return watched(
         timeouts,
         "nothing was committed",
-        lambda watchdog: _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog),
+        lambda watchdog: _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog, store_decrypted),
     )
 
 
-async def _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog: _Watchdog) -> DeviceBackupResult:
+async def _backup(
+    repo, udid, usbmux_address, full, progress, on_start, watchdog: _Watchdog, store_decrypted=None
+) -> DeviceBackupResult:
     writer: SnapshotWriter | None = None
     try:  # however the backup ends, the writer is closed: a failure releases its writers/ marker at once
         async with connected(udid, usbmux_address) as service:
@@ -379,7 +386,12 @@ async def _backup(repo, udid, usbmux_address, full, progress, on_start, watchdog
         writer.info = device_record(device)
         problems = list(dl.problems)
         encrypted = _encrypted(dl.read("Manifest.plist"), lambda: dl.read("Manifest.db"), problems)
-        meta = BackupMeta(encrypted=encrypted, ios_version=device.ios_version, full=full, problems=len(problems))
+        dec = decrypt_staged(writer, dl.read, store_decrypted, udid) if encrypted and store_decrypted else None
+        problems += dec.problems if dec is not None else ()
+        meta = BackupMeta(
+            encrypted=encrypted, ios_version=device.ios_version, full=full, problems=len(problems),
+            **device_meta(writer.state, dec),
+        )  # fmt: skip
         snap = writer.commit(f"device:{udid}", meta=meta.encode())
         if not encrypted:
             with suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`

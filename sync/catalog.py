@@ -47,6 +47,7 @@ from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree, lookup
 
+from .decrypted import manifest_decrypted, stored_keys
 from .encrypted import BackupPassword, FileKeys, decrypt_manifest_db, unlock, wrapped_keys
 from .errors import BackupPasswordNeeded, EncryptedBackup, LegacyManifestInvalid
 from .layouts import MANIFEST_DB, MBDB, MDINFO, Layout, layout_of
@@ -331,14 +332,19 @@ def _read_whole(repo: Repository, entry: FileEntry) -> bytearray:
 
 def load_catalog(repo: Repository, snap: SnapshotRecord, password: BackupPassword | None = None) -> Catalog:
     """A snapshot's catalog (cached). One the phone encrypted needs `password` (see the module docstring)."""
-    where = f"snapshot {snap.hex[:12]}"
     meta = backup_meta(snap)
+    # Files stored decrypted (sync/decrypted.py) read as stored; so does a Manifest.db stored decrypted.
+    return stored_keys(repo, snap, meta, password, _load_catalog(repo, snap, meta, password))
+
+
+def _load_catalog(repo: Repository, snap: SnapshotRecord, meta, password: BackupPassword | None) -> Catalog:
+    where = f"snapshot {snap.hex[:12]}"
     layout = layout_of(meta, where)
-    if meta.encrypted and layout is MANIFEST_DB:
+    if meta.encrypted and layout is MANIFEST_DB and not (meta.decrypted and manifest_decrypted(repo, snap)):
         if password is None:
             raise BackupPasswordNeeded(snap.hex[:12])
         return _load_encrypted(repo, snap, password)
-    if meta.encrypted and layout is not MBDB:  # iOS 4–9 kept the file list in plaintext
+    if meta.encrypted and layout is MDINFO:  # iOS 4–9 kept the file list in plaintext
         raise EncryptedBackup(snap.hex[:12])
     key, source = _listing(repo, snap, layout)
     if (cached := repo.cache.derived_get(key)) is not None:

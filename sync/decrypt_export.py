@@ -163,7 +163,10 @@ def _plain_manifest_db(
     for chunk in repo.read_file(e):
         buf[at : at + len(chunk)] = chunk
         at += len(chunk)
-    image = decrypt_manifest_db(unlock(repo, snap, password), buf, f"snapshot {snap.hex[:12]}")
+    if e.cipher_key:  # stored decrypted (sync/decrypted.py): the plaintext already
+        image = buf
+    else:
+        image = decrypt_manifest_db(unlock(repo, snap, password), buf, f"snapshot {snap.hex[:12]}")
     if image[18:20] == b"\x02\x02":  # WAL header: the file is whole without its -wal (see sync/manifest.py)
         image[18:20] = b"\x01\x01"
     src = sqlite3.connect(":memory:")

@@ -62,6 +62,7 @@ from phonevault.store.staged import StagedTree
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
+from .decrypted import as_sent
 from .errors import DeviceDisconnected, DeviceLimitExceeded, ProtocolError
 from .paths import shown
 
@@ -258,7 +259,8 @@ class VaultDeviceLink(CheckedLink):
         return b"".join(self._read(e)) if e is not None and not e.is_dir else None
 
     def _read(self, entry: FileEntry) -> Iterator[bytes]:
-        return self.writer.read_file(entry) if self.writer is not None else self.repo.read_file(entry)
+        """The file as the device sent it (a file stored decrypted is encrypted again: sync/decrypted.py)."""
+        return as_sent(entry, self.writer.read_file(entry) if self.writer is not None else self.repo.read_file(entry))
 
     def _mutable(self, what: str) -> bool:
         if self.writer is None:

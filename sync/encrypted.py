@@ -34,7 +34,7 @@ keybag's PBKDF2 rounds once (a real phone's DPIC of 10 000 000 is seconds).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from phonevault.store.errors import PathNotFound
@@ -207,15 +207,23 @@ def wrapped_keys(image: bytes | bytearray, where: str = "Manifest.db") -> dict[s
         conn.close()
 
 
+STORED_PLAIN = b""  # FileKeys.key of a file the vault holds decrypted
+
+
 @dataclass(frozen=True, slots=True)
 class FileKeys:
     """What decrypts an encrypted snapshot's files: its class keys and each file row's wrapped key."""
 
     class_keys: Mapping[int, bytes]
     wrapped: Mapping[str, bytes]
+    # fileIDs the vault holds decrypted (sync/decrypted.py): their key is STORED_PLAIN, and they read as stored
+    stored_plain: Container[str] = frozenset()
 
     def key(self, file_id: str, name: str) -> bytes:
-        """The file's own key; FileUndecryptable (naming `name`, its domain path) if it has none that unwraps."""
+        """The file's own key; FileUndecryptable (naming `name`, its domain path) if it has none that unwraps.
+        STORED_PLAIN for a file the vault holds decrypted."""
+        if file_id in self.stored_plain:
+            return STORED_PLAIN
         wrapped = self.wrapped.get(file_id)
         if wrapped is None:
             raise FileUndecryptable(name, "its Manifest.db row has no EncryptionKey")
@@ -226,8 +234,9 @@ class FileKeys:
 
     def open(self, key: bytes, pieces: Iterable[bytes], size: int, name: str) -> Iterator[bytes]:
         """The file's plaintext from its stored bytes, streamed. FileUndecryptable at the end if the padding is
-        wrong or the plaintext is not the `size` bytes its row says: take nothing as the file before the end."""
-        return _checked(decrypt(key, pieces), size, name)
+        wrong or the plaintext is not the `size` bytes its row says: take nothing as the file before the end. With
+        STORED_PLAIN, `pieces` are the plaintext already (only the length is checked)."""
+        return _checked(decrypt(key, pieces) if key else iter(pieces), size, name)
 
 
 def _checked(plain: Iterator[bytes], size: int, name: str) -> Iterator[bytes]:

@@ -56,6 +56,8 @@ from phonevault.store.writer import SnapshotWriter
 from .catalog import ManifestParse, ReadyParse, parse_legacy_folder, store_catalog
 from .damage import describe
 from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
+from .decrypted import Decrypting, decrypted_meta, decrypting_folder, write_as_sent
+from .encrypted import BackupPassword
 from .errors import BackupFolderInvalid, ManifestInvalid, StrictRefused, TargetConflict
 from .folderwalk import Prefetch as _Prefetch
 from .folderwalk import Present as _Present
@@ -124,6 +126,7 @@ class FolderMeta:
     problems: list[str] = field(default_factory=list)
     meta: BackupMeta = field(default_factory=BackupMeta)
     dates: tuple = ()  # ((source, datetime | None), …) in the order sync/dates.py takes them
+    decrypt: Decrypting | None = None  # --store-decrypted: the keys that store it decrypted (sync/decrypted.py)
 
 
 def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
@@ -238,9 +241,19 @@ class ImportResult:
     reused_files: int
 
 
-def import_folder(repo: Repository, folder: Path, *, progress: Progress | None = None) -> ImportResult:
+def import_folder(
+    repo: Repository,
+    folder: Path,
+    *,
+    progress: Progress | None = None,
+    store_decrypted: BackupPassword | None = None,
+) -> ImportResult:
+    """`store_decrypted`: an encrypted iOS 10.2+ folder is stored decrypted (sync/decrypted.py), its password
+    checked before anything is stored."""
     folder = folder.resolve()
     fm = read_folder_meta(folder, repo)
+    if store_decrypted is not None and fm.encrypted:
+        fm.decrypt = decrypting_folder(folder, fm.meta.layout, store_decrypted, fm.problems)
     try:
         return _import(repo, folder, fm, progress)
     finally:
@@ -266,6 +279,7 @@ class _Staging:
     done: int = 0
     newest: int | None = None  # the newest mtime of a regular file
     present: _Present = field(default_factory=_Present)
+    decrypt: Decrypting | None = None
 
 
 def _stage_and_commit(
@@ -279,7 +293,7 @@ def _stage_and_commit(
 ) -> ImportResult:
     """Stage and write one shard at a time (walk, stat cache, read, tree node, delta), so memory holds one shard's
     entries whatever the number of files; the commit point is still the one event segment written at the end."""
-    run = _Staging(list(fm.problems), readers, _folder_bytes(folder) if progress else 0)
+    run = _Staging(list(fm.problems), readers, _folder_bytes(folder) if progress else 0, decrypt=fm.decrypt)
     if progress:
         progress(0, run.total)
     for shard, files, empty_dirs in _walk(folder):
@@ -304,7 +318,9 @@ def _stage_and_commit(
     # Dated by the backup itself, so an archived backup imported late takes its place in history.
     dated = date_backup(fm.dates, run.newest, now_us())
     problems += dated.problems
-    meta = replace(fm.meta, problems=len(problems), dated_by=dated.source)
+    if run.decrypt is not None:
+        problems += run.decrypt.problems
+    meta = replace(fm.meta, problems=len(problems), dated_by=dated.source, **decrypted_meta(run.decrypt))
     snap = writer.commit(f"folder:{folder}", meta=meta.encode(), time_us=dated.time_us)
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     for batch in new_stat:
@@ -337,7 +353,8 @@ def _stage_shard(
             run.problems.append(f"{rel}: not a regular file (skipped)")
             continue
         key = _stat_key(full, st)
-        cached = repo.cache.stat_get(key)
+        # A file stored decrypted is never in the stat cache: its cached chunks would be the ciphertext's.
+        cached = repo.cache.stat_get(key) if run.decrypt is None or not run.decrypt.keyed(rel) else None
         if cached is not None and writer.put_entry(
             FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, tuple(bytes(c) for c in cached))
         ):
@@ -351,6 +368,9 @@ def _stage_shard(
     for i, (rel, full, st, key) in enumerate(to_read):
         ahead.advance(i)
         prefetch.take(i)
+        if run.decrypt is not None and run.decrypt.stage_file(writer, rel, full, st):
+            run.done += st.st_size
+            continue
         try:
             fw = writer.open_file(rel, st.st_mode, st.st_mtime_ns)
             with open(full, "rb") as f:
@@ -465,7 +485,9 @@ def _export_into(
                     local.parent.mkdir(parents=True, exist_ok=True)
                     made.add(local.parent)
                 try:
-                    if e.size <= FileWriters.SMALL:
+                    if e.cipher_key:  # stored decrypted: written encrypted again, as sent (sync/decrypted.py)
+                        done += write_as_sent(repo, e, local, writers)
+                    elif e.size <= FileWriters.SMALL:
                         data = b"".join(repo.read_file(e))
                         writers.submit(local, e, data)
                         done += len(data)

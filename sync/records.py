@@ -19,9 +19,10 @@ from .plists import DeviceInfo
 
 @dataclass(frozen=True, slots=True)
 class BackupMeta:
-    """What a snapshot records about the backup it holds (format 2: `layout` appended; format 3: `dated_by`)."""
+    """What a snapshot records about the backup it holds (format 2: `layout` appended; format 3: `dated_by`;
+    format 4: `decrypted`, `all_decrypted`)."""
 
-    FORMAT: ClassVar[int] = 3
+    FORMAT: ClassVar[int] = 4
 
     encrypted: bool = False  # the phone encrypted the backup (IsEncrypted, or a Manifest.db that is no database)
     ios_version: str | None = None
@@ -38,6 +39,11 @@ class BackupMeta:
     # "newest-mtime", or "stored" (when it was stored: a device backup, dated when the device reports success).
     # Records before format 3 were all dated when they were stored.
     dated_by: str = "stored"
+    # Files the phone encrypted that the vault holds as their plaintext plus their key (sync/decrypted.py), counted
+    # over the snapshot's tree; `all_decrypted`: Manifest.db and every file with a key are among them, so the
+    # snapshot is browsed without the backup password.
+    decrypted: int = 0
+    all_decrypted: bool = False
 
     def encode(self) -> bytes:
         return encode_record(self)

@@ -1,0 +1,173 @@
+"""Encrypted backups stored decrypted (`--store-decrypted`), through the real `phonevault` command.
+
+The synthetic phone writes the same content as an encrypted folder (twice: a second full backup draws fresh keys
+for every file) and as a plain one. Stored with the option: the second encrypted backup adds next to nothing, the
+plain twin adds next to nothing after them, `export` gives back each encrypted folder bit for bit (by hash),
+`export --decrypt` is the plain twin, `ls`/`extract` need no backup password, and a wrong password is exit 12 with
+nothing stored. Over the wire: the emulator's encrypted backups stored decrypted, exported as sent, restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import plistlib
+import shutil
+import sqlite3
+import struct
+from pathlib import Path
+
+import pytest
+
+from phonevault.sync.emulator.phone import SyntheticPhone
+from phonevault.sync.ioscrypto import decrypt, encrypt, parse_keybag, unlock_class_keys, unwrap_key, wrapped_key
+from phonevault.sync.mbfile import decode_mbfile, encode_mbfile
+
+PASSWORD = "tr0ub4dor&3"
+SEED, SIZE = 29, 2 << 20
+DCIM = "CameraRollDomain/Media/DCIM/100APPLE"
+
+
+def js(r):
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return json.loads(r.stdout)
+
+
+def files_of(root: Path) -> dict[str, tuple]:
+    """Every file under root: name -> (SHA-256, mode, mtime_ns)."""
+    return {
+        p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode,
+                                         p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }  # fmt: skip
+
+
+def vault_bytes(vault: Path) -> int:
+    return sum(p.stat().st_size for p in (vault / "packs").rglob("*") if p.is_file())
+
+
+def stored(vault: Path) -> dict[str, str]:
+    return {p.relative_to(vault).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in vault.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
+def rekeyed(folder: Path, password: str, salt: bytes) -> Path:
+    """`folder` as a phone's next full backup writes it: every file encrypted again under a fresh key of its own
+    (wrapped by the same class key into its Manifest.db row), Manifest.db under a fresh ManifestKey. Test data only:
+    the decrypted Manifest.db is a scratch file beside the folder while it is edited."""
+    plist = plistlib.loads((folder / "Manifest.plist").read_bytes())
+    class_keys = unlock_class_keys(parse_keybag(plist["BackupKeyBag"]), password)
+    scratch = folder.parent / f"{folder.parent.name}-scratch.db"
+    db_key = unwrap_key(class_keys, plist["ManifestKey"])
+    scratch.write_bytes(b"".join(decrypt(db_key, [(folder / "Manifest.db").read_bytes()])))
+    with sqlite3.connect(scratch) as conn:
+        for fid, blob in conn.execute("SELECT fileID, file FROM Files WHERE flags = 1").fetchall():
+            fields = decode_mbfile(blob)
+            old = fields["EncryptionKey"]
+            new = hashlib.sha256(salt + fid.encode()).digest()
+            path = folder / fid[:2] / fid
+            st = path.stat()
+            plain = b"".join(decrypt(unwrap_key(class_keys, old), [path.read_bytes()]))
+            path.write_bytes(b"".join(encrypt(new, iter([plain]))))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            pclass = struct.unpack("<I", old[:4])[0]
+            fields["EncryptionKey"] = wrapped_key(pclass, class_keys[pclass], new)
+            conn.execute("UPDATE Files SET file = ? WHERE fileID = ?", (encode_mbfile(fields), fid))
+    conn.close()
+    new_db_key = hashlib.sha256(salt + b"Manifest.db").digest()
+    st = (folder / "Manifest.db").stat()
+    (folder / "Manifest.db").write_bytes(b"".join(encrypt(new_db_key, iter([scratch.read_bytes()]))))
+    os.utime(folder / "Manifest.db", ns=(st.st_atime_ns, st.st_mtime_ns))
+    scratch.unlink()
+    pclass = struct.unpack("<I", plist["ManifestKey"][:4])[0]
+    plist["ManifestKey"] = wrapped_key(pclass, class_keys[pclass], new_db_key)
+    (folder / "Manifest.plist").write_bytes(plistlib.dumps(plist, fmt=plistlib.FMT_BINARY))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """Two full encrypted backups of one phone on day 0 (each with fresh keys) and its plain twin."""
+    root = tmp_path_factory.mktemp("phones")
+    enc = SyntheticPhone(SEED, SIZE, password=PASSWORD)
+    out = {"enc_a": enc.write_backup(root / "enc_a", 0)}
+    out["enc_b"] = rekeyed(enc.write_backup(root / "enc_b", 0), PASSWORD, b"second full backup")
+    out["plain"] = SyntheticPhone(SEED, SIZE).write_backup(root / "plain", 0)
+    return out
+
+
+def test_folders_re_encrypt_every_file(folders):
+    """The premise: the two encrypted backups share no file bytes, the plain one shares none with them."""
+    a, b = files_of(folders["enc_a"]), files_of(folders["enc_b"])
+    keyed = [p for p in a if "/" in p]
+    assert keyed and all(a[p][0] != b[p][0] for p in keyed)
+
+
+def test_stored_decrypted_dedups_exports_as_sent_and_browses_without_password(pv, cli_env, folders, tmp_path):
+    vault = Path(cli_env["PHONEVAULT_REPO"])
+    pv("init", check=True)
+    opt = ["--store-decrypted", "--backup-password", PASSWORD]
+    r = pv("import", str(folders["enc_a"]), *opt)
+    assert r.returncode == 0, r.stderr
+    assert "stored decrypted" in r.stderr
+    first = vault_bytes(vault)
+    pv("import", str(folders["enc_b"]), *opt, check=True)
+    second = vault_bytes(vault) - first
+    pv("import", str(folders["plain"]), check=True)
+    plain = vault_bytes(vault) - first - second
+    # Fresh keys for every file, yet the second full backup adds only its tree, its plists and the pack overhead;
+    # so does the plain twin (its Manifest.db differs: it has no EncryptionKey fields).
+    assert second < first / 10, (first, second)
+    assert plain < first / 4, (first, plain)
+
+    snaps = js(pv("snapshots", "--json"))
+    assert [s["encrypted_by_phone"] for s in snaps] == [True, True, False]
+    a, b, p = (s["id"][:8] for s in snaps)
+    for snap, name in ((a, "enc_a"), (b, "enc_b")):  # bit for bit as the phone sent it
+        pv("export", snap, "--to", str(tmp_path / name), check=True)
+        assert files_of(tmp_path / name / folders[name].name) == files_of(folders[name])
+
+    # Browsed with no backup password anywhere (no option, no environment, no terminal).
+    listing = js(pv("ls", a, DCIM, "--json"))
+    photo = next(x for x in listing if x["type"] == "file")
+    pv("extract", a, photo["path"], "--to", str(tmp_path / "x"), check=True)
+    fid = photo["file_id"]
+    want = (folders["plain"] / fid[:2] / fid).read_bytes()
+    assert (tmp_path / "x" / photo["path"]).read_bytes() == want
+    mine = js(pv("diff", a, b, "--json"))["changes"]
+    assert [c for c in mine if "Domain" in c["path"]] == []
+    assert js(pv("ls", p, DCIM, "--json")) == listing
+
+    pv("export", b, "--decrypt", "--to", str(tmp_path / "dec"), check=True)
+    got, twin = files_of(tmp_path / "dec" / folders["plain"].name), files_of(folders["plain"])
+    assert got.keys() == twin.keys()
+    assert {k for k in got if got[k] != twin[k]} == {"Manifest.plist"}  # Manifest.db and every file: equal
+
+
+def test_a_wrong_password_with_store_decrypted_is_exit_12_and_stores_nothing(pv, cli_env, folders):
+    vault = Path(cli_env["PHONEVAULT_REPO"])
+    pv("init", check=True)
+    before = stored(vault)
+    r = pv("import", str(folders["enc_a"]), "--store-decrypted", "--backup-password", "nope")
+    assert r.returncode == 12, r.stderr
+    assert "wrong backup password" in r.stderr and "Traceback" not in r.stderr
+    assert stored(vault) == before
+
+
+def test_a_file_that_does_not_re_encrypt_is_stored_as_sent(pv, cli_env, folders, tmp_path):
+    """A file whose padding is wrong cannot be stored decrypted: it is kept as the phone sent it, named, and the
+    export is still the folder as sent."""
+    src = tmp_path / "src"
+    shutil.copytree(folders["enc_a"], src)
+    victim = next(p for p in sorted(src.glob("??/*")) if p.stat().st_size >= 32)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # the last block decrypts to garbage padding
+    victim.write_bytes(bytes(data))
+    pv("init", check=True)
+    r = pv("import", str(src), "--store-decrypted", "--backup-password", PASSWORD)
+    assert r.returncode == 3, r.stderr
+    assert victim.name in r.stderr and "stored as the phone sent it" in r.stderr
+    snap = js(pv("snapshots", "--json"))[0]["id"][:8]
+    pv("export", snap, "--to", str(tmp_path / "out"), check=True)
+    assert files_of(tmp_path / "out" / folders["enc_a"].name) == files_of(src)
