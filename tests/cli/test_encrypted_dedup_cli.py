@@ -171,3 +171,60 @@ def test_a_file_that_does_not_re_encrypt_is_stored_as_sent(pv, cli_env, folders,
     snap = js(pv("snapshots", "--json"))[0]["id"][:8]
     pv("export", snap, "--to", str(tmp_path / "out"), check=True)
     assert files_of(tmp_path / "out" / folders["enc_a"].name) == files_of(src)
+
+
+def test_an_emulated_phones_encrypted_backups_stored_decrypted_export_as_sent_and_restore(pv, cli_env, tmp_path):
+    """Over MobileBackup2: the phone encrypts, `backup --store-decrypted` stores it decrypted (Manifest.db comes
+    last, so it is decrypted once the device has sent everything). The plain export is a backup the phone's own
+    keys open: every file decrypts with the key its exported Manifest.db row wraps into the phone's plain bytes, so it
+    is encrypt(that key, those bytes), which is what the phone sent (the cipher is deterministic given the key).
+    Browsing needs no password; a wrong one commits nothing (exit 12); the snapshot restores."""
+    from phonevault.sync.emulator import Emulator
+
+    with Emulator(tmp_path / "phone", seed=SEED, size=SIZE) as phone:
+        env = dict(cli_env, USBMUXD_SOCKET_ADDRESS=phone.address)
+        vault = Path(cli_env["PHONEVAULT_REPO"])
+        pv("init", check=True)
+        pv("device", "encryption", "on", env=dict(env, PHONEVAULT_NEW_BACKUP_PASSWORD=PASSWORD), check=True)
+        day0 = {p.name: p.read_bytes() for p in phone.device_dir.glob("??/*") if p.is_file()}
+        before = stored(vault)
+        r = pv("backup", "--store-decrypted", "--backup-password", "nope", env=env)
+        assert r.returncode == 12 and "wrong backup password" in r.stderr and "Traceback" not in r.stderr
+        assert {k for k in stored(vault) if not k.startswith("packs/")} == {
+            k for k in before if not k.startswith("packs/")
+        }  # nothing committed (the packs of what arrived are reused by the next backup)
+        pv("backup", "--store-decrypted", "--backup-password", PASSWORD, env=env, check=True)
+        (snap,) = js(pv("snapshots", "--json", env=env))
+        s = snap["id"][:8]
+
+        listing = js(pv("ls", s, DCIM, "--json", env=env))  # no password anywhere
+        photo = next(x for x in listing if x["type"] == "file")
+        pv("extract", s, photo["path"], "--to", str(tmp_path / "x"), env=env, check=True)
+        assert (tmp_path / "x" / photo["path"]).read_bytes() == day0[photo["file_id"]]
+
+        pv("export", s, "--to", str(tmp_path / "sent"), env=env, check=True)
+        sent = tmp_path / "sent" / phone.udid
+        plist = plistlib.loads((sent / "Manifest.plist").read_bytes())
+        assert plist["IsEncrypted"] is True
+        class_keys = unlock_class_keys(parse_keybag(plist["BackupKeyBag"]), PASSWORD)
+        image = b"".join(decrypt(unwrap_key(class_keys, plist["ManifestKey"]), [(sent / "Manifest.db").read_bytes()]))
+        scratch = tmp_path / "scratch.db"  # test data: the exported Manifest.db decrypted, to read its rows
+        scratch.write_bytes(image)
+        with sqlite3.connect(scratch) as db:
+            rows = db.execute("SELECT fileID, file FROM Files WHERE flags = 1").fetchall()
+        db.close()
+        assert {fid for fid, _ in rows} == set(day0)
+        for fid, blob in rows:
+            key = unwrap_key(class_keys, decode_mbfile(blob)["EncryptionKey"])
+            cipher = (sent / fid[:2] / fid).read_bytes()
+            assert b"".join(decrypt(key, [cipher])) == day0[fid]
+            assert b"".join(encrypt(key, iter([day0[fid]]))) == cipher
+
+        pv("export", s, "--decrypt", "--to", str(tmp_path / "plain"), env=env, check=True)
+        plain = tmp_path / "plain" / phone.udid
+        assert {p.name: p.read_bytes() for p in plain.glob("??/*") if p.is_file()} == day0
+
+        phone.set_day(1)
+        pv("backup", "--store-decrypted", "--backup-password", PASSWORD, env=env, check=True)  # incremental
+        pv("restore", s, "--yes", "--no-reboot", env=dict(env, PHONEVAULT_BACKUP_PASSWORD=PASSWORD), check=True)
+        assert {p.name: p.read_bytes() for p in phone.device_dir.glob("??/*") if p.is_file()} == day0
