@@ -1,8 +1,10 @@
 """The bytes of a synthetic phone's photos, videos and preference plists (SQLite databases: `databases`).
 
 Invariant: a file's bytes are a pure function of (seed, domain, path, rev), rev being the day it last changed, so
-an unchanged file keeps its bytes. Media are BLAKE3 XOF output keyed per (seed, file, rev) behind a real format
-header (HEIC/JPEG/QuickTime; JPEGs end in an end-of-image marker). Plists are real plists (binary, or XML for
+an unchanged file keeps its bytes (a photo's also of when it was taken and its mtime, which change only with rev).
+Photos and the phone's thumbnails are real JPEG/HEIC pictures with EXIF dates (`pictures`), padded to their size
+with BLAKE3 XOF output keyed per (seed, file, rev); videos are that XOF output behind a QuickTime header (no
+decoder here makes a poster frame of them: the web view shows an icon). Plists are real plists (binary, or XML for
 plist-xml) of one of `len(PLIST_STATE_LENGTHS)` shapes; a plist's size depends only on its shape and format.
 
 Memory: media stream in ≤ `PIECE` (1 MiB) pieces, nothing holds a whole file; a plist is at most a few KiB.
@@ -20,6 +22,7 @@ from typing import Any
 
 import blake3
 
+from . import pictures
 from .seeds import DAY, EPOCH, WORDS, derive, plist_date
 
 PIECE = 1 << 20
@@ -56,9 +59,10 @@ PLIST_STATE_LENGTHS = (
 class FileBytes:
     """The bytes of one phone's media and plists. ``size`` and ``plist_count`` decide which plist shapes it uses."""
 
-    def __init__(self, seed: int, size: int, plist_count: int) -> None:
+    def __init__(self, seed: int, size: int, plist_count: int, model: str = "iPhone") -> None:
         self.seed = seed
         self.shapes = _shape_count(size, plist_count)
+        self.model = model
 
     def plist_key(self, domain: str, path: str, rev: int) -> tuple[bytes, int]:
         """(the plist's key, its shape). The key's bytes 4..8 also date a day-0 plist (one hash per plist)."""
@@ -77,17 +81,39 @@ class FileBytes:
         out[state_at : state_at + state_len] = state
         return bytes(out)
 
-    def media(self, domain: str, path: str, kind: str, size: int, rev: int) -> Iterator[bytes]:
-        """A photo, thumbnail or video (``kind`` heic, jpg, thumb, mov or video) in ≤ `PIECE` pieces."""
+    def media(
+        self, domain: str, path: str, kind: str, size: int, rev: int, taken: int = 0, mtime: int = 0
+    ) -> Iterator[bytes]:
+        """A photo, thumbnail or video (``kind`` heic, jpg, thumb, mov or video) in ≤ `PIECE` pieces. Photos and
+        thumbnails are real pictures (`pictures`) taken at ``taken`` and last changed at ``mtime``."""
+        key = derive(self.seed, "bytes", domain, path, rev)
+        if kind in ("heic", "jpg", "thumb"):
+            # A thumbnail shows its original's scene (the same draws, smaller), with its own pad bytes.
+            scene = derive(self.seed, "bytes", domain, _original_of(path), rev) if kind == "thumb" else key
+            fmt = "heic" if kind == "heic" else "jpg"
+            when = dict(taken=taken or mtime, mtime=mtime or taken, model=self.model, piece=PIECE)
+            pieces = pictures.photo(scene, key, fmt, size, **when)
+            first = next(pieces, None)
+            if first is not None:
+                yield first
+                yield from pieces
+                return
+        # Videos, and photos too small for any picture: a real header and opaque bytes.
         header = {"heic": _HEIC, "jpg": _JPEG, "thumb": _JPEG}.get(kind, _MOV)
-        xof = blake3.blake3(key=derive(self.seed, "bytes", domain, path, rev))
+        xof = blake3.blake3(key=key)
         for off in range(0, size, PIECE):
             piece = xof.digest(length=min(PIECE, size - off), seek=off)
             if off == 0:
                 piece = (header + piece[len(header) :])[:size]
-            if off + PIECE >= size and kind in ("jpg", "thumb"):
+            if off + PIECE >= size and kind in ("jpg", "thumb") and size >= 4:
                 piece = piece[:-2] + b"\xff\xd9"  # JPEG end-of-image marker
             yield piece
+
+
+def _original_of(thumb: str) -> str:
+    """Media/PhotoData/Thumbnails/V2/DCIM/100APPLE/IMG_0001.HEIC/5005.JPG → Media/DCIM/100APPLE/IMG_0001.HEIC"""
+    parts = thumb.split("/")
+    return "/".join(["Media", *parts[4:-1]]) if len(parts) > 5 else thumb
 
 
 def _shape_count(size: int, plist_count: int) -> int:

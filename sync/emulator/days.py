@@ -9,6 +9,8 @@ database touched (the address book only on days contacts change).
 Invariants: a pure function of (seed, size, plist count, database budget); a file's entry keeps its mtime and
 ``rev`` (the day its bytes last changed) until a day changes it, and its bytes are a function of ``rev``, so an
 unchanged file stays byte-identical. Databases carry size -1 here: their size is known once `databases` built them.
+A camera-roll file's ``taken`` is its first mtime (when the photo was taken); an edit changes its mtime and bytes,
+never ``taken``, so the picture's EXIF DateTimeOriginal stays the day it was shot.
 
 Memory: ~0.5 KiB per file (300 000 files ≈ 150 MB, only for the many-files benchmark); day 0 and the eight most
 recent days are kept, enough to write day N then N+1 without recomputing from day 0.
@@ -64,6 +66,7 @@ class PhoneFile:
     entry: CatalogEntry
     kind: str = ""  # heic jpg mov video thumb plist-bin plist-xml sms photos addressbook dir symlink
     rev: int = 0  # the day its bytes were last changed
+    taken: int = 0  # camera-roll files: when the photo was taken (Unix time; its EXIF DateTimeOriginal), kept on edit
 
 
 @dataclass(slots=True)
@@ -80,9 +83,11 @@ class DayState:
     contacts_changed: bool = False
 
 
-def regular_file(domain: str, path: str, kind: str, size: int, mtime: int, rev: int, pclass: int = 3) -> PhoneFile:
+def regular_file(
+    domain: str, path: str, kind: str, size: int, mtime: int, rev: int, pclass: int = 3, taken: int = 0
+) -> PhoneFile:
     entry = CatalogEntry(file_id(domain, path), domain, path, FLAG_FILE, size, S_IFREG | 0o644, mtime, None, pclass)
-    return PhoneFile(entry, kind, rev)
+    return PhoneFile(entry, kind, rev, taken)
 
 
 def with_directories(files: Iterable[PhoneFile]) -> list[PhoneFile]:
@@ -190,17 +195,17 @@ class DayModel:
         domain = "CameraRollDomain"
         original = f"{folder}/{stem}.{ext}"
         keys = [(domain, original)]
-        state.files[keys[0]] = regular_file(domain, original, kind, size, mtime, day)
+        state.files[keys[0]] = regular_file(domain, original, kind, size, mtime, day, taken=mtime)
         thumb_size = max(8 * 1024, min(size // 40, 120 * 1024))
         thumb = f"Media/PhotoData/Thumbnails/V2/DCIM/{folder.rsplit('/', 1)[1]}/{stem}.{ext}/5005.JPG"
         keys.append((domain, thumb))
-        state.files[keys[1]] = regular_file(domain, thumb, "thumb", thumb_size, mtime + 2, day)
+        state.files[keys[1]] = regular_file(domain, thumb, "thumb", thumb_size, mtime + 2, day, taken=mtime)
         added = size + thumb_size
         if live:
             mov_size = r.randint(1_500_000, 3_000_000)
             mov = f"{folder}/{stem}.MOV"
             keys.append((domain, mov))
-            state.files[keys[2]] = regular_file(domain, mov, "mov", mov_size, mtime, day)
+            state.files[keys[2]] = regular_file(domain, mov, "mov", mov_size, mtime, day, taken=mtime)
             added += mov_size
         state.assets[original] = tuple(keys)
         if day:
@@ -224,10 +229,10 @@ class DayModel:
             edited = photos[r.randrange(len(photos))]
             state.edited.append(edited)
             mtime = backup_time(day) - r.randint(600, 20 * 3600)
-            for key in state.assets[edited][:2]:  # the original and its thumbnail get new bytes
+            for key in state.assets[edited][:2]:  # the original and its thumbnail get new bytes, the same capture date
                 f = state.files[key]
                 size = f.entry.size if f.kind == "thumb" else int(f.entry.size * r.uniform(0.97, 1.04))
-                state.files[key] = PhoneFile(replace(f.entry, size=size, mtime=mtime), f.kind, day)
+                state.files[key] = replace(f, entry=replace(f.entry, size=size, mtime=mtime), rev=day)
         for _ in range(r.randint(1, 2)):
             candidates = [a for a in older if a in state.assets and a not in state.edited]
             if len(candidates) <= 1:

@@ -19,6 +19,13 @@ PROFILES = (  # ProductType, HardwareModel, HardwarePlatform, ChipID, ModelNumbe
     ("iPhone16,1", "D83AP", "t8130", 0x8130, "MTUW3"),
     ("iPhone12,1", "N104AP", "t8030", 0x8030, "MWLT2"),
 )
+#: ProductType → the name its camera writes in EXIF Model.
+MODEL_NAMES = {
+    "iPhone15,2": "iPhone 14 Pro",
+    "iPhone14,5": "iPhone 13",
+    "iPhone16,1": "iPhone 15 Pro",
+    "iPhone12,1": "iPhone 11",
+}
 IOS = (("17.5.1", "21F90"), ("17.4.1", "21E236"), ("17.6.1", "21G93"), ("16.7.8", "20H343"))
 
 
@@ -38,6 +45,10 @@ class Identity:
         profile = PROFILES[r.randrange(len(PROFILES))]
         ios = IOS[r.randrange(len(IOS))]
         return cls(seed, derive(seed, "udid").hex()[:40], profile, ios, NAMES[r.randrange(len(NAMES))])
+
+    @property
+    def model_name(self) -> str:
+        return MODEL_NAMES[self.profile[0]]
 
     def lockdown_values(self) -> dict[str, Any]:
         """lockdownd's root dict (GetValue without Domain/Key), as a real iPhone answers it."""

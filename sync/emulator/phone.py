@@ -60,7 +60,7 @@ class SyntheticPhone:
             self.plist_count = min(max(64, size // (32 * 1024)), 60_000)
         self._identity = Identity.of(seed)
         self.udid = self._identity.udid
-        self._bytes = FileBytes(seed, size, self.plist_count)
+        self._bytes = FileBytes(seed, size, self.plist_count, self._identity.model_name)
         self._days = DayModel(seed, size, self.plist_count, sum(database_targets(size).values()), self._bytes)
         self._databases = Databases(seed, size, self._days)
 
@@ -101,7 +101,7 @@ class SyntheticPhone:
             return read_pieces(self._databases.path(file.kind, file.rev))
         if file.kind.startswith("plist"):
             return iter((self._bytes.plist(e.domain, e.relative_path, file.kind, file.rev),))
-        return self._bytes.media(e.domain, e.relative_path, file.kind, e.size, file.rev)
+        return self._bytes.media(e.domain, e.relative_path, file.kind, e.size, file.rev, file.taken, e.mtime)
 
     # ------------------------------------------------------------------------------------------- encryption
 

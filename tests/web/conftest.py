@@ -1,4 +1,5 @@
-"""A vault backed up from the synthetic phone on days 0, 1 and 2 (with real pictures), shared by the web tests.
+"""A vault backed up from the synthetic phone on days 0, 1 and 2 (its photos are real pictures), shared by the web
+tests.
 
 Day 1 deletes IMG_0002.MOV and IMG_0003.HEIC and edits IMG_0004.JPG; day 2 deletes IMG_0005.HEIC and IMG_0006.MOV
 (asserted by the tests that use them, not assumed). `web_vault` is built once per session and only ever read.
@@ -19,8 +20,6 @@ from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.mobilesync import import_folder
 from tests.conftest import FAST_SCRYPT, PASSWORD
 
-from .realphotos import realify
-
 PHONE_SIZE = 4 * 2**20
 SEED = 3
 
@@ -31,6 +30,8 @@ class WebVault:
     vault: Path
     days: tuple[dict[str, bytes], ...]  # per day: domain path -> bytes of every camera-roll file in that day's folder
     folders: tuple[Path, ...]
+    taken: dict[str, int]  # domain path of every camera-roll original of any day -> when the generator says it was shot
+    mtimes: tuple[dict[str, int], ...]  # per day: domain path -> the file's mtime
 
     def env(self, cache: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PHONEVAULT")}
@@ -61,14 +62,16 @@ def web_vault(tmp_path_factory) -> WebVault:
     root = tmp_path_factory.mktemp("web")
     phone = SyntheticPhone(seed=SEED, size=PHONE_SIZE)
     repo = Repository.init(LocalBackend(root / "vault"), PASSWORD, scrypt_n=FAST_SCRYPT, cache_root=root / "cache")
-    days, folders = [], []
+    days, folders, taken, mtimes = [], [], {}, []
     try:
         for day in range(3):
             folder = phone.write_backup(root / f"day{day}", day)
-            realify(folder)
             import_folder(repo, folder)
             days.append(_camera_roll_files(folder))
             folders.append(folder)
+            dcim = [f for f in phone.files(day) if f.entry.relative_path.startswith("Media/DCIM/") and f.taken]
+            taken.update({f"{f.entry.domain}/{f.entry.relative_path}": f.taken for f in dcim})
+            mtimes.append({f"{f.entry.domain}/{f.entry.relative_path}": f.entry.mtime for f in dcim})
     finally:
         repo.close()
-    return WebVault(root, root / "vault", tuple(days), tuple(folders))
+    return WebVault(root, root / "vault", tuple(days), tuple(folders), taken, tuple(mtimes))
