@@ -9,17 +9,23 @@ bytes kept under another name or in another folder are one item, and a photo edi
 and the new. "Not on the phone any more" (`CameraRoll.gone`) is exactly the union of the other live snapshots'
 items minus the current snapshot's, by content; an item's `snapshots` are exactly the live snapshots holding it.
 
+An item's `taken` is when the photo was taken: its EXIF DateTimeOriginal read from its bytes (`photodates`: the
+camera's wall-clock time), else the file's mtime (a video, a photo without EXIF). The roll is ordered and grouped by
+it, so a photo edited today stays with the day it was shot. It is read once per content and cached sealed under
+`taken/<format>/<content key>` (msgpack: the seconds, or nil for "no date in the bytes").
+
 Per snapshot (`snapshot_media`): read from its catalog (sync/catalog.py) and one walk of its tree, then cached in
 the LMDB cache (`derived`, sealed) under `photos/<format>/<tree id>`. The tree id names the snapshot's whole
 content (the Manifest.db the catalog comes from included), so the entry never goes stale. Cached value: msgpack
-list of `[domain path, backup path, size, mtime, content key]` (PHOTOS_CACHE_FORMAT 1). The merged roll is cached
+list of `[domain path, backup path, size, mtime, content key, taken]` (PHOTOS_CACHE_FORMAT 2). The merged roll is cached
 as well (`photo-roll/<format>/<keyed hash of the head and the live snapshots' ids and trees>`, see `_pack_roll`):
 the same versions and head always give the same roll.
 Snapshots the phone encrypted (their catalog needs the backup password) are skipped and listed in
 `CameraRoll.encrypted`; if the current snapshot is one of them, `current_known` is False and nothing is called gone.
 
 Memory: the rows of every live snapshot's camera roll (~200 bytes a row) plus one item per distinct content; on a
-cache miss, one snapshot's catalog and a walk of its tree (one shard node at a time).
+cache miss, one snapshot's catalog and a walk of its tree (one shard node at a time), and for a content whose date
+is not cached yet the bytes `photodates` reads (a JPEG's head, a HEIC whole).
 Nothing here writes a file; bytes come back through `read_media` as the vault's chunks, one at a time.
 """
 
@@ -38,8 +44,10 @@ from phonevault.store.trees import FileEntry, iter_tree, lookup
 from .catalog import domain_path, load_catalog
 from .errors import EncryptedBackup
 from .manifest import FLAG_FILE
+from .photodates import capture_time
 
-PHOTOS_CACHE_FORMAT = 1
+PHOTOS_CACHE_FORMAT = 2
+TAKEN_CACHE_FORMAT = 1
 CAMERA_ROLL_DOMAIN = "CameraRollDomain"
 DCIM = "Media/DCIM/"
 PHOTO_EXTENSIONS = frozenset({"heic", "heif", "jpg", "jpeg", "png", "gif", "dng", "tif", "tiff", "webp", "bmp"})
@@ -63,8 +71,9 @@ class SnapshotMedia:
     path: str  # domain path, e.g. CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC
     backup_path: str  # where the snapshot's tree keeps its bytes (xx/<fileID>, …)
     size: int
-    mtime: int  # seconds, the phone's own mtime of the file: when it was taken, as far as the catalog tells
+    mtime: int  # seconds, the phone's own mtime of the file (an edit changes it)
     content: bytes  # the content key (see the module docstring)
+    taken: int  # seconds: when it was taken (EXIF DateTimeOriginal, else mtime; see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,7 @@ class MediaItem:
     in_current: bool
     source: bytes  # a snapshot holding it (the newest): where its bytes are read from
     backup_path: str  # its backup path in `source`
+    taken: int  # when it was taken (see SnapshotMedia.taken): what the roll is ordered and grouped by
 
     @property
     def name(self) -> str:
@@ -93,7 +103,7 @@ class MediaItem:
 
 @dataclass(frozen=True, slots=True)
 class CameraRoll:
-    items: tuple[MediaItem, ...]  # newest first (mtime, then path, descending)
+    items: tuple[MediaItem, ...]  # newest first (taken, then path, descending)
     snapshots: tuple[SnapshotRecord, ...]  # the live snapshots read, oldest first
     encrypted: tuple[SnapshotRecord, ...]  # live snapshots skipped: the phone encrypted them
     current: bytes | None  # the device's current snapshot
@@ -126,7 +136,7 @@ def snapshot_media(repo: Repository, snap: SnapshotRecord) -> list[SnapshotMedia
     key = _cache_key(snap)
     if (cached := repo.cache.derived_get(key)) is not None:
         try:
-            return [SnapshotMedia(p, b, s, m, bytes(c)) for p, b, s, m, c in msgpack.unpackb(cached)]
+            return [SnapshotMedia(p, b, s, m, bytes(c), t) for p, b, s, m, c, t in msgpack.unpackb(cached)]
         except (ValueError, TypeError, msgpack.UnpackException):
             pass  # a value of another shape: computed again below and replaced
     catalog = load_catalog(repo, snap)
@@ -142,10 +152,30 @@ def snapshot_media(repo: Repository, snap: SnapshotRecord) -> list[SnapshotMedia
         for entry in iter_tree(snap.tree, repo.get_blob):
             if (row := wanted.get(entry.path)) is not None and not entry.is_dir:
                 path, _size, mtime = row
-                rows.append(SnapshotMedia(path, entry.path, entry.size, mtime, content_key(repo, entry)))
+                content = content_key(repo, entry)
+                taken = taken_time(repo, entry, content) if media_kind(path) == "photo" else None
+                rows.append(
+                    SnapshotMedia(path, entry.path, entry.size, mtime, content, mtime if taken is None else taken)
+                )
     rows.sort(key=lambda r: r.path)
-    repo.cache.derived_put(key, msgpack.packb([[r.path, r.backup_path, r.size, r.mtime, r.content] for r in rows]))
+    packed = [[r.path, r.backup_path, r.size, r.mtime, r.content, r.taken] for r in rows]
+    repo.cache.derived_put(key, msgpack.packb(packed))
     return rows
+
+
+def taken_time(repo: Repository, entry: FileEntry, content: bytes) -> int | None:
+    """The EXIF capture time in a stored photo's bytes (None: none there), read once per content and cached sealed."""
+    key = b"taken/%d/" % TAKEN_CACHE_FORMAT + content
+    if (cached := repo.cache.derived_get(key)) is not None:
+        try:
+            value = msgpack.unpackb(cached)
+            if value is None or isinstance(value, int):
+                return value
+        except (ValueError, TypeError, msgpack.UnpackException):
+            pass  # a value of another shape: read again below and replaced
+    taken = capture_time(repo.read_file(entry))
+    repo.cache.derived_put(key, msgpack.packb(taken))
+    return taken
 
 
 def merge(
@@ -170,11 +200,11 @@ def merge(
     items = [
         MediaItem(
             content, r.path, r.size, r.mtime, media_kind(r.path) or "photo", tuple(holders), current in holders,
-            snap.id, r.backup_path,
+            snap.id, r.backup_path, r.taken,
         )
         for content, (r, snap, holders) in acc.items()
     ]  # fmt: skip
-    items.sort(key=lambda i: (i.mtime, i.path, i.content), reverse=True)
+    items.sort(key=lambda i: (i.taken, i.path, i.content), reverse=True)
     return tuple(items)
 
 
@@ -209,12 +239,13 @@ def _roll_key(repo: Repository, live: list[SnapshotRecord], head: bytes | None) 
 
 def _pack_roll(roll: CameraRoll) -> bytes:
     """Cached value: [[id…] read, [id…] encrypted, current_known, items], an item being [content, path, size,
-    mtime, kind, [snapshot index…], in_current, source index, backup path]; an index is into read + encrypted."""
+    mtime, kind, [snapshot index…], in_current, source index, backup path, taken]; an index is into read +
+    encrypted."""
     ids = [s.id for s in roll.snapshots + roll.encrypted]
     index = {sid: k for k, sid in enumerate(ids)}
     items = [
         [i.content, i.path, i.size, i.mtime, i.kind, [index[s] for s in i.snapshots], i.in_current, index[i.source],
-         i.backup_path]
+         i.backup_path, i.taken]
         for i in roll.items
     ]  # fmt: skip
     return msgpack.packb([[s.id for s in roll.snapshots], [s.id for s in roll.encrypted], roll.current_known, items])
@@ -227,8 +258,8 @@ def _unpack_roll(packed: bytes, live: list[SnapshotRecord], head: bytes | None) 
     skipped = tuple(by_id[bytes(i)] for i in encrypted)
     ids = [s.id for s in read + skipped]
     items = tuple(
-        MediaItem(bytes(c), p, size, mtime, kind, tuple(ids[k] for k in held), in_cur, ids[src], bp)
-        for c, p, size, mtime, kind, held, in_cur, src, bp in rows
+        MediaItem(bytes(c), p, size, mtime, kind, tuple(ids[k] for k in held), in_cur, ids[src], bp, taken)
+        for c, p, size, mtime, kind, held, in_cur, src, bp, taken in rows
     )
     return CameraRoll(items, read, skipped, head, current_known)
 

@@ -433,7 +433,7 @@ def _axis(rows: list) -> list[dict]:
 def _group(items: list[MediaItem]) -> list[tuple[str, list[MediaItem]]]:
     groups: list[tuple[str, list[MediaItem]]] = []
     for item in items:
-        day = day_of(item.mtime)
+        day = day_of(item.taken)  # the capture date (EXIF, else mtime): an edited photo stays on its day
         if not groups or groups[-1][0] != day:
             groups.append((day, []))
         groups[-1][1].append(item)
@@ -447,7 +447,9 @@ def _item_json(i: MediaItem) -> dict:
         "name": i.name,
         "kind": i.kind,
         "size": i.size,
-        "taken": format_time(i.mtime * 1_000_000) if i.mtime > 0 else None,
+        "taken": format_time(i.taken * 1_000_000) if i.taken > 0 else None,
+        "day": day_of(i.taken),
+        "modified": format_time(i.mtime * 1_000_000) if i.mtime > 0 else None,
         "snapshots": [s.hex() for s in i.snapshots],
         "in_current": i.in_current,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from hypothesis import given
@@ -42,7 +43,9 @@ def test_merge_matches_the_set_oracle(history) -> None:
     per = []
     for snap, snap_rows in zip(snaps, rows, strict=True):
         media = [
-            SnapshotMedia(f"CameraRollDomain/Media/DCIM/100APPLE/{name}", f"xx/{i}", 10, 5, bytes([c]) * 32)
+            SnapshotMedia(
+                f"CameraRollDomain/Media/DCIM/100APPLE/{name}", f"xx/{i}", 10, 5, bytes([c]) * 32, 900 - 7 * c
+            )
             for i, (name, c) in enumerate(snap_rows)
         ]
         per.append((snap, media))
@@ -61,7 +64,8 @@ def test_merge_matches_the_set_oracle(history) -> None:
     for item in items:
         assert list(item.snapshots) == [s.id for k, s in enumerate(snaps) if item.content in contents(k)]
         assert item.source == item.snapshots[-1]  # read from the newest snapshot holding it
-    assert [(i.mtime, i.path) for i in items] == sorted(((i.mtime, i.path) for i in items), reverse=True)
+    assert [(i.taken, i.path) for i in items] == sorted(((i.taken, i.path) for i in items), reverse=True)
+    assert all(i.taken == 900 - 7 * i.content[0] for i in items)  # ordered by when taken, not by mtime
 
 
 def test_camera_roll_of_three_days(web_vault, tmp_path) -> None:
@@ -95,11 +99,11 @@ def test_snapshot_media_is_cached_sealed_and_keyed_by_tree(web_vault, tmp_path) 
     with web_vault.open(tmp_path / "cache") as repo:
         snap = repo.devices()[0].live()[0]
         first = snapshot_media(repo, snap)
-        assert repo.cache.derived_get(b"photos/1/" + snap.tree) is not None
+        assert repo.cache.derived_get(b"photos/2/" + snap.tree) is not None
         assert snapshot_media(repo, snap) == first
         # a snapshot with another tree is another entry: nothing is shared by mistake
         other = replace(snap, tree=b"\0" * 32)
-        assert repo.cache.derived_get(b"photos/1/" + other.tree) is None
+        assert repo.cache.derived_get(b"photos/2/" + other.tree) is None
         names = {m.path for m in first}
         assert names == {
             f"{c.domain}/{c.relative_path}"
@@ -123,3 +127,36 @@ def test_the_merged_roll_is_cached_per_versions_and_head(web_vault, tmp_path) ->
         assert again.items == expected and again.current == live[0].id
         assert {i.name for i in again.gone()} != {i.name for i in first.gone()}
         assert camera_roll(repo, rolled) == again
+
+
+def test_the_roll_is_ordered_and_grouped_by_the_capture_dates_the_generator_wrote(web_vault, tmp_path) -> None:
+    """The oracle is the generator's own record of when each photo was taken (it wrote that into the EXIF); a
+    video carries no EXIF here, so its date is its mtime. The edited photo (new mtime, old capture date) is what
+    tells an EXIF reading from an mtime reading."""
+    from starlette.testclient import TestClient
+
+    from phonevault.cli.web.app import create_app
+    from phonevault.cli.web.library import Library, day_of
+
+    mtime = {p: m for day in web_vault.mtimes for p, m in day.items()}  # the newest mtime each path had
+    with web_vault.open(tmp_path / "cache") as repo:
+        roll = camera_roll(repo, repo.devices()[0])
+        for item in roll.items:
+            expected = web_vault.taken[item.path] if item.kind == "photo" else mtime[item.path]
+            assert item.taken == expected, item.path
+        edited = [i for i in roll.items if i.kind == "photo" and i.mtime != i.taken]
+        assert edited and any(day_of(i.mtime) != day_of(i.taken) for i in edited)  # an edit on a later day
+        with TestClient(create_app(Library(repo), token="t", hosts=frozenset({"testserver"}))) as c:
+            c.headers["authorization"] = "token t"
+            key = c.get("/api/devices").json()[0]["key"]
+            html = c.get(f"/device/{key}/photos").text
+    shown: dict[str, set[str]] = {}
+    for section in re.findall(r'<section class="day" data-day="([^"]+)">(.*?)</section>', html, re.S):
+        day, body = section
+        assert day not in shown  # one group per date, newest first
+        shown[day] = set(re.findall(r'data-key="([0-9a-f]+)"', body))
+    expected_groups: dict[str, set[str]] = {}
+    for item in roll.items:
+        expected_groups.setdefault(day_of(item.taken), set()).add(item.key)
+    assert shown == expected_groups
+    assert list(shown) == sorted(shown, reverse=True)
