@@ -12,6 +12,9 @@ in an encrypted and a plain backup). What is reported is the growth of the repos
   phonevault --store-decrypted  `import --store-decrypted` for the encrypted folders (sync/decrypted.py)
   restic, borg                  `backup`/`create` of the same folders (tools.py; installed from Debian if missing)
 For reference, in the same run, each tool's second full backup of the plain phone (`plain` twice, from two paths).
+Over the wire (phonevault only: the peers back up folders): the emulator (sync/emulator) with encryption turned on,
+`backup` then `backup --full` (the phone draws fresh keys for every file), with and without --store-decrypted
+(which holds the files in a sealed local spool until Manifest.db comes, sync/decrypted.py `Holding`).
 Results print as one JSON document (and go to --out).
 """
 
@@ -114,6 +117,29 @@ def growth(make, work: Path, folders: list[Path], decrypted: bool) -> list[int]:
     return [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
 
 
+def device_growth(root: Path, size: int, seed: int, decrypted: bool) -> list[int]:
+    """Bytes the vault grows by with a first and a second full device backup of the encrypted emulated phone."""
+    from phonevault.sync.emulator import Emulator
+
+    work = root / "device"
+    shutil.rmtree(work, ignore_errors=True)
+    pv = Phonevault(work / "repo", work)
+    with Emulator(work / "phone", seed=seed, size=size) as phone:
+        env = pv.env | {"USBMUXD_SOCKET_ADDRESS": phone.address, "PHONEVAULT_BACKUP_PASSWORD": BACKUP_PASSWORD}
+        run(pv.init(), env)
+        run(
+            type(pv.init())(pv._pv("device", "encryption", "on")),
+            env | {"PHONEVAULT_NEW_BACKUP_PASSWORD": BACKUP_PASSWORD},
+        )
+        opt = ["--store-decrypted"] if decrypted else []
+        sizes = [du(pv.repo)]
+        for full in ([], ["--full"]):
+            run(type(pv.init())(pv._pv("backup", *full, *opt)), env)
+            sizes.append(du(pv.repo))
+    shutil.rmtree(work, ignore_errors=True)
+    return [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="32MiB", help="the phone's size (MiB)")
@@ -151,6 +177,9 @@ def main() -> None:
             "plain backup after the encrypted one": plain_after,
             "reference: second full plain backup": plain_again,
         }
+    for name, decrypted in (("phonevault backup", False), ("phonevault backup --store-decrypted", True)):
+        first, second = device_growth(root, size, args.seed, decrypted)
+        rows[name] = {"first encrypted backup": first, "second full encrypted backup": second}
     doc = {
         "phone": {"seed": args.seed, "bytes": size, "files": sum(1 for p in a.glob("??/*"))},
         "versions": {"restic": tool_version(["restic", "version"]), "borg": tool_version(["borg", "--version"])},

@@ -57,7 +57,7 @@ from phonevault.store.repository import Repository
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
-from .decrypted import decrypt_staged, device_meta
+from .decrypted import Holding, decrypt_staged, device_meta
 from .devicelink import ACTIVITY, CheckedLink, Progress, VaultDeviceLink
 from .encrypted import BackupPassword
 from .errors import (
@@ -360,6 +360,7 @@ async def _backup(
     repo, udid, usbmux_address, full, progress, on_start, watchdog: _Watchdog, store_decrypted=None
 ) -> DeviceBackupResult:
     writer: SnapshotWriter | None = None
+    holding: Holding | None = None
     try:  # however the backup ends, the writer is closed: a failure releases its writers/ marker at once
         async with connected(udid, usbmux_address) as service:
             udid = _device_udid(service.lockdown.udid)
@@ -367,8 +368,10 @@ async def _backup(
                 on_start(udid, service.lockdown.all_values.get("DeviceName"))
             full = full or repo.view(repo.device_key(udid), refresh=True).head is None
             writer = SnapshotWriter(repo, udid, DeviceRecord(), incremental=not full)
+            holding = Holding(writer, repo.cache.spool()) if store_decrypted is not None else None
             watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
-            async with service.vault_link(repo=repo, udid=udid, writer=writer, progress=progress) as dl:
+            link = {"repo": repo, "udid": udid, "writer": writer, "progress": progress, "holding": holding}
+            async with service.vault_link(**link) as dl:
                 watchdog.phase("taking the sync lock and listing the apps", watchdog.timeouts.setup)
                 async with service.session(dl) as afc:
                     info = await service.init_mobile_backup_factory_info(afc)
@@ -386,7 +389,11 @@ async def _backup(
         writer.info = device_record(device)
         problems = list(dl.problems)
         encrypted = _encrypted(dl.read("Manifest.plist"), lambda: dl.read("Manifest.db"), problems)
-        dec = decrypt_staged(writer, dl.read, store_decrypted, udid) if encrypted and store_decrypted else None
+        dec = None
+        if encrypted and store_decrypted is not None:
+            dec = decrypt_staged(writer, dl.read, store_decrypted, udid, holding)
+        elif holding is not None:
+            holding.resolve(None)  # the phone did not encrypt: what was held is stored as it was sent
         problems += dec.problems if dec is not None else ()
         meta = BackupMeta(
             encrypted=encrypted, ios_version=device.ios_version, full=full, problems=len(problems),
@@ -399,6 +406,8 @@ async def _backup(
                 problems += [p.message for p in catalog.problems]
         return DeviceBackupResult(udid, device.name, snap, full, dl.files_received, dl.bytes_received, problems)
     finally:
+        if holding is not None:
+            holding.close()
         if writer is not None:
             writer.close()
 

@@ -33,14 +33,18 @@ AES twice and BLAKE3 twice over the bytes (hardware AES: a few hundred MB/s).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import groupby
 from pathlib import Path
 
 from blake3 import blake3
 
+from phonevault.store.errors import PhonevaultError
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
+from phonevault.store.spool import Spool
 from phonevault.store.trees import FileEntry, iter_tree, lookup
 from phonevault.store.writer import SnapshotWriter
 
@@ -65,6 +69,8 @@ class Everything:
 def as_sent(entry: FileEntry, pieces: Iterable[bytes]) -> Iterator[bytes]:
     """The bytes the phone sent for `entry`, from its stored bytes `pieces` (encrypted again if it was stored
     decrypted)."""
+    if is_held(entry):  # a device asking for what it sent in this very backup: not stored yet
+        raise PhonevaultError(f"{entry.path}: received in this backup and not stored yet")
     return encrypt(entry.cipher_key, iter(pieces)) if entry.cipher_key else iter(pieces)
 
 
@@ -183,25 +189,131 @@ def _open(
     return Decrypting(class_keys, db_key, wrapped)
 
 
+#: A held file's placeholder `cipher_key`: this prefix + its 8-byte id. Never committed: `Holding.resolve` replaces
+#: every placeholder before the commit (a 32-byte key can never start with it: keys are exactly 32 bytes, this 13).
+HELD = b"held:"
+#: What a device uploads that a Manifest.db row keys: `[Snapshot/]xx/<fileID>`.
+_KEYED_UPLOAD = re.compile(r"(?:Snapshot/)?[0-9a-f]{2}/[0-9a-f]{40}")
+
+
+def is_held(e: FileEntry) -> bool:
+    return e.cipher_key.startswith(HELD) and len(e.cipher_key) == len(HELD) + 8
+
+
+class Holding:
+    """A device backup with --store-decrypted: the device sends Manifest.db (which holds the file keys) after the
+    files, so each file it uploads to `[Snapshot/]xx/<fileID>` is held in a sealed spool in the local cache
+    (store/spool.py: AES-GCM with the cache key; unlinked as it is made, so a crash leaves nothing) instead of going
+    into packs, and staged as a zero-chunk placeholder that the device's moves and copies carry along. Once the
+    backup ends, `resolve` reads the spool back in order and stages each held file decrypted where it can, else as
+    the device sent it. Disk: the spool holds what the device sent this time (for a full backup, the backup);
+    memory: one block."""
+
+    def __init__(self, writer: SnapshotWriter, spool: Spool) -> None:
+        self.writer = writer
+        self.spool = spool
+        self._next = 0
+
+    def wants(self, rel: str) -> bool:
+        return _KEYED_UPLOAD.fullmatch(rel) is not None
+
+    def open_file(self, rel: str, mode: int, mtime_ns: int) -> HeldFile:
+        self.writer.open_file(rel, mode, mtime_ns)  # the writer's own path checks, before a byte is held
+        self._next += 1
+        return HeldFile(self, rel, mode, mtime_ns, self._next)
+
+    def close(self) -> None:
+        self.spool.close()
+
+    def resolve(self, dec: Decrypting | None) -> None:
+        """Stage every held file: decrypted and checked (`Decrypting.stage`) where its final path has a key, else as
+        it was sent. A file staged under two paths (the device copied it) is staged once and copied."""
+        paths: dict[int, list[str]] = {}
+        for path, e in list(self.writer.state.items()):
+            if is_held(e):
+                paths.setdefault(int.from_bytes(e.cipher_key[len(HELD) :], "big"), []).append(path)
+        as_sent: set[int] = set()
+        for held, pieces in self._files():
+            if held not in paths:
+                continue  # removed, or sent again, by the device meanwhile
+            path = paths[held][0]
+            e = self.writer.get(path)
+            key = dec._key(path) if dec is not None and dec.keyed(path) else None
+            if key is None:
+                self._stage_sent(e, pieces)
+            elif dec.stage(self.writer, path, e.mode, e.mtime_ns, key, pieces) is None:
+                as_sent.add(held)
+                continue
+            self._copies(paths.pop(held))
+        if as_sent:  # read again what could not be stored decrypted, and store it as sent
+            for held, pieces in self._files():
+                if held in as_sent:
+                    self._stage_sent(self.writer.get(paths[held][0]), pieces)
+                    self._copies(paths.pop(held))
+        for held_paths in paths.values():  # empty files: nothing of them was spooled
+            self._stage_sent(self.writer.get(held_paths[0]), iter(()))
+            self._copies(held_paths)
+
+    def _files(self) -> Iterator[tuple[int, Iterator[bytes]]]:
+        for held, batches in groupby(self.spool, key=lambda batch: batch[0]):
+            yield held, (bytes(batch[1]) for batch in batches)
+
+    def _stage_sent(self, e: FileEntry, pieces: Iterator[bytes]) -> None:
+        fw = self.writer.open_file(e.path, e.mode, e.mtime_ns)
+        for piece in pieces:
+            fw.write(piece)
+        fw.close()
+
+    def _copies(self, paths: list[str]) -> None:
+        for other in paths[1:]:
+            self.writer.copy(paths[0], other)
+
+
+@dataclass(slots=True)
+class HeldFile:
+    """One file being held (`Holding.open_file`): the DeviceLink writes its blocks, then closes it."""
+
+    holding: Holding
+    path: str
+    mode: int
+    mtime_ns: int
+    held: int
+    size: int = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        if data:
+            self.size += len(data)
+            self.holding.spool.append([self.held, bytes(data)])  # a batch: [id, block]
+
+    def close(self) -> FileEntry:
+        marker = HELD + self.held.to_bytes(8, "big")
+        entry = FileEntry(self.path, self.size, self.mode, self.mtime_ns, (), marker)
+        self.holding.writer.put_entry(entry)  # no chunks: always staged
+        return entry
+
+
 def decrypt_staged(
     writer: SnapshotWriter,
     read: Callable[[str], bytes | None],
     password: BackupPassword,
     where: str,
+    holding: Holding | None = None,
 ) -> Decrypting:
-    """A device backup staged as the device sent it (Manifest.db comes last, so nothing could be decrypted as it
-    arrived): each keyed file staged again decrypted, read back from the writer. The ciphertext already written is
-    no snapshot's once this commits, and goes at the next prune. WrongBackupPassword before anything changes."""
+    """A device backup once the device has sent it (Manifest.db comes last): the held files (`holding`) staged
+    decrypted, and so is any keyed file staged as sent (inherited by an incremental from a backup stored as sent;
+    read back from the vault). WrongBackupPassword before anything changes."""
     plist_bytes, db = read("Manifest.plist"), read(MANIFEST_DB.listing)
     if not plist_bytes or db is None:
         raise ManifestInvalid("Manifest.plist", f"{where}: the device sent no Manifest.plist or Manifest.db")
     plist = read_manifest_plist(plist_bytes, "Manifest.plist")
     dec = _open(plist.keybag, plist.manifest_key, bytearray(db), password, where)
-    for rel in [MANIFEST_DB.listing, *sorted(dec.wrapped)]:
+    for rel in [MANIFEST_DB.listing, *sorted(dec.wrapped)]:  # a held file's placeholder has a cipher_key: skipped
         e = writer.get(rel)
         if e is None or e.is_dir or e.cipher_key or (key := dec._key(rel)) is None:
             continue
         dec.stage(writer, rel, e.mode, e.mtime_ns, key, writer.read_file(e))
+    if holding is not None:
+        holding.resolve(dec)
     return dec
 
 
@@ -225,6 +337,8 @@ def decrypted_meta(dec: Decrypting | None) -> dict:
 def device_meta(state: Mapping[str, FileEntry], dec: Decrypting | None) -> dict:
     """`BackupMeta`'s `decrypted` and `all_decrypted` for a device backup's whole staged tree (an incremental
     inherits entries stored decrypted by an earlier backup)."""
+    if any(is_held(e) for e in state.values()):  # never committed: it names no bytes
+        raise AssertionError("a held file was not resolved before the commit")
     decrypted = sum(1 for e in state.values() if e.cipher_key)
     if not decrypted:
         return {}

@@ -62,7 +62,7 @@ from phonevault.store.staged import StagedTree
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
-from .decrypted import as_sent
+from .decrypted import Holding, as_sent
 from .errors import DeviceDisconnected, DeviceLimitExceeded, ProtocolError
 from .paths import shown
 
@@ -208,6 +208,7 @@ class VaultDeviceLink(CheckedLink):
         snapshot_state: dict[str, FileEntry] | None = None,
         progress: Progress | None = None,
         limits: StagingLimits = StagingLimits(),
+        holding: Holding | None = None,
     ) -> None:
         # DeviceLink wants a root path only for its file-system handlers, all of which are overridden here.
         root = Path(repo.backend.location)  # pymobiledevice3 only names it in log lines
@@ -218,6 +219,7 @@ class VaultDeviceLink(CheckedLink):
         self._readonly = StagedTree(snapshot_state if snapshot_state is not None else {}) if writer is None else None
         self.progress = progress
         self.limits = limits
+        self.holding = holding  # --store-decrypted: keyed uploads held until Manifest.db comes (sync/decrypted.py)
         self._copied = 0  # entries created by CopyItem so far
         self._moved = 0  # entries moved by MoveItems so far
         self.problems: list[str] = []
@@ -295,7 +297,10 @@ class VaultDeviceLink(CheckedLink):
                 if rel not in self.state:
                     self._room_for(1, f"uploading {rel}")
                 with _device_paths():
-                    fw = self.writer.open_file(rel, 0o100644, time.time_ns())
+                    if self.holding is not None and self.holding.wants(rel):
+                        fw = self.holding.open_file(rel, 0o100644, time.time_ns())
+                    else:
+                        fw = self.writer.open_file(rel, 0o100644, time.time_ns())
             while code == CODE_FILE_DATA:
                 data = await self._recvall(size)
                 if fw is not None:

@@ -224,6 +224,14 @@ def test_an_emulated_phones_encrypted_backups_stored_decrypted_export_as_sent_an
         plain = tmp_path / "plain" / phone.udid
         assert {p.name: p.read_bytes() for p in plain.glob("??/*") if p.is_file()} == day0
 
+        # A second full backup: the phone encrypts every file under a fresh key; held in the local spool until
+        # Manifest.db comes, then stored decrypted, it adds its Manifest.db (as sent and decrypted) and its trees.
+        first = vault_bytes(vault)
+        pv("backup", "--full", "--store-decrypted", "--backup-password", PASSWORD, env=env, check=True)
+        assert phone.reports[-1].kind == "full"
+        assert vault_bytes(vault) - first < first / 4, (first, vault_bytes(vault) - first)
+        assert not list(Path(cli_env["PHONEVAULT_CACHE_DIR"]).rglob("spool-*"))  # the spool is gone
+
         phone.set_day(1)
         pv("backup", "--store-decrypted", "--backup-password", PASSWORD, env=env, check=True)  # incremental
         pv("restore", s, "--yes", "--no-reboot", env=dict(env, PHONEVAULT_BACKUP_PASSWORD=PASSWORD), check=True)
