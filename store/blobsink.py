@@ -1,8 +1,24 @@
 """BlobSink: the deduplicating blob writer under every snapshot writer and `copy`.
 
 Known ids cost a cache lookup; new blobs are sealed (zstd + AES-GCM, store/packs.py) into the open pack of their
-kind (data, or tree and delta), and a full pack is written (pack, fsync, index object, cache) by a background
-thread while the caller goes on. Memory bound: (2 open + MAX_INFLIGHT) packs of ≤ 16 MiB each.
+kind (data, or tree and delta). A full pack is handed to a bounded pool of pack-writing threads (pack, fsync or
+upload, index object, cache) while the caller goes on; how many run at once is the backend's `pack_writes` (a disk
+2, S3 4: each upload is a round trip that several in flight hide).
+
+Determinism: which blobs go into which pack, in which order, depends only on the order of `put` calls, never on
+thread timing: blobs are added to the open pack in the caller's order, and a pack's bytes are fixed when it is
+handed off. Pack *ids* still differ between two runs because every seal draws a fresh random nonce
+(store/crypto.py); a pack's blob ids, types, offsets and lengths do not. Written packs are retired in the order
+they were handed off, so `stats.packs` and the snapshot's pack list are in a fixed order too.
+
+Faults: a failed pack write is re-raised in the caller's thread at the next hand-off and again at every `flush()`
+(sticky): a caller that catches an OSError around one source file (an unreadable file is skipped) cannot swallow a
+pack write and go on to commit a snapshot whose blobs were never written. The commit point stays the event segment's
+put_exclusive, which store/writer.py makes only after `flush()` returned.
+
+Memory bound: (2 open + P in flight) packs, each ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B,
+the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writes`. On a disk (P = 2):
+4 × 16 MiB = 64 MiB typical, ≤ 4 × 24 MiB = 96 MiB worst; on S3 (P = 4): 96 MiB typical, ≤ 144 MiB worst.
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
 `verify_packs` checks that every pack the snapshot depends on still exists.
@@ -10,14 +26,16 @@ A blob in a candidate pack of a running prune is never deduplicated against (sto
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from .errors import PackPruned
 from .index import write_index
-from .packs import DATA, TREE, PackWriter, open_blob, pack_name, seal_blob
+from .packs import DATA, TARGET_PACK_SIZE, TREE, PackWriter, open_blob, pack_name, seal_blob
 from .prune import candidate_packs
 from .repository import Repository
+
+DEFAULT_PACK_WRITES = 2  # a backend that does not say (one outside this package)
 
 
 @dataclass(slots=True)
@@ -35,21 +53,24 @@ class WriteStats:
 class BlobSink:
     """Deduplicating blob writer: known ids cost a cache lookup, new ones are sealed into the right open pack.
 
-    A full pack is written (pack, fsync, index object, cache) by one background thread while chunking goes on, so
-    disk and CPU overlap; at most MAX_INFLIGHT full packs wait for it, which bounds memory to
-    (2 open + MAX_INFLIGHT) × 16 MiB. `flush()` waits for all of them and re-raises a failed write."""
+    Full packs are written by up to `pack_writes` threads while chunking goes on (see the module docstring for the
+    memory bound and the ordering). `flush()` waits for all of them and re-raises a failed write, every time."""
 
-    MAX_INFLIGHT = 1
-
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, *, pack_writes: int | None = None, pack_size: int = TARGET_PACK_SIZE) -> None:
         self.repo = repo
         self.stats = WriteStats()
-        self._packs = {DATA: PackWriter(repo.backend, repo.key), TREE: PackWriter(repo.backend, repo.key)}
+        self.pack_writes = max(1, pack_writes or getattr(repo.backend, "pack_writes", DEFAULT_PACK_WRITES))
+        self._pack_size = pack_size  # smaller only in tests, to make many packs of little data
+        self._packs = {DATA: self._new_pack(), TREE: self._new_pack()}
         self._avoid = candidate_packs(repo)  # packs a prune may delete: never dedup against them
         self.reused_packs: set[str] = set()
         self._verified: set[str] = set()  # dependencies already seen to exist
-        self._inflight: list[tuple[PackWriter, Future]] = []
+        self._inflight: list[tuple[PackWriter, Future[str | None]]] = []  # in hand-off order
         self._pool: ThreadPoolExecutor | None = None
+        self._failed: BaseException | None = None  # the first failed pack write: raised again at every flush
+
+    def _new_pack(self) -> PackWriter:
+        return PackWriter(self.repo.backend, self.repo.key, self._pack_size)
 
     def _writer(self, blob_type: int) -> PackWriter:
         return self._packs[DATA if blob_type == DATA else TREE]
@@ -86,48 +107,72 @@ class BlobSink:
         blob_id = self.repo.key.blob_id(plaintext)
         if self.known(blob_id):
             return blob_id, False
-        sealed = seal_blob(self.repo.key, blob_id, plaintext, compress)
+        self._add(blob_type, blob_id, seal_blob(self.repo.key, blob_id, plaintext, compress), len(plaintext))
+        return blob_id, True
+
+    def _add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         writer = self._writer(blob_type)
-        writer.add(blob_id, blob_type, sealed, len(plaintext))
+        writer.add(blob_id, blob_type, sealed, raw_length)
         self.stats.new_blobs += 1
-        self.stats.new_raw += len(plaintext)
+        self.stats.new_raw += raw_length
         self.stats.new_bytes += len(sealed)
         if writer.full():
             self._hand_off(DATA if blob_type == DATA else TREE)
-        return blob_id, True
 
-    def _write_pack(self, writer: PackWriter) -> None:
+    def _write_pack(self, writer: PackWriter) -> str | None:
+        """On a pack-writing thread: the pack, then its index object, then the cache (the cache is thread-safe)."""
         done = writer.finish()
         if done is None:
-            return
+            return None
         pack_id, locations = done
         name = write_index(self.repo.backend, self.repo.key, pack_id, locations)
         self.repo.cache.add_index(name, locations)
-        self.stats.packs.append(pack_id)
+        return pack_id
 
     def _hand_off(self, kind: int) -> None:
         writer = self._packs[kind]
         if not len(writer):
             return
-        self._packs[kind] = PackWriter(self.repo.backend, self.repo.key)
+        self._packs[kind] = self._new_pack()
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-writer")
+            self._pool = ThreadPoolExecutor(max_workers=self.pack_writes, thread_name_prefix="pack-writer")
         self._inflight.append((writer, self._pool.submit(self._write_pack, writer)))
-        while len(self._inflight) > self.MAX_INFLIGHT or (self._inflight and self._inflight[0][1].done()):
+        # Retire in hand-off order: at most pack_writes stay in flight, and any already done go now.
+        while len(self._inflight) > self.pack_writes or (self._inflight and self._inflight[0][1].done()):
             self._retire()
 
     def _retire(self) -> None:
+        """Wait for the oldest pack in flight; record it, or keep its failure (sticky) and raise it here."""
         _writer, future = self._inflight[0]
         try:
-            future.result()  # re-raises a failed write here, in the caller's thread
-        finally:
-            self._inflight.pop(0)
+            pack_id = future.result()
+        except BaseException as e:
+            self._inflight.pop(0)  # its blobs are no longer "known": nothing may be deduplicated against them
+            if self._failed is None:
+                self._failed = e
+            raise
+        self._inflight.pop(0)
+        if pack_id is not None:
+            self.stats.packs.append(pack_id)
 
     def flush(self) -> None:
-        for kind in (DATA, TREE):
-            self._hand_off(kind)
+        """Write the open packs and wait for every pack in flight. Raises the first pack write that failed in this
+        sink's life, whenever it was first raised: nothing this sink staged may be committed after a lost pack."""
+        try:
+            if self._failed is None:
+                for kind in (DATA, TREE):
+                    self._hand_off(kind)
+        except BaseException:
+            if self._failed is None:
+                raise
+        wait([f for _w, f in self._inflight])
         while self._inflight:
-            self._retire()
+            try:
+                self._retire()
+            except BaseException:
+                pass  # kept in _failed, raised below once every write has ended
+        if self._failed is not None:
+            raise self._failed
 
     def close(self) -> None:
         if self._pool is not None:

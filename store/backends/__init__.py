@@ -34,6 +34,9 @@ from ..errors import UnsupportedBackend
 
 class Backend(Protocol):
     location: str
+    # How many packs are worth writing at once (store/blobsink.py): a disk 2, an object store more. Wrappers pass
+    # on their inner backend's.
+    pack_writes: int
 
     def get(self, name: str) -> bytes:
         """The whole object; raises MissingObject."""

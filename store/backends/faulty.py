@@ -86,6 +86,7 @@ class FaultyBackend:
             _check(rule)
         self.inner = inner
         self.location = inner.location
+        self.pack_writes = inner.pack_writes
         self.rules = tuple(rules)
         self.before = before
         self.calls: Counter[str] = Counter()

@@ -55,6 +55,8 @@ class LocalBackend:
         self._swept = False
 
     OPEN_PACKS = 16
+    # Two packs written at once: one's fsync overlaps the other's write; more only queue on the same disk.
+    pack_writes = 2
 
     def close(self) -> None:
         with self._fds_lock:

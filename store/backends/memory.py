@@ -17,6 +17,8 @@ from . import check_name, check_prefix
 
 
 class MemoryBackend:
+    pack_writes = 2  # as a disk: the tests exercise several packs in flight
+
     def __init__(self) -> None:
         self.location = "memory:"
         self._objects: dict[str, bytes] = {}

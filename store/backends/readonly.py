@@ -18,6 +18,7 @@ class ReadOnlyBackend:
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.location = inner.location
+        self.pack_writes = inner.pack_writes
 
     def get(self, name: str) -> bytes:
         return self.inner.get(name)

@@ -60,6 +60,7 @@ class RetryingBackend:
             raise ValueError("attempts counts from 1")
         self.inner = inner
         self.location = inner.location
+        self.pack_writes = inner.pack_writes
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay

@@ -25,8 +25,8 @@ it; a get holds the one object or range it returns. Pack uploads run in parallel
 are sent PARALLEL_PARTS (4) at once, each a slice of that same buffer; it appears whole at completion or not at all,
 and a failed upload is aborted (one cut short by a kill stays as invisible parts until the bucket's lifecycle rule
 for incomplete uploads removes them; it is never an object). So an upload costs the pack it sends (≤ 16 MiB + one
-blob, see store/packs.py) plus socket buffers, and the pack writer's bound ((2 open + MAX_INFLIGHT) × 16 MiB, store/blobsink.py,
-store/writer.py) is the whole write-side bound on S3 as on a disk.
+blob, see store/packs.py) plus socket buffers, and the blob sink's bound (store/blobsink.py: 2 open packs plus
+`pack_writes` = PACK_WRITES (4) in flight, each ≤ 16 MiB + one blob) is the whole write-side bound on S3 as on a disk.
 
 Reads: a ranged read fetches at least READAHEAD (1 MiB) from its offset and keeps that window, so the next blobs of
 the same pack (an export reads a pack's small blobs one after another; a log open reads each segment's first 12
@@ -66,7 +66,8 @@ from ..errors import (
 )
 from . import check_name, check_prefix
 
-MAX_CONNECTIONS = 16
+PACK_WRITES = 4  # packs uploaded at once (store/blobsink.py): each a round trip, so several hide the latency
+MAX_CONNECTIONS = 16  # PACK_WRITES × PARALLEL_PARTS: every part of every pack in flight has its own connection
 PART_SIZE = 5 << 20  # the least S3 takes (but for the last part): a 16 MiB pack goes up as 5 + 5 + 6 MiB at once
 PARALLEL_PARTS = 4
 READAHEAD = 1 << 20  # a ranged read fetches at least this much, kept for the next ranges of the same object
@@ -162,6 +163,8 @@ class _ViewReader(io.RawIOBase):
 
 
 class S3Backend:
+    pack_writes = PACK_WRITES
+
     def __init__(self, location: str, *, create_bucket: bool = False) -> None:
         self.location = location
         self.where = parse_location(location)
