@@ -118,6 +118,8 @@ def snapshot_json(v: DeviceView, s: SnapshotRecord) -> dict:
         "pinned": s.pinned,
         "current": s.id == v.head,
         "encrypted_by_phone": backup_meta(s).encrypted,
+        # Files the phone encrypted that the vault holds decrypted (--store-decrypted, sync/decrypted.py)
+        "stored_decrypted": backup_meta(s).decrypted,
     }
 
 

@@ -192,8 +192,8 @@ def _open(
 #: A held file's placeholder `cipher_key`: this prefix + its 8-byte id. Never committed: `Holding.resolve` replaces
 #: every placeholder before the commit (a 32-byte key can never start with it: keys are exactly 32 bytes, this 13).
 HELD = b"held:"
-#: What a device uploads that a Manifest.db row keys: `[Snapshot/]xx/<fileID>`.
-_KEYED_UPLOAD = re.compile(r"(?:Snapshot/)?[0-9a-f]{2}/[0-9a-f]{40}")
+#: What a device uploads that has a key of its own: `[Snapshot/]xx/<fileID>` (a Manifest.db row's) and Manifest.db.
+_KEYED_UPLOAD = re.compile(r"(?:Snapshot/)?(?:[0-9a-f]{2}/[0-9a-f]{40}|Manifest\.db)")
 
 
 def is_held(e: FileEntry) -> bool:
@@ -224,6 +224,12 @@ class Holding:
 
     def close(self) -> None:
         self.spool.close()
+
+    def pieces(self, e: FileEntry) -> Iterator[bytes]:
+        """A held file's bytes as the device sent them (Manifest.db, read before the backup is resolved), found by
+        reading the spool through."""
+        held = int.from_bytes(e.cipher_key[len(HELD) :], "big")
+        return (bytes(batch[1]) for batch in self.spool if batch[0] == held)
 
     def resolve(self, dec: Decrypting | None) -> None:
         """Stage every held file: decrypted and checked (`Decrypting.stage`) where its final path has a key, else as

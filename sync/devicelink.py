@@ -62,7 +62,7 @@ from phonevault.store.staged import StagedTree
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
-from .decrypted import Holding, as_sent
+from .decrypted import Holding, as_sent, is_held
 from .errors import DeviceDisconnected, DeviceLimitExceeded, ProtocolError
 from .paths import shown
 
@@ -262,6 +262,8 @@ class VaultDeviceLink(CheckedLink):
 
     def _read(self, entry: FileEntry) -> Iterator[bytes]:
         """The file as the device sent it (a file stored decrypted is encrypted again: sync/decrypted.py)."""
+        if self.holding is not None and is_held(entry):  # received in this backup, held until it ends
+            return self.holding.pieces(entry)
         return as_sent(entry, self.writer.read_file(entry) if self.writer is not None else self.repo.read_file(entry))
 
     def _mutable(self, what: str) -> bool:

@@ -123,6 +123,8 @@ def test_stored_decrypted_dedups_exports_as_sent_and_browses_without_password(pv
 
     snaps = js(pv("snapshots", "--json"))
     assert [s["encrypted_by_phone"] for s in snaps] == [True, True, False]
+    keyed = sum(1 for _ in folders["enc_a"].glob("??/*")) + 1  # every file and Manifest.db
+    assert [s["stored_decrypted"] for s in snaps] == [keyed, keyed, 0]
     a, b, p = (s["id"][:8] for s in snaps)
     for snap, name in ((a, "enc_a"), (b, "enc_b")):  # bit for bit as the phone sent it
         pv("export", snap, "--to", str(tmp_path / name), check=True)
@@ -236,3 +238,17 @@ def test_an_emulated_phones_encrypted_backups_stored_decrypted_export_as_sent_an
         pv("backup", "--store-decrypted", "--backup-password", PASSWORD, env=env, check=True)  # incremental
         pv("restore", s, "--yes", "--no-reboot", env=dict(env, PHONEVAULT_BACKUP_PASSWORD=PASSWORD), check=True)
         assert {p.name: p.read_bytes() for p in phone.device_dir.glob("??/*") if p.is_file()} == day0
+
+
+def test_a_copy_of_the_vault_keeps_what_was_stored_decrypted(pv, cli_env, folders, tmp_path):
+    """`copy --to` re-seals every chunk for the other vault and keeps each entry's key: the copy exports the folder
+    as the phone sent it and browses without the backup password."""
+    pv("init", check=True)
+    pv("import", str(folders["enc_a"]), "--store-decrypted", "--backup-password", PASSWORD, check=True)
+    other = tmp_path / "other-vault"
+    pv("copy", "--to", str(other), "--init", env=dict(cli_env, PHONEVAULT_TO_PASSWORD="other"), check=True)
+    there = dict(cli_env, PHONEVAULT_REPO=str(other), PHONEVAULT_PASSWORD="other")
+    (snap,) = js(pv("snapshots", "--json", env=there))
+    pv("export", snap["id"][:8], "--to", str(tmp_path / "out"), env=there, check=True)
+    assert files_of(tmp_path / "out" / folders["enc_a"].name) == files_of(folders["enc_a"])
+    assert js(pv("ls", snap["id"][:8], DCIM, "--json", env=there))
