@@ -170,9 +170,48 @@ def test_a_file_that_does_not_re_encrypt_is_stored_as_sent(pv, cli_env, folders,
     r = pv("import", str(src), "--store-decrypted", "--backup-password", PASSWORD)
     assert r.returncode == 3, r.stderr
     assert victim.name in r.stderr and "stored as the phone sent it" in r.stderr
-    snap = js(pv("snapshots", "--json"))[0]["id"][:8]
+    (doc,) = js(pv("snapshots", "--json"))
+    snap = doc["id"][:8]
+    assert doc["stored_decrypted"] == sum(1 for _ in src.glob("??/*"))  # Manifest.db and all files but one
     pv("export", snap, "--to", str(tmp_path / "out"), check=True)
     assert files_of(tmp_path / "out" / folders["enc_a"].name) == files_of(src)
+    # One file is still as the phone sent it, so browsing asks for the backup password again; with it, the others
+    # read as stored and that one is named.
+    r = pv("ls", snap, DCIM)
+    assert r.returncode != 0 and "needs its backup password" in r.stderr
+    env = dict(cli_env, PHONEVAULT_BACKUP_PASSWORD=PASSWORD)
+    assert js(pv("ls", snap, DCIM, "--json", env=env))
+    r = pv("export", snap, "--decrypt", "--to", str(tmp_path / "dec"), env=env)
+    assert r.returncode == 3 and "cannot be decrypted" in r.stderr, r.stderr
+    got, want = files_of(tmp_path / "dec" / folders["plain"].name), files_of(folders["plain"])
+    assert {k for k in want if got.get(k) != want[k]} == {"Manifest.plist", f"{victim.parent.name}/{victim.name}"}
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("manifest_db", "does not decrypt with its ManifestKey"),
+        ("keybag", "BackupKeyBag is damaged"),
+    ],
+)
+def test_a_backup_that_cannot_be_opened_is_one_line_and_stores_nothing(pv, cli_env, folders, tmp_path, damage, says):
+    src = tmp_path / "src"
+    shutil.copytree(folders["enc_a"], src)
+    if damage == "manifest_db":
+        db = src / "Manifest.db"
+        db.write_bytes(db.read_bytes()[:-16])  # the last block gone: the padding is wrong
+    else:
+        plist = plistlib.loads((src / "Manifest.plist").read_bytes())
+        plist["BackupKeyBag"] = plist["BackupKeyBag"][:-7]
+        (src / "Manifest.plist").write_bytes(plistlib.dumps(plist, fmt=plistlib.FMT_BINARY))
+    vault = Path(cli_env["PHONEVAULT_REPO"])
+    pv("init", check=True)
+    before = stored(vault)
+    r = pv("import", str(src), "--store-decrypted", "--backup-password", PASSWORD)
+    assert r.returncode not in (0, 3) and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("phonevault:")]
+    assert len(lines) == 1 and says in lines[0], r.stderr
+    assert stored(vault) == before
 
 
 def test_an_emulated_phones_encrypted_backups_stored_decrypted_export_as_sent_and_restore(pv, cli_env, tmp_path):
