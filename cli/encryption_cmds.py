@@ -14,8 +14,9 @@ import sys
 import click
 
 from phonevault.store.errors import PhonevaultError
+from phonevault.store.repository import Repository, format_time
 
-from .context import secret_from_env
+from .context import secret_from_env, with_repo
 from .device_cmds import device_address, with_device_options
 from .render import emit_json, err, out
 
@@ -119,3 +120,45 @@ def _password_for_on(given: str | None) -> str:
     if given is None and (pw := os.environ.get("PHONEVAULT_NEW_BACKUP_PASSWORD")) is not None:
         return pw
     return backup_password(given, prompt="New backup password", confirm=True)
+
+
+@device.command("remember-password")
+@click.argument("device_ref", metavar="DEVICE")
+@backup_password_option
+@click.option("--forget", is_flag=True, help="Forget it: this device's backups are stored as the phone sends them.")
+@with_repo
+def remember_password(repo: Repository, device_ref: str, backup_password: str | None, forget: bool) -> None:
+    """Keep DEVICE's backup password in the vault, so every later backup and import of it is stored decrypted, as
+    with --store-decrypted: it deduplicates across full backups and password changes, and browsing needs no backup
+    password. DEVICE: a device in the vault (name or UDID prefix), or the UDID of one not backed up yet.
+
+    Off by default, and more than --store-decrypted gives away: the password is stored (sealed by the vault's key),
+    so the vault's password then reads everything the phone's backup password protected, the keychain's items
+    included. The password is checked against the device's latest encrypted backup in the vault, if it has one. A
+    password changed on the phone later stores its next backups as sent, with a warning, until it is remembered
+    again."""
+    from phonevault.store.refs import resolve_device
+    from phonevault.sync import decrypted_remembered as memory
+    from phonevault.sync.encrypted import BackupPassword, unlock
+    from phonevault.sync.records import backup_meta
+
+    try:
+        view = resolve_device(repo, device_ref)
+        udid, name = view.device or device_ref, view.info.name or view.device or device_ref
+    except PhonevaultError:
+        if len(device_ref) < 24 or not device_ref.replace("-", "").isalnum():
+            raise  # not a device in the vault, and not a UDID either
+        view, udid, name = None, device_ref, device_ref
+    if forget:
+        gone = memory.forget(repo, udid)
+        out.print(f"{name}: {'backup password forgotten' if gone else 'no backup password was remembered'}",
+                  markup=False)  # fmt: skip
+        return
+    password = _password(backup_password, "Backup password to remember")
+    latest = next((s for s in reversed(view.live()) if backup_meta(s).encrypted), None) if view else None
+    if latest is not None:
+        unlock(repo, latest, BackupPassword(password))  # WrongBackupPassword (exit 12): nothing is stored
+    memory.remember(repo, udid, password)
+    checked = f"checked against the backup of {format_time(latest.time)}" if latest else "not checked: no backup yet"
+    out.print(f"{name}: backup password remembered ({checked}); its backups are stored decrypted from now on",
+              markup=False)  # fmt: skip

@@ -16,10 +16,13 @@ import click
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository, format_time
-from phonevault.sync.errors import FoldersNotImported, SourceIncomplete
+from phonevault.sync.decrypted_remembered import STALE, remembered
+from phonevault.sync.encrypted import BackupPassword
+from phonevault.sync.errors import FoldersNotImported, SourceIncomplete, WrongBackupPassword
 from phonevault.sync.layouts import MBDB
-from phonevault.sync.mobilesync import find_backup_folders, import_folder
+from phonevault.sync.mobilesync import ImportResult, find_backup_folders, import_folder
 from phonevault.sync.paths import shown
+from phonevault.sync.plists import read_info_plist
 from phonevault.sync.records import backup_meta
 
 from .backup_password import backup_password_option, password_from, store_decrypted_option
@@ -42,7 +45,7 @@ def import_(repo: Repository, path: Path | None, store_decrypted: bool, backup_p
         for folder in find_backup_folders(path):
             try:
                 with progress(f"importing {folder.name[:12]}", None) as update:  # import_folder reports the total
-                    r = import_folder(repo, folder, progress=update, store_decrypted=password)
+                    r = _import(repo, folder, update, password)
             except PhonevaultError as e:
                 worst = _keep_worse(worst, e)
                 failed.append(shown(folder.name))
@@ -80,6 +83,30 @@ def import_(repo: Repository, path: Path | None, store_decrypted: bool, backup_p
         worst = FoldersNotImported(shown(path.name) if path else "the default locations", failed, imported)
     if worst is not None:
         raise worst
+
+
+def _import(repo: Repository, folder: Path, update, password: BackupPassword | None) -> ImportResult:
+    """One folder, stored decrypted with the password given, else with its device's remembered one (`device
+    remember-password`), which when stale (changed on the phone) stores it as sent with a problem named."""
+    if password is not None:
+        return import_folder(repo, folder, progress=update, store_decrypted=password)
+    pw = remembered(repo, _udid(folder))
+    if pw is None:
+        return import_folder(repo, folder, progress=update)
+    try:
+        return import_folder(repo, folder, progress=update, store_decrypted=BackupPassword(pw))
+    except WrongBackupPassword:  # checked before anything is stored
+        r = import_folder(repo, folder, progress=update)
+        r.problems.append(STALE)
+        return r
+
+
+def _udid(folder: Path) -> str:
+    """The UDID a folder's Info.plist names (as the import reads it), else the folder's name."""
+    try:
+        return read_info_plist((folder / "Info.plist").read_bytes(), "Info.plist").udid or folder.name
+    except (OSError, PhonevaultError):
+        return folder.name
 
 
 def _against(repo: Repository, snap: SnapshotRecord) -> str:

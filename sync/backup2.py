@@ -58,6 +58,7 @@ from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
 from .decrypted import Holding, decrypt_staged, device_meta
+from .decrypted_remembered import STALE, remembered
 from .devicelink import ACTIVITY, CheckedLink, Progress, VaultDeviceLink
 from .encrypted import BackupPassword
 from .errors import (
@@ -68,6 +69,7 @@ from .errors import (
     DeviceTimeout,
     ManifestInvalid,
     ProtocolError,
+    WrongBackupPassword,
 )
 from .manifest import check_manifest_db
 from .paths import shown, unsafe_reason
@@ -367,6 +369,9 @@ async def _backup(
             if on_start:
                 on_start(udid, service.lockdown.all_values.get("DeviceName"))
             full = full or repo.view(repo.device_key(udid), refresh=True).head is None
+            from_memory = store_decrypted is None and (password := remembered(repo, udid)) is not None
+            if from_memory:  # `device remember-password`: this device's backups are stored decrypted
+                store_decrypted = BackupPassword(password)
             writer = SnapshotWriter(repo, udid, DeviceRecord(), incremental=not full)
             holding = Holding(writer, repo.cache.spool()) if store_decrypted is not None else None
             watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
@@ -391,7 +396,13 @@ async def _backup(
         encrypted = _encrypted(dl.read("Manifest.plist"), lambda: dl.read("Manifest.db"), problems)
         dec = None
         if encrypted and store_decrypted is not None:
-            dec = decrypt_staged(writer, dl.read, store_decrypted, udid, holding)
+            try:
+                dec = decrypt_staged(writer, dl.read, store_decrypted, udid, holding)
+            except WrongBackupPassword:
+                if not from_memory:
+                    raise  # given for this backup: nothing is committed
+                problems.append(STALE)  # remembered, and changed on the phone since: the backup is not lost
+                holding.resolve(None)
         elif holding is not None:
             holding.resolve(None)  # the phone did not encrypt: what was held is stored as it was sent
         problems += dec.problems if dec is not None else ()

@@ -291,3 +291,57 @@ def test_a_copy_of_the_vault_keeps_what_was_stored_decrypted(pv, cli_env, folder
     pv("export", snap["id"][:8], "--to", str(tmp_path / "out"), env=there, check=True)
     assert files_of(tmp_path / "out" / folders["enc_a"].name) == files_of(folders["enc_a"])
     assert js(pv("ls", snap["id"][:8], DCIM, "--json", env=there))
+
+
+def test_a_remembered_password_stores_the_devices_backups_decrypted(pv, cli_env, folders, tmp_path):
+    """`device remember-password`: kept sealed in the vault (its bytes appear nowhere), checked against the device's
+    latest encrypted backup (a wrong one is exit 12 and stores nothing); every later import of the device is stored
+    decrypted without the password given; a stale one stores as sent and says so; --forget ends it."""
+    vault = Path(cli_env["PHONEVAULT_REPO"])
+    udid = folders["enc_a"].name
+    pv("init", check=True)
+    r = pv("device", "remember-password", udid, "--backup-password", "stale one")
+    assert r.returncode == 0 and "not checked" in r.stdout, r.stderr
+    r = pv("import", str(folders["enc_a"]))  # the remembered password opens nothing: stored as sent, named
+    assert r.returncode == 3 and "remembered backup password does not open" in r.stderr, r.stderr
+    assert js(pv("snapshots", "--json"))[-1]["stored_decrypted"] == 0
+
+    before = stored(vault)
+    r = pv("device", "remember-password", udid, "--backup-password", "wrong")
+    assert r.returncode == 12 and "wrong backup password" in r.stderr and stored(vault) == before
+    pv("device", "remember-password", udid, "--backup-password", PASSWORD, check=True)
+    assert not any(PASSWORD.encode() in p.read_bytes() for p in vault.rglob("*") if p.is_file())
+    pv("import", str(folders["enc_b"]), check=True)
+    last = js(pv("snapshots", "--json"))[-1]
+    assert last["stored_decrypted"] > 0
+    assert js(pv("ls", last["id"][:8], DCIM, "--json"))  # no password given anywhere
+
+    assert "forgotten" in pv("device", "remember-password", udid, "--forget", check=True).stdout
+    assert not list((vault / "settings").rglob("*backup-password*"))
+    pv("import", str(folders["enc_a"]), check=True)
+    assert js(pv("snapshots", "--json"))[-1]["stored_decrypted"] == 0
+
+
+def test_an_emulated_phones_remembered_password_until_it_changes_on_the_phone(pv, cli_env, tmp_path):
+    from phonevault.sync.emulator import Emulator
+
+    with Emulator(tmp_path / "phone", seed=SEED, size=SIZE) as phone:
+        env = dict(cli_env, USBMUXD_SOCKET_ADDRESS=phone.address)
+        pv("init", check=True)
+        pv("device", "encryption", "on", env=dict(env, PHONEVAULT_NEW_BACKUP_PASSWORD=PASSWORD), check=True)
+        pv("device", "remember-password", phone.udid, "--backup-password", PASSWORD, env=env, check=True)
+        pv("backup", env=env, check=True)
+        (first,) = js(pv("snapshots", "--json", env=env))
+        assert first["stored_decrypted"] > 0
+        assert js(pv("ls", first["id"][:8], DCIM, "--json", env=env))
+
+        changed = dict(env, PHONEVAULT_BACKUP_PASSWORD=PASSWORD, PHONEVAULT_NEW_BACKUP_PASSWORD="changed")
+        pv("device", "password", env=changed, check=True)
+        r = pv("backup", env=env)  # full, under the new password: committed as sent, the stale password named
+        assert r.returncode == 3 and "remembered backup password does not open" in r.stderr, r.stderr
+        second = js(pv("snapshots", "--json", env=env))[-1]
+        assert second["stored_decrypted"] == 0 and second["id"] != first["id"]
+        pv("export", second["id"][:8], "--decrypt", "--to", str(tmp_path / "plain"),
+           env=dict(env, PHONEVAULT_BACKUP_PASSWORD="changed"), check=True)  # fmt: skip
+        got = {p.name: p.read_bytes() for p in (tmp_path / "plain" / phone.udid).glob("??/*") if p.is_file()}
+        assert got == {p.name: p.read_bytes() for p in phone.device_dir.glob("??/*") if p.is_file()}
