@@ -345,3 +345,23 @@ def test_an_emulated_phones_remembered_password_until_it_changes_on_the_phone(pv
            env=dict(env, PHONEVAULT_BACKUP_PASSWORD="changed"), check=True)  # fmt: skip
         got = {p.name: p.read_bytes() for p in (tmp_path / "plain" / phone.udid).glob("??/*") if p.is_file()}
         assert got == {p.name: p.read_bytes() for p in phone.device_dir.glob("??/*") if p.is_file()}
+
+
+def test_stored_decrypted_leaves_nothing_private_in_plaintext_on_disk(cli_env, pv, tmp_path):
+    """The plaintext is in the vault only sealed, the held uploads only in a sealed, unlinked spool, the catalog
+    only sealed in the cache: the phone's identity, names, fileIDs and contents appear nowhere on disk."""
+    from phonevault.sync.emulator import Emulator
+    from tests.test_no_plaintext import needles, scan
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    vault, cache = Path(cli_env["PHONEVAULT_REPO"]), Path(cli_env["PHONEVAULT_CACHE_DIR"])
+    with Emulator(tmp_path / "phone", seed=71, size=6 << 20) as phone:
+        env = dict(cli_env, TMPDIR=str(tmpdir), USBMUXD_SOCKET_ADDRESS=phone.address)
+        pv("init", env=env, check=True)
+        pv("device", "encryption", "on", env=dict(env, PHONEVAULT_NEW_BACKUP_PASSWORD=PASSWORD), check=True)
+        pv("backup", "--store-decrypted", "--backup-password", PASSWORD, env=env, check=True)
+        pv("ls", "latest", env=env, check=True)
+        wanted = needles(phone.device_dir)
+        assert len(wanted) >= 15, wanted
+        assert scan([vault, cache, tmpdir], wanted) == []
