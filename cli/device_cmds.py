@@ -15,11 +15,12 @@ from phonevault.store.errors import NotConfirmed
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository, format_time
+from phonevault.sync.decrypted_remembered import remembered
 from phonevault.sync.errors import RestoreIncomplete, RestoreRefused, SourceIncomplete, StrictRefused
 from phonevault.sync.paths import shown
 
 from .backup_password import backup_password_option, password_from, store_decrypted_option
-from .context import with_repo
+from .context import secret_from_env, with_repo
 from .render import err, human, out, progress
 from .sizes import parse_size
 from .snapshot_cmds import warn
@@ -131,7 +132,11 @@ def restore(
         with device_address(use_emulator, udid, emulator_day, emulator_size) as address:
             _confirm_restore(view, snap, udid or _only_device(address), yes)
             if backup_password is None and snapshot_encrypted(snap):  # asked only for a backup the phone encrypted
-                backup_password = ask_backup_password(None)
+                # The environment's, else a remembered one (`device remember-password`), else a prompt; checked
+                # against the snapshot's keybag before the device is asked anything.
+                in_env = secret_from_env("PHONEVAULT_BACKUP_PASSWORD") is not None
+                from_memory = None if in_env else remembered(repo, view.device or "")
+                backup_password = from_memory or ask_backup_password(None)
             with progress("restoring", snap.stats.size) as update:
                 r = restore_device(
                     repo, view, snap, udid=udid, usbmux_address=address, password=backup_password,

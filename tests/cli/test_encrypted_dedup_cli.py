@@ -345,6 +345,9 @@ def test_an_emulated_phones_remembered_password_until_it_changes_on_the_phone(pv
            env=dict(env, PHONEVAULT_BACKUP_PASSWORD="changed"), check=True)  # fmt: skip
         got = {p.name: p.read_bytes() for p in (tmp_path / "plain" / phone.udid).glob("??/*") if p.is_file()}
         assert got == {p.name: p.read_bytes() for p in phone.device_dir.glob("??/*") if p.is_file()}
+        # Restore takes the remembered password when none is given (no option, no environment, no terminal).
+        pv("restore", first["id"][:8], "--yes", "--no-reboot", env=env, check=True)
+        assert {p.name: p.read_bytes() for p in phone.device_dir.glob("??/*") if p.is_file()} == got
 
 
 def test_stored_decrypted_leaves_nothing_private_in_plaintext_on_disk(cli_env, pv, tmp_path):
