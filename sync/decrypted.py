@@ -25,6 +25,11 @@ the phone sent it, and a restore sends the device what it sent; `stored_keys` gi
 file keys that pass a decrypted entry through as it is stored, so `ls`, `diff`, `extract` and `export --decrypt`
 need no backup password when `BackupMeta.all_decrypted`; with some files still as sent, they ask for it as before.
 
+Where: a folder import (`open_folder`, then `Decrypting.stage_file` per file as the folder is walked) and a device
+backup (`Holding`: what the device sends is held in a sealed local spool until Manifest.db, which comes last, gives
+the keys; `decrypt_staged`). The opt-in is `--store-decrypted` with the password, or the device's password kept by
+`device remember-password` (sync/decrypted_remembered.py).
+
 Memory: the decrypted Manifest.db while the wrapped keys are read out of it, then ~100 bytes a keyed file (the
 wrapped keys by path); files stream one 1 MiB block at a time. Time: decrypting, encrypting again and hashing is
 AES twice and BLAKE3 twice over the bytes (hardware AES: a few hundred MB/s).
@@ -189,8 +194,9 @@ def _open(
     return Decrypting(class_keys, db_key, wrapped)
 
 
-#: A held file's placeholder `cipher_key`: this prefix + its 8-byte id. Never committed: `Holding.resolve` replaces
-#: every placeholder before the commit (a 32-byte key can never start with it: keys are exactly 32 bytes, this 13).
+#: A held file's placeholder `cipher_key`: this prefix + its 8-byte id, 13 bytes (a real key is 32, so the two are
+#: told apart by length). Never committed: `Holding.resolve` replaces every placeholder, and `device_meta` refuses
+#: a state that still holds one.
 HELD = b"held:"
 #: What a device uploads that has a key of its own: `[Snapshot/]xx/<fileID>` (a Manifest.db row's) and Manifest.db.
 _KEYED_UPLOAD = re.compile(r"(?:Snapshot/)?(?:[0-9a-f]{2}/[0-9a-f]{40}|Manifest\.db)")
