@@ -70,6 +70,11 @@ def demo(workdir: Path | None, size: str) -> None:
         run("restore", f"{udid}@current", "--no-reboot", "--yes", note="the phone gets day 0 back")
         same = _device_equals_snapshot(emu.device_dir, first)
         out.print(f"the phone's content now equals snapshot {first}: [bold]{'yes' if same else 'NO'}[/]")
+        # A day on from the restore, so the photos deleted on day 1 are gone from the current backup again: the
+        # web view lists them under "not on the phone any more", the one place they still exist.
+        out.print("\n[dim]another day: more photos taken, the ones deleted on day 1 gone again …[/]")
+        emu.set_day(2)
+        run("backup", note="day 2: the photos deleted on day 1 now live only in the vault")
         run("export", f"{udid}@current", "--to", str(work / "export"), note="a folder Finder/iTunes can restore")
         run("tag", second, "after-the-trip")
         run("forget", "--keep-last", "1", "--dry-run", note="retention never forgets the current or pinned")

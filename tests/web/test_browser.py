@@ -160,3 +160,75 @@ def test_the_roll_loads_more_as_one_scrolls(web_vault, tmp_path, browser) -> Non
         server.should_exit = True
         thread.join(timeout=30)
         repo.close()
+
+
+def test_the_demo_story_in_a_browser(tmp_path, browser) -> None:
+    """The issue's "done when": a new user (a fresh HOME, no PHONEVAULT_* settings) runs `phonevault demo`, then the
+    `phonevault serve` it prints; the camera roll shows real thumbnails (JPEGs decoded by the browser, not the icon),
+    and a photo the demo's phone deleted on day 1 is under "not on the phone any more" and downloads bit for bit."""
+    import re
+    import subprocess
+    import sys
+
+    from selenium.webdriver.common.by import By
+
+    from phonevault.cli.sizes import parse_size
+    from phonevault.sync.emulator.phone import SyntheticPhone
+
+    size = "16MB"  # its day 1 deletes a photo (smaller phones of this seed delete a video that day)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PHONEVAULT", "USBMUXD"))}
+    env.update(HOME=str(home), COLUMNS="400", TERM="dumb")
+    exe = Path(sys.executable).with_name("phonevault")
+    demo = subprocess.run(
+        [str(exe), "demo", "--dir", str(tmp_path / "demo"), "--size", size],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    printed = re.search(r"PHONEVAULT_REPO=(\S+) PHONEVAULT_CACHE_DIR=(\S+) phonevault serve --open", demo.stdout)
+    assert printed, demo.stdout[-2000:]
+
+    # What the demo's phone (the emulator's default seed) deleted on day 1, and its bytes as the phone had them.
+    phone = SyntheticPhone(seed=1, size=parse_size(size))
+    day0 = {f.entry.relative_path: f for f in phone.files(0) if f.kind in ("heic", "jpg")}
+    day1 = {f.entry.relative_path for f in phone.files(1)}
+    deleted = sorted(p for p in day0 if p not in day1)
+    assert deleted, "the demo's phone deletes a photo on day 1"
+    target = day0[deleted[0]]
+    name = target.entry.relative_path.rsplit("/", 1)[1]
+
+    env.update(PHONEVAULT_REPO=printed.group(1), PHONEVAULT_CACHE_DIR=printed.group(2), PHONEVAULT_PASSWORD="demo")
+    with Server(env) as server:
+        browser.get(server.url)
+        wait_for(lambda: "Devices" in browser.title, what="the devices page")
+        browser.find_element(By.CSS_SELECTOR, "section.device h2 a").click()
+        browser.find_element(By.ID, "nav-photos").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.thumb"), what="thumbnails")
+        browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        wait_for(lambda: (c := _loaded_images(browser))[0] == c[1] and c, what="every thumbnail")
+        # Each photo's thumbnail is a JPEG made from its bytes, decoded by the browser at the tile's picture size
+        # (the icon would be an SVG): real pictures, not placeholders.
+        photos = browser.execute_script(
+            "return Array.from(document.querySelectorAll('li.tile')).filter(t => !t.querySelector('.badge.video'))"
+            ".map(t => { const i = t.querySelector('img.thumb'); return [i.src, i.naturalWidth, i.naturalHeight]; })"
+        )
+        assert len(photos) >= 3
+        for src, w, h in photos:
+            kind = browser.execute_async_script(
+                "fetch(arguments[0]).then(r => arguments[1](r.headers.get('content-type')))", src
+            )
+            assert kind == "image/jpeg" and w > 0 and h > 0 and max(w, h) <= 320, (src, kind, w, h)
+
+        browser.find_element(By.ID, "filter-gone").click()
+        tile = wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, f'li.tile[data-name="{name}"]'), what="the deleted photo"
+        )[0]
+        assert "not on the phone any more" in tile.text
+        tile.find_element(By.TAG_NAME, "a").click()
+        preview = wait_for(lambda: browser.find_elements(By.ID, "preview"), what="the photo page")[0]
+        wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", preview) > 0, what="the preview")
+        browser.find_element(By.ID, "download").click()
+        done = browser.downloads / name
+        wait_for(lambda: done.exists() and not list(browser.downloads.glob("*.crdownload")), what="the download")
+        assert done.read_bytes() == b"".join(phone.open(target))
