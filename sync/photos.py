@@ -19,12 +19,18 @@ snapshot, not per photo: each cache write is a committed LMDB transaction, ~5 ms
 Per snapshot (`snapshot_media`): read from its catalog (sync/catalog.py) and one walk of its tree, then cached in
 the LMDB cache (`derived`, sealed) under `photos/<format>/<tree id>`. The tree id names the snapshot's whole
 content (the Manifest.db the catalog comes from included), so the entry never goes stale. Cached value: msgpack
-list of `[domain path, backup path, size, mtime, content key, EXIF date or nil]` (PHOTOS_CACHE_FORMAT 2). The merged
-roll is cached
+list of `[domain path, backup path, size, mtime, content key, EXIF date or nil, encrypted]` (PHOTOS_CACHE_FORMAT 3).
+The merged roll is cached
 as well (`photo-roll/<format>/<keyed hash of the head and the live snapshots' ids and trees>`, see `_pack_roll`):
 the same versions and head always give the same roll.
-Snapshots the phone encrypted (their catalog needs the backup password) are skipped and listed in
-`CameraRoll.encrypted`; if the current snapshot is one of them, `current_known` is False and nothing is called gone.
+Snapshots the phone encrypted are read with the phone's backup password (`password`, sync/encrypted.py): their
+items are marked `encrypted`, their bytes decrypted as they are read (`read_media`), and an item's content key is
+that of its stored ciphertext (stable across incremental backups; a full re-encrypted backup is new content). Their
+rows are cached like a plain snapshot's (names, sizes and dates, which the vault password already shows in the
+cached catalog), but only after the password opened the snapshot in this process, and a roll with an encrypted
+snapshot is not cached merged (whether it was opened depends on the password given). Without the password, or with
+one that does not open them, they are skipped and listed in `CameraRoll.encrypted`; if the current snapshot is one
+of them, `current_known` is False and nothing is called gone.
 
 Memory: the rows of every live snapshot's camera roll (~200 bytes a row) plus one item per distinct content; on a
 cache miss, one snapshot's catalog and a walk of its tree (one shard node at a time), and for a content whose date
@@ -45,11 +51,20 @@ from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree, lookup
 
 from .catalog import domain_path, load_catalog
-from .errors import EncryptedBackup
-from .manifest import FLAG_FILE
+from .encrypted import BackupPassword, FileKeys
+from .errors import (
+    EncryptedBackup,
+    EncryptionUnsupported,
+    FileUndecryptable,
+    KeybagDamaged,
+    ManifestUndecryptable,
+    WrongBackupPassword,
+)
+from .manifest import FLAG_FILE, CatalogEntry
 from .photodates import capture_time
+from .records import backup_meta
 
-PHOTOS_CACHE_FORMAT = 2
+PHOTOS_CACHE_FORMAT = 3
 CAMERA_ROLL_DOMAIN = "CameraRollDomain"
 DCIM = "Media/DCIM/"
 PHOTO_EXTENSIONS = frozenset({"heic", "heif", "jpg", "jpeg", "png", "gif", "dng", "tif", "tiff", "webp", "bmp"})
@@ -76,6 +91,7 @@ class SnapshotMedia:
     mtime: int  # seconds, the phone's own mtime of the file (an edit changes it)
     content: bytes  # the content key (see the module docstring)
     exif_taken: int | None  # seconds: its EXIF DateTimeOriginal (see the module docstring), None if it has none
+    encrypted: bool = False  # stored as the phone encrypted it: read it through its snapshot's keys
 
     @property
     def taken(self) -> int:
@@ -97,6 +113,7 @@ class MediaItem:
     source: bytes  # a snapshot holding it (the newest): where its bytes are read from
     backup_path: str  # its backup path in `source`
     taken: int  # when it was taken (see SnapshotMedia.taken): what the roll is ordered and grouped by
+    encrypted: bool = False  # its bytes are the phone's ciphertext (see SnapshotMedia.encrypted)
 
     @property
     def name(self) -> str:
@@ -138,41 +155,62 @@ def _cache_key(snap: SnapshotRecord) -> bytes:
 
 
 def snapshot_media(
-    repo: Repository, snap: SnapshotRecord, known: dict[bytes, int | None] | None = None
+    repo: Repository,
+    snap: SnapshotRecord,
+    known: dict[bytes, int | None] | None = None,
+    password: BackupPassword | None = None,
 ) -> list[SnapshotMedia]:
-    """The camera-roll files of one snapshot (cached; see the module docstring). EncryptedBackup for a snapshot the
-    phone encrypted. ``known``: EXIF dates by content key already read (from other snapshots' rows)."""
+    """The camera-roll files of one snapshot (cached; see the module docstring). ``known``: EXIF dates by content
+    key already read (from other snapshots' rows). A snapshot the phone encrypted needs ``password``: else
+    EncryptedBackup (BackupPasswordNeeded), WrongBackupPassword, … as load_catalog raises them."""
+    catalog = load_catalog(repo, snap, password) if backup_meta(snap).encrypted else None  # opened, or raises
     key = _cache_key(snap)
     if (cached := repo.cache.derived_get(key)) is not None:
         try:
-            return [SnapshotMedia(p, b, s, m, bytes(c), t) for p, b, s, m, c, t in msgpack.unpackb(cached)]
+            return [SnapshotMedia(p, b, s, m, bytes(c), t, e) for p, b, s, m, c, t, e in msgpack.unpackb(cached)]
         except (ValueError, TypeError, msgpack.UnpackException):
             pass  # a value of another shape: computed again below and replaced
-    catalog = load_catalog(repo, snap)
-    wanted: dict[str, tuple[str, int, int]] = {}  # backup path -> (domain path, size, mtime)
+    if catalog is None:
+        catalog = load_catalog(repo, snap)
+    wanted: dict[str, CatalogEntry] = {}  # backup path -> its row
     for c in catalog:
         if c.flags != FLAG_FILE or c.domain != CAMERA_ROLL_DOMAIN or not c.relative_path.startswith(DCIM):
             continue
         if media_kind(c.relative_path) is None:
             continue
-        wanted[catalog.layout.backup_path(c.file_id)] = (domain_path(c), c.size, c.mtime)
+        wanted[catalog.layout.backup_path(c.file_id)] = c
     rows: list[SnapshotMedia] = []
     if wanted:
         for entry in iter_tree(snap.tree, repo.get_blob):
-            if (row := wanted.get(entry.path)) is not None and not entry.is_dir:
-                path, _size, mtime = row
+            if (c := wanted.get(entry.path)) is not None and not entry.is_dir:
+                path = domain_path(c)
                 content = content_key(repo, entry)
+                sealed = catalog.keys is not None and c.has_encryption_key
                 if media_kind(path) != "photo":
                     taken = None
                 elif known is not None and content in known:
                     taken = known[content]
                 else:
-                    taken = capture_time(repo.read_file(entry))
-                rows.append(SnapshotMedia(path, entry.path, entry.size, mtime, content, taken))
+                    taken = _capture_time(repo, catalog.keys if sealed else None, c, entry)
+                size = c.size if sealed else entry.size  # the plaintext's, as the phone has it
+                rows.append(SnapshotMedia(path, entry.path, size, c.mtime, content, taken, sealed))
     rows.sort(key=lambda r: r.path)
-    packed = [[r.path, r.backup_path, r.size, r.mtime, r.content, r.exif_taken] for r in rows]
+    packed = [[r.path, r.backup_path, r.size, r.mtime, r.content, r.exif_taken, r.encrypted] for r in rows]
     repo.cache.derived_put(key, msgpack.packb(packed))
     return rows
+
+
+def _capture_time(repo: Repository, keys: FileKeys | None, row: CatalogEntry, entry: FileEntry) -> int | None:
+    pieces = repo.read_file(entry)
+    if keys is not None:
+        try:
+            pieces = keys.open(keys.key(row.file_id, domain_path(row)), pieces, row.size, domain_path(row))
+        except FileUndecryptable:
+            return None
+    try:
+        return capture_time(pieces)
+    except FileUndecryptable:  # found at the end of a HEIC read whole: a damaged file has no date here
+        return None
 
 
 def merge(
@@ -197,7 +235,7 @@ def merge(
     items = [
         MediaItem(
             content, r.path, r.size, r.mtime, media_kind(r.path) or "photo", tuple(holders), current in holders,
-            snap.id, r.backup_path, r.taken,
+            snap.id, r.backup_path, r.taken, r.encrypted,
         )
         for content, (r, snap, holders) in acc.items()
     ]  # fmt: skip
@@ -205,13 +243,14 @@ def merge(
     return tuple(items)
 
 
-def camera_roll(repo: Repository, view: DeviceView) -> CameraRoll:
+def camera_roll(repo: Repository, view: DeviceView, password: BackupPassword | None = None) -> CameraRoll:
     """Every photo and video in any live snapshot of the device, by content (see the module docstring). The merged
     roll is cached too, keyed by the live snapshots (ids and trees, in order) and the head, so showing it again
     costs one cache read however many versions there are."""
     live = sorted(view.live(), key=lambda s: (s.time, s.seq))
     key = _roll_key(repo, live, view.head)
-    if (cached := repo.cache.derived_get(key)) is not None:
+    sealed = any(backup_meta(s).encrypted for s in live)  # what it shows depends on the password: not cached merged
+    if not sealed and (cached := repo.cache.derived_get(key)) is not None:
         try:
             return _unpack_roll(cached, live, view.head)
         except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException):
@@ -221,15 +260,16 @@ def camera_roll(repo: Repository, view: DeviceView) -> CameraRoll:
     known: dict[bytes, int | None] = {}  # EXIF dates read so far, by content: each photo is read once
     for snap in live:
         try:
-            rows = snapshot_media(repo, snap, known)
-        except EncryptedBackup:
-            encrypted.append(snap)
+            rows = snapshot_media(repo, snap, known, password)
+        except (EncryptedBackup, WrongBackupPassword, EncryptionUnsupported, KeybagDamaged, ManifestUndecryptable):
+            encrypted.append(snap)  # not opened: no password, another one, or a keybag that cannot be read
             continue
         read.append((snap, rows))
         known.update((r.content, r.exif_taken) for r in rows if media_kind(r.path) == "photo")
     current_known = view.head is not None and any(s.id == view.head for s, _rows in read)
     roll = CameraRoll(merge(read, view.head), tuple(s for s, _ in read), tuple(encrypted), view.head, current_known)
-    repo.cache.derived_put(key, _pack_roll(roll))
+    if not sealed:
+        repo.cache.derived_put(key, _pack_roll(roll))
     return roll
 
 
@@ -240,13 +280,13 @@ def _roll_key(repo: Repository, live: list[SnapshotRecord], head: bytes | None) 
 
 def _pack_roll(roll: CameraRoll) -> bytes:
     """Cached value: [[id…] read, [id…] encrypted, current_known, items], an item being [content, path, size,
-    mtime, kind, [snapshot index…], in_current, source index, backup path, taken]; an index is into read +
-    encrypted."""
+    mtime, kind, [snapshot index…], in_current, source index, backup path, taken, encrypted]; an index is into
+    read + encrypted."""
     ids = [s.id for s in roll.snapshots + roll.encrypted]
     index = {sid: k for k, sid in enumerate(ids)}
     items = [
         [i.content, i.path, i.size, i.mtime, i.kind, [index[s] for s in i.snapshots], i.in_current, index[i.source],
-         i.backup_path, i.taken]
+         i.backup_path, i.taken, i.encrypted]
         for i in roll.items
     ]  # fmt: skip
     return msgpack.packb([[s.id for s in roll.snapshots], [s.id for s in roll.encrypted], roll.current_known, items])
@@ -259,17 +299,29 @@ def _unpack_roll(packed: bytes, live: list[SnapshotRecord], head: bytes | None) 
     skipped = tuple(by_id[bytes(i)] for i in encrypted)
     ids = [s.id for s in read + skipped]
     items = tuple(
-        MediaItem(bytes(c), p, size, mtime, kind, tuple(ids[k] for k in held), in_cur, ids[src], bp, taken)
-        for c, p, size, mtime, kind, held, in_cur, src, bp, taken in rows
+        MediaItem(bytes(c), p, size, mtime, kind, tuple(ids[k] for k in held), in_cur, ids[src], bp, taken, enc)
+        for c, p, size, mtime, kind, held, in_cur, src, bp, taken, enc in rows
     )
     return CameraRoll(items, read, skipped, head, current_known)
 
 
-def read_media(repo: Repository, view: DeviceView, item: MediaItem) -> Iterator[bytes]:
-    """The item's original bytes, chunk by chunk, bit for bit as stored. Raises MissingObject if its snapshot no
-    longer holds it (forgotten meanwhile) and CorruptObject if the entry found is not the item's content."""
+def read_media(
+    repo: Repository, view: DeviceView, item: MediaItem, password: BackupPassword | None = None
+) -> Iterator[bytes]:
+    """The item's original bytes, chunk by chunk: bit for bit as stored, or for an item the phone encrypted, as
+    decrypted with ``password`` (FileUndecryptable at the end if they do not decrypt to the row's size). Raises
+    MissingObject if its snapshot no longer holds it (forgotten meanwhile) and CorruptObject if the entry found is
+    not the item's content."""
     entry = media_entry(repo, view, item)
-    return repo.read_file(entry)
+    if not item.encrypted:
+        return repo.read_file(entry)
+    snap = view.get(item.source)
+    assert snap is not None  # media_entry found it
+    keys = load_catalog(repo, snap, password).keys
+    if keys is None:  # the vault holds this snapshot decrypted now (sync/decrypted.py): read as stored
+        return repo.read_file(entry)
+    file_id = item.backup_path.rsplit("/", 1)[-1]
+    return keys.open(keys.key(file_id, item.path), repo.read_file(entry), item.size, item.path)
 
 
 def media_entry(repo: Repository, view: DeviceView, item: MediaItem) -> FileEntry:

@@ -40,7 +40,7 @@ from phonevault.store.errors import (
     SnapshotNotFound,
 )
 from phonevault.store.repository import format_time
-from phonevault.sync.errors import EncryptedBackup
+from phonevault.sync.errors import EncryptedBackup, WrongBackupPassword
 from phonevault.sync.photos import MediaItem
 
 from ..find_cmd import hit_json
@@ -85,6 +85,7 @@ class WebState:
         self.decoders = ThreadPoolExecutor(max_workers=THUMB_WORKERS, thread_name_prefix="phonevault-thumbs")
         self.thumb_slots: asyncio.Semaphore | None = None  # made on the server's event loop
         self.env = _env()
+        self.env.globals["unlocking"] = library.password is not None  # serve was given the backup password
 
     def close(self) -> None:
         self.decoders.shutdown(wait=True, cancel_futures=True)
@@ -227,6 +228,14 @@ def create_app(
     async def _image(request: Request, px: int) -> Response:
         key, content = request.path_params["key"], request.path_params["content"]
         _view, item = await run(state.library.media, key, content)  # 404 for anything not in this roll
+        if item.encrypted:
+            # Made from bytes only the backup password opens: never cached (the vault's key alone would show it),
+            # and the browser is told not to keep it either.
+            async with slots():
+                made = await _render(key, item, px)
+            if not made:
+                return _icon(item)
+            return Response(made, media_type="image/jpeg", headers={"cache-control": "no-store"})
         ck = thumbs.cache_key(item.content, px)
         made = await run(state.library.derived_get, ck)
         if made is None:
@@ -265,9 +274,9 @@ def create_app(
     async def file_download(request: Request) -> Response:
         key, snap_id = request.path_params["key"], request.path_params["snap"]
         path = request.query_params.get("path", "").strip("/")
-        _row, entry = await run(state.library.file_entry, key, snap_id, path)
+        size = await run(state.library.file_size, key, snap_id, path)  # 404 (or 409) before the response starts
         body = state.vault.stream(lambda: state.library.file_bytes(key, snap_id, path))
-        return _attachment(body, path.rsplit("/", 1)[-1], entry.size)
+        return _attachment(body, path.rsplit("/", 1)[-1], size)
 
     async def zip_download(request: Request) -> Response:
         key, snap_id = request.path_params["key"], request.path_params["snap"]
@@ -309,12 +318,17 @@ def create_app(
         return error(request, 404, "Not found", exc)
 
     async def encrypted(request: Request, exc: Exception) -> Response:
-        # The web view takes no backup password (yet): say where browsing it works instead.
+        # No backup password was given to serve (never one from a request): say how to give it.
         snap = getattr(exc, "snapshot", None) or "SNAPSHOT"
         why = PhonevaultError(
-            f"snapshot {snap}: the phone encrypted this backup; the web view cannot browse it yet, the command line can with "
-            f"its backup password (phonevault ls {snap} --backup-password …, or PHONEVAULT_BACKUP_PASSWORD)"
+            f"snapshot {snap}: the phone encrypted this backup; browsing it needs its backup password: start "
+            "phonevault serve with PHONEVAULT_BACKUP_PASSWORD or PHONEVAULT_BACKUP_PASSWORD_FILE set (or "
+            f"--backup-password), or on the command line: phonevault ls {snap} --backup-password …"
         )
+        return error(request, 409, "Encrypted by the phone", why, locked=True)
+
+    async def wrong_password(request: Request, exc: Exception) -> Response:
+        why = PhonevaultError(f"{exc}: the backup password phonevault serve was started with does not open it")
         return error(request, 409, "Encrypted by the phone", why, locked=True)
 
     async def bad_request(request: Request, exc: Exception) -> Response:
@@ -350,6 +364,7 @@ def create_app(
             PathNotFound: not_found,
             MissingObject: not_found,
             EncryptedBackup: encrypted,
+            WrongBackupPassword: wrong_password,
             _BadRequest: bad_request,
             PhonevaultError: failed,
         },

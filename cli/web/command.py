@@ -4,6 +4,12 @@ The socket is bound before the server starts, so the printed URL names the port 
 free one) and a port in use is one line, not a traceback. The URL carries the token (`secrets.token_urlsafe(32)`,
 new every start); it is printed on stdout, as Jupyter does, and nowhere else. Any host other than loopback needs
 `--allow-remote` and prints a warning: the token then crosses the network in clear text.
+
+Snapshots the phone encrypted open with its backup password, found as the CLI's browsing commands find it
+(`--backup-password`, repeatable; else $PHONEVAULT_BACKUP_PASSWORD, else the first line of
+$PHONEVAULT_BACKUP_PASSWORD_FILE), but never asked for: a server has no terminal to ask on, and a password is never
+taken from a request (so never from a URL). Without one, those snapshots say they need it. Each keybag's PBKDF2
+rounds are paid once per server, at its first read.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import uvicorn
 
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.repository import Repository
+from phonevault.sync.encrypted import BackupPassword
 
-from ..context import with_repo
+from ..backup_password import backup_password_option
+from ..context import secret_from_env, with_repo
 from ..render import err, out
 from .app import create_app
 from .library import Library
@@ -54,6 +62,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_password(given: tuple[str, ...]) -> BackupPassword | None:
+    """The backup passwords at hand (see the module docstring), or None; no prompt, ever."""
+    passwords = list(given)
+    if not passwords and (pw := secret_from_env("PHONEVAULT_BACKUP_PASSWORD")) is not None:
+        passwords.append(pw)
+    return BackupPassword(passwords, None) if passwords else None
+
+
 @click.command()
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -61,8 +77,11 @@ def bind(host: str, port: int) -> socket.socket:
     "--allow-remote", is_flag=True, help="Allow a --host other than loopback (the token crosses the network)."
 )
 @click.option("--open", "open_browser", is_flag=True, help="Open the web view in the default browser.")
+@backup_password_option
 @with_repo(readonly=True)
-def serve(repo: Repository, port: int, host: str, allow_remote: bool, open_browser: bool) -> None:
+def serve(
+    repo: Repository, port: int, host: str, allow_remote: bool, open_browser: bool, backup_password: tuple[str, ...]
+) -> None:
     """A local web view of the vault: devices, timeline, the camera roll across every version (with the photos no
     longer on the phone), files, diffs and find. Read-only; every request needs the token in the printed URL."""
     if not is_loopback(host):
@@ -81,7 +100,7 @@ def serve(repo: Repository, port: int, host: str, allow_remote: bool, open_brows
     token = secrets.token_urlsafe(32)
     shown_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     url = f"http://{shown_host}:{port}/?token={token}"
-    app = create_app(Library(repo), token=token, host=host, port=port)
+    app = create_app(Library(repo, server_password(backup_password)), token=token, host=host, port=port)
     out.print(f"phonevault web view of {repo.backend.location} (read-only)", markup=False, soft_wrap=True)
     out.print(f"open: {url}", markup=False, soft_wrap=True)
     out.print("stop with Ctrl-C", markup=False)

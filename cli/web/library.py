@@ -30,11 +30,12 @@ from phonevault.store.trees import FileEntry, iter_tree, lookup
 from phonevault.sync.catalog import Catalog, Listing, domain_path, list_dir, load_catalog, select
 from phonevault.sync.diff import DiffRow
 from phonevault.sync.diff import diff as catalog_diff
-from phonevault.sync.errors import EncryptedBackup
+from phonevault.sync.encrypted import BackupPassword
+from phonevault.sync.errors import EncryptedBackup, FileUndecryptable
 from phonevault.sync.find import FindResult
 from phonevault.sync.find import find as find_paths
 from phonevault.sync.manifest import FLAG_FILE, CatalogEntry
-from phonevault.sync.photos import CameraRoll, MediaItem, camera_roll, media_entry
+from phonevault.sync.photos import CameraRoll, MediaItem, camera_roll, read_media
 from phonevault.sync.records import backup_meta
 
 from ..snapshot_cmds import device_json, snapshot_json
@@ -77,8 +78,13 @@ class SnapshotRow:
 
 
 class Library:
-    def __init__(self, repo: Repository) -> None:
+    """What the web view reads, over one open vault. ``password``: the phone's backup password(s), which open the
+    snapshots the phone encrypted (their files, downloads, zips and camera roll) as the CLI's --backup-password
+    does; None, and those snapshots say that they need it. It never comes from a request."""
+
+    def __init__(self, repo: Repository, password: BackupPassword | None = None) -> None:
         self.repo = repo
+        self.password = password
         self._rolls: dict[str, tuple[tuple, CameraRoll, dict[str, MediaItem]]] = {}
 
     # --- devices and snapshots ---------------------------------------------------------------------------------
@@ -118,7 +124,8 @@ class Library:
     # --- files -------------------------------------------------------------------------------------------------
     def catalog(self, key: str, snap_id: str) -> tuple[DeviceView, SnapshotRecord, Catalog]:
         view, snap = self.snapshot(key, snap_id)
-        return view, snap, load_catalog(self.repo, snap)  # EncryptedBackup for one the phone encrypted
+        # One the phone encrypted: BackupPasswordNeeded (an EncryptedBackup) without the password, else opened.
+        return view, snap, load_catalog(self.repo, snap, self.password)
 
     def listing(self, key: str, snap_id: str, path: str) -> tuple[DeviceView, SnapshotRecord, list[Listing], list[str]]:
         view, snap, catalog = self.catalog(key, snap_id)
@@ -127,6 +134,9 @@ class Library:
     def file_entry(self, key: str, snap_id: str, path: str) -> tuple[CatalogEntry, FileEntry]:
         """A file of a snapshot by its domain path: the catalog row, and the tree entry its bytes are in."""
         _view, snap, catalog = self.catalog(key, snap_id)
+        return self._file_in(snap, catalog, path)
+
+    def _file_in(self, snap: SnapshotRecord, catalog: Catalog, path: str) -> tuple[CatalogEntry, FileEntry]:
         path = path.strip("/")
         rows = [c for c in catalog if c.flags == FLAG_FILE and domain_path(c) == path]
         if len(rows) != 1:  # none, or a name two rows share (which stored file it is cannot be told)
@@ -136,18 +146,29 @@ class Library:
             raise PathNotFound(path, f"snapshot {snap.hex[:12]} (listed, but its bytes are not stored)")
         return rows[0], entry
 
+    def file_size(self, key: str, snap_id: str, path: str) -> int:
+        """The size of what `file_bytes` sends (a file the phone encrypted: its plaintext's)."""
+        _view, snap, catalog = self.catalog(key, snap_id)
+        row, entry = self._file_in(snap, catalog, path)
+        return row.size if _sealed(catalog, row) else entry.size
+
     def file_bytes(self, key: str, snap_id: str, path: str) -> Iterator[bytes]:
-        _row, entry = self.file_entry(key, snap_id, path)
-        return self.repo.read_file(entry)
+        _view, snap, catalog = self.catalog(key, snap_id)
+        row, entry = self._file_in(snap, catalog, path)
+        return _plain(self.repo, catalog, row, entry)
 
     def zip_plan(self, key: str, snap_id: str, path: str) -> list[tuple[str, CatalogEntry, FileEntry]]:
         """The files at or under a domain path, with their entries, in name order. Rows the phone encrypted the
-        bytes of are left out (they would pass for the file)."""
+        bytes of are left out unless the snapshot was opened with its password (ciphertext would pass for the file);
+        the zip then holds their plaintext."""
+        return self._zip_plan(key, snap_id, path)[0]
+
+    def _zip_plan(self, key: str, snap_id: str, path: str) -> tuple[list[tuple[str, CatalogEntry, FileEntry]], Catalog]:
         _view, snap, catalog = self.catalog(key, snap_id)
         rows = select(catalog, path)
         if not rows:
             raise PathNotFound(path.strip("/"), "this snapshot (no files at or under it)")
-        rows = sorted((c for c in rows if not c.has_encryption_key), key=domain_path)
+        rows = sorted((c for c in rows if not c.has_encryption_key or catalog.keys is not None), key=domain_path)
         wanted = {catalog.layout.backup_path(c.file_id) for c in rows}
         if len(wanted) > WALK_TREE_OVER:  # one walk of the tree rather than a shard node read per file
             entries = {e.path: e for e in iter_tree(snap.tree, self.repo.get_blob) if e.path in wanted}
@@ -158,14 +179,14 @@ class Library:
             entry = entries.get(catalog.layout.backup_path(c.file_id))
             if entry is not None and not entry.is_dir:
                 plan.append((domain_path(c), c, entry))
-        return plan
+        return plan, catalog
 
     def zip_stream(self, key: str, snap_id: str, path: str) -> Iterator[bytes]:
         """A zip of the files at or under `path`, produced as it is read: never more than one chunk in memory.
         Entries are stored (photos and videos do not compress) and named by domain path below `path`'s parent."""
-        plan = self.zip_plan(key, snap_id, path)
+        plan, catalog = self._zip_plan(key, snap_id, path)
         base = path.strip("/").rpartition("/")[0]
-        return _zip(self.repo, [(name[len(base) :].lstrip("/"), c, e) for name, c, e in plan])
+        return _zip(self.repo, catalog, [(name[len(base) :].lstrip("/"), c, e) for name, c, e in plan])
 
     # --- camera roll -------------------------------------------------------------------------------------------
     def roll(self, key: str, *, refresh: bool = False) -> tuple[DeviceView, CameraRoll]:
@@ -174,7 +195,7 @@ class Library:
         sig = (view.head, tuple(s.id for s in view.live()))
         cached = self._rolls.get(key)
         if cached is None or cached[0] != sig:
-            roll = camera_roll(self.repo, view)
+            roll = camera_roll(self.repo, view, self.password)
             cached = (sig, roll, {i.key: i for i in roll.items})
             self._rolls[key] = cached
         return view, cached[1]
@@ -188,15 +209,17 @@ class Library:
 
     def media_bytes(self, key: str, content: str) -> Iterator[bytes]:
         view, item = self.media(key, content)
-        return self.repo.read_file(media_entry(self.repo, view, item))
+        return read_media(self.repo, view, item, self.password)
 
     def media_whole(self, key: str, content: str, limit: int) -> bytes | None:
-        """The item's bytes in one piece for decoding, or None when it is larger than `limit`."""
+        """The item's bytes in one piece for decoding, or None when it is larger than `limit` or does not decrypt."""
         view, item = self.media(key, content)
-        entry = media_entry(self.repo, view, item)
-        if entry.size > limit:
+        if item.size > limit:
             return None
-        return b"".join(self.repo.read_file(entry))
+        try:
+            return b"".join(read_media(self.repo, view, item, self.password))
+        except FileUndecryptable:
+            return None
 
     def derived_get(self, k: bytes) -> bytes | None:
         return self.repo.cache.derived_get(k)
@@ -252,14 +275,27 @@ class _Sink:
         return out
 
 
-def _zip(repo: Repository, plan: list[tuple[str, CatalogEntry, FileEntry]]) -> Iterator[bytes]:
+def _sealed(catalog: Catalog, row: CatalogEntry) -> bool:
+    return catalog.keys is not None and row.has_encryption_key
+
+
+def _plain(repo: Repository, catalog: Catalog, row: CatalogEntry, entry: FileEntry) -> Iterator[bytes]:
+    """A file's bytes as the phone has them: decrypted for a row the phone encrypted (its snapshot opened)."""
+    if not _sealed(catalog, row):
+        return repo.read_file(entry)
+    assert catalog.keys is not None
+    name = domain_path(row)
+    return catalog.keys.open(catalog.keys.key(row.file_id, name), repo.read_file(entry), row.size, name)
+
+
+def _zip(repo: Repository, catalog: Catalog, plan: list[tuple[str, CatalogEntry, FileEntry]]) -> Iterator[bytes]:
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, row, entry in plan:
             info = zipfile.ZipInfo(name, _zip_time(row.mtime))
             info.external_attr = ((row.mode & 0o777) or 0o644) << 16
-            with zf.open(info, "w", force_zip64=entry.size >= 2**31) as f:
-                for chunk in repo.read_file(entry):
+            with zf.open(info, "w", force_zip64=max(entry.size, row.size) >= 2**31) as f:
+                for chunk in _plain(repo, catalog, row, entry):
                     f.write(chunk)
                     if (piece := sink.drain()) != b"":
                         yield piece

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.records import SnapshotStats
 from phonevault.sync.catalog import load_catalog
-from phonevault.sync.photos import SnapshotMedia, camera_roll, merge, read_media, snapshot_media
+from phonevault.sync.photos import PHOTOS_CACHE_FORMAT, SnapshotMedia, camera_roll, merge, read_media, snapshot_media
 
 NAMES = ["IMG_0001.HEIC", "IMG_0002.JPG", "IMG_0003.MOV", "IMG_0004.PNG", "notes.txt"]
 
@@ -99,11 +99,11 @@ def test_snapshot_media_is_cached_sealed_and_keyed_by_tree(web_vault, tmp_path) 
     with web_vault.open(tmp_path / "cache") as repo:
         snap = repo.devices()[0].live()[0]
         first = snapshot_media(repo, snap)
-        assert repo.cache.derived_get(b"photos/2/" + snap.tree) is not None
+        assert repo.cache.derived_get(b"photos/%d/" % PHOTOS_CACHE_FORMAT + snap.tree) is not None
         assert snapshot_media(repo, snap) == first
         # a snapshot with another tree is another entry: nothing is shared by mistake
         other = replace(snap, tree=b"\0" * 32)
-        assert repo.cache.derived_get(b"photos/2/" + other.tree) is None
+        assert repo.cache.derived_get(b"photos/%d/" % PHOTOS_CACHE_FORMAT + other.tree) is None
         names = {m.path for m in first}
         assert names == {
             f"{c.domain}/{c.relative_path}"
