@@ -5,6 +5,11 @@ kind (data, or tree and delta). A full pack is handed to a bounded pool of pack-
 upload, index object, cache) while the caller goes on; how many run at once is the backend's `pack_writes` (a disk
 2, S3 4: each upload is a round trip that several in flight hide).
 
+Sealing (zstd + AES-GCM, both of which release the GIL) runs on `sealers` worker threads (default: one per core,
+at most MAX_SEALERS; none on one core) while the caller chunks and hashes the next blobs. Small blobs go to a worker
+in batches (≤ SEAL_BATCH_BLOBS blobs or ≥ SEAL_BATCH_BYTES), so an 8 KiB plist chunk does not pay a thread hand-off
+of its own. Sealed batches are taken back strictly in submission order and only then added to the open packs.
+
 Determinism: which blobs go into which pack, in which order, depends only on the order of `put` calls, never on
 thread timing: blobs are added to the open pack in the caller's order, and a pack's bytes are fixed when it is
 handed off. Pack *ids* still differ between two runs because every seal draws a fresh random nonce
@@ -17,8 +22,10 @@ pack write and go on to commit a snapshot whose blobs were never written. The co
 put_exclusive, which store/writer.py makes only after `flush()` returned.
 
 Memory bound: (2 open + P in flight) packs, each ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B,
-the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writes`. On a disk (P = 2):
-4 × 16 MiB = 64 MiB typical, ≤ 4 × 24 MiB = 96 MiB worst; on S3 (P = 4): 96 MiB typical, ≤ 144 MiB worst.
+the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writes`; plus the sealing queue: its
+plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB). On a disk
+(P = 2): 4 × 16 + 16 = 80 MiB typical, ≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB
+worst.
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
 `verify_packs` checks that every pack the snapshot depends on still exists.
@@ -26,9 +33,12 @@ A blob in a candidate pack of a running prune is never deduplicated against (sto
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from .crypto import MasterKey
 from .errors import PackPruned
 from .index import write_index
 from .packs import DATA, TARGET_PACK_SIZE, TREE, PackWriter, open_blob, pack_name, seal_blob
@@ -36,6 +46,22 @@ from .prune import candidate_packs
 from .repository import Repository
 
 DEFAULT_PACK_WRITES = 2  # a backend that does not say (one outside this package)
+MAX_SEALERS = 4
+SEAL_QUEUE_BYTES = 8 << 20  # plaintext waiting for or in sealing: enough to keep the workers busy on 1 MiB chunks
+SEAL_BATCH_BYTES = 256 << 10  # a batch goes to a worker once it holds this much ...
+SEAL_BATCH_BLOBS = 64  # ... or this many blobs (~20 µs of sealing each for a fine chunk: a hand-off costs as much)
+
+Pending = tuple[int, bytes, bytes, bool]  # (blob type, id, plaintext, compress): a blob not yet sealed
+
+
+def default_sealers() -> int:
+    """One sealing worker per core (at most MAX_SEALERS); none on one core, where a worker only adds hand-offs."""
+    cores = os.cpu_count() or 1
+    return min(MAX_SEALERS, cores) if cores > 1 else 0
+
+
+def _seal_batch(key: MasterKey, batch: list[Pending]) -> list[bytes]:
+    return [seal_blob(key, blob_id, plain, compress) for _t, blob_id, plain, compress in batch]
 
 
 @dataclass(slots=True)
@@ -56,7 +82,14 @@ class BlobSink:
     Full packs are written by up to `pack_writes` threads while chunking goes on (see the module docstring for the
     memory bound and the ordering). `flush()` waits for all of them and re-raises a failed write, every time."""
 
-    def __init__(self, repo: Repository, *, pack_writes: int | None = None, pack_size: int = TARGET_PACK_SIZE) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        pack_writes: int | None = None,
+        sealers: int | None = None,
+        pack_size: int = TARGET_PACK_SIZE,
+    ) -> None:
         self.repo = repo
         self.stats = WriteStats()
         self.pack_writes = max(1, pack_writes or getattr(repo.backend, "pack_writes", DEFAULT_PACK_WRITES))
@@ -68,6 +101,13 @@ class BlobSink:
         self._inflight: list[tuple[PackWriter, Future[str | None]]] = []  # in hand-off order
         self._pool: ThreadPoolExecutor | None = None
         self._failed: BaseException | None = None  # the first failed pack write: raised again at every flush
+        self.sealers = default_sealers() if sealers is None else sealers
+        self._seal_pool: ThreadPoolExecutor | None = None
+        self._batch: list[Pending] = []  # blobs not yet handed to a sealing worker
+        self._batch_bytes = 0
+        self._sealing: deque[tuple[list[Pending], Future[list[bytes]]]] = deque()  # in put order
+        self._unsealed: dict[bytes, bytes] = {}  # id -> plaintext of every blob in _batch or _sealing
+        self._unsealed_bytes = 0
 
     def _new_pack(self) -> PackWriter:
         return PackWriter(self.repo.backend, self.repo.key, self._pack_size)
@@ -79,7 +119,7 @@ class BlobSink:
         return [*self._packs.values(), *(w for w, _ in self._inflight)]
 
     def known(self, blob_id: bytes) -> bool:
-        if any(blob_id in w.pending for w in self._open_writers()):
+        if blob_id in self._unsealed or any(blob_id in w.pending for w in self._open_writers()):
             return True
         loc = self.repo.locate(blob_id)
         if loc is None or loc.pack in self._avoid:
@@ -88,7 +128,9 @@ class BlobSink:
         return True
 
     def get(self, blob_id: bytes) -> bytes:
-        """Read a blob, including one still in an open or not yet written pack."""
+        """Read a blob, including one still being sealed or in an open or not yet written pack."""
+        if (plain := self._unsealed.get(blob_id)) is not None:
+            return plain
         for w in self._open_writers():
             if (sealed := w.sealed(blob_id)) is not None:
                 return open_blob(self.repo.key, blob_id, sealed, "open pack")
@@ -107,8 +149,38 @@ class BlobSink:
         blob_id = self.repo.key.blob_id(plaintext)
         if self.known(blob_id):
             return blob_id, False
-        self._add(blob_type, blob_id, seal_blob(self.repo.key, blob_id, plaintext, compress), len(plaintext))
+        if not self.sealers:
+            self._add(blob_type, blob_id, seal_blob(self.repo.key, blob_id, plaintext, compress), len(plaintext))
+            return blob_id, True
+        plaintext = bytes(plaintext)  # sealed later: the caller's buffer may change meanwhile (no copy of bytes)
+        self._batch.append((blob_type, blob_id, plaintext, compress))
+        self._unsealed[blob_id] = plaintext
+        self._batch_bytes += len(plaintext)
+        self._unsealed_bytes += len(plaintext)
+        if self._batch_bytes >= SEAL_BATCH_BYTES or len(self._batch) >= SEAL_BATCH_BLOBS:
+            self._submit_batch()
+        # Take back what is sealed already, and wait for the oldest while the queue holds too much.
+        while self._sealing and (self._sealing[0][1].done() or self._unsealed_bytes > SEAL_QUEUE_BYTES):
+            self._take_sealed()
         return blob_id, True
+
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        if self._seal_pool is None:
+            self._seal_pool = ThreadPoolExecutor(max_workers=self.sealers, thread_name_prefix="sealer")
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self._sealing.append((batch, self._seal_pool.submit(_seal_batch, self.repo.key, batch)))
+
+    def _take_sealed(self) -> None:
+        """Add the oldest sealing batch's blobs to the open packs, in put order (waits for it)."""
+        batch, future = self._sealing[0]
+        sealed = future.result()
+        self._sealing.popleft()
+        for (blob_type, blob_id, plain, _c), blob in zip(batch, sealed, strict=True):
+            del self._unsealed[blob_id]
+            self._unsealed_bytes -= len(plain)
+            self._add(blob_type, blob_id, blob, len(plain))
 
     def _add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         writer = self._writer(blob_type)
@@ -160,6 +232,9 @@ class BlobSink:
         sink's life, whenever it was first raised: nothing this sink staged may be committed after a lost pack."""
         try:
             if self._failed is None:
+                self._submit_batch()
+                while self._sealing:
+                    self._take_sealed()
                 for kind in (DATA, TREE):
                     self._hand_off(kind)
         except BaseException:
@@ -175,6 +250,9 @@ class BlobSink:
             raise self._failed
 
     def close(self) -> None:
+        if self._seal_pool is not None:
+            self._seal_pool.shutdown(wait=True)
+            self._seal_pool = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -14,6 +14,7 @@ separate writers so tree packs stay small and hot in any cache.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 
 import msgpack
@@ -34,8 +35,26 @@ DATA, TREE, DELTA = 0, 1, 2
 TYPE_NAMES = {DATA: "data", TREE: "tree", DELTA: "delta"}
 
 _STORED, _ZSTD = b"\x00", b"\x01"
-_cctx = zstandard.ZstdCompressor(level=3)
-_dctx = zstandard.ZstdDecompressor()
+# One compressor and one decompressor per thread: a zstandard context is not thread-safe (two threads in one
+# compressor corrupt its heap: "double free" with two sealing workers), and blobs are sealed on worker threads
+# (store/blobsink.py) and opened on several (export's read-ahead, S3 reads).
+_zstd = threading.local()
+
+
+def _cctx() -> zstandard.ZstdCompressor:
+    try:
+        return _zstd.c
+    except AttributeError:
+        _zstd.c = zstandard.ZstdCompressor(level=3)
+        return _zstd.c
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    try:
+        return _zstd.d
+    except AttributeError:
+        _zstd.d = zstandard.ZstdDecompressor()
+        return _zstd.d
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +74,7 @@ def pack_name(pack_id: str) -> str:
 
 def seal_blob(key: MasterKey, blob_id: bytes, plaintext: bytes, compress: bool) -> bytes:
     if compress and len(plaintext) > 64:
-        packed = _cctx.compress(plaintext)
+        packed = _cctx().compress(plaintext)
         if len(packed) < len(plaintext) - len(plaintext) // 32:
             return key.seal(_ZSTD + packed, blob_id)
     return key.seal(_STORED + plaintext, blob_id)
@@ -68,7 +87,7 @@ def open_blob(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> byte
         return payload
     if flag == _ZSTD:
         try:
-            return _dctx.decompress(payload)
+            return _dctx().decompress(payload)
         except zstandard.ZstdError as e:
             raise CorruptObject(where, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
     raise CorruptObject(where, f"blob {blob_id.hex()[:16]} has unknown flag {flag!r}")
