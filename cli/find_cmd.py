@@ -11,6 +11,7 @@ from phonevault.sync.find import Hit
 from phonevault.sync.find import find as find_paths
 from phonevault.sync.paths import shown
 
+from .backup_password import backup_password_option, password_from
 from .context import json_option, with_repo
 from .render import emit_json, err, human, table
 
@@ -31,13 +32,15 @@ def hit_json(h: Hit, view: DeviceView) -> dict:
 @click.command()
 @click.argument("pattern")
 @click.option("--device", "-d", help="Only this device (UDID, prefix or name).")
+@backup_password_option
 @json_option
 @with_repo(readonly=True)
-def find(repo: Repository, pattern: str, device: str | None, as_json: bool) -> None:
+def find(repo: Repository, pattern: str, device: str | None, backup_password: tuple[str, ...], as_json: bool) -> None:
     """Files whose domain path contains PATTERN (or, with * ? [, whose path or name matches it as a glob), in every
-    version: the first and last version holding each, its sizes, and whether the current backup has it."""
+    version: the first and last version holding each, its sizes, and whether the current backup has it. Versions
+    the phone encrypted are searched with its backup password."""
     views = [resolve_device(repo, device)] if device else repo.devices()
-    result = find_paths(repo, views, pattern)
+    result = find_paths(repo, views, pattern, password=password_from(backup_password))
     by_key = {v.key: v for v in views}
     if as_json:
         emit_json([hit_json(h, by_key[h.device_key]) for h in result.hits])
@@ -60,7 +63,8 @@ def find(repo: Repository, pattern: str, device: str | None, as_json: bool) -> N
         )
     if result.encrypted:
         err.print(
-            f"note: {len(result.encrypted)} version(s) encrypted by the phone were not searched (their file list "
-            "needs the backup password)",
+            f"note: {len(result.encrypted)} version(s) encrypted by the phone were not searched: their file list "
+            "needs the phone's backup password (--backup-password or PHONEVAULT_BACKUP_PASSWORD[_FILE]), and none "
+            "given opens them",
             markup=False,
         )

@@ -4,8 +4,9 @@ A pattern with `*`, `?` or `[` is a glob (fnmatch, case-insensitive) matched aga
 against the file's name; anything else is a case-insensitive substring of the domain path. Directories are not
 hits (their files are). Each hit is one domain path of one device, with the live snapshots holding it (oldest
 first, by backup date), so its first and last version, the sizes it had, and whether the device's current
-snapshot holds it. Snapshots the phone encrypted cannot be searched without the backup password and are counted
-in `FindResult.encrypted`.
+snapshot holds it. Snapshots the phone encrypted are searched with the backup password (`password`) and otherwise
+counted in `FindResult.encrypted` (no password, or one that does not open them). An encrypted snapshot's index is
+used, cached or not, only once the password opened it in this process.
 
 Search index, per snapshot: its non-directory domain paths joined by newlines, with each line's size, cached in the
 LMDB cache (`derived`, sealed) under `find/<format>/<tree id>` (the tree id names the snapshot's content, so the
@@ -34,7 +35,9 @@ from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.repository import Repository
 
 from .catalog import domain_path, load_catalog
-from .errors import EncryptedBackup
+from .encrypted import BackupPassword
+from .errors import EncryptedBackup, EncryptionUnsupported, KeybagDamaged, WrongBackupPassword
+from .records import backup_meta
 
 FIND_CACHE_FORMAT = 1
 FLAG_DIR = 2
@@ -149,9 +152,11 @@ def _bytes(a: array) -> bytes:
     return a.tobytes()
 
 
-def snapshot_index(repo: Repository, snap: SnapshotRecord) -> _Index:
-    """The snapshot's search index (cached; see the module docstring). EncryptedBackup for a snapshot the phone
-    encrypted, PathNotFound for one with no file list."""
+def snapshot_index(repo: Repository, snap: SnapshotRecord, password: BackupPassword | None = None) -> _Index:
+    """The snapshot's search index (cached; see the module docstring). For a snapshot the phone encrypted, without
+    ``password`` EncryptedBackup, with one that does not open it WrongBackupPassword; PathNotFound for a snapshot
+    with no file list."""
+    catalog = load_catalog(repo, snap, password) if backup_meta(snap).encrypted else None  # opened, or raises
     key = b"find/%d/" % FIND_CACHE_FORMAT + snap.tree
     if (cached := repo.cache.derived_get(key)) is not None:
         try:
@@ -160,7 +165,7 @@ def snapshot_index(repo: Repository, snap: SnapshotRecord) -> _Index:
         except (ValueError, TypeError, msgpack.UnpackException):
             pass  # a value of another shape: built again below and replaced
     paths, sizes = [], array("q")
-    for c in load_catalog(repo, snap):
+    for c in catalog if catalog is not None else load_catalog(repo, snap):
         if c.flags != FLAG_DIR:
             paths.append(domain_path(c).replace("\n", " "))  # a newline in a name would split its line
             sizes.append(c.size)
@@ -174,7 +179,14 @@ def snapshot_index(repo: Repository, snap: SnapshotRecord) -> _Index:
     return index
 
 
-def find(repo: Repository, views: Iterable[DeviceView], pattern: str, *, limit: int | None = None) -> FindResult:
+def find(
+    repo: Repository,
+    views: Iterable[DeviceView],
+    pattern: str,
+    *,
+    limit: int | None = None,
+    password: BackupPassword | None = None,
+) -> FindResult:
     match = matcher(pattern)
     needle = literal(pattern)
     hits: list[Hit] = []
@@ -185,8 +197,8 @@ def find(repo: Repository, views: Iterable[DeviceView], pattern: str, *, limit: 
         found: dict[str, tuple[list[SnapshotRecord], list[int]]] = {}
         for snap in live:
             try:
-                index = snapshot_index(repo, snap)
-            except EncryptedBackup:
+                index = snapshot_index(repo, snap, password)
+            except (EncryptedBackup, WrongBackupPassword, EncryptionUnsupported, KeybagDamaged):
                 encrypted.append(snap)
                 continue
             except PathNotFound:  # no file list at all: nothing to search by name

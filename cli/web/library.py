@@ -235,7 +235,7 @@ class Library:
 
     def find(self, pattern: str, device: str | None, limit: int) -> tuple[FindResult, dict[str, DeviceView]]:
         views = [self.device(device)] if device else [self.repo.view(k) for k in self.repo.device_keys()]
-        return find_paths(self.repo, views, pattern, limit=limit), {v.key: v for v in views}
+        return find_paths(self.repo, views, pattern, limit=limit, password=self.password), {v.key: v for v in views}
 
 
 def is_encrypted(snap: SnapshotRecord) -> bool:

@@ -130,6 +130,9 @@ def test_with_the_backup_password_encrypted_snapshots_browse_like_plain_ones(sea
                     assert t.headers["content-type"] == "image/jpeg" and t.headers["cache-control"] == "no-store"
                     assert Image.open(io.BytesIO(t.content)).format == "JPEG"
                     assert repo.cache.derived_get(thumbs.cache_key(bytes.fromhex(i["key"]), thumbs.THUMB_PX)) is None
+            found = c.get("/api/find?q=IMG_0001").json()  # the search box reads the opened versions too
+            assert found["encrypted_snapshots"] == [] and found["hits"]
+            assert {h["path"] for h in found["hits"]} == {p for p in plain if "IMG_0001" in p}
             photos = c.get(f"/device/{view.key}/photos").text
             assert BACKUP_PASSWORD not in photos and BACKUP_PASSWORD not in timeline
     finally:
@@ -185,3 +188,29 @@ def _get(server, path: str) -> bytes:
     req = urllib.request.Request(server.base + path, headers={"Authorization": "token " + server.token})
     with urllib.request.urlopen(req, timeout=120) as r:
         return r.read()
+
+
+def test_find_on_the_command_line_takes_the_backup_password(sealed_vault, tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, phone = sealed_vault
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHONEVAULT")}
+    env.update(PHONEVAULT_PASSWORD=PASSWORD, PHONEVAULT_REPO=str(root / "vault"))
+    env.update(PHONEVAULT_CACHE_DIR=str(tmp_path / "cache"), HOME=str(tmp_path))
+    exe = str(Path(sys.executable).with_name("phonevault"))
+    run = lambda extra: subprocess.run(  # noqa: E731
+        [exe, "find", "IMG_0001", "--json"], env=dict(env, **extra), capture_output=True, text=True, timeout=300
+    )
+    without = run({})
+    assert without.returncode == 0 and json.loads(without.stdout) == [] and "2 version(s)" in without.stderr
+    with_it = run({"PHONEVAULT_BACKUP_PASSWORD": BACKUP_PASSWORD})
+    hits = json.loads(with_it.stdout)
+    assert with_it.returncode == 0 and "not searched" not in with_it.stderr
+    want = {f"{f.entry.domain}/{f.entry.relative_path}" for d in (0, 1) for f in phone.files(d) if f.kind != "dir"}
+    assert {h["path"] for h in hits} == {p for p in want if "IMG_0001" in p}
+    per_day = [{f"{f.entry.domain}/{f.entry.relative_path}" for f in phone.files(d)} for d in (0, 1)]
+    assert all(len(h["snapshots"]) == sum(h["path"] in d for d in per_day) for h in hits)
