@@ -98,3 +98,22 @@ def test_the_phone_writes_the_days_it_says_and_an_edit_keeps_the_capture_date() 
         assert exif_of(data)[1] == stamp(f.entry.mtime)
     e = edited[0]
     assert e.taken == day0[e.entry.relative_path].taken < e.entry.mtime
+
+
+def test_the_bytes_do_not_depend_on_the_process() -> None:
+    """Another interpreter (fresh encoder state, x265's thread pool sized anew) writes the same bytes: nothing but
+    the seed decides them."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib; from phonevault.sync.emulator.content import FileBytes;"
+        "fb = FileBytes(5, 64 * 2**20, 100);"
+        "print(hashlib.sha256(b''.join(b''.join(fb.media('CameraRollDomain', 'Media/DCIM/100APPLE/IMG_0001.' + k, k,"
+        " 400_000, 0, 1_700_000_000, 1_700_090_000)) for k in ('heic', 'jpg', 'thumb'))).hexdigest())"
+    )
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    fb = FileBytes(5, 64 * MiB, 100)
+    here = hashlib.sha256(b"".join(photo(fb, k, 400_000) for k in ("heic", "jpg", "thumb"))).hexdigest()
+    assert there.stdout.strip() == here
