@@ -261,6 +261,12 @@ def test_an_emulated_phones_encrypted_backups_stored_decrypted_export_as_sent_an
             assert b"".join(decrypt(key, [cipher])) == day0[fid]
             assert b"".join(encrypt(key, iter([day0[fid]]))) == cipher
 
+        # And by an independent reader of real iOS encrypted backups (pyiosbackup), the keybag, ManifestKey and
+        # every EncryptionKey as a phone writes them.
+        from pyiosbackup import Backup
+
+        assert {e.file_id: e.read_bytes() for e in Backup.from_path(sent, PASSWORD).iter_files()} == day0
+
         pv("export", s, "--decrypt", "--to", str(tmp_path / "plain"), env=env, check=True)
         plain = tmp_path / "plain" / phone.udid
         assert {p.name: p.read_bytes() for p in plain.glob("??/*") if p.is_file()} == day0
