@@ -51,7 +51,7 @@ SEAL_QUEUE_BYTES = 8 << 20  # plaintext waiting for or in sealing: enough to kee
 SEAL_BATCH_BYTES = 256 << 10  # a batch goes to a worker once it holds this much ...
 SEAL_BATCH_BLOBS = 64  # ... or this many blobs (~20 µs of sealing each for a fine chunk: a hand-off costs as much)
 
-Pending = tuple[int, bytes, bytes, bool]  # (blob type, id, plaintext, compress): a blob not yet sealed
+Pending = tuple[int, bytes, bytes, bool, bytes | None]  # (blob type, id, plaintext, compress, stored form)
 
 
 def default_sealers() -> int:
@@ -61,7 +61,7 @@ def default_sealers() -> int:
 
 
 def _seal_batch(key: MasterKey, batch: list[Pending]) -> list[bytes]:
-    return [seal_blob(key, blob_id, plain, compress) for _t, blob_id, plain, compress in batch]
+    return [seal_blob(key, blob_id, plain, compress, stored) for _t, blob_id, plain, compress, stored in batch]
 
 
 @dataclass(slots=True)
@@ -144,16 +144,18 @@ class BlobSink:
                 raise PackPruned(pack)
             self._verified.add(pack)
 
-    def put(self, blob_type: int, plaintext: bytes, compress: bool) -> tuple[bytes, bool]:
-        """Store a blob unless known; returns (id, was new)."""
+    def put(self, blob_type: int, plaintext: bytes, compress: bool, stored: bytes | None = None) -> tuple[bytes, bool]:
+        """Store a blob unless known; returns (id, was new). `stored`: its stored form in another vault (copy), sealed
+        as it is instead of compressing `plaintext` again (store/packs.py `seal_blob`)."""
         blob_id = self.repo.key.blob_id(plaintext)
         if self.known(blob_id):
             return blob_id, False
         if not self.sealers:
-            self._add(blob_type, blob_id, seal_blob(self.repo.key, blob_id, plaintext, compress), len(plaintext))
+            sealed = seal_blob(self.repo.key, blob_id, plaintext, compress, stored)
+            self._add(blob_type, blob_id, sealed, len(plaintext))
             return blob_id, True
         plaintext = bytes(plaintext)  # sealed later: the caller's buffer may change meanwhile (no copy of bytes)
-        self._batch.append((blob_type, blob_id, plaintext, compress))
+        self._batch.append((blob_type, blob_id, plaintext, compress, stored))
         self._unsealed[blob_id] = plaintext
         self._batch_bytes += len(plaintext)
         self._unsealed_bytes += len(plaintext)
@@ -177,7 +179,7 @@ class BlobSink:
         batch, future = self._sealing[0]
         sealed = future.result()
         self._sealing.popleft()
-        for (blob_type, blob_id, plain, _c), blob in zip(batch, sealed, strict=True):
+        for (blob_type, blob_id, plain, _c, _s), blob in zip(batch, sealed, strict=True):
             del self._unsealed[blob_id]
             self._unsealed_bytes -= len(plain)
             self._add(blob_type, blob_id, blob, len(plain))

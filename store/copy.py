@@ -3,7 +3,10 @@
 Nothing is copied as stored bytes: blob ids are keyed hashes and blobs are sealed under each vault's master key, so
 a blob of the source is opened there and stored again in the target through the target's own write path
 (`SnapshotWriter`: its sink deduplicates against the target's index, seals under its key, writes packs and index
-objects, and commits with put_exclusive, so a copy is crash-safe exactly as an import is). The chunk boundaries are
+objects, and commits with put_exclusive, so a copy is crash-safe exactly as an import is). What crosses over is a
+blob's stored form (flag || payload: compressed or not, as the source stored it), decrypted under the source's key
+and encrypted under the target's, so nothing is compressed again; its target id is computed from the plaintext.
+The chunk boundaries are
 the source's: each source chunk becomes one target blob (never re-chunked), a file's entry keeps its path, size, mode
 and mtime, and the snapshot keeps its device, its backup time, its source and the sync layer's record (meta).
 
@@ -16,25 +19,37 @@ Resumable: a snapshot is committed in one event or not at all. A copy killed hal
 next run finds in the target's index: it reads those chunks from the source again (to learn their target ids) but
 writes none of them. A second run finds every snapshot present and copies nothing.
 
+Speed: the source's chunks are read and opened (decrypted, decompressed) by READERS threads ahead of the writer, in
+order, while the target's sink seals and writes packs on its own threads (store/blobsink.py: several packs in
+flight, which an object store needs to keep its connections busy). Each chunk is still looked up in the source's
+cache by this thread (the cache is read by its owner only).
+
 Memory: one snapshot's file list at a time (its tree, as `load_tree` returns it, and the target writer's staged
 tree; ~200 bytes per file each), the last copied snapshot's chunk-id map of the same device (so a file unchanged
-since the previous snapshot costs no read: its target chunk ids are known), one chunk, and the target writer's
-packs ((2 open + MAX_INFLIGHT) × 16 MiB, store/writer.py).
+since the previous snapshot costs no read: its target chunk ids are known), the chunks read ahead (≤
+READ_AHEAD_BYTES = 16 MiB + one chunk of plaintext), and the target writer's sink (2 open packs + the backend's
+pack_writes in flight + its sealing queue; the formula is in store/blobsink.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from .chunker import SNIFF_LEN, choose_policy
-from .packs import DATA
+from .errors import MissingObject
+from .packs import DATA, open_stored, pack_name
 from .projections import DeviceView, SnapshotRecord
 from .repository import Repository
 from .trees import FileEntry, load_tree
 from .writer import SnapshotWriter
 
 Progress = Callable[[int], None]  # bytes of file content handled so far
+
+READERS = 2  # threads reading and opening source chunks ahead of the writer
+READ_AHEAD_BYTES = 16 << 20  # plaintext read ahead, at most (plus one chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +116,18 @@ def copy_snapshots(
         known = previous.get(view.key, ("", {}))[1]
         entries = load_tree(snap.tree, src.get_blob)
         chunk_map: dict[str, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
-        with SnapshotWriter(dst, device, view.info, incremental=False) as writer:
-            for path in sorted(entries):
+        paths = sorted(entries)
+        to_read = (c for p in paths if _unchanged(known, entries[p]) is None for c in entries[p].chunks)
+        with (
+            ThreadPoolExecutor(READERS, thread_name_prefix="copy-read") as pool,
+            SnapshotWriter(dst, device, view.info, incremental=False) as writer,
+        ):
+            plains = _read_ahead(src, to_read, pool)
+            for path in paths:
                 entry = entries[path]
-                mapped = known.get(path)
-                if mapped is not None and mapped[0] == entry.chunks:
-                    ids = mapped[1]
-                else:
-                    ids = _copy_chunks(src, writer, entry)
+                ids = _unchanged(known, entry)
+                if ids is None:
+                    ids = _store_chunks(writer, (next(plains) for _ in entry.chunks))
                 if not writer.put_entry(replace(entry, chunks=ids)):  # every other field kept (cipher_key)
                     ids = _copy_chunks(src, writer, entry)  # a prune took a known chunk's pack meanwhile: store anew
                     writer.put_entry(replace(entry, chunks=ids))
@@ -126,14 +145,62 @@ def copy_snapshots(
     return CopyResult(tuple(copied), tuple(present))
 
 
-def _copy_chunks(src: Repository, writer: SnapshotWriter, entry: FileEntry) -> tuple[bytes, ...]:
-    """Store each chunk of `entry` in the target (unless it has it); its target ids. Compressed as an import of
-    the same file would decide, from its first bytes."""
+def _unchanged(known: dict[str, tuple[tuple[bytes, ...], tuple[bytes, ...]]], entry: FileEntry) -> tuple | None:
+    """The target ids of a file whose chunks are those it had in the previous copied snapshot: it needs no read."""
+    m = known.get(entry.path)
+    return m[1] if m is not None and m[0] == entry.chunks else None
+
+
+def _read_ahead(
+    src: Repository, chunks: Iterable[bytes], pool: ThreadPoolExecutor
+) -> Iterator[tuple[bytes, bytes | None]]:
+    """(plaintext, stored form) of each of `chunks`, in order. Each is located here (this thread owns the cache), then read and opened
+    on `pool`, up to READ_AHEAD_BYTES ahead. A chunk not found, or whose pack vanished meanwhile (a prune moved it),
+    is read again by `get_blob`, which reloads the index and says what is missing."""
+    pending: deque[tuple[bytes, int, Future[tuple[bytes, bytes]] | None]] = deque()
+    held = 0
+
+    def fetch(chunk: bytes, pack: str, offset: int, length: int) -> tuple[bytes, bytes]:
+        name = pack_name(pack)
+        return open_stored(src.key, chunk, src.backend.get_range(name, offset, length), name)
+
+    def take() -> tuple[bytes, bytes | None]:
+        nonlocal held
+        chunk, size, future = pending.popleft()
+        held -= size
+        if future is not None:
+            try:
+                return future.result()
+            except MissingObject:
+                pass
+        return src.get_blob(chunk), None
+
+    for chunk in chunks:
+        loc = src.locate(chunk)
+        if loc is None:
+            pending.append((chunk, 0, None))
+        else:
+            pending.append((chunk, loc.raw_length, pool.submit(fetch, chunk, loc.pack, loc.offset, loc.length)))
+            held += loc.raw_length
+        while held > READ_AHEAD_BYTES:
+            yield take()
+    while pending:
+        yield take()
+
+
+def _store_chunks(writer: SnapshotWriter, chunks: Iterable[tuple[bytes, bytes | None]]) -> tuple[bytes, ...]:
+    """Store each chunk of a file, (plaintext, stored form), in the target (unless it has it); its target ids. A
+    chunk is kept in its stored form (compressed or not as the source stored it, not compressed again); one read
+    without it is compressed as an import of the same file would decide, from its first bytes."""
     ids: list[bytes] = []
     compress: bool | None = None
-    for chunk in entry.chunks:
-        plain = src.get_blob(chunk)
-        if compress is None:
+    for plain, stored in chunks:
+        if stored is None and compress is None:  # the sniff costs a zstd pass over 64 KiB: only when needed
             compress = choose_policy(plain[:SNIFF_LEN]).compress
-        ids.append(writer.sink.put(DATA, plain, compress)[0])
+        ids.append(writer.sink.put(DATA, plain, bool(compress), stored)[0])
     return tuple(ids)
+
+
+def _copy_chunks(src: Repository, writer: SnapshotWriter, entry: FileEntry) -> tuple[bytes, ...]:
+    """`_store_chunks` of `entry`'s chunks read one at a time (the rare second try after a prune)."""
+    return _store_chunks(writer, ((src.get_blob(chunk), None) for chunk in entry.chunks))

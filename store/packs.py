@@ -72,7 +72,11 @@ def pack_name(pack_id: str) -> str:
     return f"packs/{pack_id[:2]}/{pack_id}"
 
 
-def seal_blob(key: MasterKey, blob_id: bytes, plaintext: bytes, compress: bool) -> bytes:
+def seal_blob(key: MasterKey, blob_id: bytes, plaintext: bytes, compress: bool, stored: bytes | None = None) -> bytes:
+    """`stored`: the blob's stored form (flag || payload, `open_stored`) as another vault holds it: `copy` seals it
+    again under this vault's key as it is, rather than compressing the plaintext again (zstd is most of its CPU)."""
+    if stored is not None:
+        return key.seal(stored, blob_id)
     if compress and len(plaintext) > 64:
         packed = _cctx().compress(plaintext)
         if len(packed) < len(plaintext) - len(plaintext) // 32:
@@ -81,13 +85,18 @@ def seal_blob(key: MasterKey, blob_id: bytes, plaintext: bytes, compress: bool) 
 
 
 def open_blob(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> bytes:
+    return open_stored(key, blob_id, sealed, where)[0]
+
+
+def open_stored(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> tuple[bytes, bytes]:
+    """(plaintext, stored form): the stored form is what `seal_blob(..., stored=)` takes."""
     inner = key.open(sealed, blob_id, where)
     flag, payload = inner[:1], inner[1:]
     if flag == _STORED:
-        return payload
+        return payload, inner
     if flag == _ZSTD:
         try:
-            return _dctx().decompress(payload)
+            return _dctx().decompress(payload), inner
         except zstandard.ZstdError as e:
             raise CorruptObject(where, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
     raise CorruptObject(where, f"blob {blob_id.hex()[:16]} has unknown flag {flag!r}")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from phonevault.store.backends.faulty import Fail, FaultyBackend
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.blobsink import BlobSink
-from phonevault.store.packs import DATA, DELTA, TREE, open_blob, read_header, seal_blob
+from phonevault.store.packs import DATA, DELTA, TREE, open_blob, open_stored, read_header, seal_blob
 from phonevault.store.records import DeviceRecord
 from phonevault.store.repository import Repository
 from phonevault.store.writer import SnapshotWriter
@@ -144,3 +144,23 @@ def test_blobs_sealed_on_several_threads_at_once_open_again(repo):
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(seal_and_open, texts)) == texts
+
+
+@pytest.mark.parametrize("sealers", [0, 2])
+def test_a_blob_sealed_from_its_stored_form_in_another_vault_opens_to_its_plaintext(make_repo, sealers):
+    """copy re-seals a blob's stored form (compressed as the source stored it) rather than compressing again."""
+    src, dst = make_repo("src"), make_repo("dst")
+    text = b"row of a database page " * 2000
+    src_id = src.key.blob_id(text)
+    sealed = seal_blob(src.key, src_id, text, True)
+    plain, stored = open_stored(src.key, src_id, sealed, "source")
+    assert plain == text and len(stored) < len(text) // 10  # its compressed form
+    sink = BlobSink(dst, sealers=sealers)
+    try:
+        blob_id, new = sink.put(DATA, plain, False, stored)  # compress=False: the stored form decides, not this
+        sink.flush()
+    finally:
+        sink.close()
+    assert new and blob_id == dst.key.blob_id(text) != src_id
+    assert dst.get_blob(blob_id) == text
+    assert dst.locate(blob_id).length == len(sealed)  # kept compressed: the same stored length
