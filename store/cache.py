@@ -67,6 +67,7 @@ from .backends.local import mkdirs_private
 from .crypto import MasterKey
 from .errors import CacheCorrupt, PhonevaultError
 from .packs import BlobLocation
+from .residency import drop_mapped
 
 if TYPE_CHECKING:
     from .spool import Spool
@@ -78,6 +79,7 @@ except ImportError:  # pragma: no cover - older py-lmdb: damage is caught only w
 
 CACHE_FORMAT = b"2"
 MAP_SIZE = 1 << 36  # address space only; the file grows as needed
+INDEX_BATCH = 4096  # blob locations per write transaction (see add_index)
 STATE = "state"
 STATE_AD = b"cache-state"
 MAX_RESETS = 3  # per process: a cache that keeps failing once rebuilt is a problem of the disk, not of its content
@@ -316,9 +318,6 @@ class Cache:
             self._recover(e)
         return self.lookup(blob_id)
 
-    def has_all(self, blob_ids: Iterable[bytes]) -> bool:
-        return all(self.lookup(b) is not None for b in blob_ids)
-
     def index_plan(self, present: Iterable[str]) -> tuple[list[str], bool]:
         """Of the vault's index objects `present`: those the blob index lacks, and whether it holds one the vault does
         not (then it is stale: clear it and load them all)."""
@@ -333,20 +332,26 @@ class Cache:
     def add_index(self, name: str, locations: dict[bytes, BlobLocation]) -> None:
         """Record one index object's locations. May run on the pack writer's thread: if LMDB fails here the repair
         waits for the next read (in the reading thread); the index object is in the vault already, so the rebuilt
-        cache gets these locations back from it."""
+        cache gets these locations back from it. Written in key order, INDEX_BATCH per transaction (the name with
+        the last, so a crash between them loads the index object again): blob ids are random, so one transaction of
+        a pack's 30 000 small blobs would copy nearly every leaf of the whole index into memory LMDB keeps."""
         key = self._ck.key(b"indexes", name.encode())
+        items = sorted(locations.items())
         try:
             with self._lock:
                 if self._deferred is not None:
                     return
-                with self.env.begin(write=True) as txn:
-                    for bid, loc in locations.items():
-                        value = msgpack.packb(
-                            [bytes.fromhex(loc.pack), loc.offset, loc.length, loc.raw_length, loc.type]
-                        )
-                        txn.put(bid, self._seal(b"blobs", bid, value), db=self._blobs)
-                    txn.put(key, self._seal(b"indexes", key, b""), db=self._indexes)
-                self._gen += 1
+                for at in range(0, max(len(items), 1), INDEX_BATCH):
+                    with self.env.begin(write=True) as txn:
+                        for bid, loc in items[at : at + INDEX_BATCH]:
+                            value = msgpack.packb(
+                                [bytes.fromhex(loc.pack), loc.offset, loc.length, loc.raw_length, loc.type]
+                            )
+                            txn.put(bid, self._seal(b"blobs", bid, value), db=self._blobs)
+                        if at + INDEX_BATCH >= len(items):
+                            txn.put(key, self._seal(b"indexes", key, b""), db=self._indexes)
+                    self._gen += 1
+                    self.trim()
         except lmdb.Error as e:
             self._deferred = CacheCorrupt(self._where, _reason(e))
 
@@ -356,18 +361,6 @@ class Cache:
             txn.drop(self._indexes, delete=False)
 
         self._write(clear)
-
-    def all_locations(self) -> dict[bytes, BlobLocation]:
-        out = {}
-        try:
-            with self.env.begin() as txn:
-                for k, v in txn.cursor(db=self._blobs):
-                    pack, off, length, raw_len, typ = self._unpack(b"blobs", bytes(k), v)
-                    out[bytes(k)] = BlobLocation(pack.hex(), off, length, raw_len, typ)
-        except (lmdb.Error, CacheCorrupt) as e:
-            self._recover(e)
-            return self.all_locations()
-        return out
 
     # --- event segments ---------------------------------------------------------------------------------------
     def segment_key(self, device_key: str, name: str, size: int, head: bytes) -> bytes:
@@ -455,6 +448,12 @@ class Cache:
 
         self._write(put)
         self._stat_gen += 1
+
+    def trim(self) -> None:
+        """Unmap the pages of data.mdb this process touched (store/residency.py): commands call it after each
+        shard, so the map costs the pages one shard touches, not the whole index."""
+        if self.env is not None:
+            drop_mapped(str(self.path / "data.mdb"))
 
     def spool(self) -> Spool:
         from .spool import Spool  # noqa: PLC0415  (spool.py builds on this module)

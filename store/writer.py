@@ -277,6 +277,7 @@ class SnapshotWriter:
         entry of it must be staged by then: staging one in it afterwards raises ValueError. A folder import calls
         this after each `xx/` folder, so it holds one shard rather than the snapshot."""
         self._write_shard(shard, self.tree.take_shard(shard))
+        self.repo.cache.trim()  # the cache pages this shard's lookups mapped (store/residency.py)
 
     def _put_tree(self, data: bytes) -> bytes:
         return self.sink.put(TREE, data, True)[0]

@@ -3,12 +3,14 @@
 A snapshot's files are listed by its folder's layout (sync/layouts.py): Manifest.db, Manifest.mbdb or .mdinfo files.
 A snapshot's catalog is read from the list it contains and cached (LMDB `derived`, keyed by the list's blob ids: the
 same bytes always give the same catalog, so the cache never goes stale; for mdinfo the key covers every .mdinfo's
-chunks, Manifest.plist's and every .mddata's size, all the catalog is made of). The cached value is msgpack
-`[rows, problems]` (CATALOG_CACHE_FORMAT 2): rows as `_row` packs them, problems as `[domain path or "", message]`.
-A list from the vault is parsed in memory (Manifest.db by sqlite3 deserialize, the others as bytes): nothing
-decrypted is ever written to a file outside the extract/export target. Memory: the Manifest.db's bytes twice for
-the moment SQLite copies them, then once (SQLite's copy) while the rows are read (~850 bytes a row in all); a
-Manifest.mbdb's bytes and its rows; for mdinfo the snapshot's file list and one .mdinfo at a time.
+chunks, Manifest.plist's and every .mddata's size, all the catalog is made of). A Manifest.db's catalog is parsed,
+cached and read back a shard of rows at a time (sync/catalogshards.py, CATALOG_SHARDS_FORMAT 3); the older lists'
+cached value is msgpack `[rows, problems]` (CATALOG_CACHE_FORMAT 2): rows as `_row` packs them, problems as
+`[domain path or "", message]`. A list from the vault is parsed in memory (Manifest.db by sqlite3 deserialize, the
+others as bytes): nothing decrypted is ever written to a file outside the extract/export target. Memory: a
+Manifest.db's catalog, one shard of rows (iterating it reads the cache again; parsing it from the vault also holds
+SQLite's copy of the file); a Manifest.mbdb's bytes and its rows; for mdinfo the snapshot's file list and one
+.mdinfo at a time; a catalog the phone encrypted is held whole, with its Manifest.db while it is parsed.
 Domain paths are `<domain>/<relativePath>`, e.g. `CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC`.
 
 Rows that cannot be used are named, never dropped silently and never fatal: an undecodable row is left out of
@@ -29,14 +31,7 @@ extract: their keybags predate iOS 10.2).
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
-import os
-import signal
-import sys
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,11 +42,23 @@ from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree, lookup
 
+from .catalogshards import (
+    CATALOG_SHARDS_FORMAT,
+    CachedRows,
+    ManifestStream,
+    old_memo,
+    parse_shards,
+    read_head,
+    store_memo,
+    store_memo_head,
+    unpack_shard,
+    write_cached,
+)
 from .decrypted import manifest_decrypted, stored_keys
 from .encrypted import BackupPassword, FileKeys, decrypt_manifest_db, unlock, wrapped_keys
 from .errors import BackupPasswordNeeded, EncryptedBackup, LegacyManifestInvalid
 from .layouts import MANIFEST_DB, MBDB, MDINFO, Layout, layout_of
-from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, check_manifest_db, read_manifest_db
+from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, read_manifest_db
 from .mbdb import load_mbdb, mbdb_entries
 from .mdinfo import MAX_MANIFEST_BYTES, MAX_MDINFO_BYTES, data_name, mdinfo_catalog, read_mdinfo_folder
 from .paths import shown
@@ -82,9 +89,10 @@ class CatalogProblem:
 @dataclass(frozen=True, slots=True)
 class Catalog:
     """A snapshot's files by domain path, the rows of its file list that could not be used, and where its files'
-    bytes are (`layout`). Iterates its entries."""
+    bytes are (`layout`). Iterates its entries: a Manifest.db's are read back from the cache a shard at a time on
+    each iteration (`CachedRows`), the older lists' are held."""
 
-    entries: tuple[CatalogEntry, ...]
+    entries: tuple[CatalogEntry, ...] | CachedRows
     problems: tuple[CatalogProblem, ...] = ()
     layout: Layout = MANIFEST_DB
     keys: FileKeys | None = None  # a backup the phone encrypted, opened with its password: what decrypts its files
@@ -122,15 +130,6 @@ class _Memo(dict):
 
 def _memo_key(device_key: str) -> bytes:
     return b"mbfile-memo/1/" + device_key.encode()
-
-
-def _die_with_parent(parent: int) -> None:
-    """The parse process must not outlive an import that was killed (SIGKILL leaves no chance to clean up)."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def _row_problem(p: RowProblem, record: str) -> list:
@@ -185,10 +184,6 @@ def _parse_packed(source: ManifestSource, packed_memo: bytes | None, where: str 
     return replace(parsed, packed_memo=msgpack.packb(memo.fresh))
 
 
-def _parse_in_child(path: str, packed_memo: bytes | None) -> ParsedCatalog:
-    return _parse_packed(Path(path), packed_memo)
-
-
 def _row(c: CatalogEntry) -> list:
     return [c.file_id, c.domain, c.relative_path, c.flags, c.size, c.mode, c.mtime, c.target, c.protection_class,
             c.has_encryption_key]  # fmt: skip
@@ -212,47 +207,14 @@ class ParsedCatalog:
     keyed: frozenset[str] = frozenset()
 
 
-class ManifestParse:
-    """A Manifest.db parse in another process, started now and collected with `result()`.
-
-    Decoding MBFile archives is pure Python and holds the GIL, so on a first import (no warm memo) it would add
-    seconds to the critical path; in a second process it runs on the other core while the files are read,
-    chunked and sealed. Everything crosses the process boundary packed, so the parent never holds the decoded
-    memo or catalog as Python objects (~1 KB a row). The file is checked here, synchronously, so an unusable
-    catalog is refused before any file is stored. The file is the user's own backup folder's Manifest.db, read
-    where it is (read-only, immutable); nothing is copied."""
-
-    def __init__(self, repo: Repository, device_key: str, path: Path) -> None:
-        check_manifest_db(path)
-        self._repo, self._device_key, self._path = repo, device_key, path
-        self._memo = repo.cache.derived_get(_memo_key(device_key))
-        # fork: the child needs nothing but this function and its arguments, and (unlike spawn) does not re-run
-        # the parent's __main__, which may be a script without a main guard.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux" else "spawn"
-        self._pool = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context(method),
-            initializer=_die_with_parent,
-            initargs=(os.getpid(),),
-        )
-        self._future = self._pool.submit(_parse_in_child, str(path), self._memo)
-
-    def result(self) -> ParsedCatalog:
-        try:
-            parsed = self._future.result()
-        except (BrokenProcessPool, OSError):
-            parsed = _parse_packed(self._path, self._memo)  # no second process to be had: slower, never wrong
-        finally:
-            self.close()
-        self._repo.cache.derived_put(_memo_key(self._device_key), parsed.packed_memo)
-        return parsed
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+def manifest_stream(repo: Repository, device_key: str, path: Path) -> ManifestStream:
+    """An import's Manifest.db, parsed a shard at a time beside the folder's walk (sync/catalogshards.py); the file
+    is the user's own backup folder's Manifest.db, read where it is (read-only, immutable); nothing is copied."""
+    return ManifestStream(repo, device_key, path, (_row, _row_problem, _duplicate_problems))
 
 
 class ReadyParse:
-    """A file list parsed already, behind ManifestParse's interface: Manifest.mbdb and .mdinfo files are parsed
+    """A file list parsed already: Manifest.mbdb and .mdinfo files are parsed
     whole before anything is stored, since damage anywhere in them refuses the folder."""
 
     def __init__(self, parsed: ParsedCatalog) -> None:
@@ -280,7 +242,10 @@ def parse_legacy_folder(layout: Layout, folder: Path) -> tuple[ParsedCatalog, in
 
 def catalog_key(repo: Repository, listing: FileEntry, layout: Layout = MANIFEST_DB) -> bytes:
     """The cache key of the catalog read from a Manifest.db or Manifest.mbdb: its bytes, through their chunk ids."""
-    prefix = b"catalog/%d/" % CATALOG_CACHE_FORMAT + (b"" if layout is MANIFEST_DB else layout.name.encode() + b"/")
+    if layout is MANIFEST_DB:  # a shard at a time (sync/catalogshards.py)
+        prefix = b"catalog/%d/" % CATALOG_SHARDS_FORMAT
+    else:
+        prefix = b"catalog/%d/" % CATALOG_CACHE_FORMAT + layout.name.encode() + b"/"
     return prefix + repo.key.blob_id(b"".join(listing.chunks))
 
 
@@ -311,9 +276,17 @@ def _listing(repo: Repository, snap: SnapshotRecord, layout: Layout) -> tuple[by
 
 
 def store_catalog(repo: Repository, snap: SnapshotRecord, packed: bytes) -> None:
-    """Cache the catalog an import parsed, under the key a later load of this snapshot computes."""
+    """Cache the catalog an import parsed whole (Manifest.mbdb, .mdinfo), under the key a later load computes."""
     key, _source = _listing(repo, snap, layout_of(backup_meta(snap), f"snapshot {snap.hex[:12]}"))
     repo.cache.derived_put(key, packed)
+
+
+def store_catalog_shards(
+    repo: Repository, snap: SnapshotRecord, shards: Iterable[tuple[str, list]], stream: ManifestStream
+) -> None:
+    """Cache the catalog an import streamed (its shards spooled meanwhile), under the key a later load computes."""
+    key, _source = _listing(repo, snap, MANIFEST_DB)
+    write_cached(repo, key, shards, lambda: (stream.problems, stream.conforming))
 
 
 def _read_whole(repo: Repository, entry: FileEntry) -> bytearray:
@@ -347,15 +320,12 @@ def _load_catalog(repo: Repository, snap: SnapshotRecord, meta, password: Backup
     if meta.encrypted and layout is MDINFO:  # iOS 4–9 kept the file list in plaintext
         raise EncryptedBackup(snap.hex[:12])
     key, source = _listing(repo, snap, layout)
+    if layout is MANIFEST_DB:
+        return _load_sharded(repo, snap, key, source)
     if (cached := repo.cache.derived_get(key)) is not None:
         return _unpack(cached, layout)
     # In memory: the decrypted file list never touches a file (a killed `ls` must leave no plaintext behind).
-    if layout is MANIFEST_DB:
-        image = _read_whole(repo, source)
-        memo = repo.cache.derived_get(_memo_key(snap.device_key))
-        parsed = _parse_packed(image, memo, f"{where}: Manifest.db")  # empties `image` once parsed
-        repo.cache.derived_put(_memo_key(snap.device_key), parsed.packed_memo)
-    elif layout is MBDB:
+    if layout is MBDB:
         row_problems: list[RowProblem] = []
         rows = mbdb_entries(_read_whole(repo, source), f"{where}: Manifest.mbdb", row_problems)
         parsed = _pack(rows, row_problems, MBDB.record)
@@ -363,6 +333,56 @@ def _load_catalog(repo: Repository, snap: SnapshotRecord, meta, password: Backup
         parsed = _mdinfo_from_vault(repo, source, where)
     repo.cache.derived_put(key, parsed.packed)
     return _unpack(parsed.packed, layout)
+
+
+def _load_sharded(repo: Repository, snap: SnapshotRecord, key: bytes, source: FileEntry) -> Catalog:
+    """A Manifest.db snapshot's catalog, read back a shard at a time from the cache (sync/catalogshards.py); parsed
+    from the vault into the cache first if it is not there, in memory (no file ever holds the vault's bytes)."""
+    if (head := read_head(repo, key)) is None:
+        where = f"snapshot {snap.hex[:12]}: Manifest.db"
+        messages = parse_shards(
+            _read_whole(repo, source),  # emptied once SQLite holds its copy
+            old_memo(repo, snap.device_key),
+            where,
+            _row,
+            _row_problem,
+            _duplicate_problems,
+        )
+        stream = _ParsedHere(repo, snap.device_key, messages)
+        write_cached(repo, key, stream.rows(), lambda: (stream.problems, stream.conforming))
+        head = read_head(repo, key)
+        assert head is not None
+    problems = tuple(CatalogProblem(p, m) for p, m in head.problems)
+    return Catalog(CachedRows(repo, head), problems, MANIFEST_DB)
+
+
+class _ParsedHere:
+    """`parse_shards` run in this process: its shards' rows as they come, each shard's memo into the cache."""
+
+    def __init__(self, repo: Repository, device_key: str, messages: Iterator[bytes]) -> None:
+        self._repo, self._device_key, self._messages = repo, device_key, messages
+        self._row_problems: list = []
+        self._dup_problems: list = []
+        self.conforming = True
+
+    def rows(self) -> Iterator[tuple[str, list]]:
+        shards = []
+        for message in self._messages:
+            got = unpack_shard(message)
+            if isinstance(got, list):
+                self._row_problems += got
+                break
+            self._row_problems += got.row_problems
+            self._dup_problems += got.dup_problems
+            self.conforming = self.conforming and got.conforming
+            store_memo(self._repo, self._device_key, got.shard, got.memo)
+            shards.append(got.shard)
+            yield got.shard, got.rows
+        store_memo_head(self._repo, self._device_key, shards)
+
+    @property
+    def problems(self) -> list:
+        return self._row_problems + self._dup_problems
 
 
 def _load_encrypted(repo: Repository, snap: SnapshotRecord, password: BackupPassword) -> Catalog:

@@ -18,8 +18,11 @@ sync/encrypted.py): each file's key is unwrapped while planning (one that does n
 length are checked before it is moved into place (a file that fails is named; nothing of it is left). An iOS 4–9
 backup the phone encrypted lists its files in plaintext but keeps each file's bytes encrypted (its row has an
 encryption key) under a keybag of before iOS 10.2, which phonevault does not read: such a file is named.
-Memory: the snapshot's catalog (see catalog.py) and the plan (one record per file), and one chunk at a time of
-the file being written; only the chunks of the chosen files are read. When a tree node is damaged, the snapshot's
+Memory: one shard of the snapshot's catalog at a time (see catalog.py), the chosen rows and the plan (one record per
+file), and one chunk at a time of the file being written; only the chunks of the chosen files are read. Naming
+files (not folders) of a catalog whose fileIDs are the phone's own names reads one cached shard per file, not the
+catalog (`_named_files`); a file row that also has rows below it (a catalog no phone writes) is then extracted as
+the file named, where reading the whole catalog would refuse the pair as a file that is also a folder. When a tree node is damaged, the snapshot's
 entries are read whole once, its lost nodes from the fold of its deltas (store/check.py `readable_tree`).
 """
 
@@ -40,10 +43,11 @@ from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, lookup
 
-from .catalog import Catalog, domain_path, load_catalog, select
+from .catalog import Catalog, domain_path, load_catalog, under
+from .catalogshards import CachedRows, phone_file_id
 from .encrypted import BackupPassword
 from .errors import ExtractIncomplete, FileUndecryptable, StrictRefused, TargetConflict
-from .manifest import CatalogEntry
+from .manifest import FLAG_FILE, CatalogEntry
 from .paths import Target, relative_parts, shown
 
 
@@ -91,12 +95,12 @@ def extract(
     again). Raises after writing every other file: ExtractIncomplete naming each file that was not written.
     A snapshot the phone encrypted needs `password` (see load_catalog)."""
     catalog = load_catalog(repo, snap, password)
-    shared = {fid for fid, n in Counter(c.file_id for c in catalog).items() if n > 1}  # named in catalog.problems
+    paths = [p.strip("/") for p in paths]
+    selected, shared = _named_files(catalog, paths) or _select_all(catalog, paths)  # shared: in catalog.problems
     problems: list[str] = []
     chosen: dict[str, CatalogEntry] = {}
-    for p in paths:
-        p = p.strip("/")
-        rows, bad = select(catalog, p), catalog.problems_under(p)
+    for p, rows in zip(paths, selected, strict=True):
+        bad = catalog.problems_under(p)
         if not rows and not bad:
             raise PathNotFound(p, "this snapshot (no files at or under it)")
         problems += bad
@@ -150,6 +154,49 @@ def extract(
     if problems:
         raise ExtractIncomplete(problems, out)
     return out
+
+
+def _named_files(catalog: Catalog, paths: list[str]) -> tuple[list[list[CatalogEntry]], set[str]] | None:
+    """Each path's rows when every path names one file of a catalog whose fileIDs are the phone's own names
+    (sync/catalogshards.py): the file's fileID is then the hash of its path, so one cached shard is read per path,
+    not the catalog. None when that does not hold (a folder, a name no row has): then `_select_all`."""
+    rows_of = catalog.entries
+    if not isinstance(rows_of, CachedRows) or not rows_of.head.conforming:
+        return None
+    selected, shared = [], set()
+    for p in paths:
+        domain, sep, rel = p.partition("/")
+        if not sep:
+            return None
+        fid = phone_file_id(domain, rel)
+        rows = rows_of.find(fid)
+        named = [c for c in rows if domain_path(c) == p]
+        if not named or any(c.flags != FLAG_FILE for c in named):
+            return None
+        if len(rows) > 1:
+            shared.add(fid)
+        selected.append(named)
+    return selected, shared
+
+
+def _select_all(catalog: Catalog, paths: list[str]) -> tuple[list[list[CatalogEntry]], set[str]]:
+    """`select` of every path and the fileIDs listed more than once, in one pass over the catalog (rows come in
+    fileID order, so a fileID's rows are neighbours), holding only the rows chosen."""
+    selected: list[list[CatalogEntry]] = [[] for _p in paths]
+    shared: set[str] = set()
+    last = None
+    for c in catalog:
+        if last is not None and c.file_id == last:
+            shared.add(c.file_id)
+        last = c.file_id
+        if c.flags == FLAG_FILE:
+            name = domain_path(c)
+            for i, p in enumerate(paths):
+                if under(name, p):
+                    selected[i].append(c)
+    if not isinstance(catalog.entries, CachedRows):  # an older list's rows are held, maybe not in fileID order
+        shared = {fid for fid, n in Counter(c.file_id for c in catalog).items() if n > 1}
+    return selected, shared
 
 
 def _plan(

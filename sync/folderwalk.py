@@ -1,4 +1,5 @@
-"""Walking a backup folder for import: one shard (top-level folder) at a time, and reading ahead of the chunker.
+"""Finding backup folders, and walking one for import: one shard (top-level folder) at a time, and reading ahead of
+the chunker.
 
 `walk` lists one shard at a time (the top level last), so an import holds one shard's listing; `Present` keeps the
 walk's sizes for the comparison with the file list in ~28 bytes a file; `ReadAhead` and `Prefetch` have the kernel
@@ -16,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import BackupFolderInvalid
 
 
 def is_utf8(name: str) -> bool:
@@ -221,3 +224,41 @@ class Prefetch:
                     self._window += st.st_size
             self._next += 1
         return got
+
+
+def default_locations() -> list[Path]:
+    """Where Finder/iTunes keep backups: macOS, Windows (Microsoft Store and classic iTunes, and the older path)."""
+    home = Path.home()
+    out = [home / "Library" / "Application Support" / "MobileSync" / "Backup"]
+    if appdata := os.environ.get("APPDATA"):
+        out.append(Path(appdata) / "Apple Computer" / "MobileSync" / "Backup")
+    out.append(home / "Apple" / "MobileSync" / "Backup")
+    out.append(home / "Application Data" / "Apple Computer" / "MobileSync" / "Backup")
+    return out
+
+
+def looks_like_backup(path: Path) -> bool:
+    names = ("Manifest.db", "Manifest.mbdb", "Manifest.plist", "Info.plist")
+    return path.is_dir() and any((path / m).exists() for m in names)
+
+
+def find_backup_folders(path: Path | None) -> list[Path]:
+    """A `<UDID>/` folder -> [it]; a `Backup/` folder -> its device folders; None -> the default locations."""
+    if path is None:
+        found = [
+            d for loc in default_locations() if loc.is_dir() for d in sorted(loc.iterdir()) if looks_like_backup(d)
+        ]
+        if not found:
+            where = ", ".join(str(p) for p in default_locations())
+            raise BackupFolderInvalid(where, "no backup folders in the default locations; give a PATH")
+        return found
+    if not path.exists():
+        raise BackupFolderInvalid(str(path), "does not exist")
+    if not path.is_dir():
+        raise BackupFolderInvalid(str(path), "is not a folder")
+    if looks_like_backup(path):
+        return [path]
+    found = [d for d in sorted(path.iterdir()) if looks_like_backup(d)]
+    if not found:
+        raise BackupFolderInvalid(str(path), "holds no Manifest.db/.mbdb/Info.plist and no device backup folders")
+    return found

@@ -6,9 +6,10 @@ pushes them into the store's chunker (memory does not depend on file size) and s
 inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata.
 
 Memory: import holds one shard (a top-level `xx/` folder: its listing, its staged entries, the parent's same
-shard while they are diffed), one delta group, two packs and ~28 bytes a file for the comparison with the file list
-(`_Present`); the catalog's own parse is sync/catalog.py's. A flat layout (iOS 4–9, iPhone OS 3) keeps every file
-at the top level, one shard. Export holds one shard's entries and up to 64 MiB of small files waiting for a thread.
+shard while they are diffed, its Manifest.db rows: sync/catalogshards.py), one delta group and two packs; the
+cache's pages are unmapped after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3) keeps every
+file at the top level, one shard, and its list is parsed whole and compared with ~28 bytes a file (`_Present`).
+Export holds one shard's entries and up to 64 MiB of small files waiting for a thread.
 A file that changes between the walk and its read is stored as it was read and named in `problems`.
 
 Three layouts are imported (sync/layouts.py): Manifest.db with xx/<fileID> (iOS 10 and later), Manifest.mbdb with
@@ -53,7 +54,8 @@ from phonevault.store.spool import Spool
 from phonevault.store.trees import FileEntry
 from phonevault.store.writer import SnapshotWriter
 
-from .catalog import ManifestParse, ReadyParse, parse_legacy_folder, store_catalog
+from .catalog import ReadyParse, manifest_stream, parse_legacy_folder, store_catalog, store_catalog_shards
+from .catalogshards import FolderCompare, ManifestStream
 from .damage import describe
 from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
 from .decrypted import Decrypting, decrypted_meta, decrypting_folder, write_as_sent
@@ -63,6 +65,7 @@ from .folderwalk import Prefetch as _Prefetch
 from .folderwalk import Present as _Present
 from .folderwalk import ReadAhead as _ReadAhead
 from .folderwalk import Stat as _Stat
+from .folderwalk import find_backup_folders as find_backup_folders  # the import command finds folders here
 from .folderwalk import folder_bytes as _folder_bytes
 from .folderwalk import is_utf8 as _is_utf8
 from .folderwalk import stat_key as _stat_key
@@ -80,49 +83,11 @@ METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
-def default_locations() -> list[Path]:
-    """Where Finder/iTunes keep backups: macOS, Windows (Microsoft Store and classic iTunes, and the older path)."""
-    home = Path.home()
-    out = [home / "Library" / "Application Support" / "MobileSync" / "Backup"]
-    if appdata := os.environ.get("APPDATA"):
-        out.append(Path(appdata) / "Apple Computer" / "MobileSync" / "Backup")
-    out.append(home / "Apple" / "MobileSync" / "Backup")
-    out.append(home / "Application Data" / "Apple Computer" / "MobileSync" / "Backup")
-    return out
-
-
-def looks_like_backup(path: Path) -> bool:
-    names = ("Manifest.db", "Manifest.mbdb", "Manifest.plist", "Info.plist")
-    return path.is_dir() and any((path / m).exists() for m in names)
-
-
-def find_backup_folders(path: Path | None) -> list[Path]:
-    """A `<UDID>/` folder -> [it]; a `Backup/` folder -> its device folders; None -> the default locations."""
-    if path is None:
-        found = [
-            d for loc in default_locations() if loc.is_dir() for d in sorted(loc.iterdir()) if looks_like_backup(d)
-        ]
-        if not found:
-            where = ", ".join(str(p) for p in default_locations())
-            raise BackupFolderInvalid(where, "no backup folders in the default locations; give a PATH")
-        return found
-    if not path.exists():
-        raise BackupFolderInvalid(str(path), "does not exist")
-    if not path.is_dir():
-        raise BackupFolderInvalid(str(path), "is not a folder")
-    if looks_like_backup(path):
-        return [path]
-    found = [d for d in sorted(path.iterdir()) if looks_like_backup(d)]
-    if not found:
-        raise BackupFolderInvalid(str(path), "holds no Manifest.db/.mbdb/Info.plist and no device backup folders")
-    return found
-
-
 @dataclass(slots=True)
 class FolderMeta:
     device: DeviceInfo
     encrypted: bool
-    catalog: ManifestParse | ReadyParse | None  # None if the phone encrypted the file list
+    catalog: ManifestStream | ReadyParse | None  # None if the phone encrypted the file list
     problems: list[str] = field(default_factory=list)
     meta: BackupMeta = field(default_factory=BackupMeta)
     dates: tuple = ()  # ((source, datetime | None), …) in the order sync/dates.py takes them
@@ -186,7 +151,7 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
         )
     if layout is MANIFEST_DB and not encrypted:
         try:
-            catalog = ManifestParse(repo, repo.device_key(device.udid), manifest_db)
+            catalog = manifest_stream(repo, repo.device_key(device.udid), manifest_db)
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
     meta = BackupMeta(
@@ -265,13 +230,18 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
     # The writer is closed however the import ends: a failure before the commit releases its writers/ marker at
     # once, so a prune waiting on it need not wait for the garbage collector.
     with SnapshotWriter(repo, fm.device.udid, device_record(fm.device), incremental=False) as writer:
-        with repo.cache.spool() as new_stat, ThreadPoolExecutor(4, thread_name_prefix="import-read") as readers:
-            return _stage_and_commit(repo, writer, folder, fm, new_stat, readers, progress)
+        with (
+            repo.cache.spool() as new_stat,
+            repo.cache.spool() as listed,
+            ThreadPoolExecutor(4, "import-read") as readers,
+        ):
+            listing = FolderCompare(fm.catalog, listed, str(folder)) if isinstance(fm.catalog, ManifestStream) else None
+            return _stage_and_commit(repo, writer, folder, fm, new_stat, readers, progress, listing)
 
 
 @dataclass(slots=True)
 class _Staging:
-    """What an import carries from shard to shard: nothing per file but the compact `present` table."""
+    """What an import carries from shard to shard: nothing per file (a flat folder's `present` table aside)."""
 
     problems: list[str]
     readers: ThreadPoolExecutor
@@ -290,9 +260,11 @@ def _stage_and_commit(
     new_stat: Spool,
     readers: ThreadPoolExecutor,
     progress: Progress | None,
+    listing: FolderCompare | None,
 ) -> ImportResult:
-    """Stage and write one shard at a time (walk, stat cache, read, tree node, delta), so memory holds one shard's
-    entries whatever the number of files; the commit point is still the one event segment written at the end."""
+    """Stage and write one shard at a time (walk, stat cache, read, tree node, delta, its Manifest.db rows), so memory
+    holds one shard whatever the number of files; the commit point is still the one event segment written at the end.
+    A flat folder's list (parsed whole) is compared with the walk's `present` table at the end."""
     run = _Staging(list(fm.problems), readers, _folder_bytes(folder) if progress else 0, decrypt=fm.decrypt)
     if progress:
         progress(0, run.total)
@@ -303,12 +275,17 @@ def _stage_and_commit(
                 writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
             else:
                 run.problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
-        run.present.add_shard([(rel, st.st_size) for rel, st in files])
+        if listing is None:
+            run.present.add_shard([(rel, st.st_size) for rel, st in files])
+        elif shard:
+            listing.shard(shard, [(rel, st.st_size) for rel, st in files])
         if shard:  # the top level ("") is written at the commit: it also holds empty top-level folders
             writer.seal_shard(shard)
     problems = run.problems
     catalog = None
-    if fm.catalog is not None:
+    if listing is not None:
+        problems += listing.finish()
+    elif fm.catalog is not None:
         try:
             catalog = fm.catalog.result()
         except ManifestInvalid as e:
@@ -325,8 +302,11 @@ def _stage_and_commit(
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
     for batch in new_stat:
         repo.cache.stat_put_many(batch)
-    if catalog:
-        store_catalog(repo, snap, catalog.packed)  # so ls/extract/diff of this snapshot start at once
+        repo.cache.trim()
+    if catalog:  # so ls/extract/diff of this snapshot start at once
+        store_catalog(repo, snap, catalog.packed)
+    elif listing is not None:
+        store_catalog_shards(repo, snap, listing.listed, listing.stream)
     return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
 
 
@@ -471,6 +451,7 @@ def _export_into(
     under = Target(tmp)
     with FileWriters() as writers:
         for entries in shards:
+            repo.cache.trim()  # the cache pages the last shard's lookups mapped (store/residency.py)
             for e in entries:
                 try:
                     local = under.join(e.path)

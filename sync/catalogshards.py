@@ -1,0 +1,435 @@
+"""A Manifest.db catalog a shard at a time: parsed, compared with the folder, cached and read back in fileID-prefix
+shards (`xx` = the fileID's first two characters, the folder's own `xx/` sharding), so no command holds every row.
+
+Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are neighbours; each shard is packed
+as soon as its last row is read: [shard, rows (catalog._row packs), file sizes [[fileID, size, keyed], …], the
+row problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems
+of this shard, this shard's fresh memo]. An import parses in a forked child (decoding MBFile archives is pure Python;
+on the other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is done, at
+most one shard ahead of the import (the pipe blocks): the parent compares it with the folder's shard and spools it.
+Without a second process the same generator runs in the parent, pulled shard by shard.
+
+MBFile memo (MEMO_FORMAT 2). Decoding a row costs ~120 µs and almost every row's archive is the same bytes from one
+backup to the next, so the decoded fields are kept per device and shard: `mbfile-memo/2/<device>/<shard>` ->
+msgpack {BLAKE3-128 of the archive: [size, mode, mtime, target, protection class, has key, RelativePath]} and
+`mbfile-memo/2/<device>` -> msgpack [shard, …] (the shards last written, sorted). A shard's new memo holds only what
+that shard's rows used, so it never outgrows one Manifest.db. The parse holds two shards of the old memo: the shard of
+the row being read and the next one (rows keep their fileID, hence their shard, across backups). The child gets the
+old memo through a sealed, unlinked spool written before it is forked (it must not touch LMDB).
+
+Cache (CATALOG_SHARDS_FORMAT 3): `<prefix><listing id>` -> msgpack [[[shard, rows], …], problems, conforming],
+and `<prefix><listing id>/<shard>` -> the shard's msgpack rows; the head is written last, so a head found means
+every shard was written (a shard missing after all is CacheCorrupt: the cache changed while it was read).
+`conforming`: every row's fileID is the SHA-1 of its domain path (as a phone names files), so the row of one domain
+path can only be in the shard of that hash (`find_row`: one shard read, not the catalog).
+
+Memory: one shard's rows as CatalogEntry objects (one being read back, or the shard being parsed and the one the
+parent compares), two shards of the old memo, the problems; a Manifest.db given as bytes (from the vault) is held
+by SQLite while it is read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import msgpack
+
+from phonevault.store.errors import CacheCorrupt
+from phonevault.store.repository import Repository
+from phonevault.store.spool import Spool
+
+from .errors import BackupFolderInvalid, ManifestInvalid
+from .layouts import MANIFEST_DB
+from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, check_manifest_db, read_manifest_db
+
+CATALOG_SHARDS_FORMAT = 3
+MEMO_FORMAT = 2
+
+PackRow = Callable[[CatalogEntry], list]
+RowProblemText = Callable[[RowProblem, str], list]
+Duplicates = Callable[[list[CatalogEntry]], list[list]]
+
+
+def shard_of_id(file_id: str) -> str:
+    return file_id[:2]
+
+
+def phone_file_id(domain: str, relative_path: str) -> str:
+    """What a phone names a file: SHA-1 of `<domain>-<relativePath>` (sync/manifest.py `file_id`, any text)."""
+    return hashlib.sha1(f"{domain}-{relative_path}".encode(errors="surrogatepass")).hexdigest()
+
+
+def conforms(c: CatalogEntry) -> bool:
+    """The row's fileID is what a phone names its path."""
+    return phone_file_id(c.domain, c.relative_path) == c.file_id
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogShard:
+    """One shard of a parsed catalog, as the import uses it."""
+
+    shard: str
+    rows: list  # catalog._row packs, in fileID order
+    sizes: dict[str, int]  # file rows: fileID -> size
+    keyed: frozenset[str]  # file rows whose bytes the phone encrypted
+    row_problems: list  # [path, message] of unusable rows read since the previous shard (any shard)
+    dup_problems: list  # [path, message] of rows sharing a fileID in this shard
+    memo: dict  # this shard's fresh MBFile memo
+    conforming: bool
+
+
+def _memo_head(device_key: str) -> bytes:
+    return b"mbfile-memo/%d/" % MEMO_FORMAT + device_key.encode()
+
+
+def _memo_key(device_key: str, shard: str) -> bytes:
+    return _memo_head(device_key) + b"/" + shard.encode(errors="surrogatepass")
+
+
+def store_memo(repo: Repository, device_key: str, shard: str, memo: dict) -> None:
+    repo.cache.derived_put(_memo_key(device_key, shard), msgpack.packb(memo))
+
+
+def store_memo_head(repo: Repository, device_key: str, shards: list[str]) -> None:
+    """Named last, once every shard's memo is written: the shards a parse holds next time."""
+    repo.cache.derived_put(_memo_head(device_key), msgpack.packb(shards))
+
+
+def old_memo(repo: Repository, device_key: str) -> Iterator[tuple[str, dict]]:
+    """The device's last memo, shard by shard in order (read lazily from the cache)."""
+    head = repo.cache.derived_get(_memo_head(device_key))
+    for shard in msgpack.unpackb(head) if head else ():
+        raw = repo.cache.derived_get(_memo_key(device_key, shard))
+        if raw is not None:
+            yield shard, msgpack.unpackb(raw, strict_map_key=False)
+
+
+class _WindowMemo(dict):
+    """The memo `read_manifest_db` asks: the old memo's shard of the row being read and the next one; records what
+    each row used or decoded (`fresh`) so it is stored with that row's shard."""
+
+    def __init__(self, old: Iterator[tuple[str, dict]]) -> None:
+        super().__init__()
+        self._old = old
+        self._window: list[tuple[str, dict]] = []
+        self._exhausted = False
+        self.fresh: dict[bytes, list] = {}
+        self._pull()
+
+    def _pull(self) -> bool:
+        if self._exhausted:
+            return False
+        got = next(self._old, None)
+        if got is None:
+            self._exhausted = True
+            return False
+        self._window.append(got)
+        self.update(got[1])
+        return True
+
+    def at(self, shard: str) -> None:
+        """A row of `shard` was read: keep the old memo's `shard` and the shard after it, drop those before."""
+        while self._window and self._window[-1][0] <= shard and self._pull():
+            pass
+        self._window = [w for w in self._window if w[0] >= shard]
+        self.clear()  # what the shards before decoded went with them (into their `fresh`)
+        for _s, memo in self._window:
+            self.update(memo)
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        if value is not None:
+            self.fresh[key] = value
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.fresh[key] = value
+
+
+def parse_shards(
+    source: ManifestSource,
+    old: Iterator[tuple[str, dict]],
+    where: str | None,
+    pack_row: PackRow,
+    row_problem: RowProblemText,
+    duplicates: Duplicates,
+) -> Iterator[bytes]:
+    """Every shard of a Manifest.db packed as the module docstring says, in order, then [b"end", row problems]."""
+    memo = _WindowMemo(old)
+    row_problems: list[RowProblem] = []
+    shard: str | None = None
+    rows: list[CatalogEntry] = []
+    fresh: dict[bytes, list] = {}
+
+    def packed() -> bytes:
+        out_rows, sizes, dups, group = [], [], [], []
+        conforming = True
+        for c in rows:
+            if group and group[0].file_id != c.file_id:
+                dups += duplicates(group) if len(group) > 1 else []
+                group = []
+            group.append(c)
+            out_rows.append(pack_row(c))
+            conforming = conforming and conforms(c)
+            if c.flags == FLAG_FILE:
+                sizes.append([c.file_id, c.size, c.has_encryption_key])
+        dups += duplicates(group) if len(group) > 1 else []
+        probs = [row_problem(p, MANIFEST_DB.record) for p in row_problems]
+        row_problems.clear()
+        return msgpack.packb([b"shard", shard, out_rows, sizes, probs, dups, fresh, conforming])
+
+    for c in read_manifest_db(source, memo, row_problems, where):
+        s = shard_of_id(c.file_id)
+        if s != shard:
+            if shard is not None:
+                yield packed()
+            shard, rows, fresh = s, [], {}
+            memo.at(s)
+        rows.append(c)
+        fresh.update(memo.fresh)
+        memo.fresh.clear()
+    if shard is not None:
+        yield packed()
+    yield msgpack.packb([b"end", [row_problem(p, MANIFEST_DB.record) for p in row_problems]])
+
+
+def unpack_shard(message: bytes) -> CatalogShard | list:
+    """A packed shard as CatalogShard; the end message as its trailing row problems (a list)."""
+    got = msgpack.unpackb(message, strict_map_key=False)
+    if got[0] == b"end":
+        return got[1]
+    if got[0] == b"error":
+        raise ManifestInvalid(got[1], got[2])
+    _kind, shard, rows, sizes, probs, dups, fresh, conforming = got
+    return CatalogShard(
+        shard, rows, {f: s for f, s, _k in sizes}, frozenset(f for f, _s, k in sizes if k), probs, dups, fresh,
+        conforming,
+    )  # fmt: skip
+
+
+def _die_with_parent(parent: int) -> None:
+    """The parse process must not outlive an import that was killed (SIGKILL leaves no chance to clean up)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child(conn: Connection, parent: int, path: str, spool: Spool | None, funcs: tuple) -> None:
+    _die_with_parent(parent)
+    try:
+        old = iter(spool) if spool is not None else iter(())
+        for message in parse_shards(Path(path), (tuple(x) for x in old), None, *funcs):
+            conn.send_bytes(message)
+    except ManifestInvalid as e:
+        conn.send_bytes(msgpack.packb([b"error", e.path, e.reason]))
+    finally:
+        conn.close()
+        os._exit(0)  # nothing of the parent's (atexit handlers, the writer's marker) runs here
+
+
+class ManifestStream:
+    """An import's Manifest.db, parsed a shard at a time (see the module docstring) while the folder is read.
+
+    `upto(shard)` yields the catalog shards up to `shard` in order (None: all that are left); `problems` holds the
+    rows that could not be used once every shard was read. The file is checked here, synchronously, so an unusable
+    catalog is refused before any file is stored. Each shard's fresh memo goes to the cache as it arrives; the
+    memo's head, naming the shards, only once the whole file was read."""
+
+    def __init__(self, repo: Repository, device_key: str, path: Path, funcs: tuple) -> None:
+        check_manifest_db(path)
+        self._repo, self._device_key, self._path, self._funcs = repo, device_key, path, funcs
+        self._memo_shards: list[str] = []
+        self._row_problems: list = []
+        self._dup_problems: list = []
+        self._pending: CatalogShard | None = None
+        self._done = False
+        self._received = 0
+        self.conforming = True
+        self._proc = self._conn = self._spool = None
+        self._local: Iterator[bytes] | None = None
+        if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
+            try:
+                self._start_child()
+            except OSError:
+                self._stop_child()
+        if self._conn is None:
+            self._local = self._parse_here()
+
+    def _start_child(self) -> None:
+        # Written before the fork: the child reads the old memo from this spool, never from LMDB.
+        self._spool = self._repo.cache.spool()
+        batch: list = []
+        for shard, memo in old_memo(self._repo, self._device_key):
+            batch = [shard, memo]
+            self._spool.append(batch)
+        self._spool.flush()
+        reader, writer = multiprocessing.get_context("fork").Pipe(duplex=False)
+        self._proc = multiprocessing.get_context("fork").Process(
+            target=_child, args=(writer, os.getpid(), str(self._path), self._spool, self._funcs), daemon=True
+        )
+        self._proc.start()
+        writer.close()
+        self._conn = reader
+
+    def _stop_child(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join()
+            self._proc = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+    def _parse_here(self) -> Iterator[bytes]:
+        return parse_shards(self._path, old_memo(self._repo, self._device_key), None, *self._funcs)
+
+    def _next_message(self) -> bytes | None:
+        if self._conn is not None:
+            try:
+                message = self._conn.recv_bytes()
+                self._received += 1
+                return message
+            except (EOFError, OSError):  # the child died: parse here, past what it sent
+                self._stop_child()
+                self._local = self._parse_here()
+                for _i in range(self._received):
+                    next(self._local)
+        message = next(self._local, None)
+        self._received += message is not None
+        return message
+
+    def _next(self) -> CatalogShard | None:
+        if self._pending is not None:
+            got, self._pending = self._pending, None
+            return got
+        if self._done:
+            return None
+        message = self._next_message()
+        if message is None:
+            raise ManifestInvalid(str(self._path), "the catalog's parse ended early")
+        got = unpack_shard(message)
+        if isinstance(got, list):
+            self._row_problems += got
+            self._done = True
+            self._stop_child()
+            store_memo_head(self._repo, self._device_key, self._memo_shards)
+            return None
+        self._row_problems += got.row_problems
+        self._dup_problems += got.dup_problems
+        self.conforming = self.conforming and got.conforming
+        store_memo(self._repo, self._device_key, got.shard, got.memo)
+        self._memo_shards.append(got.shard)
+        return got
+
+    def upto(self, shard: str | None) -> Iterator[CatalogShard]:
+        while (got := self._next()) is not None:
+            if shard is not None and got.shard > shard:
+                self._pending = got
+                return
+            yield got
+
+    @property
+    def problems(self) -> list:
+        """[path, message] of every unusable row, then of every fileID listed twice (after `upto(None)`)."""
+        return self._row_problems + self._dup_problems
+
+    def close(self) -> None:
+        self._stop_child()
+
+
+def write_cached(repo: Repository, key: bytes, shards: Iterable[tuple[str, list]], head: Callable[[], tuple]) -> None:
+    """A catalog into the cache under `key` (format in the module docstring): every shard, then the head, whose
+    problems and conformance `head()` gives once the shards are written."""
+    counts = []
+    for shard, rows in shards:
+        repo.cache.derived_put(key + b"/" + shard.encode(errors="surrogatepass"), msgpack.packb(rows))
+        counts.append([shard, len(rows)])
+    problems, ok = head()
+    repo.cache.derived_put(key, msgpack.packb([counts, problems, ok]))
+
+
+@dataclass(frozen=True, slots=True)
+class CachedHead:
+    key: bytes
+    counts: tuple[tuple[str, int], ...]
+    problems: tuple[tuple[str, str], ...]
+    conforming: bool
+
+
+def read_head(repo: Repository, key: bytes) -> CachedHead | None:
+    raw = repo.cache.derived_get(key)
+    if raw is None:
+        return None
+    counts, problems, ok = msgpack.unpackb(raw)
+    return CachedHead(key, tuple((s, n) for s, n in counts), tuple((p, m) for p, m in problems), bool(ok))
+
+
+def read_shard(repo: Repository, head: CachedHead, shard: str) -> list[CatalogEntry]:
+    raw = repo.cache.derived_get(head.key + b"/" + shard.encode(errors="surrogatepass"))
+    if raw is None:
+        raise CacheCorrupt(str(repo.cache.path), f"catalog shard {shard!r} is missing (the cache changed meanwhile)")
+    return [CatalogEntry(*r) for r in msgpack.unpackb(raw)]
+
+
+class CachedRows:
+    """A cached catalog's rows, read back one shard at a time each time they are iterated (in fileID order)."""
+
+    __slots__ = ("_repo", "head")
+
+    def __init__(self, repo: Repository, head: CachedHead) -> None:
+        self._repo, self.head = repo, head
+
+    def __iter__(self) -> Iterator[CatalogEntry]:
+        for shard, _n in self.head.counts:
+            yield from read_shard(self._repo, self.head, shard)
+
+    def __len__(self) -> int:
+        return sum(n for _s, n in self.head.counts)
+
+    def find(self, file_id: str) -> list[CatalogEntry]:
+        """The rows of one fileID: one shard read."""
+        if not any(s == shard_of_id(file_id) for s, _n in self.head.counts):
+            return []
+        return [c for c in read_shard(self._repo, self.head, shard_of_id(file_id)) if c.file_id == file_id]
+
+
+class FolderCompare:
+    """An import's folder against its Manifest.db a shard at a time, as the walk goes: each catalog shard is compared
+    with the walk's shard of the same name (sync/layouts.py `compare`: listed but missing, another size) and spooled
+    (`listed`) for the cache, written once the snapshot is committed. Memory: one shard of each and the problems."""
+
+    def __init__(self, stream: ManifestStream, listed: Spool, folder: str) -> None:
+        self.stream, self.listed, self._folder = stream, listed, folder
+        self._problems: list[str] = []
+
+    def shard(self, shard: str | None, files: Iterable[tuple[str, int]] = ()) -> None:
+        """The walk's shard `shard` (an `xx/` folder, never the top level) with its files (path, size); None once
+        the walk is done."""
+        present = dict(files)
+        try:
+            for got in self.stream.upto(shard):
+                self._problems += MANIFEST_DB.compare(present if got.shard == shard else {}, got.sizes, got.keyed)
+                self.listed.append([got.shard, got.rows])
+        except ManifestInvalid as e:
+            raise BackupFolderInvalid(self._folder, f"unreadable catalog: {e.reason}") from None
+
+    def finish(self) -> list[str]:
+        """The unusable rows, then what the folder lacks or holds at another size, in fileID order."""
+        self.shard(None)
+        return [m for _p, m in self.stream.problems] + self._problems
