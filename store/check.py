@@ -16,11 +16,12 @@ lists, named by a glob: `ab/**` (a folder of the backup), `*` (its top-level fil
 Naming paths as the phone names them is the sync layer's job. Damage in one object never stops the rest from
 being checked.
 
-Memory: the ids of damaged blobs with why; the set of pack ids; one snapshot's fold at a time (grouped by shard,
-~350 bytes a file: the fold cannot be had a shard at a time without reading every delta once per shard), one shard
-node of its tree at a time, and per shard node already walked the paths it loses (usually none): a shard node
-shared by many snapshots is decoded for the comparison but its chunks are looked up once. Blobs are located in the
-cache (memory-mapped) each time, not remembered. `read_data` adds one pack (≤ 16 MiB) and its header.
+Memory: the ids of damaged blobs with why; the set of pack ids; one delta group (≤ DELTA_GROUP changes) while a
+snapshot's deltas are folded into a sealed spool filed by shard (store/spool.py: the fold is on disk, read a shard
+at a time, every delta read once), then one shard of the fold and one shard node of its tree at a time, and per
+shard node already walked the paths it loses (usually none): a shard node shared by many snapshots is decoded for
+the comparison but its chunks are looked up once. Blobs are located in the cache (memory-mapped, its pages unmapped
+after each shard) each time, not remembered. `read_data` adds one pack (≤ 16 MiB) and its header.
 
 `readable_tree` and `unreadable_files` are the same answers for one snapshot as its readers meet them: its entries
 despite damaged tree nodes, and which files read back (by reading them: export/extract/restore --strict ask that
@@ -40,6 +41,7 @@ from .index import decode_index, index_name
 from .packs import BlobLocation, open_blob, pack_name, parse_header
 from .projections import DeviceView, SnapshotRecord, fold_state, lineage
 from .repository import Repository
+from .spool import ShardSpool
 from .trees import FileEntry, apply_delta, decode_root, decode_shard, read_root, shard_of
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -186,18 +188,32 @@ def _check_snapshot(
     nodes: dict[bytes, tuple[str, ...]],
     rep: CheckReport,
 ) -> list[str]:
-    """Check one snapshot; returns the paths it loses."""
+    """Check one snapshot; returns the paths it loses. The fold of its deltas is filed by shard on disk first
+    (`_SpilledFold`), then compared with its tree one shard at a time."""
     where = _where(view, snap)
-    folded = _fold(view, snap, blobs, where, rep)  # shard -> {path: entry}, or None
-    by_shard = folded if folded is not None else {}
+    with ShardSpool(repo.cache) as spool:
+        folded = _fold(view, snap, blobs, where, rep, spool)  # the spilled fold, or None
+        return _compare(repo, snap, blobs, nodes, rep, where, folded)
 
+
+def _compare(
+    repo: Repository,
+    snap: SnapshotRecord,
+    blobs: _Blobs,
+    nodes: dict[bytes, tuple[str, ...]],
+    rep: CheckReport,
+    where: str,
+    folded: _SpilledFold | None,
+) -> list[str]:
     def instead(shard: str | None) -> list[str]:
         """A tree node that cannot be read: readers take its files from the fold (`readable_tree`), so what is lost
         is the fold's files with a damaged chunk; with no fold, all of them, named by a glob."""
         if folded is None:
             return [lost_glob(shard)]
-        got = [e for d in by_shard.values() for e in d.values()] if shard is None else by_shard.get(shard, {}).values()
-        return sorted(e.path for e in got if any([blobs.damaged(c) for c in e.chunks]))
+        out: list[str] = []
+        for s in folded.shards() if shard is None else [shard]:
+            out += [e.path for e in folded.shard(s).values() if any([blobs.damaged(c) for c in e.chunks])]
+        return sorted(out)
 
     raw = blobs.get(snap.tree)
     try:
@@ -214,23 +230,27 @@ def _check_snapshot(
         return lost
     lost: list[str] = []
     differ: list[str] = []
+    seen: set[str] = set()
     for ref in refs:
+        repo.cache.trim()  # the cache pages the last shard's lookups mapped (store/residency.py)
         entries = _shard(ref.node, blobs, where, rep)
         if entries is None:
-            lost += instead(ref.shard)
-            by_shard.pop(ref.shard, None)
+            lost += instead(ref.shard) if ref.shard not in seen else []
+            seen.add(ref.shard)
             continue
         if folded is not None:
             tree = {e.path: e for e in entries}
-            fold = by_shard.pop(ref.shard, {})
+            fold = folded.shard(ref.shard) if ref.shard not in seen else {}  # a root naming a shard twice
             if tree != fold:
                 differ += sorted(p for p in tree.keys() | fold.keys() if tree.get(p) != fold.get(p))[:3]
+        seen.add(ref.shard)
         if ref.node not in nodes:
             # every chunk looked at (a list, not any()'s short cut), so each damaged blob is named once
             nodes[ref.node] = tuple(e.path for e in entries if any([blobs.damaged(c) for c in e.chunks]))
         lost += nodes[ref.node]
-    for rest in by_shard.values():  # shards the fold has and the tree lacks
-        differ += sorted(rest)[:3]
+    for shard in folded.shards() if folded is not None else ():  # shards the fold has and the tree lacks
+        if shard not in seen:
+            differ += sorted(folded.shard(shard))[:3]
     if differ:
         rep.errors.append(f"{where}: tree checkpoint differs from the fold of its deltas at {differ[:3]}")
     if lost:
@@ -242,37 +262,60 @@ def _where(view: DeviceView, snap: SnapshotRecord) -> str:
     return f"snapshot {snap.hex[:12]} ({view.info.name or view.device})"
 
 
-def _fold(view: DeviceView, snap: SnapshotRecord, blobs: _Blobs, where: str, rep: CheckReport):
+def _fold(
+    view: DeviceView, snap: SnapshotRecord, blobs: _Blobs, where: str, rep: CheckReport, spool: ShardSpool
+) -> _SpilledFold | None:
     def get(bid: bytes) -> bytes:
         data = blobs.get(bid)
         if data is None:
             raise MissingObject(f"delta {bid.hex()[:16]}…", blobs.bad.get(bid, "unreadable"))
         return data
 
-    state = _ShardedFold()
+    state = _SpilledFold(spool)
     try:
         for rec in lineage(view, snap.id):
             for delta in rec.deltas:
                 apply_delta(state, get(delta), f"delta {delta.hex()[:16]}")
-        return state.shards
+                state.spill()
+        return state
     except (PhonevaultError, ValueError) as e:
         rep.errors.append(f"{where}: its deltas do not fold ({e}); the tree is not verified against them")
         return None
 
 
-class _ShardedFold:
-    """A fold of deltas kept as shard -> {path: entry} (what `apply_delta` needs of a map), so the check compares it
-    with the tree shard by shard without a second, flat map of the whole snapshot."""
+class _SpilledFold:
+    """The fold of a snapshot's deltas, filed by shard on disk: `apply_delta` records each delta's removes and puts
+    here (what it needs of a map), `spill` files them by shard in a sealed spool (store/spool.py), and `shard(s)`
+    replays one shard's changes in order into that shard's map. So the check holds one delta group and one shard,
+    and reads every delta once, whatever the number of files."""
 
-    def __init__(self) -> None:
-        self.shards: dict[str, dict[str, FileEntry]] = {}
+    def __init__(self, spool: ShardSpool) -> None:
+        self._spool = spool
+        self._ops: dict[str, list] = {}  # shard -> [[path] (removed) | [path, entry] (put)], this delta's
 
-    def pop(self, path: str, default: FileEntry | None = None) -> FileEntry | None:
-        got = self.shards.get(shard_of(path))
-        return got.pop(path, default) if got is not None else default
+    def pop(self, path: str, default: FileEntry | None = None) -> None:
+        self._ops.setdefault(shard_of(path), []).append([path])
 
     def __setitem__(self, path: str, entry: FileEntry) -> None:
-        self.shards.setdefault(shard_of(path), {})[path] = entry
+        self._ops.setdefault(shard_of(path), []).append([path, entry.encode()])
+
+    def spill(self) -> None:
+        for shard, ops in self._ops.items():
+            self._spool.append(shard, ops)
+        self._ops = {}
+
+    def shards(self) -> list[str]:
+        return self._spool.shards()
+
+    def shard(self, shard: str) -> dict[str, FileEntry]:
+        out: dict[str, FileEntry] = {}
+        for ops in self._spool.read(shard):
+            for op in ops:
+                if len(op) == 1:
+                    out.pop(op[0], None)
+                else:
+                    out[op[0]] = FileEntry.decode(op[1])
+        return out
 
 
 def _shard(node: bytes, blobs: _Blobs, where: str, rep: CheckReport) -> list[FileEntry] | None:
