@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "s3.json"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="phonevault-s3-bench-"))
-    seaweed = start_seaweedfs(work / "seaweedfs")
+    seaweed = start_seaweedfs(work / "seaweedfs", volume_mb=1024)  # volumes grown once, not during the first step
     try:
         phone = SyntheticPhone(seed=7, size=parse_size(args.size))
         src = phone.write_backup(work / "src", day=0)

