@@ -65,6 +65,7 @@ import msgpack
 
 from .backends.local import mkdirs_private
 from .crypto import MasterKey
+from .derived import DerivedValues
 from .errors import CacheCorrupt, PhonevaultError
 from .packs import BlobLocation
 from .residency import drop_mapped
@@ -91,7 +92,7 @@ _open_here: set[str] = set()  # cache directories open in this process (LMDB ref
 _open_here_lock = threading.Lock()
 
 
-class Cache:
+class Cache(DerivedValues):
     """One repository's cache. Reads come from the thread that owns the repository; `add_index` may also come from
     the pack writer's thread (writes and resets are serialised by a lock)."""
 
@@ -459,21 +460,6 @@ class Cache:
         from .spool import Spool  # noqa: PLC0415  (spool.py builds on this module)
 
         return Spool(self)
-
-    # --- derived projections ----------------------------------------------------------------------------------
-    def derived_get(self, key: bytes) -> bytes | None:
-        k = self._derived_key(key)
-        try:
-            raw = self._read().get(k, db=self._derived)
-            return None if raw is None else self._open(b"derived", k, raw)
-        except (lmdb.Error, CacheCorrupt) as e:
-            self._recover(e)
-            return None
-
-    def derived_put(self, key: bytes, value: bytes) -> None:
-        k = self._derived_key(key)
-        sealed = self._seal(b"derived", k, bytes(value))
-        self._write(lambda txn: txn.put(k, sealed, db=self._derived))
 
 
 def _split_stat_key(key: bytes) -> tuple[bytes, bytes, bytes]:

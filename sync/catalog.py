@@ -37,20 +37,20 @@ from pathlib import Path
 
 import msgpack
 
-from phonevault.store.errors import CorruptObject, PathNotFound
+from phonevault.store.errors import CacheCorrupt, CorruptObject, PathNotFound
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree, lookup
 
 from .catalogshards import (
     CATALOG_SHARDS_FORMAT,
+    CachedHead,
     CachedRows,
     ManifestStream,
+    MemoWriter,
     old_memo,
     parse_shards,
     read_head,
-    store_memo,
-    store_memo_head,
     unpack_shard,
     write_cached,
 )
@@ -338,12 +338,12 @@ def _load_catalog(repo: Repository, snap: SnapshotRecord, meta, password: Backup
 def _load_sharded(repo: Repository, snap: SnapshotRecord, key: bytes, source: FileEntry) -> Catalog:
     """A Manifest.db snapshot's catalog, read back a shard at a time from the cache (sync/catalogshards.py); parsed
     from the vault into the cache first if it is not there, in memory (no file ever holds the vault's bytes)."""
-    if (head := read_head(repo, key)) is None:
-        where = f"snapshot {snap.hex[:12]}: Manifest.db"
+
+    def parse() -> CachedHead:
         messages = parse_shards(
             _read_whole(repo, source),  # emptied once SQLite holds its copy
             old_memo(repo, snap.device_key),
-            where,
+            f"snapshot {snap.hex[:12]}: Manifest.db",
             _row,
             _row_problem,
             _duplicate_problems,
@@ -351,9 +351,13 @@ def _load_sharded(repo: Repository, snap: SnapshotRecord, key: bytes, source: Fi
         stream = _ParsedHere(repo, snap.device_key, messages)
         write_cached(repo, key, stream.rows(), lambda: (stream.problems, stream.conforming))
         head = read_head(repo, key)
-        assert head is not None
+        if head is None:  # the cache failed and was rebuilt while it was written
+            raise CacheCorrupt(str(repo.cache.path), "the catalog just written is not there")
+        return head
+
+    head = read_head(repo, key) or parse()
     problems = tuple(CatalogProblem(p, m) for p, m in head.problems)
-    return Catalog(CachedRows(repo, head), problems, MANIFEST_DB)
+    return Catalog(CachedRows(repo, head, parse), problems, MANIFEST_DB)
 
 
 class _ParsedHere:
@@ -366,7 +370,7 @@ class _ParsedHere:
         self.conforming = True
 
     def rows(self) -> Iterator[tuple[str, list]]:
-        shards = []
+        memo = MemoWriter(self._repo, self._device_key)
         for message in self._messages:
             got = unpack_shard(message)
             if isinstance(got, list):
@@ -375,10 +379,9 @@ class _ParsedHere:
             self._row_problems += got.row_problems
             self._dup_problems += got.dup_problems
             self.conforming = self.conforming and got.conforming
-            store_memo(self._repo, self._device_key, got.shard, got.memo)
-            shards.append(got.shard)
+            memo.add(got.shard, got.memo)
             yield got.shard, got.rows
-        store_memo_head(self._repo, self._device_key, shards)
+        memo.finish()
 
     @property
     def problems(self) -> list:

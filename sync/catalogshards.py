@@ -95,13 +95,33 @@ def _memo_key(device_key: str, shard: str) -> bytes:
     return _memo_head(device_key) + b"/" + shard.encode(errors="surrogatepass")
 
 
-def store_memo(repo: Repository, device_key: str, shard: str, memo: dict) -> None:
-    repo.cache.derived_put(_memo_key(device_key, shard), msgpack.packb(memo))
+class MemoWriter:
+    """A parse's new memo into the cache, a shard at a time as it comes, several shards per write transaction (each
+    commit is an fsync); the head, naming the shards, last (`finish`)."""
 
+    BATCH = 1 << 20
 
-def store_memo_head(repo: Repository, device_key: str, shards: list[str]) -> None:
-    """Named last, once every shard's memo is written: the shards a parse holds next time."""
-    repo.cache.derived_put(_memo_head(device_key), msgpack.packb(shards))
+    def __init__(self, repo: Repository, device_key: str) -> None:
+        self._repo, self._device_key = repo, device_key
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._size = 0
+        self.shards: list[str] = []
+
+    def add(self, shard: str, memo: dict) -> None:
+        packed = msgpack.packb(memo)
+        self._pending.append((_memo_key(self._device_key, shard), packed))
+        self._size += len(packed)
+        self.shards.append(shard)
+        if self._size >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._repo.cache.derived_put_many(self._pending)
+        self._pending, self._size = [], 0
+
+    def finish(self) -> None:
+        self._pending.append((_memo_head(self._device_key), msgpack.packb(self.shards)))
+        self._flush()
 
 
 def old_memo(repo: Repository, device_key: str) -> Iterator[tuple[str, dict]]:
@@ -250,7 +270,7 @@ class ManifestStream:
     def __init__(self, repo: Repository, device_key: str, path: Path, funcs: tuple) -> None:
         check_manifest_db(path)
         self._repo, self._device_key, self._path, self._funcs = repo, device_key, path, funcs
-        self._memo_shards: list[str] = []
+        self._memo = MemoWriter(repo, device_key)
         self._row_problems: list = []
         self._dup_problems: list = []
         self._pending: CatalogShard | None = None
@@ -328,13 +348,12 @@ class ManifestStream:
             self._row_problems += got
             self._done = True
             self._stop_child()
-            store_memo_head(self._repo, self._device_key, self._memo_shards)
+            self._memo.finish()
             return None
         self._row_problems += got.row_problems
         self._dup_problems += got.dup_problems
         self.conforming = self.conforming and got.conforming
-        store_memo(self._repo, self._device_key, got.shard, got.memo)
-        self._memo_shards.append(got.shard)
+        self._memo.add(got.shard, got.memo)
         return got
 
     def upto(self, shard: str | None) -> Iterator[CatalogShard]:
@@ -357,9 +376,13 @@ def write_cached(repo: Repository, key: bytes, shards: Iterable[tuple[str, list]
     """A catalog into the cache under `key` (format in the module docstring): every shard, then the head, whose
     problems and conformance `head()` gives once the shards are written."""
     counts = []
-    for shard, rows in shards:
-        repo.cache.derived_put(key + b"/" + shard.encode(errors="surrogatepass"), msgpack.packb(rows))
-        counts.append([shard, len(rows)])
+
+    def values() -> Iterator[tuple[bytes, bytes]]:
+        for shard, rows in shards:
+            counts.append([shard, len(rows)])
+            yield key + b"/" + shard.encode(errors="surrogatepass"), msgpack.packb(rows)
+
+    repo.cache.derived_put_many(values())
     problems, ok = head()
     repo.cache.derived_put(key, msgpack.packb([counts, problems, ok]))
 
@@ -380,24 +403,33 @@ def read_head(repo: Repository, key: bytes) -> CachedHead | None:
     return CachedHead(key, tuple((s, n) for s, n in counts), tuple((p, m) for p, m in problems), bool(ok))
 
 
-def read_shard(repo: Repository, head: CachedHead, shard: str) -> list[CatalogEntry]:
+def read_shard(repo: Repository, head: CachedHead, shard: str) -> list[CatalogEntry] | None:
+    """A cached shard's rows; None if it is not there (the cache was found damaged and rebuilt meanwhile)."""
     raw = repo.cache.derived_get(head.key + b"/" + shard.encode(errors="surrogatepass"))
-    if raw is None:
-        raise CacheCorrupt(str(repo.cache.path), f"catalog shard {shard!r} is missing (the cache changed meanwhile)")
-    return [CatalogEntry(*r) for r in msgpack.unpackb(raw)]
+    return None if raw is None else [CatalogEntry(*r) for r in msgpack.unpackb(raw)]
 
 
 class CachedRows:
-    """A cached catalog's rows, read back one shard at a time each time they are iterated (in fileID order)."""
+    """A cached catalog's rows, read back one shard at a time each time they are iterated (in fileID order). A shard
+    gone from the cache (damage found, the cache rebuilt empty) is parsed again from the vault (`rebuild`)."""
 
-    __slots__ = ("_repo", "head")
+    __slots__ = ("_repo", "_rebuild", "head")
 
-    def __init__(self, repo: Repository, head: CachedHead) -> None:
-        self._repo, self.head = repo, head
+    def __init__(self, repo: Repository, head: CachedHead, rebuild: Callable[[], CachedHead]) -> None:
+        self._repo, self.head, self._rebuild = repo, head, rebuild
+
+    def _shard(self, shard: str) -> list[CatalogEntry]:
+        rows = read_shard(self._repo, self.head, shard)
+        if rows is None:
+            self.head = self._rebuild()
+            rows = read_shard(self._repo, self.head, shard)
+        if rows is None:
+            raise CacheCorrupt(str(self._repo.cache.path), f"catalog shard {shard!r} is missing once parsed again")
+        return rows
 
     def __iter__(self) -> Iterator[CatalogEntry]:
         for shard, _n in self.head.counts:
-            yield from read_shard(self._repo, self.head, shard)
+            yield from self._shard(shard)
 
     def __len__(self) -> int:
         return sum(n for _s, n in self.head.counts)
@@ -406,7 +438,7 @@ class CachedRows:
         """The rows of one fileID: one shard read."""
         if not any(s == shard_of_id(file_id) for s, _n in self.head.counts):
             return []
-        return [c for c in read_shard(self._repo, self.head, shard_of_id(file_id)) if c.file_id == file_id]
+        return [c for c in self._shard(shard_of_id(file_id)) if c.file_id == file_id]
 
 
 class FolderCompare:
