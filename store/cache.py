@@ -68,7 +68,7 @@ from .crypto import MasterKey
 from .derived import DerivedValues
 from .errors import CacheCorrupt, PhonevaultError
 from .packs import BlobLocation
-from .residency import drop_mapped
+from .residency import drop, find_map
 
 if TYPE_CHECKING:
     from .spool import Spool
@@ -112,6 +112,7 @@ class Cache(DerivedValues):
         self._folder: tuple[bytes, int, dict] | None = None  # (folder, _stat_gen, its entries) last read
         self._stat_gen = 0  # bumped by every write of stat entries and every reset
         self.env: lmdb.Environment | None = None
+        self._map: tuple[int, int] | None = None  # where data.mdb is mapped while `env` is open (`trim`)
         mkdirs_private(path)
         try:
             if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
@@ -213,6 +214,7 @@ class Cache(DerivedValues):
             pass  # without it the next open verifies the file: slower, never wrong
 
     def _close_env(self) -> None:
+        self._map = None  # its span may be other memory once it is closed
         if self._rtxn is not None:
             self._rtxn.abort()
             self._rtxn = None
@@ -452,9 +454,15 @@ class Cache(DerivedValues):
 
     def trim(self) -> None:
         """Unmap the pages of data.mdb this process touched (store/residency.py): commands call it after each
-        shard, so the map costs the pages one shard touches, not the whole index."""
-        if self.env is not None:
-            drop_mapped(str(self.path / "data.mdb"))
+        shard, so the map costs the pages one shard touches, not the whole index. Under the lock, so the map
+        cannot be closed (a reset) between finding it and dropping its pages."""
+        with self._lock:
+            if self.env is None:
+                return
+            if self._map is None:
+                self._map = find_map(str(self.path / "data.mdb"))
+            if self._map is not None:
+                drop(self._map, str(self.path / "data.mdb"))
 
     def spool(self) -> Spool:
         from .spool import Spool  # noqa: PLC0415  (spool.py builds on this module)

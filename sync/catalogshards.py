@@ -5,8 +5,9 @@ Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are
 as soon as its last row is read: [shard, rows (catalog._row packs), file sizes [[fileID, size, keyed], …], the
 row problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems
 of this shard, this shard's fresh memo]. An import parses in a forked child (decoding MBFile archives is pure Python;
-on the other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is done, at
-most one shard ahead of the import (the pipe blocks): the parent compares it with the folder's shard and spools it.
+on the other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is done,
+at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer, in the kernel): the parent compares it with the
+folder's shard and spools it.
 Without a second process the same generator runs in the parent, pulled shard by shard.
 
 MBFile memo (MEMO_FORMAT 2). Decoding a row costs ~120 µs and almost every row's archive is the same bytes from one
@@ -30,7 +31,9 @@ by SQLite while it is read.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import hashlib
 import multiprocessing
 import os
@@ -52,6 +55,7 @@ from .layouts import MANIFEST_DB
 from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, check_manifest_db, read_manifest_db
 
 CATALOG_SHARDS_FORMAT = 3
+PIPE_AHEAD = 1 << 20  # bytes of parsed shards the child may send before the import takes them (the pipe's buffer)
 MEMO_FORMAT = 2
 
 PackRow = Callable[[CatalogEntry], list]
@@ -296,6 +300,8 @@ class ManifestStream:
             self._spool.append(batch)
         self._spool.flush()
         reader, writer = multiprocessing.get_context("fork").Pipe(duplex=False)
+        with contextlib.suppress(OSError):  # room for the child to run ahead of a slower shard (Linux; else 64 KiB)
+            fcntl.fcntl(writer.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_AHEAD)
         self._proc = multiprocessing.get_context("fork").Process(
             target=_child, args=(writer, os.getpid(), str(self._path), self._spool, self._funcs), daemon=True
         )
