@@ -9,6 +9,7 @@ parts: FoldersNotImported, exit 3, not the failed folder's 1 (which would say no
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import click
@@ -16,7 +17,7 @@ import click
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository, format_time
-from phonevault.sync.decrypted_remembered import STALE, remembered
+from phonevault.sync.decrypted_remembered import STALE, any_remembered, remembered
 from phonevault.sync.encrypted import BackupPassword
 from phonevault.sync.errors import FoldersNotImported, SourceIncomplete, WrongBackupPassword
 from phonevault.sync.layouts import MBDB
@@ -85,12 +86,15 @@ def import_(repo: Repository, path: Path | None, store_decrypted: bool, backup_p
         raise worst
 
 
+MAX_INFO_PLIST = 16 << 20  # an Info.plist lists apps' icons: megabytes at most
+
+
 def _import(repo: Repository, folder: Path, update, password: BackupPassword | None) -> ImportResult:
     """One folder, stored decrypted with the password given, else with its device's remembered one (`device
     remember-password`), which when stale (changed on the phone) stores it as sent with a problem named."""
     if password is not None:
         return import_folder(repo, folder, progress=update, store_decrypted=password)
-    pw = remembered(repo, _udid(folder))
+    pw = remembered(repo, _udid(folder)) if any_remembered(repo) else None
     if pw is None:
         return import_folder(repo, folder, progress=update)
     try:
@@ -102,9 +106,15 @@ def _import(repo: Repository, folder: Path, update, password: BackupPassword | N
 
 
 def _udid(folder: Path) -> str:
-    """The UDID a folder's Info.plist names (as the import reads it), else the folder's name."""
+    """The UDID a folder's Info.plist names (as the import reads it), else the folder's name. Only a regular file of
+    a plist's size is read: a folder may hold a pipe or a link to a device file under that name (the import itself
+    names those; here they only mean "use the folder's name")."""
+    info = folder / "Info.plist"
     try:
-        return read_info_plist((folder / "Info.plist").read_bytes(), "Info.plist").udid or folder.name
+        st = info.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_INFO_PLIST:
+            return folder.name
+        return read_info_plist(info.read_bytes(), "Info.plist").udid or folder.name
     except (OSError, PhonevaultError):
         return folder.name
 

@@ -43,6 +43,12 @@ def forget(repo: Repository, udid: str) -> bool:
     return True
 
 
+def any_remembered(repo: Repository) -> bool:
+    """Whether any device of the vault has a remembered password (one listing: an import of a folder need not read
+    its UDID otherwise)."""
+    return any(True for _ in repo.backend.list("settings/"))
+
+
 def remembered(repo: Repository, udid: str) -> str | None:
     """The device's remembered backup password, None if none is. CorruptObject if the object does not open."""
     name = _name(repo, udid)

@@ -374,3 +374,17 @@ def test_stored_decrypted_leaves_nothing_private_in_plaintext_on_disk(cli_env, p
         wanted = needles(phone.device_dir)
         assert len(wanted) >= 15, wanted
         assert scan([vault, cache, tmpdir], wanted) == []
+
+
+def test_a_remembered_password_never_reads_a_pipe_in_place_of_info_plist(pv, cli_env, folders, tmp_path):
+    """Finding the device of a folder to import (its remembered password) reads only a regular Info.plist: a FIFO
+    there (a hostile folder) once blocked the import forever. It is named by the import, as without a password."""
+    src = tmp_path / "src" / folders["enc_a"].name
+    shutil.copytree(folders["enc_a"], src)
+    (src / "Info.plist").unlink()
+    os.mkfifo(src / "Info.plist")
+    pv("init", check=True)
+    pv("device", "remember-password", src.name, "--backup-password", PASSWORD, check=True)
+    r = pv("import", str(src), timeout=120)
+    assert r.returncode == 3 and "Info.plist: not a regular file" in r.stderr, r.stderr
+    assert js(pv("snapshots", "--json"))[-1]["stored_decrypted"] > 0
