@@ -23,9 +23,10 @@ put_exclusive, which store/writer.py makes only after `flush()` returned.
 
 Memory bound: (2 open + P in flight) packs, each ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B,
 the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writes`; plus the sealing queue: its
-plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB). On a disk
-(P = 2): 4 × 16 + 16 = 80 MiB typical, ≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB
-worst.
+plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`
+also queues each blob's stored form, no larger than its plaintext: ≤ 3 × 16 MiB). On a disk (P = 2):
+4 × 16 + 16 = 80 MiB typical, ≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst
+(copy: + 16 MiB).
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
 `verify_packs` checks that every pack the snapshot depends on still exists.
@@ -108,6 +109,7 @@ class BlobSink:
         self._sealing: deque[tuple[list[Pending], Future[list[bytes]]]] = deque()  # in put order
         self._unsealed: dict[bytes, bytes] = {}  # id -> plaintext of every blob in _batch or _sealing
         self._unsealed_bytes = 0
+        self._in_packs: dict[bytes, PackWriter] = {}  # id -> the open or in-flight pack holding it: one lookup
 
     def _new_pack(self) -> PackWriter:
         return PackWriter(self.repo.backend, self.repo.key, self._pack_size)
@@ -115,11 +117,8 @@ class BlobSink:
     def _writer(self, blob_type: int) -> PackWriter:
         return self._packs[DATA if blob_type == DATA else TREE]
 
-    def _open_writers(self) -> list[PackWriter]:
-        return [*self._packs.values(), *(w for w, _ in self._inflight)]
-
     def known(self, blob_id: bytes) -> bool:
-        if blob_id in self._unsealed or any(blob_id in w.pending for w in self._open_writers()):
+        if blob_id in self._unsealed or blob_id in self._in_packs:
             return True
         loc = self.repo.locate(blob_id)
         if loc is None or loc.pack in self._avoid:
@@ -131,9 +130,8 @@ class BlobSink:
         """Read a blob, including one still being sealed or in an open or not yet written pack."""
         if (plain := self._unsealed.get(blob_id)) is not None:
             return plain
-        for w in self._open_writers():
-            if (sealed := w.sealed(blob_id)) is not None:
-                return open_blob(self.repo.key, blob_id, sealed, "open pack")
+        if (writer := self._in_packs.get(blob_id)) is not None:
+            return open_blob(self.repo.key, blob_id, writer.sealed(blob_id), "open pack")
         return self.repo.get_blob(blob_id)
 
     def verify_packs(self) -> None:
@@ -187,6 +185,7 @@ class BlobSink:
     def _add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         writer = self._writer(blob_type)
         writer.add(blob_id, blob_type, sealed, raw_length)
+        self._in_packs[blob_id] = writer
         self.stats.new_blobs += 1
         self.stats.new_raw += raw_length
         self.stats.new_bytes += len(sealed)
@@ -217,17 +216,22 @@ class BlobSink:
 
     def _retire(self) -> None:
         """Wait for the oldest pack in flight; record it, or keep its failure (sticky) and raise it here."""
-        _writer, future = self._inflight[0]
+        writer, future = self._inflight[0]
         try:
             pack_id = future.result()
         except BaseException as e:
-            self._inflight.pop(0)  # its blobs are no longer "known": nothing may be deduplicated against them
+            self._drop(writer)  # its blobs are no longer "known": nothing may be deduplicated against them
             if self._failed is None:
                 self._failed = e
             raise
-        self._inflight.pop(0)
+        self._drop(writer)  # its blobs are in the cache now (the writing thread added its index)
         if pack_id is not None:
             self.stats.packs.append(pack_id)
+
+    def _drop(self, writer: PackWriter) -> None:
+        self._inflight.pop(0)
+        for blob_id in writer.pending:
+            del self._in_packs[blob_id]
 
     def flush(self) -> None:
         """Write the open packs and wait for every pack in flight. Raises the first pack write that failed in this
