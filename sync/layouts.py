@@ -23,6 +23,7 @@ from pathlib import Path
 
 from phonevault.store.errors import UnsupportedFormat
 
+from .paths import shown
 from .records import BackupMeta
 
 
@@ -50,11 +51,11 @@ class Layout:
         for fid, size in sizes.items():
             rel = self.backup_path(fid)
             if (have := present.get(rel)) is None:
-                problems.append(f"{rel}: listed in {self.listing} but missing from the folder")
+                problems.append(f"{shown(rel)}: listed in {self.listing} but missing from the folder")
             elif fid in keyed and not (have % 16 == 0 and size < have <= size + 16):
-                problems.append(f"{rel}: {have} bytes, {self.listing} says {size} before padding (truncated?)")
+                problems.append(f"{shown(rel)}: {have} bytes, {self.listing} says {size} before padding (truncated?)")
             elif fid not in keyed and have != size:
-                problems.append(f"{rel}: {have} bytes, {self.listing} says {size} (truncated?)")
+                problems.append(f"{shown(rel)}: {have} bytes, {self.listing} says {size} (truncated?)")
         if not self.subfolders:
             named = {self.backup_path(fid) for fid in sizes} | self.metadata
             for rel in sorted(present.keys() - named):
@@ -62,7 +63,7 @@ class Layout:
                     rel.endswith(self.companion) or rel.removesuffix(self.suffix) + self.companion in present
                 ):
                     continue
-                problems.append(f"{rel}: no {self.record} names it (stored as it is)")
+                problems.append(f"{shown(rel)}: no {self.record} names it (stored as it is)")
         return problems
 
 
