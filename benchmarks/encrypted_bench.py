@@ -21,13 +21,8 @@ Results print as one JSON document (and go to --out).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import plistlib
 import shutil
-import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,54 +34,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tools import Borg, Phonevault, Restic, ensure_peer, tool_version  # noqa: E402
 
 from phonevault.sync.emulator.phone import SyntheticPhone  # noqa: E402
-from phonevault.sync.ioscrypto import (  # noqa: E402
-    decrypt,
-    encrypt,
-    parse_keybag,
-    unlock_class_keys,
-    unwrap_key,
-    wrapped_key,
-)
-from phonevault.sync.mbfile import decode_mbfile, encode_mbfile  # noqa: E402
+from phonevault.sync.emulator.rekey import rekey_folder  # noqa: E402
 
 BACKUP_PASSWORD = "benchmark backup password"
 
 
 def rekeyed(src: Path, dst: Path, password: str, salt: bytes) -> Path:
-    """A copy of the encrypted folder `src` at `dst` as the phone's next full backup writes it: each file and
-    Manifest.db under a fresh key (mtimes kept). The decrypted Manifest.db is a scratch file while it is edited."""
+    """A copy of the encrypted folder `src` at `dst` as the phone's next full backup writes it."""
     shutil.copytree(src, dst)
-    plist = plistlib.loads((dst / "Manifest.plist").read_bytes())
-    class_keys = unlock_class_keys(parse_keybag(plist["BackupKeyBag"]), password)
-    scratch = dst.parent / f"{dst.name}.scratch.db"
-    scratch.write_bytes(
-        b"".join(decrypt(unwrap_key(class_keys, plist["ManifestKey"]), [(dst / "Manifest.db").read_bytes()]))
-    )
-    conn = sqlite3.connect(scratch)
-    with conn:
-        for fid, blob in conn.execute("SELECT fileID, file FROM Files WHERE flags = 1").fetchall():
-            fields = decode_mbfile(blob)
-            old = fields["EncryptionKey"]
-            new = hashlib.sha256(salt + fid.encode()).digest()
-            path = dst / fid[:2] / fid
-            st = path.stat()
-            plain = b"".join(decrypt(unwrap_key(class_keys, old), [path.read_bytes()]))
-            path.write_bytes(b"".join(encrypt(new, iter([plain]))))
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-            pclass = struct.unpack("<I", old[:4])[0]
-            fields["EncryptionKey"] = wrapped_key(pclass, class_keys[pclass], new)
-            conn.execute("UPDATE Files SET file = ? WHERE fileID = ?", (encode_mbfile(fields), fid))
-    conn.close()
-    new_db_key = hashlib.sha256(salt + b"Manifest.db").digest()
-    db = dst / "Manifest.db"
-    st = db.stat()
-    db.write_bytes(b"".join(encrypt(new_db_key, iter([scratch.read_bytes()]))))
-    os.utime(db, ns=(st.st_atime_ns, st.st_mtime_ns))
-    scratch.unlink()
-    pclass = struct.unpack("<I", plist["ManifestKey"][:4])[0]
-    plist["ManifestKey"] = wrapped_key(pclass, class_keys[pclass], new_db_key)
-    (dst / "Manifest.plist").write_bytes(plistlib.dumps(plist, fmt=plistlib.FMT_BINARY))
-    return dst
+    return rekey_folder(dst, password, salt)
 
 
 def du(path: Path) -> int:

@@ -47,6 +47,7 @@ from .catalogshards import (
     CachedHead,
     CachedRows,
     ManifestStream,
+    Memo,
     MemoWriter,
     old_memo,
     parse_shards,
@@ -109,25 +110,6 @@ class Catalog:
         return [p.message for p in self.problems if not path or not p.path or under(p.path, path)]
 
 
-class _Memo(dict):
-    """The previous Manifest.db's decoded rows; remembers in `fresh` every row this parse used or decoded, so the
-    stored memo only ever holds one Manifest.db's worth of rows."""
-
-    def __init__(self, old: dict) -> None:
-        super().__init__(old)
-        self.fresh: dict[bytes, list] = {}
-
-    def get(self, key, default=None):
-        value = super().get(key, default)
-        if value is not None:
-            self.fresh[key] = value
-        return value
-
-    def __setitem__(self, key, value) -> None:
-        super().__setitem__(key, value)
-        self.fresh[key] = value
-
-
 def _memo_key(device_key: str) -> bytes:
     return b"mbfile-memo/1/" + device_key.encode()
 
@@ -178,7 +160,7 @@ def _pack(
 
 def _parse_packed(source: ManifestSource, packed_memo: bytes | None, where: str | None = None) -> ParsedCatalog:
     """The one parse of a Manifest.db (a file for an import, bytes from the vault otherwise) into what is cached."""
-    memo = _Memo(msgpack.unpackb(packed_memo) if packed_memo else {})
+    memo = Memo(msgpack.unpackb(packed_memo) if packed_memo else {})
     row_problems: list[RowProblem] = []
     parsed = _pack(read_manifest_db(source, memo, row_problems, where), row_problems, MANIFEST_DB.record)
     return replace(parsed, packed_memo=msgpack.packb(memo.fresh))

@@ -137,16 +137,34 @@ def old_memo(repo: Repository, device_key: str) -> Iterator[tuple[str, dict]]:
             yield shard, msgpack.unpackb(raw, strict_map_key=False)
 
 
-class _WindowMemo(dict):
+class Memo(dict):
+    """The previous Manifest.db's decoded rows; remembers in `fresh` every row this parse used or decoded, so the
+    stored memo only ever holds one Manifest.db's worth of rows."""
+
+    def __init__(self, old: dict) -> None:
+        super().__init__(old)
+        self.fresh: dict[bytes, list] = {}
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        if value is not None:
+            self.fresh[key] = value
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.fresh[key] = value
+
+
+class _WindowMemo(Memo):
     """The memo `read_manifest_db` asks: the old memo's shard of the row being read and the next one; records what
     each row used or decoded (`fresh`) so it is stored with that row's shard."""
 
     def __init__(self, old: Iterator[tuple[str, dict]]) -> None:
-        super().__init__()
+        super().__init__({})
         self._old = old
         self._window: list[tuple[str, dict]] = []
         self._exhausted = False
-        self.fresh: dict[bytes, list] = {}
         self._pull()
 
     def _pull(self) -> bool:
@@ -168,16 +186,6 @@ class _WindowMemo(dict):
         self.clear()  # what the shards before decoded went with them (into their `fresh`)
         for _s, memo in self._window:
             self.update(memo)
-
-    def get(self, key, default=None):
-        value = super().get(key, default)
-        if value is not None:
-            self.fresh[key] = value
-        return value
-
-    def __setitem__(self, key, value) -> None:
-        super().__setitem__(key, value)
-        self.fresh[key] = value
 
 
 def parse_shards(

@@ -15,14 +15,14 @@ import os
 import plistlib
 import shutil
 import sqlite3
-import struct
 from pathlib import Path
 
 import pytest
 
 from phonevault.sync.emulator.phone import SyntheticPhone
-from phonevault.sync.ioscrypto import decrypt, encrypt, parse_keybag, unlock_class_keys, unwrap_key, wrapped_key
-from phonevault.sync.mbfile import decode_mbfile, encode_mbfile
+from phonevault.sync.emulator.rekey import rekey_folder
+from phonevault.sync.ioscrypto import decrypt, encrypt, parse_keybag, unlock_class_keys, unwrap_key
+from phonevault.sync.mbfile import decode_mbfile
 
 PASSWORD = "tr0ub4dor&3"
 SEED, SIZE = 29, 2 << 20
@@ -52,47 +52,13 @@ def stored(vault: Path) -> dict[str, str]:
             if p.is_file()}  # fmt: skip
 
 
-def rekeyed(folder: Path, password: str, salt: bytes) -> Path:
-    """`folder` as a phone's next full backup writes it: every file encrypted again under a fresh key of its own
-    (wrapped by the same class key into its Manifest.db row), Manifest.db under a fresh ManifestKey. Test data only:
-    the decrypted Manifest.db is a scratch file beside the folder while it is edited."""
-    plist = plistlib.loads((folder / "Manifest.plist").read_bytes())
-    class_keys = unlock_class_keys(parse_keybag(plist["BackupKeyBag"]), password)
-    scratch = folder.parent / f"{folder.parent.name}-scratch.db"
-    db_key = unwrap_key(class_keys, plist["ManifestKey"])
-    scratch.write_bytes(b"".join(decrypt(db_key, [(folder / "Manifest.db").read_bytes()])))
-    with sqlite3.connect(scratch) as conn:
-        for fid, blob in conn.execute("SELECT fileID, file FROM Files WHERE flags = 1").fetchall():
-            fields = decode_mbfile(blob)
-            old = fields["EncryptionKey"]
-            new = hashlib.sha256(salt + fid.encode()).digest()
-            path = folder / fid[:2] / fid
-            st = path.stat()
-            plain = b"".join(decrypt(unwrap_key(class_keys, old), [path.read_bytes()]))
-            path.write_bytes(b"".join(encrypt(new, iter([plain]))))
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-            pclass = struct.unpack("<I", old[:4])[0]
-            fields["EncryptionKey"] = wrapped_key(pclass, class_keys[pclass], new)
-            conn.execute("UPDATE Files SET file = ? WHERE fileID = ?", (encode_mbfile(fields), fid))
-    conn.close()
-    new_db_key = hashlib.sha256(salt + b"Manifest.db").digest()
-    st = (folder / "Manifest.db").stat()
-    (folder / "Manifest.db").write_bytes(b"".join(encrypt(new_db_key, iter([scratch.read_bytes()]))))
-    os.utime(folder / "Manifest.db", ns=(st.st_atime_ns, st.st_mtime_ns))
-    scratch.unlink()
-    pclass = struct.unpack("<I", plist["ManifestKey"][:4])[0]
-    plist["ManifestKey"] = wrapped_key(pclass, class_keys[pclass], new_db_key)
-    (folder / "Manifest.plist").write_bytes(plistlib.dumps(plist, fmt=plistlib.FMT_BINARY))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     """Two full encrypted backups of one phone on day 0 (each with fresh keys) and its plain twin."""
     root = tmp_path_factory.mktemp("phones")
     enc = SyntheticPhone(SEED, SIZE, password=PASSWORD)
     out = {"enc_a": enc.write_backup(root / "enc_a", 0)}
-    out["enc_b"] = rekeyed(enc.write_backup(root / "enc_b", 0), PASSWORD, b"second full backup")
+    out["enc_b"] = rekey_folder(enc.write_backup(root / "enc_b", 0), PASSWORD, b"second full backup")
     out["plain"] = SyntheticPhone(SEED, SIZE).write_backup(root / "plain", 0)
     return out
 
