@@ -42,6 +42,30 @@ def _shot(driver, name: str, tmp: Path) -> None:
     assert (target / name).stat().st_size > 10_000
 
 
+def deleted_tile(driver, name: str):
+    """The camera roll's tile of `name` once it shows, marked as no longer on the phone."""
+    from selenium.webdriver.common.by import By
+
+    tile = wait_for(
+        lambda: driver.find_elements(By.CSS_SELECTOR, f'li.tile[data-name="{name}"]'), what="the deleted photo"
+    )[0]
+    assert "not on the phone any more" in tile.text
+    return tile
+
+
+def download_from(driver, tile, name: str) -> bytes:
+    """Open `tile`'s photo page, wait for its preview to decode, download the original: its bytes."""
+    from selenium.webdriver.common.by import By
+
+    tile.find_element(By.TAG_NAME, "a").click()
+    preview = wait_for(lambda: driver.find_elements(By.ID, "preview"), what="the photo page")[0]
+    wait_for(lambda: driver.execute_script("return arguments[0].naturalWidth", preview) > 0, what="the preview")
+    driver.find_element(By.ID, "download").click()
+    done = driver.downloads / name
+    wait_for(lambda: done.exists() and not list(driver.downloads.glob("*.crdownload")), what="the download")
+    return done.read_bytes()
+
+
 def test_the_main_flows_in_a_browser(web_vault, tmp_path, browser) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -84,18 +108,9 @@ def test_the_main_flows_in_a_browser(web_vault, tmp_path, browser) -> None:
         # "Not on the phone any more": the photo deleted on day 2 is there; download its original.
         browser.find_element(By.ID, "filter-gone").click()
         name = DELETED_ON_DAY_2.rsplit("/", 1)[1]
-        tile = wait_for(
-            lambda: browser.find_elements(By.CSS_SELECTOR, f'li.tile[data-name="{name}"]'), what="the deleted photo"
-        )[0]
-        assert "not on the phone any more" in tile.text
+        tile = deleted_tile(browser, name)
         assert not browser.find_elements(By.CSS_SELECTOR, 'li.tile[data-name="IMG_0007.JPG"]')  # still on the phone
-        tile.find_element(By.TAG_NAME, "a").click()
-        preview = wait_for(lambda: browser.find_elements(By.ID, "preview"), what="the photo page")[0]
-        wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", preview) > 0, what="the preview")
-        browser.find_element(By.ID, "download").click()
-        done = browser.downloads / name
-        wait_for(lambda: done.exists() and not list(browser.downloads.glob("*.crdownload")), what="the download")
-        assert done.read_bytes() == web_vault.days[1][DELETED_ON_DAY_2]
+        assert download_from(browser, tile, name) == web_vault.days[1][DELETED_ON_DAY_2]
 
         # Files of a version, and find across versions from the search box.
         browser.get(server.base + "/")
@@ -221,14 +236,4 @@ def test_the_demo_story_in_a_browser(tmp_path, browser) -> None:
             assert kind == "image/jpeg" and w > 0 and h > 0 and max(w, h) <= 320, (src, kind, w, h)
 
         browser.find_element(By.ID, "filter-gone").click()
-        tile = wait_for(
-            lambda: browser.find_elements(By.CSS_SELECTOR, f'li.tile[data-name="{name}"]'), what="the deleted photo"
-        )[0]
-        assert "not on the phone any more" in tile.text
-        tile.find_element(By.TAG_NAME, "a").click()
-        preview = wait_for(lambda: browser.find_elements(By.ID, "preview"), what="the photo page")[0]
-        wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", preview) > 0, what="the preview")
-        browser.find_element(By.ID, "download").click()
-        done = browser.downloads / name
-        wait_for(lambda: done.exists() and not list(browser.downloads.glob("*.crdownload")), what="the download")
-        assert done.read_bytes() == b"".join(phone.open(target))
+        assert download_from(browser, deleted_tile(browser, name), name) == b"".join(phone.open(target))
