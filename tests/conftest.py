@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,12 @@ settings.load_profile("phonevault")
 
 FAST_SCRYPT = 2**10  # tests only: the KDF cost is a parameter stored in the key file, not a format change
 PASSWORD = "correct horse battery staple"
+
+
+def js(r: subprocess.CompletedProcess) -> object:
+    """A CLI run's --json output, once it exited 0 (else its exit code, stdout and stderr)."""
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    return json.loads(r.stdout)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The real `phonevault` command, as a user runs it: the whole story, the error lines and exit codes, and faults
 (SIGKILL mid-import, two imports at once, damaged objects)."""
 
-import json
 import os
 import random
 import re
@@ -14,12 +13,8 @@ from pathlib import Path
 import pytest
 
 from phonevault.sync.emulator.phone import SyntheticPhone
+from tests.conftest import js
 from tests.sync.test_mobilesync import tree_digest
-
-
-def js(r):
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def one_error_line(r, code, *needles):

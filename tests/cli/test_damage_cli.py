@@ -32,13 +32,8 @@ from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.emulator.wire import Link
 from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.writeout import FileWriters
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, js
 from tests.sync.test_mobilesync import tree_digest
-
-
-def js(r):
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def no_traceback(r, code: int) -> None:

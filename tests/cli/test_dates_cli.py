@@ -4,7 +4,6 @@ legacy folders take their dates from their own plists, and a backup dated in the
 
 from __future__ import annotations
 
-import json
 import os
 import plistlib
 from datetime import datetime, timedelta
@@ -13,11 +12,7 @@ from pathlib import Path
 from phonevault.sync.emulator.legacy import write_ios3_backup, write_ios8_backup
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.emulator.seeds import backup_time
-
-
-def js(r):
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return json.loads(r.stdout)
+from tests.conftest import js
 
 
 def set_status_date(folder: Path, when: datetime) -> None:

@@ -4,16 +4,11 @@ counts and bytes per domain, as a table and as JSON."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 from phonevault.sync.emulator.phone import SyntheticPhone
-
-
-def js(r):
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return json.loads(r.stdout)
+from tests.conftest import js
 
 
 def domain_of(path: str) -> str | None:

@@ -29,16 +29,12 @@ from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.ioscrypto import decrypt, encrypt, parse_keybag, unlock_class_keys, unwrap_key, wrapped_key
 from phonevault.sync.manifest import FLAG_FILE, file_id
 from phonevault.sync.mbfile import decode_mbfile, encode_mbfile
+from tests.conftest import js
 from tests.test_no_plaintext import PAUSE_AT_CATALOG, needles, scan
 
 PASSWORD = "tr0ub4dor&3"
 SEED, SIZE = 23, 2 << 20
 DCIM = "CameraRollDomain/Media/DCIM/100APPLE"
-
-
-def js(r):
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    return json.loads(r.stdout)
 
 
 def one_line(r, code: int) -> str:

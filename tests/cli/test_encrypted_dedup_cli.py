@@ -10,7 +10,6 @@ nothing stored. Over the wire: the emulator's encrypted backups stored decrypted
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import plistlib
 import shutil
@@ -23,15 +22,11 @@ from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.emulator.rekey import rekey_folder
 from phonevault.sync.ioscrypto import decrypt, encrypt, parse_keybag, unlock_class_keys, unwrap_key
 from phonevault.sync.mbfile import decode_mbfile
+from tests.conftest import js
 
 PASSWORD = "tr0ub4dor&3"
 SEED, SIZE = 29, 2 << 20
 DCIM = "CameraRollDomain/Media/DCIM/100APPLE"
-
-
-def js(r):
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    return json.loads(r.stdout)
 
 
 def files_of(root: Path) -> dict[str, tuple]:

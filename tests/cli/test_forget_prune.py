@@ -18,14 +18,9 @@ from phonevault.store.records import DeviceRecord
 from phonevault.store.repository import Repository
 from phonevault.store.writer import SnapshotWriter
 from phonevault.sync.emulator.phone import SyntheticPhone
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, js
 from tests.store.test_delete import du, live_data
 from tests.sync.test_mobilesync import tree_digest
-
-
-def js(r):
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return json.loads(r.stdout)
 
 
 def one_line(r, code: int, *needles: str) -> str:

@@ -7,7 +7,6 @@ bit-exact; damaged file lists refused in one line with nothing stored; a Backup/
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import plistlib
 from dataclasses import replace
@@ -24,13 +23,9 @@ from phonevault.sync.emulator.legacy import (
 )
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.manifest import FLAG_FILE, file_id
+from tests.conftest import js
 
 DCIM = "CameraRollDomain/Media/DCIM/100APPLE"
-
-
-def js(r):
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    return json.loads(r.stdout)
 
 
 def files_of(root: Path) -> dict[str, tuple[str, int, int, int]]:

@@ -14,15 +14,11 @@ from pathlib import Path
 import pytest
 
 from phonevault.sync.emulator.phone import SyntheticPhone
+from tests.conftest import js
 from tests.seaweed import Seaweed, free_ports
 from tests.sync.test_mobilesync import tree_digest
 
 DEADLINE = 600  # seconds any one command may take here before it is a failure
-
-
-def js(r: subprocess.CompletedProcess):
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return json.loads(r.stdout)
 
 
 @pytest.fixture

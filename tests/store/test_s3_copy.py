@@ -3,7 +3,6 @@ only what the target lacks, nothing on a second run, resumable after SIGKILL, an
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -11,13 +10,9 @@ import sys
 from pathlib import Path
 
 from phonevault.sync.emulator.phone import SyntheticPhone
+from tests.conftest import js
 from tests.seaweed import Seaweed
 from tests.sync.test_mobilesync import tree_digest
-
-
-def js(r: subprocess.CompletedProcess):
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return json.loads(r.stdout)
 
 
 def _vault(tmp_path: Path, seaweed: Seaweed, cli_env: dict, pv) -> tuple[dict, dict[str, str]]:
