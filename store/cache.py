@@ -281,6 +281,16 @@ class Cache(DerivedValues):
         except _UNPACK_ERRORS as e:
             raise CacheCorrupt(self._where, f"an entry of {db.decode()} does not decode ({e})") from None
 
+    def _get_sealed(self, db, name: bytes, key: bytes) -> bytes | None:
+        """The opened value at `key` of the database `db` (named `name` in the seal), or None: absent, or unreadable
+        (the cache is then rebuilt, and a miss is what the caller handles anyway)."""
+        try:
+            raw = self._read().get(key, db=db)
+            return None if raw is None else self._open(name, key, raw)
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+            return None
+
     def _read(self) -> lmdb.Transaction:
         """One long-lived read transaction, renewed after any write: a fresh transaction per lookup cost ~20 µs,
         which dominated re-importing a folder of 300 000 small files."""
@@ -378,12 +388,7 @@ class Cache(DerivedValues):
         return self._ck.key(b"segdev", device_key.encode(), 16)
 
     def segment(self, key: bytes) -> bytes | None:
-        try:
-            raw = self._read().get(key, db=self._segments)
-            return None if raw is None else self._open(b"segments", key, raw)
-        except (lmdb.Error, CacheCorrupt) as e:
-            self._recover(e)
-            return None
+        return self._get_sealed(self._segments, b"segments", key)
 
     def put_segment(self, key: bytes, plain: bytes) -> None:
         self._write(lambda txn: txn.put(key, self._seal(b"segments", key, plain), db=self._segments))

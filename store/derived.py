@@ -11,8 +11,6 @@ from functools import partial
 
 import lmdb
 
-from .errors import CacheCorrupt
-
 DERIVED_BATCH = 4 << 20  # bytes of values per write transaction (each commit is an fsync)
 
 
@@ -20,13 +18,7 @@ class DerivedValues:
     """`derived_get` / `derived_put` / `derived_put_many` over the Cache's `derived` database."""
 
     def derived_get(self, key: bytes) -> bytes | None:
-        k = self._derived_key(key)
-        try:
-            raw = self._read().get(k, db=self._derived)
-            return None if raw is None else self._open(b"derived", k, raw)
-        except (lmdb.Error, CacheCorrupt) as e:
-            self._recover(e)
-            return None
+        return self._get_sealed(self._derived, b"derived", self._derived_key(key))
 
     def derived_put(self, key: bytes, value: bytes) -> None:
         self.derived_put_many([(key, value)])
