@@ -46,7 +46,7 @@ from .mbfile import decode_mbfile, encode_mbfile
 from .mobilesync import ExportResult, Progress, export_snapshot, into_new_folder
 from .paths import Target, shown
 from .records import backup_meta
-from .writeout import FileWriters, set_meta
+from .writeout import FileWriters, set_meta, write_pieces
 
 DROPPED_PLIST_KEYS = ("BackupKeyBag", "ManifestKey")
 
@@ -113,11 +113,11 @@ def _write_folder(
                     if row.size <= FileWriters.SMALL:
                         writers.submit(local, e, b"".join(plain))
                     else:
-                        _write_large(plain, local, e)
+                        write_pieces(plain, local, e)
                 elif e.size <= FileWriters.SMALL:  # Info.plist, Status.plist, a file no row keys: as stored
                     writers.submit(local, e, b"".join(repo.read_file(e)))
                 else:
-                    _write_large(repo.read_file(e), local, e)
+                    write_pieces(repo.read_file(e), local, e)
             except FileUndecryptable as exc:
                 undecryptable.append(f"{exc}; not exported")
                 continue
@@ -132,18 +132,6 @@ def _write_folder(
         os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
     lost = describe(repo, snap, damaged, "exported") if damaged else []
     return ExportResult(target, files, done, problems, lost + undecryptable)
-
-
-def _write_large(plain, local: Path, e: FileEntry) -> None:
-    """A large file decrypted a chunk at a time; removed again unless all of it decrypts (no half file)."""
-    try:
-        with open(local, "wb") as f:
-            for piece in plain:
-                f.write(piece)
-    except BaseException:
-        local.unlink(missing_ok=True)
-        raise
-    set_meta(local, e)
 
 
 def _plain_manifest_plist(data: bytes) -> bytes:

@@ -59,7 +59,7 @@ from .ioscrypto import PaddingError, UnwrapError, decrypt, encrypt, unwrap_key
 from .layouts import MANIFEST_DB
 from .plists import read_manifest_plist
 from .records import BackupMeta
-from .writeout import FileWriters, set_meta
+from .writeout import FileWriters, write_pieces
 
 BLOCK = 1 << 20
 
@@ -86,17 +86,7 @@ def write_as_sent(repo: Repository, e: FileEntry, local: Path, writers: FileWrit
         data = b"".join(pieces)
         writers.submit(local, e, data)
         return len(data)
-    n = 0
-    try:
-        with open(local, "wb") as f:
-            for piece in pieces:
-                f.write(piece)
-                n += len(piece)
-    except BaseException:
-        local.unlink(missing_ok=True)  # no half file
-        raise
-    set_meta(local, e)
-    return n
+    return write_pieces(pieces, local, e)
 
 
 # ------------------------------------------------------------------------------------------------ storing

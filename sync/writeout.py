@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from phonevault.store.errors import PhonevaultError
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry
 
@@ -71,16 +70,27 @@ class FileWriters:
             f.result()
 
 
-def write_large(repo: Repository, e: FileEntry, local: Path, progress: Progress | None, done: int, total: int) -> None:
-    """One large file, a chunk at a time; removed again if a chunk cannot be read (no half file in the export)."""
+def write_pieces(
+    pieces: Iterable[bytes], local: Path, e: FileEntry, written: Callable[[int], None] | None = None
+) -> int:
+    """One file written a piece at a time (mode and mtime as `e`); removed again if a piece fails (a chunk that
+    cannot be read, a file that does not decrypt): no half file in an export. `written(n)` after each piece; the
+    length written."""
+    n = 0
     try:
         with open(local, "wb") as f:
-            for chunk in repo.read_file(e):
-                f.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-    except PhonevaultError:
+            for piece in pieces:
+                f.write(piece)
+                n += len(piece)
+                if written:
+                    written(n)
+    except BaseException:
         local.unlink(missing_ok=True)
         raise
     set_meta(local, e)
+    return n
+
+
+def write_large(repo: Repository, e: FileEntry, local: Path, progress: Progress | None, done: int, total: int) -> None:
+    """One large file of the vault, a chunk at a time, with progress."""
+    write_pieces(repo.read_file(e), local, e, (lambda n: progress(done + n, total)) if progress else None)
