@@ -16,6 +16,7 @@ to at most max_size, so every chunk but the last in the buffer is final.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ class Policy:
     compress: bool
 
 
+# Per thread: one FastCDC per profile and the sniffing compressor; building one per small file costs as much as using it.
+_cutters = threading.local()
 _TEXT_SAMPLE = 4096
 _CONTROL = bytes(range(32)).replace(b"\t", b"").replace(b"\n", b"").replace(b"\r", b"")
 
@@ -66,6 +69,15 @@ def _is_text(head: bytes) -> bool:
     return True
 
 
+def _sniffer() -> zstandard.ZstdCompressor:
+    """This thread's level-1 compressor for the sample (a context is not thread-safe; one per file costs more than
+    compressing a small file's sample)."""
+    made = _cutters.__dict__
+    if (cctx := made.get("sniff")) is None:
+        cctx = made["sniff"] = zstandard.ZstdCompressor(level=1)
+    return cctx
+
+
 def choose_policy(head: bytes) -> Policy:
     """Pick chunking and compression for a file from its first bytes (up to SNIFF_LEN)."""
     if head.startswith(_STRUCTURED) or (head[:1] in (b"{", b"[") and _is_text(head)):
@@ -74,7 +86,7 @@ def choose_policy(head: bytes) -> Policy:
         return Policy(COARSE, False)
     # Unknown binary: compress only if a sample of it actually shrinks (encrypted iOS backups never do).
     sample = head[:SNIFF_LEN]
-    shrinks = len(zstandard.ZstdCompressor(level=1).compress(sample)) < 0.9 * len(sample)
+    shrinks = len(_sniffer().compress(sample)) < 0.9 * len(sample)
     return Policy(FINE if shrinks and head.isascii() else COARSE, shrinks)
 
 
@@ -107,8 +119,9 @@ class StreamChunker:
 
 
 def chunk_bytes(data: bytes, profile: ChunkProfile) -> list[bytes]:
-    """Reference cut of a whole buffer (tests and small data)."""
-    return [
-        bytes(c.data)
-        for c in FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size).cut_buf(data)
-    ]
+    """Cut a whole buffer (import's small files, tests): the same chunks as a StreamChunker fed the same bytes."""
+    made = _cutters.__dict__
+    cdc = made.get(profile)
+    if cdc is None:
+        cdc = made[profile] = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
+    return [bytes(c.data) for c in cdc.cut_buf(data)]

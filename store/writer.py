@@ -40,7 +40,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 
 from .blobsink import BlobSink, WriteStats
-from .chunker import SNIFF_LEN, Policy, StreamChunker, choose_policy
+from .chunker import SNIFF_LEN, Policy, StreamChunker, choose_policy, chunk_bytes
 from .errors import PhonevaultError
 from .events import DeviceSeen, SnapshotCommitted
 from .packs import DATA, DELTA, TREE
@@ -218,6 +218,26 @@ class SnapshotWriter:
         if path not in self.tree.state:
             check_path(path)  # before a byte of it is stored
         return FileWriter(self, path, mode, mtime_ns)
+
+    def put_bytes(self, path: str, mode: int, mtime_ns: int, data: bytes) -> FileEntry:
+        """Stage a whole file given at once (import's small files, read ahead by reader threads): the same chunks
+        and entry as `open_file(...).write(data)` + `close()`, without a chunker or a FileWriter of its own; a file
+        no longer than its profile's minimum chunk is one chunk, as FastCDC would cut it, without running FastCDC."""
+        if path not in self.tree.state:
+            check_path(path)
+        policy = choose_policy(data[:SNIFF_LEN])
+        if len(data) <= policy.profile.min_size:
+            chunks = [data] if data else []
+        else:
+            chunks = chunk_bytes(data, policy.profile)
+        sink, ids, new = self.sink, [], False
+        for chunk in chunks:
+            blob_id, fresh = sink.put(DATA, chunk, policy.compress)
+            ids.append(blob_id)
+            new |= fresh
+        entry = FileEntry(path, len(data), mode, mtime_ns, tuple(ids))
+        self._put(entry, new=new)
+        return entry
 
     def _stage(self, entry: FileEntry) -> None:
         if self._done and shard_of(entry.path) in self._done:

@@ -61,15 +61,15 @@ from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
 from .decrypted import Decrypting, decrypted_meta, decrypting_folder, write_as_sent
 from .encrypted import BackupPassword
 from .errors import BackupFolderInvalid, ManifestInvalid, StrictRefused, TargetConflict
-from .folderwalk import Prefetch as _Prefetch
 from .folderwalk import Present as _Present
 from .folderwalk import ReadAhead as _ReadAhead
+from .folderwalk import SmallReads as _SmallReads
 from .folderwalk import Stat as _Stat
 from .folderwalk import find_backup_folders as find_backup_folders  # the import command finds folders here
 from .folderwalk import folder_bytes as _folder_bytes
 from .folderwalk import is_utf8 as _is_utf8
 from .folderwalk import stat_key as _stat_key
-from .folderwalk import walk as _walk
+from .folderwalk import walk_ahead as _walk_ahead
 from .layouts import LAYOUTS, MANIFEST_DB, MDINFO, Layout, detect_layout
 from .manifest import check_manifest_db
 from .paths import Target, safe_component, shown, unsafe_reason
@@ -234,9 +234,10 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
             repo.cache.spool() as new_stat,
             repo.cache.spool() as listed,
             ThreadPoolExecutor(4, "import-read") as readers,
+            ThreadPoolExecutor(1, "import-walk") as walker,
         ):
             listing = FolderCompare(fm.catalog, listed, str(folder)) if isinstance(fm.catalog, ManifestStream) else None
-            return _stage_and_commit(repo, writer, folder, fm, new_stat, readers, progress, listing)
+            return _stage_and_commit(repo, writer, folder, fm, new_stat, (readers, walker), progress, listing)
 
 
 @dataclass(slots=True)
@@ -245,6 +246,7 @@ class _Staging:
 
     problems: list[str]
     readers: ThreadPoolExecutor
+    walker: ThreadPoolExecutor  # lists the next shard meanwhile
     total: int
     done: int = 0
     newest: int | None = None  # the newest mtime of a regular file
@@ -258,17 +260,17 @@ def _stage_and_commit(
     folder: Path,
     fm: FolderMeta,
     new_stat: Spool,
-    readers: ThreadPoolExecutor,
+    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
     progress: Progress | None,
     listing: FolderCompare | None,
 ) -> ImportResult:
     """Stage and write one shard at a time (walk, stat cache, read, tree node, delta, its Manifest.db rows), so memory
     holds one shard whatever the number of files; the commit point is still the one event segment written at the end.
     A flat folder's list (parsed whole) is compared with the walk's `present` table at the end."""
-    run = _Staging(list(fm.problems), readers, _folder_bytes(folder) if progress else 0, decrypt=fm.decrypt)
+    run = _Staging(list(fm.problems), *pools, _folder_bytes(folder) if progress else 0, decrypt=fm.decrypt)
     if progress:
         progress(0, run.total)
-    for shard, files, empty_dirs in _walk(folder):
+    for shard, files, empty_dirs in _walk_ahead(folder, run.walker):
         new_stat.append(_stage_shard(repo, writer, folder, run, files, progress))
         for rel, st in empty_dirs:
             if _is_utf8(rel):
@@ -343,31 +345,50 @@ def _stage_shard(
             to_read.append((rel, full, st, key))
     if progress:
         progress(run.done, run.total)
-    ahead = _ReadAhead([full for _rel, full, _st, _key in to_read], [st.st_size for *_x, st, _k in to_read])
-    prefetch = _Prefetch(run.readers, to_read)
-    for i, (rel, full, st, key) in enumerate(to_read):
-        ahead.advance(i)
-        prefetch.take(i)
-        if run.decrypt is not None and run.decrypt.stage_file(writer, rel, full, st):
-            run.done += st.st_size
-            continue
-        try:
-            fw = writer.open_file(rel, st.st_mode, st.st_mtime_ns)
-            with open(full, "rb") as f:
-                while block := f.read(BLOCK):
-                    fw.write(block)
-                    run.done += len(block)
-                    if progress:
-                        progress(run.done, run.total)
-            entry = fw.close()
-        except OSError as e:
-            run.problems.append(f"{rel}: unreadable ({e.strerror})")
-            continue
-        if entry.size == st.st_size:
-            new_stat.append((key, list(entry.chunks)))
-        else:  # stored as read; never put in the stat cache, so the next import reads it again
-            run.problems.append(f"{rel}: changed while it was read ({st.st_size} bytes listed, {entry.size} read)")
+    paths, sizes = [full for _rel, full, _st, _key in to_read], [st.st_size for *_x, st, _k in to_read]
+    ahead = _ReadAhead(paths, sizes)
+    small = _SmallReads(run.readers, paths, sizes)
+    try:
+        for i, (rel, full, st, key) in enumerate(to_read):
+            ahead.advance(i)
+            data = small.take(i)
+            if run.decrypt is not None and run.decrypt.stage_file(writer, rel, full, st):
+                run.done += st.st_size
+                continue
+            try:
+                if isinstance(data, OSError):
+                    raise data
+                if data is not None:  # a small file, read whole by a reader thread
+                    entry = writer.put_bytes(rel, st.st_mode, st.st_mtime_ns, data)
+                    run.done += len(data)
+                else:
+                    entry = _stream_file(writer, rel, full, st, run, progress)
+            except OSError as e:
+                run.problems.append(f"{rel}: unreadable ({e.strerror})")
+                continue
+            if entry.size == st.st_size:
+                new_stat.append((key, list(entry.chunks)))
+            else:  # stored as read; never put in the stat cache, so the next import reads it again
+                run.problems.append(f"{rel}: changed while it was read ({st.st_size} bytes listed, {entry.size} read)")
+    finally:
+        small.close()
+    if progress:
+        progress(run.done, run.total)
     return new_stat
+
+
+def _stream_file(
+    writer: SnapshotWriter, rel: str, full: str, st: _Stat, run: _Staging, progress: Progress | None
+) -> FileEntry:
+    """A file too large to be read whole by a reader thread, pushed into the chunker 1 MiB at a time."""
+    fw = writer.open_file(rel, st.st_mode, st.st_mtime_ns)
+    with open(full, "rb") as f:
+        while block := f.read(BLOCK):
+            fw.write(block)
+            run.done += len(block)
+            if progress:
+                progress(run.done, run.total)
+    return fw.close()
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ import os
 import plistlib
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,25 +61,28 @@ def test_import_holds_one_shard_at_a_time(repo, tmp_path, monkeypatch):
             assert (out / p.relative_to(dev)).read_bytes() == p.read_bytes()
 
 
-def test_a_file_that_changes_while_the_import_reads_is_stored_as_read_and_named(repo, tmp_path):
+@pytest.mark.parametrize("size", [3000, 300_000])  # read whole by a reader thread; streamed by the caller
+def test_a_file_that_changes_while_the_import_reads_is_stored_as_read_and_named(repo, tmp_path, size):
     by_prefix: dict[str, str] = {}  # two files in one shard: the second is listed before the first is read
     for i in range(1000):
         name = f"f{i}"
         if (prefix := file_id("HomeDomain", name)[:2]) in by_prefix:
             break
         by_prefix[prefix] = name
-    dev = make_folder(tmp_path / "src", 2, size=3000, names=[by_prefix[prefix], name])
+    dev = make_folder(tmp_path / "src", 2, size=size, names=[by_prefix[prefix], name])
     last = sorted((dev / prefix).iterdir())[-1]
-    cut = []
+    cut, calls = [], []
 
     def progress(done: int, total: int) -> None:
-        if done and not cut:  # the first bytes are read: every file of the shard was listed already
+        calls.append(done)
+        # The first call comes before the walk; the second once the shard is listed, before any of it is read.
+        if len(calls) == 2 and not cut:
             cut.append(last.read_bytes()[:1000])
             last.write_bytes(cut[0])
 
     r = import_folder(repo, dev, progress=progress)
     rel = f"{last.parent.name}/{last.name}"
-    assert any(p.startswith(f"{rel}: changed while it was read (3000 bytes listed, 1000 read)") for p in r.problems)
+    assert any(p.startswith(f"{rel}: changed while it was read ({size} bytes listed, 1000 read)") for p in r.problems)
     tree = load_tree(r.snapshot.tree, repo.get_blob)
     assert b"".join(repo.read_file(tree[rel])) == cut[0]
     again = import_folder(repo, dev)  # not taken from the stat cache: read again, nothing named
