@@ -77,6 +77,13 @@ class Dataset:
         return Photo(f"{e.domain}/{e.relative_path}", f"{self.phone.udid}/{e.file_id[:2]}/{e.file_id}", e.size)
 
 
+def new_media_bytes(phone: SyntheticPhone, day: int = 2) -> int:
+    """Bytes of photos, thumbnails and videos on ``day`` that day 0 did not hold: what every tool must store anew
+    (the floor under the day's bytes added, which issue 11's day-2 target measures above)."""
+    day0 = {f.entry.file_id: f for f in phone.files(0) if f.kind in MEDIA_KINDS}
+    return sum(f.entry.size for f in phone.files(day) if f.kind in MEDIA_KINDS and day0.get(f.entry.file_id) != f)
+
+
 class UnrealisticMedia(ValueError):
     """zstd saves more on the synthetic camera roll than it would on a real phone's."""
 

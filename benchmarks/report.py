@@ -1,20 +1,37 @@
-"""Turning one run's measurements into the Markdown table, the target verdicts and the scaling plot.
+"""Turning measurements into the Markdown tables, the target verdicts and the scaling plot; merging split runs.
 
-Targets are ratios of phonevault to a peer measured in the same run, on the target size (6 GB when it was run,
-else the largest regular size, which the table says). RSS growth compares phonevault's first-import peak RSS at
-the smallest and largest regular sizes. A target whose inputs are missing (a peer skipped or failed) is "n/a".
+Cases. A results file holds `sizes` (folder cases: `kind` "size" for a phone of a given size, "many" for a
+`--many-files-size` phone with N small plists) and `devices` (device backups from the emulator), each with its own
+commit, date, load average and machine, because a long benchmark may be run in pieces and merged (`merge`, or
+`python benchmarks/report.py A.json B.json --out STEM`): only cases of one commit are merged, a case measured again
+replaces the older one.
+
+Series. The size series is the "size" cases, smallest to largest folder; the files series is the "many" cases plus
+the "size" case of the same phone size (its ~33 000 files are the series' smallest point), by number of files.
+For each, the scaling table gives wall time and peak RSS of import, unchanged re-import, export and check
+--read-data for every tool, the flatness ratio largest ÷ smallest (the largest case's figure over the smallest's),
+and phonevault ÷ restic at the series' reference case (6 GB, and 300 000 files, else the largest of the series).
+
+Targets (issue 11) are ratios of phonevault to a peer or to itself measured in the same run (same commit, for
+merged runs); a target whose inputs are missing (a peer skipped or failed, a series of one case) is "n/a".
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from suite import CHECK, DAY2, FIRST, ONE, RESTORE, STEPS, UNCHANGED
+from suite import CHECK, FIRST, ONE, RESTORE, STEPS, UNCHANGED
 
 GB = 2**30
+FLAT = 1.15
+SERIES_STEPS = ((FIRST, "import / backup"), (UNCHANGED, "unchanged re-import"), (RESTORE, "export / restore"),
+                (CHECK, "check --read-data"))  # fmt: skip
+RSS_STEPS = (FIRST, RESTORE, CHECK)  # the steps whose peak RSS issue 11 wants flat and below restic's
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,51 +52,175 @@ class Target:
         return "n/a" if self.ratio is None else ("pass" if self.ratio <= self.limit else "miss")
 
 
-def _wall(size: dict, tool: str, step: str) -> float | None:
-    m = size.get("tools", {}).get(tool, {}).get("steps", {}).get(step)
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def kind(case: dict) -> str:
+    return case.get("kind") or ("many" if case.get("many_files") else "size")
+
+
+def devices(results: dict) -> list[dict]:
+    """Device cases; a file from before split runs has one `device` dict."""
+    if results.get("devices"):
+        return results["devices"]
+    d = results.get("device")
+    return [{"label": f"device-{d.get('size', '?')}", "kind": "device", "device_size": d.get("size"), **d}] if d else []
+
+
+def _step(case: dict, tool: str, step: str) -> dict | None:
+    return case.get("tools", {}).get(tool, {}).get("steps", {}).get(step)
+
+
+def _wall(case: dict | None, tool: str, step: str) -> float | None:
+    m = _step(case, tool, step) if case else None
     return m["wall_s"] if m and m.get("ok") else None
 
 
-def _rss(size: dict, tool: str, step: str = FIRST) -> float | None:
-    m = size.get("tools", {}).get(tool, {}).get("steps", {}).get(step)
-    return m["peak_rss_mb"] if m else None
+def _rss(case: dict | None, tool: str, step: str = FIRST) -> float | None:
+    m = _step(case, tool, step) if case else None
+    return m["peak_rss_mb"] if m and m.get("ok") else None
 
 
 def regular(results: dict) -> list[dict]:
-    return [s for s in results["sizes"] if not s["many_files"]]
+    return sorted((s for s in results["sizes"] if kind(s) == "size"), key=lambda s: s["size"])
+
+
+def files_series(results: dict) -> list[dict]:
+    many = [s for s in results["sizes"] if kind(s) == "many"]
+    if not many:
+        return []
+    base = [s for s in regular(results) if s["size"] == many[0]["size"]]
+    return sorted(base + many, key=lambda s: s["files_day0"])
 
 
 def target_size(results: dict) -> dict | None:
     sizes = regular(results)
     six = [s for s in sizes if s["size"] == 6 * GB]
-    return six[0] if six else (max(sizes, key=lambda s: s["size"]) if sizes else None)
+    return six[0] if six else (sizes[-1] if sizes else None)
 
 
-def targets(results: dict) -> list[Target]:
+def target_many(results: dict) -> dict | None:
+    many = [s for s in files_series(results) if kind(s) == "many"]
+    three = [s for s in many if s["many_files"] == 300_000]
+    return three[0] if three else (many[-1] if many else None)
+
+
+# ------------------------------------------------------------------------------------------------ merging
+
+
+class MixedCommits(ValueError):
+    """Results of different commits cannot share a table: the ratios would compare different code."""
+
+
+def merge(runs: list[dict]) -> dict:
+    """One results dict from several of the same commit: the first's header, every run's notes once, and each
+    case by label (a later run's case replaces an earlier one's)."""
+    commits = {str(r.get("commit")) for r in runs}
+    if len(commits) > 1:
+        raise MixedCommits(f"results of different commits ({', '.join(sorted(commits))}) are not merged")
+    out = {k: v for k, v in runs[0].items() if k not in ("sizes", "devices", "device", "notes")}
+    notes: list[str] = []
+    sizes: dict[str, dict] = {}
+    devs: dict[str, dict] = {}
+    for r in runs:
+        notes += [n for n in r.get("notes", []) if n not in notes]
+        sizes |= {s["label"]: s for s in r.get("sizes", [])}
+        devs |= {d["label"]: d for d in devices(r)}
+    commands = [r["command"] for r in runs if r.get("command")]
+    out |= {"notes": notes, "sizes": list(sizes.values()), "devices": list(devs.values())}
+    out["command"] = " ; ".join(dict.fromkeys(commands)) if commands else out.get("command", "")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ targets
+
+
+def targets(results: dict) -> list[tuple[str, Target]]:
+    """(case label, target) for each of issue 11's targets this run can judge."""
+    rows: list[tuple[str, Target]] = []
+    m = target_many(results)
+    if m is not None:
+        for step, what in (
+            (FIRST, "import"),
+            (RESTORE, "export (restic: restore)"),
+            (UNCHANGED, "unchanged re-import"),
+        ):
+            rows.append((m["label"], Target(f"{what} time vs restic", _wall(m, "phonevault", step),
+                                            _wall(m, "restic", step), 1.0, "restic")))  # fmt: skip
+        rows += _rss_vs_restic(m)
     s = target_size(results)
-    if s is None:
-        return []
-    cat = s["refs"]["cat"]["wall_s"]
-    added = {t: s["tools"].get(t, {}).get("day2_added") for t in ("phonevault", "borg")}
-    rows = [
-        Target("first import vs borg create", _wall(s, "phonevault", FIRST), _wall(s, "borg", FIRST), 0.6, "borg"),
-        Target("first import vs cat read", _wall(s, "phonevault", FIRST), cat, 2.5, "cat"),
-        Target(
-            "unchanged re-import vs borg", _wall(s, "phonevault", UNCHANGED), _wall(s, "borg", UNCHANGED), 0.5, "borg"
-        ),
-        Target("bytes added by day 2 vs borg-lz4", added["phonevault"], added["borg"], 0.35, "borg", "B"),
-        Target(
-            "full export vs restic restore", _wall(s, "phonevault", RESTORE), _wall(s, "restic", RESTORE), 0.7, "restic"
-        ),
-        Target("single-file extract vs restic", _wall(s, "phonevault", ONE), _wall(s, "restic", ONE), 0.25, "restic"),
-        Target("peak RSS (first import) vs restic", _rss(s, "phonevault"), _rss(s, "restic"), 0.8, "restic", "MB"),
-    ]
-    sizes = regular(results)
-    if len(sizes) >= 2:
-        lo, hi = min(sizes, key=lambda x: x["size"]), max(sizes, key=lambda x: x["size"])
-        what = f"peak RSS growth {lo['label']} → {hi['label']}"
-        rows.append(Target(what, _rss(hi, "phonevault"), _rss(lo, "phonevault"), 1.15, "itself", "MB"))
+    if s is not None:
+        rows += _rss_vs_restic(s)
+        cp = (s.get("refs") or {}).get("cp", {}).get("wall_s")
+        first = _wall(s, "phonevault", FIRST)
+        floor = s.get("day2_new_media")
+        beyond = {t: (a - floor if (a := s["tools"].get(t, {}).get("day2_added")) is not None and floor is not None
+                      else None) for t in ("phonevault", "borg")}  # fmt: skip
+        rows += [
+            (s["label"], Target("first import vs `cp -r`", first, cp, 1.3, "cp -r")),
+            (s["label"], Target("first import vs borg create", first, _wall(s, "borg", FIRST), 0.5, "borg")),
+            (
+                s["label"],
+                Target(
+                    "full export vs restic restore",
+                    _wall(s, "phonevault", RESTORE),
+                    _wall(s, "restic", RESTORE),
+                    0.7,
+                    "restic",
+                ),
+            ),  # fmt: skip
+            (
+                s["label"],
+                Target("one photo vs restic", _wall(s, "phonevault", ONE), _wall(s, "restic", ONE), 0.25, "restic"),
+            ),  # fmt: skip
+            (
+                s["label"],
+                Target(
+                    "unchanged re-import vs borg",
+                    _wall(s, "phonevault", UNCHANGED),
+                    _wall(s, "borg", UNCHANGED),
+                    0.5,
+                    "borg",
+                ),
+            ),  # fmt: skip
+            (
+                s["label"],
+                Target(
+                    "day-2 bytes beyond the new media vs borg-lz4",
+                    beyond["phonevault"],
+                    beyond["borg"],
+                    0.35,
+                    "borg",
+                    "B",
+                ),
+            ),  # fmt: skip
+        ]
+    for name, series in (("size", regular(results)), ("files", files_series(results))):
+        if len(series) < 2:
+            continue
+        lo, hi = series[0], series[-1]
+        for step in RSS_STEPS:
+            what = f"peak RSS of {_name(step)} flat, {lo['label']} → {hi['label']}"
+            rows.append((name, Target(what, _rss(hi, "phonevault", step), _rss(lo, "phonevault", step), FLAT,
+                                      "itself", "MB")))  # fmt: skip
+    devs = sorted(devices(results), key=lambda d: d.get("phone_bytes", 0))
+    if len(devs) >= 2:
+        lo, hi = (d.get("phonevault") or {} for d in (devs[0], devs[-1]))
+        what = f"peak RSS of device backup flat, {devs[0]['label']} → {devs[-1]['label']}"
+        rows.append(("device", Target(what, hi.get("peak_rss_mb"), lo.get("peak_rss_mb"), FLAT, "itself", "MB")))
     return rows
+
+
+def _name(step: str) -> str:
+    return {FIRST: "import", RESTORE: "export", CHECK: "check --read-data", UNCHANGED: "re-import"}.get(step, step)
+
+
+def _rss_vs_restic(case: dict) -> list[tuple[str, Target]]:
+    return [(case["label"], Target(f"peak RSS of {_name(step)} vs restic", _rss(case, "phonevault", step),
+                                   _rss(case, "restic", step), 0.8, "restic", "MB")) for step in RSS_STEPS]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ tables
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -117,82 +258,131 @@ def size_table(s: dict) -> list[str]:
         cells = [_fmt(s["tools"][t].get(key), "B") for t in tools]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     errors = [f"{t}: {s['tools'][t]['error']}" for t in tools if s["tools"][t].get("error")]
-    lines += ["", f"References: read every file (`cat`) {_cell(s['refs']['cat'])}; `cp -r` {_cell(s['refs']['cp'])}."]
+    refs = s.get("refs") or {}
+    lines += [""]
+    if refs:
+        lines.append(f"References: read every file (`cat`) {_cell(refs.get('cat'))}; `cp -r` {_cell(refs.get('cp'))}.")
+    if s.get("day2_new_media") is not None:
+        lines.append(f"Day 2's new photos and videos: {s['day2_new_media'] / 1e6:,.1f} MB (every tool stores them).")
     lines += [f"Failed: {e}" for e in errors]
     return lines + [""]
 
 
 def targets_table(results: dict) -> list[str]:
-    s = target_size(results)
     rows = targets(results)
-    if not rows or s is None:
+    if not rows:
         return []
     lines = [
-        f"### Targets ({s['label']} case; ratios measured in the same run)",
+        "### Targets (issue 11; ratios measured in the same run)",
         "",
-        "| target | phonevault | peer | ratio | limit | result |",
-        "|---|---|---|---|---|---|",
+        "| case | target | phonevault | against | ratio | limit | result |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for t in rows:
+    for case, t in rows:
         ratio = "—" if t.ratio is None else f"{t.ratio:.2f}"
         lines.append(
-            f"| {t.what} | {_fmt(t.ours, t.unit)} | {t.peer} {_fmt(t.theirs, t.unit)} | {ratio} | "
+            f"| {case} | {t.what} | {_fmt(t.ours, t.unit)} | {t.peer} {_fmt(t.theirs, t.unit)} | {ratio} | "
             f"≤ {t.limit:g}× | {t.verdict} |"
         )
     return lines + [""]
 
 
-def scaling_table(results: dict) -> list[str]:
+def _ratio(hi: float | None, lo: float | None) -> str:
+    return "—" if hi is None or not lo else f"{hi / lo:.2f}"
+
+
+def _tools(series: list[dict]) -> list[str]:
+    seen = dict.fromkeys(t for s in series for t in s.get("tools", {}))
+    return [t for t in ("phonevault", "restic", "borg") if t in seen]
+
+
+def series_table(title: str, series: list[dict], ref: dict | None) -> list[str]:
+    """Wall time and peak RSS of each step for each tool across one series, with largest ÷ smallest and
+    phonevault ÷ restic at the reference case."""
+    if not series:
+        return []
+    heads = [f"{s['label']} ({s['bytes_day0'] / 1e9:.2f} GB, {s['files_day0']:,} files)" for s in series]
+    ref_head = f"phonevault ÷ restic at {ref['label']}: time · RSS" if ref else "phonevault ÷ restic"
     lines = [
-        "### Scaling (phonevault; peers' first backup for comparison)",
+        f"### Scaling: {title} (cells: wall s · peak RSS MB)",
         "",
-        "| case | GB | files | import s | MB/s | RSS MB | unchanged s | day-2 s | export s | extract s | check s "
-        "| restic backup s / RSS MB | borg create s / RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| step | tool | " + " | ".join(heads) + f" | time ×, largest ÷ smallest | RSS ×, largest ÷ smallest "
+        f"(≤ {FLAT:g} for phonevault) | {ref_head} |",
+        "|---|---|" + "---|" * (len(series) + 3),
     ]
-    for s in results["sizes"]:
-        pv = s["tools"].get("phonevault", {}).get("steps", {})
-        first = pv.get(FIRST) or {}
-        cells = [
-            s["label"],
-            f"{s['bytes_day0'] / 1e9:.2f}",
-            f"{s['files_day0']:,}",
-            _n(first.get("wall_s")),
-            _n(first.get("mbps"), 0),
-            _n(first.get("peak_rss_mb"), 0),
-            *(_n((pv.get(k) or {}).get("wall_s")) for k in (UNCHANGED, DAY2, RESTORE, ONE, CHECK)),
-            *(_peer(s, t) for t in ("restic", "borg")),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lo, hi = series[0], series[-1]
+    for step, label in SERIES_STEPS:
+        for tool in _tools(series):
+            cells = []
+            for s in series:
+                m = _step(s, tool, step)
+                cells.append(f"{m['wall_s']:.1f} · {m['peak_rss_mb']:.0f}" if m and m.get("ok") else "—")
+            vs = "—"
+            if tool == "phonevault" and ref is not None:
+                vs = (f"{_ratio(_wall(ref, tool, step), _wall(ref, 'restic', step))} · "
+                      f"{_ratio(_rss(ref, tool, step), _rss(ref, 'restic', step))}")  # fmt: skip
+            flat = _ratio(_rss(hi, tool, step), _rss(lo, tool, step)) if len(series) > 1 else "—"
+            grow = _ratio(_wall(hi, tool, step), _wall(lo, tool, step)) if len(series) > 1 else "—"
+            lines.append(f"| {label} | {tool} | " + " | ".join(cells) + f" | {grow} | {flat} | {vs} |")
     return lines + [""]
-
-
-def _n(v: float | None, digits: int = 1) -> str:
-    return "—" if v is None else f"{v:,.{digits}f}"
-
-
-def _peer(s: dict, tool: str) -> str:
-    m = s["tools"].get(tool, {}).get("steps", {}).get(FIRST)
-    return f"{m['wall_s']:.1f} / {m['peak_rss_mb']:.0f}" if m else "—"
 
 
 def device_table(results: dict) -> list[str]:
-    d = results.get("device")
-    if not d:
+    devs = sorted(devices(results), key=lambda d: d.get("phone_bytes", 0))
+    if not devs:
         return []
-    lines = [
-        f"### Device path ({d['size']} emulated phone, {d.get('phone_bytes', 0) / 1e9:.2f} GB, over usbmux/lockdown/TLS)",
-        "",
-        "| client | backup |",
-        "|---|---|",
-    ]
-    if d.get("error"):
-        return lines + [f"| — | failed: {d['error']} |", ""]
+    lines = ["### Device path (emulated phone over usbmux/lockdown/TLS; cells: the client's figures)", ""]
+    heads = [f"{d['label']} ({d.get('phone_bytes', 0) / 1e9:.2f} GB)" for d in devs]
+    lines += ["| client | " + " | ".join(heads) + " | time × / RSS ×, largest ÷ smallest |",
+              "|---|" + "---|" * (len(devs) + 1)]  # fmt: skip
     for name, label in (("phonevault", "`phonevault backup` (into a vault)"),
                         ("pymobiledevice3", "`pymobiledevice3 backup2 backup --full` (plain folder)")):  # fmt: skip
-        m = d.get(name) or {}
-        lines.append(f"| {label} | {m['error'] if 'error' in m else _cell(m)} |")
+        ms = [d.get(name) or {} for d in devs]
+        cells = [
+            d["error"] if d.get("error") else (m["error"] if "error" in m else _cell(m))
+            for d, m in zip(devs, ms, strict=True)
+        ]
+        flat = "—"
+        if len(devs) > 1 and ms[0].get("wall_s") and ms[-1].get("wall_s"):
+            flat = (
+                f"{_ratio(ms[-1]['wall_s'], ms[0]['wall_s'])} / {_ratio(ms[-1]['peak_rss_mb'], ms[0]['peak_rss_mb'])}"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {flat} |")
     return lines + [""]
+
+
+def _load(v: list[float] | None) -> str:
+    return "—" if not v else "/".join(f"{x:.1f}" for x in v)
+
+
+def cases_table(results: dict) -> list[str]:
+    """Per case: what code, when, how loaded, on what, from what data (merged runs differ in these)."""
+    lines = [
+        "### Cases (load average 1/5/15 min at the case's start → end)",
+        "",
+        "| case | commit | date | load | host | cache | source | media: zstd -3 saves | case wall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in [*results["sizes"], *devices(results)]:
+        if "date" not in c:
+            continue
+        host = c.get("machine", {}).get("host", "?")
+        source = "—"
+        if kind(c) != "device":
+            source = "prepared" if c.get("prepared") else f"written in {c.get('generate_s', 0):.0f} s"
+            if c.get("frugal"):
+                source += f", frugal (rewritten in {', '.join(f'{x:.0f}' for x in c.get('regenerate_s', []))} s)"
+        media = c.get("media") or {}
+        media_cell = "—"
+        if media.get("ok"):
+            media_cell = f"{media['saved']:.2%} of {media['media_bytes'] / 1e6:,.0f} MB"
+        elif media:
+            media_cell = f"**{media.get('error', 'failed')}**"
+        cache = "cold" if c.get("cold", results.get("cold")) else "**warm**"
+        lines.append(f"| {c['label']} | {c.get('commit', '?')} | {c['date']} | {_load(c.get('load_start'))} → "
+                     f"{_load(c.get('load_end'))} | {host} | {cache} | {source} | {media_cell} | "
+                     f"{c.get('case_s', 0) / 60:.1f} min |")  # fmt: skip
+    return lines + [""] if len(lines) > 4 else []
 
 
 def markdown(results: dict) -> str:
@@ -207,13 +397,19 @@ def markdown(results: dict) -> str:
         "",
     ]
     notes = [f"- {n}" for n in results.get("notes", [])]
-    body = targets_table(results) + [ln for s in results["sizes"] for ln in size_table(s)]
-    body += scaling_table(results) + device_table(results)
+    body = targets_table(results)
+    body += series_table("folder size", regular(results), target_size(results))
+    body += series_table("number of files", files_series(results), target_many(results))
+    body += [ln for s in results["sizes"] for ln in size_table(s)] + device_table(results) + cases_table(results)
     return "\n".join(head + (notes + [""] if notes else []) + body)
 
 
+# ------------------------------------------------------------------------------------------------ plot
+
+
 def plot(results: dict, path: Path) -> str:
-    """A PNG of first-backup time and peak RSS against size; '' on success, else why it was skipped."""
+    """A PNG of wall time and peak RSS against folder size and against number of files, per tool and step;
+    '' on success, else why it was skipped."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -225,20 +421,56 @@ def plot(results: dict, path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted(regular(results), key=lambda s: s["size"])
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-    for tool in ("phonevault", "restic", "borg"):
-        pts = [(s["bytes_day0"] / 1e9, s["tools"][tool]["steps"][FIRST]) for s in sizes
-               if FIRST in s["tools"].get(tool, {}).get("steps", {})]  # fmt: skip
-        if pts:
-            ax_t.plot([p[0] for p in pts], [p[1]["wall_s"] for p in pts], "o-", label=tool)
-            ax_m.plot([p[0] for p in pts], [p[1]["peak_rss_mb"] for p in pts], "o-", label=tool)
-    ax_t.set(xlabel="backup folder (GB)", ylabel="first backup (s)", title="time")
-    ax_m.set(xlabel="backup folder (GB)", ylabel="peak RSS (MB)", title="memory")
-    for ax in (ax_t, ax_m):
-        ax.legend()
-        ax.grid(alpha=0.3)
+    panels = [(s, x, xl) for s, x, xl in ((regular(results), "bytes_day0", "backup folder (GB)"),
+              (files_series(results), "files_day0", "files in the folder")) if s]  # fmt: skip
+    if not panels:
+        return "no case to plot"
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 4.2 * len(panels)), squeeze=False)
+    colors = {"phonevault": "tab:blue", "restic": "tab:orange", "borg": "tab:green"}
+    styles = {FIRST: "o-", RESTORE: "s--", CHECK: "^:"}
+    for row, (series, key, xlabel) in zip(axes, panels, strict=True):
+        scale = 1e9 if key == "bytes_day0" else 1
+        for tool in _tools(series):
+            for step, style in styles.items():
+                pts = [(s[key] / scale, m) for s in series if (m := _step(s, tool, step)) and m.get("ok")]
+                if not pts:
+                    continue
+                xs = [p[0] for p in pts]
+                kw = {"color": colors[tool], "label": f"{tool} {_name(step)}"}
+                row[0].plot(xs, [p[1]["wall_s"] for p in pts], style, **kw)
+                row[1].plot(xs, [p[1]["peak_rss_mb"] for p in pts], style, **kw)
+        for ax, ylabel in zip(row, ("wall time (s)", "peak RSS (MB)"), strict=True):
+            ax.set(xlabel=xlabel, ylabel=ylabel)
+            if key == "files_day0":
+                ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.suptitle(f"phonevault, restic, borg: commit {results.get('commit', '?')}, {results['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="merge results files of one commit into one table and plot")
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--out", required=True, help="stem of the merged results under results/")
+    args = ap.parse_args(argv)
+    try:
+        merged = merge([json.loads(f.read_text()) for f in args.files])
+    except MixedCommits as e:
+        print(f"report.py: {e}", file=sys.stderr)
+        return 2
+    out = Path(__file__).resolve().parent / "results"
+    (out / f"{args.out}.json").write_text(json.dumps(merged, indent=1) + "\n")
+    text = markdown(merged)
+    (out / f"{args.out}.md").write_text(text + "\n")
+    if why := plot(merged, out / ("scaling.png" if args.out == "results" else f"{args.out}-scaling.png")):
+        print(f"note: {why}", file=sys.stderr)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""benchmarks/: merging split runs, the scaling tables' ratios, the disk plan's refusal, and a prepared folder
+that a run's day-0 write keeps (real files, the real generator)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import dataset  # noqa: E402
+import report  # noqa: E402
+import run  # noqa: E402
+from suite import CHECK, FIRST, RESTORE, UNCHANGED  # noqa: E402
+
+
+def _m(wall: float, rss: float) -> dict:
+    return {"wall_s": wall, "cpu_s": wall, "peak_rss_mb": rss, "ok": True, "nbytes": 0, "mbps": None}
+
+
+def _case(label: str, kind: str, size: int, files: int, rss: float, restic_rss: float, commit: str = "abc") -> dict:
+    steps = {s: _m(10.0 * files / 1000, rss) for s in (FIRST, UNCHANGED, RESTORE, CHECK)}
+    peer = {s: _m(5.0 * files / 1000, restic_rss) for s in (FIRST, UNCHANGED, RESTORE, CHECK)}
+    return {"label": label, "kind": kind, "size": size, "many_files": files if kind == "many" else 0,
+            "commit": commit, "date": "2026-11-26 00:00 UTC", "load_start": [1.0, 1.0, 1.0],
+            "load_end": [1.0, 1.0, 1.0], "bytes_day0": size, "bytes_day2": size, "files_day0": files,
+            "refs": {}, "tools": {"phonevault": {"steps": steps}, "restic": {"steps": peer}}}  # fmt: skip
+
+
+def _run(commit: str, *cases: dict) -> dict:
+    return {"date": "2026-11-26 00:00 UTC", "command": "benchmarks/run.py", "commit": commit, "cold": True,
+            "notes": [], "sizes": list(cases), "devices": [],
+            "machine": {"cpu": "x", "cores": 2, "ram_gb": 24, "kernel": "Linux", "python": "3.11"},
+            "versions": {"phonevault": "0.1"}}  # fmt: skip
+
+
+def test_split_runs_merge_into_one_table_with_flatness_and_restic_ratios() -> None:
+    gb = 2**30
+    first = _run("abc", _case("1GB", "size", gb, 33_000, 200, 100), _case("many-300000", "many", gb, 300_000, 220, 400))
+    again = _case("many-300000", "many", gb, 300_000, 230, 400)
+    second = _run("abc", again, _case("many-1000000", "many", gb, 1_000_000, 250, 500))
+    merged = report.merge([first, second])
+    assert [s["label"] for s in merged["sizes"]] == ["1GB", "many-300000", "many-1000000"]
+    assert merged["sizes"][1] is again  # measured again: the later run's case replaces the earlier one
+    assert [s["label"] for s in report.files_series(merged)] == ["1GB", "many-300000", "many-1000000"]
+    flat = {t.what: t for case, t in report.targets(merged) if case == "files"}
+    imp = flat["peak RSS of import flat, 1GB → many-1000000"]
+    assert (imp.ratio, imp.verdict) == (1.25, "miss")
+    vs = {t.what: t for case, t in report.targets(merged) if case == "many-300000"}
+    assert vs["peak RSS of import vs restic"].ratio == pytest.approx(230 / 400)
+    assert vs["import time vs restic"].verdict == "miss"  # 10 s a 1 000 files against restic's 5
+    text = report.markdown(merged)
+    assert "### Scaling: number of files" in text and "| 1.25 |" in text
+
+
+def test_results_of_different_commits_are_not_merged() -> None:
+    with pytest.raises(report.MixedCommits):
+        report.merge([_run("abc"), _run("def")])
+
+
+def test_a_case_that_cannot_fit_is_refused_in_one_line(tmp_path: Path) -> None:
+    huge = run.parse_case("100000TB", 2**30)
+    with pytest.raises(SystemExit) as e:
+        run.plan_disk(tmp_path, [huge], force_frugal=False, keep_data=False)
+    assert "case 100000TB needs" in str(e.value) and "\n" not in str(e.value)
+    small = run.parse_case("many-3000", 2**20)
+    assert run.plan_disk(tmp_path, [small], force_frugal=True, keep_data=False) == {"many-3000": True}
+
+
+def test_a_prepared_folder_is_kept_by_the_runs_day0_write(tmp_path: Path) -> None:
+    got = dataset.prepare(tmp_path, 4 * 2**20, 200)
+    root = dataset.data_root(tmp_path, 4 * 2**20, 200)
+    assert json.loads((root / "prepared.json").read_text()) == got and got["files"] >= 200
+    ds = dataset.make_dataset(root, 4 * 2**20, 200)
+    shard_files = [p for p in ds.folder.glob("??/*") if p.stat().st_size > 100_000]  # not the rewritten metadata
+    media = max(shard_files, key=lambda p: p.stat().st_size)
+    before = media.stat().st_ino, media.stat().st_mtime_ns
+    ds.at_day(0)
+    assert (media.stat().st_ino, media.stat().st_mtime_ns) == before
+    assert dataset.disk_usage(ds.folder)[:2] == (got["bytes"], got["files"])
