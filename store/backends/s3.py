@@ -20,13 +20,24 @@ timeouts, throttling (429, 503 SlowDown) and 5xx answers are StorageUnavailable(
 retries are off, so there is one retry policy, not two multiplied.
 
 Memory: a put streams the caller's buffer (`put` takes a memoryview of the pack writer's buffer) without copying
-it; a get holds the one object or range it returns. Pack uploads run in parallel: an object of 2 × PART_SIZE
-(10 MiB) or more goes up as a multipart upload whose parts (5 MiB, the least S3 accepts; the last up to 7.5 MiB)
-are sent PARALLEL_PARTS (4) at once, each a slice of that same buffer; it appears whole at completion or not at all,
-and a failed upload is aborted (one cut short by a kill stays as invisible parts until the bucket's lifecycle rule
-for incomplete uploads removes them; it is never an object). So an upload costs the pack it sends (≤ 16 MiB + one
-blob, see store/packs.py) plus socket buffers, and the blob sink's bound (store/blobsink.py: 2 open packs plus
-`pack_writes` = PACK_WRITES (4) in flight, each ≤ 16 MiB + one blob) is the whole write-side bound on S3 as on a disk.
+it; a get holds the one object or range it returns. Pack uploads run in parallel: the blob sink keeps
+`pack_writes` = PACK_WRITES (4) packs in flight, each one PUT on its own connection. An object of MULTIPART_FROM
+(64 MiB) or more (no pack is: ≤ 16 MiB + one blob, see store/packs.py) goes up as a multipart upload whose parts
+(PART_SIZE, 8 MiB; the last up to 12 MiB) are sent PARALLEL_PARTS (4) at once, each a slice of that same buffer; it
+appears whole at completion or not at all, and a failed upload is aborted (one cut short by a kill stays as
+invisible parts until the bucket's lifecycle rule for incomplete uploads removes them; it is never an object). So an
+upload costs the object it sends plus socket buffers, and the blob sink's bound (store/blobsink.py: 2 open packs plus
+PACK_WRITES in flight, each ≤ 16 MiB + one blob) is the whole write-side bound on S3 as on a disk.
+
+Client CPU (the S3 server often shares the client's cores, and then every CPU second here is one it lacks): a pack
+is one PUT, not a multipart upload of 3 parts (5 requests to sign and send, and 3 threads), which cost 0.6 CPU s
+per 600 MB. Payloads are not SHA-256 hashed for the signature (`payload_signing_enabled` off, UNSIGNED-PAYLOAD; the
+headers, If-None-Match among them, are still signed): botocore otherwise hashes every body it sends over http, 0.3
+CPU s per 600 MB. What guards a vault's bytes is its own sealing instead:
+every blob, index object and event segment is AES-GCM sealed and authenticated whenever it is opened, and a pack's
+name is the BLAKE3 of its bytes (`check --read-data`), so a body damaged on the way is found when read, as it would
+be on a disk. Over https botocore sends UNSIGNED-PAYLOAD already (TLS guards the body). No flexible checksums
+(`when_required`): no aws-chunked trailers, which not every store parses, and no CRC32 pass over each body.
 
 Reads: a ranged read fetches at least READAHEAD (1 MiB) from its offset and keeps that window, so the next blobs of
 the same pack (an export reads a pack's small blobs one after another; a log open reads each segment's first 12
@@ -67,8 +78,9 @@ from ..errors import (
 from . import check_name, check_prefix
 
 PACK_WRITES = 4  # packs uploaded at once (store/blobsink.py): each a round trip, so several hide the latency
-MAX_CONNECTIONS = 16  # PACK_WRITES × PARALLEL_PARTS: every part of every pack in flight has its own connection
-PART_SIZE = 5 << 20  # the least S3 takes (but for the last part): a 16 MiB pack goes up as 5 + 5 + 6 MiB at once
+MAX_CONNECTIONS = 16  # PACK_WRITES × PARALLEL_PARTS: every part of every object in flight has its own connection
+MULTIPART_FROM = 64 << 20  # an object this large goes up in parts; a pack (≤ 16 MiB + one blob) is one PUT
+PART_SIZE = 8 << 20  # what `aws s3 cp` uses (S3 takes 5 MiB or more but for the last part)
 PARALLEL_PARTS = 4
 READAHEAD = 1 << 20  # a ranged read fetches at least this much, kept for the next ranges of the same object
 WINDOW_BYTES = 16 << 20  # the most read-ahead bytes kept, over every object
@@ -162,6 +174,20 @@ class _ViewReader(io.RawIOBase):
         return len(self._view)
 
 
+def client_config(unsigned: bool = False) -> botocore.config.Config:
+    """The botocore configuration of every S3 client phonevault makes (why each setting: the module docstring)."""
+    return botocore.config.Config(
+        retries={"total_max_attempts": 1},  # RetryingBackend retries; botocore's own would multiply it
+        max_pool_connections=MAX_CONNECTIONS,
+        connect_timeout=10,
+        read_timeout=60,
+        s3={"addressing_style": "path", "payload_signing_enabled": False},
+        signature_version=UNSIGNED if unsigned else None,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
 class S3Backend:
     pack_writes = PACK_WRITES
 
@@ -171,16 +197,7 @@ class S3Backend:
         self._create_bucket = create_bucket
         session = boto3.session.Session()
         self._unsigned = unsigned = session.get_credentials() is None
-        config = botocore.config.Config(
-            retries={"total_max_attempts": 1},  # RetryingBackend retries; botocore's own would multiply it
-            max_pool_connections=MAX_CONNECTIONS,
-            connect_timeout=10,
-            read_timeout=60,
-            s3={"addressing_style": "path"},
-            signature_version=UNSIGNED if unsigned else None,
-            request_checksum_calculation="when_required",  # no aws-chunked trailers, which not every store parses
-            response_checksum_validation="when_required",
-        )
+        config = client_config(unsigned)
         self._client = session.client(
             "s3", endpoint_url=self.where.endpoint, region_name=session.region_name or "us-east-1", config=config
         )
@@ -358,13 +375,13 @@ class S3Backend:
         key = self.where.key(check_name(name))
         self._check_writes()
         self._window_drop(name)
-        if not conditions and memoryview(data).nbytes >= 2 * PART_SIZE:
+        if not conditions and memoryview(data).nbytes >= MULTIPART_FROM:
             self._put_parts(key, memoryview(data).cast("B"))
         else:
             self._client.put_object(Bucket=self.where.bucket, Key=key, Body=_ViewReader(data), **conditions)
 
     def _put_parts(self, key: str, view: memoryview) -> None:
-        """A large object (a pack) as a multipart upload whose parts go up at once, PART_SIZE each, slices of the
+        """A large object as a multipart upload whose parts go up at once, PART_SIZE each, slices of the
         caller's buffer: it appears whole at completion or not at all, and a failure aborts the upload."""
         bucket = self.where.bucket
         upload = self._client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
