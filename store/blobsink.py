@@ -26,7 +26,8 @@ the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writ
 plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`
 also queues each blob's stored form, no larger than its plaintext: ≤ 3 × 16 MiB). On a disk (P = 2):
 4 × 16 + 16 = 80 MiB typical, ≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst
-(copy: + 16 MiB).
+(copy: + 16 MiB). Per blob in an open or in-flight pack, ~130 bytes more (its 57-byte record and its id's entry in
+the pack's `pending` map, store/packs.py): ~13 MiB for the ~100 000 blobs of four packs of small plists.
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
 `verify_packs` checks that every pack the snapshot depends on still exists.
@@ -109,7 +110,6 @@ class BlobSink:
         self._sealing: deque[tuple[list[Pending], Future[list[bytes]]]] = deque()  # in put order
         self._unsealed: dict[bytes, bytes] = {}  # id -> plaintext of every blob in _batch or _sealing
         self._unsealed_bytes = 0
-        self._in_packs: dict[bytes, PackWriter] = {}  # id -> the open or in-flight pack holding it: one lookup
 
     def _new_pack(self) -> PackWriter:
         return PackWriter(self.repo.backend, self.repo.key, self._pack_size)
@@ -117,8 +117,19 @@ class BlobSink:
     def _writer(self, blob_type: int) -> PackWriter:
         return self._packs[DATA if blob_type == DATA else TREE]
 
+    def _holding(self, blob_id: bytes) -> PackWriter | None:
+        """The open or in-flight pack holding `blob_id`, if any: one lookup in each of ≤ 2 + pack_writes packs (a
+        map of every such blob beside each pack's own cost ~50 bytes a blob, ~100 000 blobs of small files)."""
+        for writer in self._packs.values():
+            if blob_id in writer.pending:
+                return writer
+        for writer, _future in self._inflight:
+            if blob_id in writer.pending:
+                return writer
+        return None
+
     def known(self, blob_id: bytes) -> bool:
-        if blob_id in self._unsealed or blob_id in self._in_packs:
+        if blob_id in self._unsealed or self._holding(blob_id) is not None:
             return True
         loc = self.repo.locate(blob_id)
         if loc is None or loc.pack in self._avoid:
@@ -130,7 +141,7 @@ class BlobSink:
         """Read a blob, including one still being sealed or in an open or not yet written pack."""
         if (plain := self._unsealed.get(blob_id)) is not None:
             return plain
-        if (writer := self._in_packs.get(blob_id)) is not None:
+        if (writer := self._holding(blob_id)) is not None:
             return open_blob(self.repo.key, blob_id, writer.sealed(blob_id), "open pack")
         return self.repo.get_blob(blob_id)
 
@@ -185,7 +196,6 @@ class BlobSink:
     def _add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         writer = self._writer(blob_type)
         writer.add(blob_id, blob_type, sealed, raw_length)
-        self._in_packs[blob_id] = writer
         self.stats.new_blobs += 1
         self.stats.new_raw += raw_length
         self.stats.new_bytes += len(sealed)
@@ -229,9 +239,8 @@ class BlobSink:
             self.stats.packs.append(pack_id)
 
     def _drop(self, writer: PackWriter) -> None:
+        """Forget the oldest pack in flight: its blobs are found in the cache from now on, or nowhere."""
         self._inflight.pop(0)
-        for blob_id in writer.pending:
-            del self._in_packs[blob_id]
 
     def flush(self) -> None:
         """Write the open packs and wait for every pack in flight. Raises the first pack write that failed in this

@@ -102,17 +102,24 @@ def open_stored(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> tu
     raise CorruptObject(where, f"blob {blob_id.hex()[:16]} has unknown flag {flag!r}")
 
 
+_RECORD = struct.Struct("<32sBQQQ")  # an open pack's blob: id, type, offset, length, raw length
+
+
 class PackWriter:
+    """One pack being filled: its bytes, and one fixed-size record per blob (57 bytes in one bytearray; as a list of
+    five objects each blob cost ~250 bytes, and a pack of small plists holds ~35 000 blobs), plus `pending`, the id
+    -> record number map that deduplicates within the pack and finds a blob still in it."""
+
     def __init__(self, backend: Backend, key: MasterKey, target_size: int = TARGET_PACK_SIZE) -> None:
         self._backend = backend
         self._key = key
         self._target = target_size
         self._buf = bytearray()  # the pack as it will be written: no join copy at the end
-        self._entries: list[list] = []
-        self.pending: dict[bytes, int] = {}  # blob id -> position in _entries (dedup within the open pack)
+        self._records = bytearray()  # _RECORD per blob, in the order added
+        self.pending: dict[bytes, int] = {}  # blob id -> its record number
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._records) // _RECORD.size
 
     @property
     def size(self) -> int:
@@ -122,8 +129,10 @@ class PackWriter:
         return len(self._buf) >= self._target
 
     def add(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> None:
-        self.pending[blob_id] = len(self._entries)
-        self._entries.append([blob_id, blob_type, len(self._buf), len(sealed), raw_length])
+        if len(blob_id) != 32:
+            raise ValueError(f"a blob id is 32 bytes, not {len(blob_id)}")
+        self.pending[blob_id] = len(self._records) // _RECORD.size
+        self._records += _RECORD.pack(blob_id, blob_type, len(self._buf), len(sealed), raw_length)
         self._buf += sealed
 
     def sealed(self, blob_id: bytes) -> bytes | None:
@@ -131,21 +140,22 @@ class PackWriter:
         pos = self.pending.get(blob_id)
         if pos is None:
             return None
-        _bid, _type, offset, length, _raw = self._entries[pos]
+        _bid, _type, offset, length, _raw = _RECORD.unpack_from(self._records, pos * _RECORD.size)
         return bytes(self._buf[offset : offset + length])
 
     def finish(self) -> tuple[str, dict[bytes, BlobLocation]] | None:
         """Write the pack (durable when this returns); returns its id and the locations of its blobs.
         A writer writes one pack: start a new one for the next (this one stays readable until dropped)."""
-        if not self._entries:
+        if not self._records:
             return None
-        header = self._key.seal(msgpack.packb([PACK_FORMAT, self._entries]), HEADER_AD)
+        entries = [[bid, typ, off, length, raw] for bid, typ, off, length, raw in _RECORD.iter_unpack(self._records)]
+        header = self._key.seal(msgpack.packb([PACK_FORMAT, entries]), HEADER_AD)
         self._buf += header
         self._buf += TRAILER.pack(len(header), MAGIC, PACK_FORMAT)
         with memoryview(self._buf) as data:
             pack_id = content_hash(data)
             self._backend.put(pack_name(pack_id), data)
-        return pack_id, {e[0]: BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in self._entries}
+        return pack_id, {e[0]: BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in entries}
 
 
 def parse_header(key: MasterKey, pack_id: str, tail: bytes, pack_size: int) -> dict[bytes, BlobLocation]:
