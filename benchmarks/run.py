@@ -257,6 +257,8 @@ def run_device(case: Case, work: Path, log: Path) -> dict:
         out |= bench_device(work, size, log)
     except StepFailed as e:
         out["error"] = str(e)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the emulator's phone folder: as large as the case
     out |= {"device_size": size, "load_end": os.getloadavg(), "case_s": time.perf_counter() - started}
     return out
 
