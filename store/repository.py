@@ -3,7 +3,9 @@
 config (version 1) is sealed with ad=b"phonevault/v1/config": msgpack {"version", "id", "created", "chunker"}.
 Reads go: blob id -> LMDB cache (synced with index/ on open) -> one ranged read of a pack -> open + verify. A blob
 a snapshot needs but the cache does not know is looked for again after reloading the blob index from the vault (once
-per repository), so a cache that lost an entry is never reported as a missing object.
+per repository), so a cache that lost an entry is never reported as a missing object. Many blobs at once
+(`read_located`, export's small files) are read in (pack, offset) order, neighbours merged into one read of up to
+MERGED_READ bytes, gaps of up to MERGE_GAP read through: one read per run of a pack instead of one per blob.
 Event logs are read incrementally: a segment is used from the cache only if its cached copy was made from the very
 object the vault holds now (same name, size and first 12 bytes, its nonce; see cache.py), which costs a listing and a
 12-byte read per segment; otherwise it is fetched and opened again.
@@ -48,6 +50,8 @@ from .projections import DeviceView, project
 from .trees import FileEntry
 
 CONFIG_FORMAT = 1
+MERGE_GAP = 64 << 10  # read through a gap this small rather than seek past it (a pack's other files' blobs)
+MERGED_READ = 4 << 20  # one read of neighbouring blobs is at most this long
 PACK_MOVED_RETRIES = 3  # a prune repacks a pack at most once per run; three runs while one blob is read is plenty
 CONFIG_AD = b"phonevault/v1/config"
 
@@ -197,6 +201,38 @@ class Repository:
                     raise  # gone for good, or there but short: damage, not a move
                 self.sync_index()
         raise AssertionError("unreachable")
+
+    def read_located(self, located: list[tuple[bytes, BlobLocation]]) -> dict[bytes, bytes]:
+        """The plaintexts of blobs already located (blob id -> where), read in (pack, offset) order with neighbours
+        merged (MERGE_GAP, MERGED_READ). Touches no cache, so it may run on another thread than the lookups. A blob
+        that cannot be read or opened here (a pack moved by prune, a short read, damage) is left out: the caller
+        reads it again with `get_blob`, which retries a move and raises the error that names it."""
+        out: dict[bytes, bytes] = {}
+        todo = sorted(((loc.pack, loc.offset, loc.length, bid) for bid, loc in located), key=lambda t: t[:2])
+        i = 0
+        while i < len(todo):
+            pack, start, length, _ = todo[i]
+            end, j = start + length, i + 1
+            while j < len(todo):
+                p2, off2, len2, _ = todo[j]
+                if p2 != pack or off2 - end > MERGE_GAP or off2 + len2 - start > MERGED_READ:
+                    break
+                end, j = max(end, off2 + len2), j + 1
+            name = pack_name(pack)
+            try:
+                data = self.backend.get_range(name, start, end - start)
+            except PhonevaultError:
+                data = b""
+            view = memoryview(data)
+            for _p, off, ln, bid in todo[i:j]:
+                if bid in out or off - start + ln > len(data):
+                    continue
+                try:
+                    out[bid] = open_blob(self.key, bid, view[off - start : off - start + ln], name)
+                except PhonevaultError:
+                    pass
+            i = j
+        return out
 
     def read_file(self, entry: FileEntry) -> Iterator[bytes]:
         for chunk in entry.chunks:

@@ -75,7 +75,7 @@ from .manifest import check_manifest_db
 from .paths import Target, safe_component, shown, unsafe_reason
 from .plists import DeviceInfo, read_info_plist_dated, read_manifest_plist, read_status_plist
 from .records import BackupMeta, device_record
-from .writeout import FileWriters, write_large
+from .writeout import FileWriters, ReadAhead, small_plain, write_large
 
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
@@ -469,10 +469,10 @@ def _export_into(
     dirs: list[tuple[Path, FileEntry]] = []
     made: set[Path] = set()
     problems: list[str] = []
-    under = Target(tmp)
-    with FileWriters() as writers:
-        for entries in shards:
-            repo.cache.trim()  # the cache pages the last shard's lookups mapped (store/residency.py)
+    under = Target(tmp, fresh=True)  # made empty above: nothing in it is a symbolic link (sync/paths.py)
+    with FileWriters() as writers, ReadAhead(repo, small_plain) as ahead:
+        for entries in ahead.batches(shards):  # the next batch's small files are read meanwhile (writeout.py)
+            repo.cache.trim()  # the cache pages the last batch's lookups mapped (store/residency.py)
             for e in entries:
                 try:
                     local = under.join(e.path)
@@ -490,7 +490,7 @@ def _export_into(
                     if e.cipher_key:  # stored decrypted: written encrypted again, as sent (sync/decrypted.py)
                         done += write_as_sent(repo, e, local, writers)
                     elif e.size <= FileWriters.SMALL:
-                        data = b"".join(repo.read_file(e))
+                        data = ahead.take(e)
                         writers.submit(local, e, data)
                         done += len(data)
                     else:
