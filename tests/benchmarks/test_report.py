@@ -4,6 +4,7 @@ that a run's day-0 write keeps (real files, the real generator)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -82,3 +83,16 @@ def test_a_prepared_folder_is_kept_by_the_runs_day0_write(tmp_path: Path) -> Non
     ds.at_day(0)
     assert (media.stat().st_ino, media.stat().st_mtime_ns) == before
     assert dataset.disk_usage(ds.folder)[:2] == (got["bytes"], got["files"])
+
+
+def test_folder_digest_by_shard_processes_equals_one_walk(tmp_path: Path) -> None:
+    ds = dataset.make_dataset(tmp_path, 4 * 2**20, 300)
+    folder = ds.at_day(0)
+    (folder / "00" / "nested").mkdir()
+    (folder / "00" / "nested" / "x").write_bytes(b"x")
+    walked = {
+        (Path(d) / n).relative_to(folder).as_posix(): dataset.file_digest(Path(d) / n)
+        for d, _dirs, names in os.walk(folder)
+        for n in names
+    }
+    assert dataset.folder_digest(folder) == walked and "00/nested/x" in walked
