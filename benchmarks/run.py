@@ -218,7 +218,7 @@ def bench_case(case: Case, work: Path, peers: list[str], log: Path, frugal: bool
     start = time.perf_counter()
     ds.at_day(0)  # incremental over a prepared folder: only its metadata is written again
     out["generate_s"] = time.perf_counter() - start
-    src = Source(ds, ds.photo(), frugal=frugal)
+    src = Source(ds, ds.photo(), frugal=frugal, verify_day0=refs)
     src.at(0)
     out |= {"bytes_day0": src.sizes[0], "files_day0": len(src.digests[0]), "photo": src.photo.domain_path,
             "frugal": frugal, "day2_new_media": new_media_bytes(ds.phone), "media": media_figures(ds)}  # fmt: skip
