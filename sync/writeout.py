@@ -10,7 +10,8 @@ that names the file.
 A file whose chunks cannot be read back from the vault raises PhonevaultError before anything of it is left behind
 (a large file is removed again), so the caller can name it and go on. Memory: two batches of small files (the one
 being written, the one being read: 2 × BATCH), at most `FileWriters.MAX_PENDING` bytes of small files waiting for a
-writer thread, and one chunk of a large file; nothing grows with the number of files beyond one shard's entries.
+writer thread, one chunk of a large file, and the cache pages of at most TRIM_LOOKUPS lookups (store/check.py);
+nothing grows with the number of files beyond one shard's entries.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from phonevault.store.check import TRIM_LOOKUPS
 from phonevault.store.packs import BlobLocation
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry
@@ -171,9 +173,11 @@ class ReadAhead:
                 yield batch
 
     def _locate(self, batch: list[FileEntry]) -> list[tuple[bytes, BlobLocation]]:
-        ids = sorted({c for e in batch if self._wanted(e) for c in e.chunks})  # sorted: neighbouring index pages
+        ids = {c for e in batch if self._wanted(e) for c in e.chunks}  # a chunk many files share: located once
         out = []
-        for bid in ids:
+        for i, bid in enumerate(ids, 1):
+            if i % TRIM_LOOKUPS == 0:  # each page fault maps ~64 KiB of the cache: unmap as it goes (check.py)
+                self._repo.cache.trim()
             if (loc := self._repo.cache.lookup(bid)) is not None:  # a miss: `take` reloads the index, or names it
                 out.append((bid, loc))
         return out
