@@ -321,8 +321,15 @@ def series_table(title: str, series: list[dict], ref: dict | None) -> list[str]:
             if tool == "phonevault" and ref is not None:
                 vs = (f"{_ratio(_wall(ref, tool, step), _wall(ref, 'restic', step))} · "
                       f"{_ratio(_rss(ref, tool, step), _rss(ref, 'restic', step))}")  # fmt: skip
-            flat = _ratio(_rss(hi, tool, step), _rss(lo, tool, step)) if len(series) > 1 else "—"
-            grow = _ratio(_wall(hi, tool, step), _wall(lo, tool, step)) if len(series) > 1 else "—"
+            # A tool not run at every case (a piece run with --skip-peers) is compared over the cases it ran,
+            # and the cell names them.
+            ran = [s for s in series if _wall(s, tool, step) is not None]
+            flat = grow = "—"
+            if len(ran) > 1:
+                a, b = ran[0], ran[-1]
+                span = "" if (a, b) == (lo, hi) else f" ({a['label']} → {b['label']})"
+                flat = _ratio(_rss(b, tool, step), _rss(a, tool, step)) + span
+                grow = _ratio(_wall(b, tool, step), _wall(a, tool, step)) + span
             lines.append(f"| {label} | {tool} | " + " | ".join(cells) + f" | {grow} | {flat} | {vs} |")
     return lines + [""]
 

@@ -96,3 +96,14 @@ def test_folder_digest_by_shard_processes_equals_one_walk(tmp_path: Path) -> Non
         for n in names
     }
     assert dataset.folder_digest(folder) == walked and "00/nested/x" in walked
+
+
+def test_a_tool_skipped_at_the_largest_case_is_compared_over_the_cases_it_ran() -> None:
+    gb = 2**30
+    big = _case("many-1000000", "many", gb, 1_000_000, 250, 0)
+    del big["tools"]["restic"]  # that piece ran with --skip-peers
+    merged = report.merge([_run("abc", _case("1GB", "size", gb, 33_000, 200, 100)),
+                           _run("abc", _case("many-300000", "many", gb, 300_000, 220, 150), big)])  # fmt: skip
+    rows = [ln for ln in report.series_table("files", report.files_series(merged), None) if "| import / backup |" in ln]
+    assert "| 1.25 |" in rows[0]  # phonevault over the whole series: 250 / 200
+    assert "| 1.50 (1GB → many-300000) |" in rows[1]  # restic over the cases it ran: 150 / 100
