@@ -5,8 +5,9 @@ exactly what was imported: same bytes, same names, same modes and mtimes. Import
 pushes them into the store's chunker (memory does not depend on file size) and skips files whose stat (size, mtime,
 inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata.
 
-Memory: import holds one shard (a top-level `xx/` folder: its listing, its staged entries, the parent's same
-shard while they are diffed, its Manifest.db rows: sync/catalogshards.py), one delta group and two packs; the
+Memory: import holds one shard (a top-level `xx/` folder: its listing and the next one's, its staged entries, the
+parent's same shard while they are diffed, its Manifest.db rows: sync/catalogshards.py), ≤ 8 MiB of small files
+read ahead (folderwalk.SmallReads), one delta group and two packs; the
 cache's pages are unmapped after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3) keeps every
 file at the top level, one shard, and its list is parsed whole and compared with ~28 bytes a file (`_Present`).
 Export holds one shard's entries and up to 64 MiB of small files waiting for a thread.
