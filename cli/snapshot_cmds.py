@@ -18,8 +18,8 @@ from phonevault.sync.decrypt_export import export_decrypted
 from phonevault.sync.diff import DiffRow, per_domain
 from phonevault.sync.diff import diff as catalog_diff
 from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractIncomplete, StrictRefused
+from phonevault.sync.export import export_snapshot
 from phonevault.sync.extract import extract as catalog_extract
-from phonevault.sync.mobilesync import export_snapshot
 from phonevault.sync.paths import shown
 from phonevault.sync.records import backup_meta, device_info
 

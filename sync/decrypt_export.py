@@ -41,9 +41,9 @@ from .catalog import Catalog, domain_path, load_catalog
 from .damage import describe
 from .encrypted import BackupPassword, decrypt_manifest_db, unlock
 from .errors import FileUndecryptable
+from .export import ExportResult, Progress, export_snapshot, into_new_folder
 from .manifest import FLAG_FILE, MANIFEST_DB_SCHEMA
 from .mbfile import decode_mbfile, encode_mbfile
-from .mobilesync import ExportResult, Progress, export_snapshot, into_new_folder
 from .paths import Target, shown
 from .records import backup_meta
 from .writeout import FileWriters, set_meta, write_pieces

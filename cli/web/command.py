@@ -22,7 +22,6 @@ import sys
 import webbrowser
 
 import click
-import uvicorn
 
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.repository import Repository
@@ -31,8 +30,6 @@ from phonevault.sync.encrypted import BackupPassword
 from ..backup_password import backup_password_option
 from ..context import secret_from_env, with_repo
 from ..render import err, out
-from .app import create_app
-from .library import Library
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -95,6 +92,13 @@ def serve(
             "unencrypted (plain HTTP)",
             markup=False,
         )
+    # Imported here, not at the top: every command loads this module, and the web stack costs ~0.1 s to import,
+    # which a one-photo extract would otherwise pay.
+    import uvicorn
+
+    from .app import create_app
+    from .library import Library
+
     sock = bind(host, port)
     port = sock.getsockname()[1]
     token = secrets.token_urlsafe(32)

@@ -30,7 +30,7 @@ from phonevault.sync.emulator import Emulator
 from phonevault.sync.emulator.devicelink import DeviceLink
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.emulator.wire import Link
-from phonevault.sync.mobilesync import export_snapshot
+from phonevault.sync.export import export_snapshot
 from phonevault.sync.writeout import FileWriters
 from tests.conftest import PASSWORD, js
 from tests.sync.test_mobilesync import tree_digest

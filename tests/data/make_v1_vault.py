@@ -19,7 +19,8 @@ from phonevault.store.repository import Repository
 from phonevault.store.trees import load_tree
 from phonevault.sync.backup2 import backup_device
 from phonevault.sync.emulator import Emulator
-from phonevault.sync.mobilesync import export_snapshot, import_folder
+from phonevault.sync.export import export_snapshot
+from phonevault.sync.mobilesync import import_folder
 from phonevault.sync.phone import SyntheticPhone
 
 HERE = Path(__file__).parent

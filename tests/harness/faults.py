@@ -122,7 +122,7 @@ def library_command(name: str, repo: Repository, world: World, rig: Rig, scratch
             backup_device(repo, usbmux_address=rig.address("B", 1))
             return None
         case "export":
-            from phonevault.sync.mobilesync import export_snapshot
+            from phonevault.sync.export import export_snapshot
 
             view, snap = _snap(repo, world, "A day 1")
             dest = scratch / "export"

@@ -21,7 +21,7 @@ from pathlib import Path
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.errors import PhonevaultError
 from phonevault.store.repository import Repository
-from phonevault.sync.mobilesync import export_snapshot
+from phonevault.sync.export import export_snapshot
 
 from .records import Trial
 from .vaults import PASSWORD, Digest, Run, Vault, differences, folder_digest, pv

@@ -14,7 +14,7 @@ import pytest
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.check import check
 from phonevault.store.repository import Repository
-from phonevault.sync.mobilesync import export_snapshot
+from phonevault.sync.export import export_snapshot
 from phonevault.sync.records import backup_meta, device_info
 
 DATA = Path(__file__).parent.parent / "data"

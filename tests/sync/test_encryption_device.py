@@ -35,7 +35,7 @@ from phonevault.sync.errors import (
     WrongBackupPassword,
     WrongDevicePassword,
 )
-from phonevault.sync.mobilesync import export_snapshot
+from phonevault.sync.export import export_snapshot
 from phonevault.sync.records import backup_meta
 from phonevault.sync.restore import restore_device
 from tests.sync.test_emulator import ok, pmd3

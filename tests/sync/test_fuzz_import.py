@@ -49,10 +49,11 @@ from phonevault.store.errors import PhonevaultError
 from phonevault.store.repository import Repository
 from phonevault.sync.catalog import domain_path, list_dir, load_catalog
 from phonevault.sync.emulator.phone import SyntheticPhone
+from phonevault.sync.export import export_snapshot
 from phonevault.sync.extract import extract
 from phonevault.sync.manifest import MANIFEST_DB_SCHEMA, CatalogEntry, file_id, mbfile_fields
 from phonevault.sync.mbfile import encode_mbfile
-from phonevault.sync.mobilesync import export_snapshot, import_folder
+from phonevault.sync.mobilesync import import_folder
 from phonevault.sync.paths import unsafe_reason
 from tests.conftest import FAST_SCRYPT, PASSWORD
 

@@ -17,9 +17,10 @@ from phonevault.sync.catalog import list_dir, load_catalog
 from phonevault.sync.diff import diff
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.errors import BackupFolderInvalid, EncryptedBackup
+from phonevault.sync.export import export_snapshot
 from phonevault.sync.extract import extract
 from phonevault.sync.manifest import CatalogEntry, file_id, write_manifest_db
-from phonevault.sync.mobilesync import export_snapshot, find_backup_folders, import_folder
+from phonevault.sync.mobilesync import find_backup_folders, import_folder
 from phonevault.sync.records import backup_meta
 
 SIZE = 6 << 20

@@ -25,10 +25,11 @@ from phonevault.store.writer import SnapshotWriter
 from phonevault.sync.catalog import backup_path, load_catalog
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.errors import EncryptedBackup, ExtractIncomplete, TargetConflict
+from phonevault.sync.export import export_snapshot
 from phonevault.sync.extract import extract
 from phonevault.sync.manifest import CatalogEntry, file_id, mbfile_fields
 from phonevault.sync.mbfile import encode_mbfile
-from phonevault.sync.mobilesync import export_snapshot, import_folder
+from phonevault.sync.mobilesync import import_folder
 from phonevault.sync.paths import Target, safe_component
 from phonevault.sync.records import backup_meta
 from phonevault.sync.restore import restore_device

@@ -16,7 +16,8 @@ from phonevault.store.errors import PhonevaultError, UnsafePath
 from phonevault.store.packs import pack_name
 from phonevault.store.repository import Repository
 from phonevault.sync.emulator.phone import SyntheticPhone
-from phonevault.sync.mobilesync import export_snapshot, import_folder
+from phonevault.sync.export import export_snapshot
+from phonevault.sync.mobilesync import import_folder
 from phonevault.sync.paths import Target
 from phonevault.sync.writeout import ReadAhead, small_plain
 from tests.conftest import reopen

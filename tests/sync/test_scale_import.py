@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from phonevault.store.check import check
 from phonevault.store.trees import load_tree, shard_of
 from phonevault.store.writer import SnapshotWriter
+from phonevault.sync.export import export_snapshot
 from phonevault.sync.manifest import CatalogEntry, file_id, write_manifest_db
-from phonevault.sync.mobilesync import _Present, export_snapshot, import_folder
+from phonevault.sync.mobilesync import _Present, import_folder
 
 UDID = "00008030-0000000000000002"
 
