@@ -112,13 +112,36 @@ class MixedCommits(ValueError):
     """Results of different commits cannot share a table: the ratios would compare different code."""
 
 
+MEASURED = ("store", "sync", "cli")  # what run.py freezes and measures (run.freeze_and_reexec)
+
+
+def same_code(commits: list[str], repo: Path = Path(__file__).parent) -> bool:
+    """Whether the commits hold the same measured code (git trees of MEASURED), so their cases may share a table
+    (a commit that changed only docs between two pieces of a run). A live working tree's run never matches."""
+    trees = set()
+    for commit in commits:
+        if " " in commit or commit in ("?", "None"):
+            return False
+        got = subprocess.run(["git", "-C", str(repo), "rev-parse", *(f"{commit}:{d}" for d in MEASURED)],
+                             capture_output=True, text=True)  # fmt: skip
+        if got.returncode != 0:
+            return False
+        trees.add(got.stdout)
+    return len(trees) == 1
+
+
 def merge(runs: list[dict]) -> dict:
-    """One results dict from several of the same commit: the first's header, every run's notes once, and each
+    """One results dict from several of the same commit (or of commits with the same measured code, `same_code`): the first's header, every run's notes once, and each
     case by label (a later run's case replaces an earlier one's)."""
-    commits = {str(r.get("commit")) for r in runs}
-    if len(commits) > 1:
-        raise MixedCommits(f"results of different commits ({', '.join(sorted(commits))}) are not merged")
+    commits = list(dict.fromkeys(str(r.get("commit")) for r in runs))
+    if len(commits) > 1 and not same_code(commits):
+        raise MixedCommits(
+            f"results of different commits ({', '.join(sorted(commits))}) are not merged: their measured code "
+            f"({', '.join(MEASURED)}) differs"
+        )
     out = {k: v for k, v in runs[0].items() if k not in ("sizes", "devices", "device", "notes")}
+    if len(commits) > 1:
+        out["commit"] = " = ".join(commits) + f" (the same {', '.join(MEASURED)})"
     notes: list[str] = []
     sizes: dict[str, dict] = {}
     devs: dict[str, dict] = {}

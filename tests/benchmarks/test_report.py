@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,6 +62,35 @@ def test_split_runs_merge_into_one_table_with_flatness_and_restic_ratios() -> No
 def test_results_of_different_commits_are_not_merged() -> None:
     with pytest.raises(report.MixedCommits):
         report.merge([_run("abc"), _run("def")])
+
+
+def test_pieces_of_commits_with_the_same_measured_code_merge(tmp_path: Path) -> None:
+    """A commit that changed only docs between two pieces of a run does not split the run; one that changed code
+    does. A real git repository, three commits."""
+
+    def git(*args: str) -> str:
+        env = os.environ | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                            "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True,
+                              env=env).stdout.strip()  # fmt: skip
+
+    git("init", "-q")
+    for d in report.MEASURED:
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "m.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("a\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "code")
+    code = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "README.md").write_text("b\n")
+    git("commit", "-q", "-am", "docs only")
+    docs = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "store" / "m.py").write_text("x = 2\n")
+    git("commit", "-q", "-am", "code again")
+    changed = git("rev-parse", "--short", "HEAD")
+    assert report.same_code([code, docs], tmp_path)
+    assert not report.same_code([docs, changed], tmp_path)
+    assert not report.same_code([code, f"{code} (live working tree)"], tmp_path)
 
 
 def test_a_case_that_cannot_fit_is_refused_in_one_line(tmp_path: Path) -> None:
