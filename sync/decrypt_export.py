@@ -26,13 +26,12 @@ it while the new one is written; files as export (small ones whole, large ones a
 
 from __future__ import annotations
 
-import os
 import plistlib
 import sqlite3
 from pathlib import Path
 
 from phonevault.store.check import readable_tree
-from phonevault.store.errors import PhonevaultError, UnsafePath
+from phonevault.store.errors import PhonevaultError
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry
@@ -41,10 +40,10 @@ from .catalog import Catalog, domain_path, load_catalog
 from .damage import describe
 from .encrypted import BackupPassword, decrypt_manifest_db, unlock
 from .errors import FileUndecryptable
-from .export import ExportResult, Progress, export_snapshot, into_new_folder
+from .export import ExportResult, Placement, Progress, export_snapshot, into_new_folder
 from .manifest import FLAG_FILE, MANIFEST_DB_SCHEMA
 from .mbfile import decode_mbfile, encode_mbfile
-from .paths import Target, shown
+from .paths import shown
 from .records import backup_meta
 from .writeout import FileWriters, set_meta, write_pieces
 
@@ -86,22 +85,12 @@ def _write_folder(
     entries, damaged = readable_tree(repo, view, snap)
     total = sum(e.size for e in entries)
     done = files = 0
-    dirs: list[tuple[Path, FileEntry]] = []
-    problems: list[str] = []
     undecryptable: list[str] = []
-    under = Target(tmp)
+    place = Placement(tmp, target)
     with FileWriters() as writers:
         for e in entries:
-            try:
-                local = under.join(e.path)
-            except UnsafePath as exc:
-                problems.append(str(exc).replace(str(tmp), str(target)))
+            if (local := place.file(e)) is None:
                 continue
-            if e.is_dir:
-                local.mkdir(parents=True, exist_ok=True)
-                dirs.append((local, e))
-                continue
-            local.parent.mkdir(parents=True, exist_ok=True)
             try:
                 if e.path == "Manifest.plist":
                     writers.submit(local, e, _plain_manifest_plist(b"".join(repo.read_file(e))))
@@ -128,10 +117,9 @@ def _write_folder(
             files += 1
             if progress:
                 progress(done, total)
-    for local, d in dirs:
-        os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
+    place.finish()
     lost = describe(repo, snap, damaged, "exported") if damaged else []
-    return ExportResult(target, files, done, problems, lost + undecryptable)
+    return ExportResult(target, files, done, place.problems, lost + undecryptable)
 
 
 def _plain_manifest_plist(data: bytes) -> bytes:

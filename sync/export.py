@@ -112,26 +112,13 @@ def _export_into(
     damaged: dict[str, str] = {}  # backup path -> why it is not written
     total = shards.size
     done = files = 0
-    dirs: list[tuple[Path, FileEntry]] = []
-    made: set[Path] = set()
-    problems: list[str] = []
-    under = Target(tmp, fresh=True)  # made empty above: nothing in it is a symbolic link (sync/paths.py)
+    place = Placement(tmp, target)
     with FileWriters() as writers, ReadAhead(repo, small_plain) as ahead:
         for entries in ahead.batches(shards):  # the next batch's small files are read meanwhile (writeout.py)
             repo.cache.trim()  # the cache pages the last batch's lookups mapped (store/residency.py)
             for e in entries:
-                try:
-                    local = under.join(e.path)
-                except UnsafePath as exc:
-                    problems.append(str(exc).replace(str(tmp), str(target)))
+                if (local := place.file(e)) is None:
                     continue
-                if e.is_dir:
-                    local.mkdir(parents=True, exist_ok=True)
-                    dirs.append((local, e))
-                    continue
-                if local.parent not in made:
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(local.parent)
                 try:
                     if e.cipher_key:  # stored decrypted: written encrypted again, as sent (sync/decrypted.py)
                         done += write_as_sent(repo, e, local, writers)
@@ -149,6 +136,41 @@ def _export_into(
                 if progress:
                     progress(done, total)
     damaged.update(shards.lost)
-    for local, d in dirs:
-        os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
-    return ExportResult(target, files, done, problems, describe(repo, snap, damaged, "exported") if damaged else [])
+    place.finish()
+    lost = describe(repo, snap, damaged, "exported") if damaged else []
+    return ExportResult(target, files, done, place.problems, lost)
+
+
+class Placement:
+    """Where an export (as imported, or decrypted: sync/decrypt_export.py) writes each tree entry in its working
+    folder `tmp`, which `into_new_folder` made empty, so nothing in it is a symbolic link (sync/paths.py
+    `Target(fresh=True)`). A path that would leave it is refused and named in `problems` as it would read in the
+    final folder; folders are made as they come and dated by `finish`, once their files are written."""
+
+    def __init__(self, tmp: Path, target: Path) -> None:
+        self._under = Target(tmp, fresh=True)
+        self._tmp, self._target = str(tmp), str(target)
+        self.problems: list[str] = []
+        self._dirs: list[tuple[Path, FileEntry]] = []
+        self._made: set[Path] = set()
+
+    def file(self, e: FileEntry) -> Path | None:
+        """Where to write file `e` (its folder made), or None: `e` is a folder (made here) or a refused path."""
+        try:
+            local = self._under.join(e.path)
+        except UnsafePath as exc:
+            self.problems.append(str(exc).replace(self._tmp, self._target))
+            return None
+        if e.is_dir:
+            local.mkdir(parents=True, exist_ok=True)
+            self._dirs.append((local, e))
+            return None
+        if local.parent not in self._made:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(local.parent)
+        return local
+
+    def finish(self) -> None:
+        """Give each folder its mtime (writing files into it changed it)."""
+        for local, d in self._dirs:
+            os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
