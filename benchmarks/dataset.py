@@ -34,6 +34,7 @@ from pathlib import Path
 
 import blake3
 import zstandard
+from measure import disk_usage  # noqa: F401  (run.py and the tests take it from here)
 
 from phonevault.sync.emulator.phone import SyntheticPhone
 
@@ -126,21 +127,6 @@ def make_dataset(root: Path, size: int, many_files: int = 0) -> Dataset:
 def data_root(workdir: Path, size: int, many_files: int = 0) -> Path:
     """Where a case's source folder lives (`<root>/<udid>/`), prepared ahead or written by the run."""
     return workdir / "data" / f"phone-{size}-{many_files}"
-
-
-def disk_usage(path: Path) -> tuple[int, int, int]:
-    """(apparent bytes, files, bytes of the blocks they occupy) of every regular file under path."""
-    nbytes = files = blocks = 0
-    for dirpath, _dirs, names in os.walk(path):
-        for name in names:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            nbytes += st.st_size
-            blocks += st.st_blocks * 512
-            files += 1
-    return nbytes, files, blocks
 
 
 def prepare(workdir: Path, size: int, many_files: int = 0) -> dict:

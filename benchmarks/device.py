@@ -48,18 +48,24 @@ def start_emulator(data: Path, size: str, log: Path) -> Emulator:
     env = base_env(data.parent / "emulator-home")
     with open(log, "a") as err:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    fields = announced(proc, log)
+    udid = fields["udid"]
+    return Emulator(proc, fields["USBMUXD_SOCKET_ADDRESS"], udid, data / "device" / udid)
+
+
+def announced(proc: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT) -> dict[str, str]:
+    """The key=value fields of the line in which an emulator announces its address, waited for `timeout` s."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             raise StepFailed(f"emulator exited ({proc.wait()}) before printing its address (see {log})")
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         if "USBMUXD_SOCKET_ADDRESS" in fields:
-            udid = fields["udid"]
-            return Emulator(proc, fields["USBMUXD_SOCKET_ADDRESS"], udid, data / "device" / udid)
+            return fields
     proc.kill()
-    raise StepFailed(f"emulator did not announce its address within {START_TIMEOUT:.0f} s")
+    raise StepFailed(f"emulator did not announce its address within {timeout:.0f} s")
 
 
 def stop_emulator(emu: Emulator) -> None:

@@ -104,14 +104,21 @@ def timed(
     return m
 
 
-def tree_bytes(path: Path) -> int:
-    """Apparent size of every regular file under path (what `du -sb` reports, minus directory entries)."""
-    total = 0
+def disk_usage(path: Path) -> tuple[int, int, int]:
+    """(apparent bytes, files, bytes of the blocks they occupy) of every regular file under path."""
+    nbytes = files = blocks = 0
     for dirpath, _dirs, names in os.walk(path):
         for name in names:
             try:
                 st = os.lstat(os.path.join(dirpath, name))
             except FileNotFoundError:
                 continue
-            total += st.st_size
-    return total
+            nbytes += st.st_size
+            blocks += st.st_blocks * 512
+            files += 1
+    return nbytes, files, blocks
+
+
+def tree_bytes(path: Path) -> int:
+    """Apparent size of every regular file under path (what `du -sb` reports, minus directory entries)."""
+    return disk_usage(path)[0]

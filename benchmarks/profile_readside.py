@@ -16,12 +16,12 @@ import argparse
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from measure import StepFailed, ensure_gnu_time, timed  # noqa: E402
+from device import announced  # noqa: E402
+from measure import ensure_gnu_time, timed  # noqa: E402
 from profile_files import parse_size, slope  # noqa: E402
 from tools import VENV_BIN, Phonevault, base_env  # noqa: E402
 
@@ -54,17 +54,7 @@ def start_emulator(data: Path, n: int, size: int, log: Path) -> tuple[subprocess
             stderr=err,
             text=True,
         )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise StepFailed(f"emulator exited ({proc.wait()}) before printing its address (see {log})")
-        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-        if "USBMUXD_SOCKET_ADDRESS" in fields:
-            return proc, fields["USBMUXD_SOCKET_ADDRESS"]
-    proc.kill()
-    raise StepFailed("emulator did not announce its address in time")
+    return proc, announced(proc, log, START_TIMEOUT)["USBMUXD_SOCKET_ADDRESS"]
 
 
 def stop(proc: subprocess.Popen) -> None:
