@@ -95,21 +95,10 @@ def upload_packs(vault: Path, seaweed, prefix: str, *, previous: bool = False) -
     a client configured as phonevault's. `previous`: the reference used before 2026-11-26 (boto3's default client
     configuration: payload SHA-256 and CRC32 on every body; 8 files at once, each in up to 8 parts), kept as a row
     for comparison with the older figures."""
-    import boto3
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
     files = [f for f in sorted((vault / "packs").rglob("*")) if f.is_file()]
-    if previous:
-        client = seaweed.client()
-    else:
-        client = boto3.client(
-            "s3",
-            endpoint_url=seaweed.endpoint,
-            aws_access_key_id=seaweed.access_key,
-            aws_secret_access_key=seaweed.secret_key,
-            region_name="us-east-1",
-            config=reference_config(),
-        )
+    client = seaweed.client(None if previous else reference_config())
     before = server_cpu(seaweed.proc.pid)
     usage = os.times()
     start = time.perf_counter()

@@ -84,7 +84,8 @@ class Seaweed:
         """A fresh vault location: its own prefix of the bucket."""
         return f"s3:{self.endpoint}/{self.bucket}/{name or 't'}{next(self._prefixes):05d}-{secrets.token_hex(3)}"
 
-    def client(self):
+    def client(self, config=None):
+        """A boto3 client of this server (botocore's defaults, or `config`: a botocore.config.Config)."""
         import boto3
 
         return boto3.client(
@@ -93,6 +94,7 @@ class Seaweed:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name="us-east-1",
+            config=config,
         )
 
     def log_tail(self, lines: int = 20) -> str:
@@ -167,17 +169,11 @@ def start_seaweedfs(
 
 
 def _wait_ready(server: Seaweed, deadline: float) -> None:
-    import boto3
     import botocore.config
     import botocore.exceptions
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name="us-east-1",
-        config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10),
+    client = server.client(
+        botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10)
     )
     end = time.monotonic() + deadline
     last: Exception | None = None
