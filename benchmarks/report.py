@@ -179,45 +179,17 @@ def targets(results: dict) -> list[tuple[str, Target]]:
         floor = s.get("day2_new_media")
         beyond = {t: (a - floor if (a := s["tools"].get(t, {}).get("day2_added")) is not None and floor is not None
                       else None) for t in ("phonevault", "borg")}  # fmt: skip
-        rows += [
-            (s["label"], Target("first import vs `cp -r`", first, cp, 1.3, "cp -r")),
-            (s["label"], Target("first import vs borg create", first, _wall(s, "borg", FIRST), 0.5, "borg")),
-            (
-                s["label"],
-                Target(
-                    "full export vs restic restore",
-                    _wall(s, "phonevault", RESTORE),
-                    _wall(s, "restic", RESTORE),
-                    0.7,
-                    "restic",
-                ),
-            ),  # fmt: skip
-            (
-                s["label"],
-                Target("one photo vs restic", _wall(s, "phonevault", ONE), _wall(s, "restic", ONE), 0.25, "restic"),
-            ),  # fmt: skip
-            (
-                s["label"],
-                Target(
-                    "unchanged re-import vs borg",
-                    _wall(s, "phonevault", UNCHANGED),
-                    _wall(s, "borg", UNCHANGED),
-                    0.5,
-                    "borg",
-                ),
-            ),  # fmt: skip
-            (
-                s["label"],
-                Target(
-                    "day-2 bytes beyond the new media vs borg-lz4",
-                    beyond["phonevault"],
-                    beyond["borg"],
-                    0.35,
-                    "borg",
-                    "B",
-                ),
-            ),  # fmt: skip
-        ]
+        label = s["label"]
+        rows.append((label, Target("first import vs `cp -r`", first, cp, 1.3, "cp -r")))
+        for what, step, peer, limit in (
+            ("first import vs borg create", FIRST, "borg", 0.5),
+            ("full export vs restic restore", RESTORE, "restic", 0.7),
+            ("one photo vs restic", ONE, "restic", 0.25),
+            ("unchanged re-import vs borg", UNCHANGED, "borg", 0.5),
+        ):
+            rows.append((label, Target(what, _wall(s, "phonevault", step), _wall(s, peer, step), limit, peer)))
+        rows.append((label, Target("day-2 bytes beyond the new media vs borg-lz4", beyond["phonevault"],
+                                   beyond["borg"], 0.35, "borg", "B")))  # fmt: skip
     for name, series in (("size", regular(results)), ("files", files_series(results))):
         if len(series) < 2:
             continue
