@@ -20,6 +20,12 @@ inside the backup or restore, and each step of hanging up after a failure; a dev
 ends the operation with DeviceTimeout. A usbmuxd reply longer than MAX_USBMUX_REPLY is refused before anything is
 allocated for it (pymobiledevice3 would allocate whatever length the reply claims). Whatever pymobiledevice3 raises
 on a malformed reply becomes one typed error of one line.
+
+Memory bound of `backup`: the staged tree (store/staged.py: every path the device sent or the parent had, ~1 KB
+per file as measured by benchmarks/profile_readside.py — the one part that still grows with the number of files),
+the writer's packs (store/writer.py), and once committed the catalog's parse of the Manifest.db, which does not grow
+with it: one shard of rows, SQLite's page cache and a few sealed blocks of the image SQLite reads
+(sync/sealeddb.py).
 """
 
 from __future__ import annotations

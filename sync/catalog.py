@@ -6,11 +6,13 @@ same bytes always give the same catalog, so the cache never goes stale; for mdin
 chunks, Manifest.plist's and every .mddata's size, all the catalog is made of). A Manifest.db's catalog is parsed,
 cached and read back a shard of rows at a time (sync/catalogshards.py, CATALOG_SHARDS_FORMAT 3); the older lists'
 cached value is msgpack `[rows, problems]` (CATALOG_CACHE_FORMAT 2): rows as `_row` packs them, problems as
-`[domain path or "", message]`. A list from the vault is parsed in memory (Manifest.db by sqlite3 deserialize, the
-others as bytes): nothing decrypted is ever written to a file outside the extract/export target. Memory: a
-Manifest.db's catalog, one shard of rows (iterating it reads the cache again; parsing it from the vault also holds
-SQLite's copy of the file); a Manifest.mbdb's bytes and its rows; for mdinfo the snapshot's file list and one
-.mdinfo at a time; a catalog the phone encrypted is held whole, with its Manifest.db while it is parsed.
+`[domain path or "", message]`. A Manifest.db from the vault is spilled to a sealed image in the cache directory and
+read by SQLite through a VFS over it (sync/sealeddb.py); the other lists are parsed in memory as bytes: nothing
+decrypted is ever written to a file in plaintext outside the extract/export target. Memory: a Manifest.db's catalog,
+one shard of rows (iterating it reads the cache again; parsing it from the vault adds SQLite's page cache and the
+image's opened blocks, ~3 MiB whatever the number of rows); a Manifest.mbdb's bytes and its rows; for mdinfo the
+snapshot's file list and one .mdinfo at a time; a catalog the phone encrypted is held whole, with its Manifest.db
+while it is parsed.
 Domain paths are `<domain>/<relativePath>`, e.g. `CameraRollDomain/Media/DCIM/100APPLE/IMG_0001.HEIC`.
 
 Rows that cannot be used are named, never dropped silently and never fatal: an undecodable row is left out of
@@ -64,6 +66,7 @@ from .mbdb import load_mbdb, mbdb_entries
 from .mdinfo import MAX_MANIFEST_BYTES, MAX_MDINFO_BYTES, data_name, mdinfo_catalog, read_mdinfo_folder
 from .paths import shown
 from .records import backup_meta
+from .sealeddb import sealed_manifest
 
 CATALOG_CACHE_FORMAT = 2
 
@@ -319,19 +322,21 @@ def _load_catalog(repo: Repository, snap: SnapshotRecord, meta, password: Backup
 
 def _load_sharded(repo: Repository, snap: SnapshotRecord, key: bytes, source: FileEntry) -> Catalog:
     """A Manifest.db snapshot's catalog, read back a shard at a time from the cache (sync/catalogshards.py); parsed
-    from the vault into the cache first if it is not there, in memory (no file ever holds the vault's bytes)."""
+    from the vault into the cache first if it is not there, through a sealed image (no file ever holds the vault's
+    bytes in plaintext)."""
 
     def parse() -> CachedHead:
-        messages = parse_shards(
-            _read_whole(repo, source),  # emptied once SQLite holds its copy
-            old_memo(repo, snap.device_key),
-            f"snapshot {snap.hex[:12]}: Manifest.db",
-            _row,
-            _row_problem,
-            _duplicate_problems,
-        )
-        stream = _ParsedHere(repo, snap.device_key, messages)
-        write_cached(repo, key, stream.rows(), lambda: (stream.problems, stream.conforming))
+        with sealed_manifest(repo, source) as manifest:  # SQLite reads its pages from a sealed spill, not memory
+            messages = parse_shards(
+                manifest,
+                old_memo(repo, snap.device_key),
+                f"snapshot {snap.hex[:12]}: Manifest.db",
+                _row,
+                _row_problem,
+                _duplicate_problems,
+            )
+            stream = _ParsedHere(repo, snap.device_key, messages)
+            write_cached(repo, key, stream.rows(), lambda: (stream.problems, stream.conforming))
         head = read_head(repo, key)
         if head is None:  # the cache failed and was rebuilt while it was written
             raise CacheCorrupt(str(repo.cache.path), "the catalog just written is not there")

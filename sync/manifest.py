@@ -127,7 +127,8 @@ def entry_from_row(fid: str, domain: str, relative_path: str, flags: int, mbfile
 #: What `check_manifest_db`, `read_manifest_rows` and `read_manifest_db` read: a file (opened read-only and
 #: immutable), or the bytes of one (a database image, parsed in memory: nothing is written anywhere). A bytearray
 #: is consumed: emptied as soon as SQLite holds its own copy, so a large image is held twice only for that moment.
-ManifestSource = Path | str | bytes | bytearray
+#: Anything else has `connect()`, giving an sqlite3-like connection to an image it keeps (sync/sealeddb.py).
+ManifestSource = Path | str | bytes | bytearray | Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,12 @@ def _open_checked(source: ManifestSource, where: str) -> sqlite3.Connection:
     if isinstance(source, Path | str) and not Path(source).is_file():
         raise ManifestInvalid(where, "Manifest.db does not exist or is not a file")
     try:
-        conn = _open_image(source) if isinstance(source, bytes | bytearray) else _open_readonly(Path(source))
+        if isinstance(source, bytes | bytearray):
+            conn = _open_image(source)
+        elif isinstance(source, Path | str):
+            conn = _open_readonly(Path(source))
+        else:  # an image kept elsewhere, e.g. sealed on disk (sync/sealeddb.py): its own sqlite3-like connection
+            conn = source.connect()
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         raise ManifestInvalid(

@@ -22,7 +22,7 @@ from phonevault.sync.emulator import Emulator
 PAUSE_AT_CATALOG = r"""
 import sys, time
 def hook(event, args):
-    if event == "sqlite3.connect":
+    if event in ("sqlite3.connect", "phonevault.sealed_sqlite.open"):
         sys.stderr.write("PAUSED-IN-CATALOG\n"); sys.stderr.flush()
         time.sleep(600)
 sys.addaudithook(hook)
