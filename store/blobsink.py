@@ -10,8 +10,11 @@ at most MAX_SEALERS; none on one core) while the caller chunks and hashes the ne
 in batches (≤ SEAL_BATCH_BLOBS blobs or ≥ SEAL_BATCH_BYTES), so an 8 KiB plist chunk does not pay a thread hand-off
 of its own. Sealed batches are taken back strictly in submission order and only then added to the open packs.
 
-Determinism: which blobs go into which pack, in which order, depends only on the order of `put` calls, never on
-thread timing: blobs are added to the open pack in the caller's order, and a pack's bytes are fixed when it is
+A blob sealed elsewhere (`put_sealed`: `copy` seals under this vault's key on its reader threads) skips the sealing
+queue: it goes into the open pack at once, after whatever is still being sealed.
+
+Determinism: which blobs go into which pack, in which order, depends only on the order of `put` and `put_sealed`
+calls, never on thread timing: blobs are added to the open pack in the caller's order, and a pack's bytes are fixed when it is
 handed off. Pack *ids* still differ between two runs because every seal draws a fresh random nonce
 (store/crypto.py); a pack's blob ids, types, offsets and lengths do not. Written packs are retired in the order
 they were handed off, so `stats.packs` and the snapshot's pack list are in a fixed order too.
@@ -174,6 +177,19 @@ class BlobSink:
         while self._sealing and (self._sealing[0][1].done() or self._unsealed_bytes > SEAL_QUEUE_BYTES):
             self._take_sealed()
         return blob_id, True
+
+    def put_sealed(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
+        """Store a blob already sealed under this vault's key, exactly as `put` would have (`seal_blob(self.repo.key,
+        blob_id, ...)`, `blob_id` the key's hash of its `raw_length` bytes of plaintext), unless known; True if it
+        was new. Blobs still being sealed go into the packs first, so pack contents follow the calls' order."""
+        if self.known(blob_id):
+            return False
+        if self._batch or self._sealing:
+            self._submit_batch()
+            while self._sealing:
+                self._take_sealed()
+        self._add(blob_type, blob_id, sealed, raw_length)
+        return True
 
     def _submit_batch(self) -> None:
         if not self._batch:

@@ -2,12 +2,11 @@
 
 Nothing is copied as stored bytes: blob ids are keyed hashes and blobs are sealed under each vault's master key, so
 a blob of the source is opened there and stored again in the target through the target's own write path
-(`SnapshotWriter`: its sink deduplicates against the target's index, seals under its key, writes packs and index
-objects, and commits with put_exclusive, so a copy is crash-safe exactly as an import is). What crosses over is a
-blob's stored form (flag || payload: compressed or not, as the source stored it), decrypted under the source's key
-and encrypted under the target's, so nothing is compressed again; its target id is computed from the plaintext.
-The chunk boundaries are
-the source's: each source chunk becomes one target blob (never re-chunked), a file's entry keeps its path, size, mode
+(`SnapshotWriter`: its sink deduplicates against the target's index, writes packs and index objects, and commits
+with put_exclusive, so a copy is crash-safe exactly as an import is). What crosses over is a blob's stored form
+(flag || payload: compressed or not, as the source stored it), decrypted under the source's key and encrypted under
+the target's (`seal_blob(..., stored=)`), so nothing is compressed again; its target id is the target's keyed hash
+of the plaintext. The chunk boundaries are the source's: each source chunk becomes one target blob (never re-chunked), a file's entry keeps its path, size, mode
 and mtime, and the snapshot keeps its device, its backup time, its source and the sync layer's record (meta).
 
 Which snapshots the target lacks: a snapshot is identified across vaults by (device UDID, backup time, source,
@@ -19,20 +18,24 @@ Resumable: a snapshot is committed in one event or not at all. A copy killed hal
 next run finds in the target's index: it reads those chunks from the source again (to learn their target ids) but
 writes none of them. A second run finds every snapshot present and copies nothing.
 
-Speed: the source's chunks are read and opened (decrypted, decompressed) by READERS threads ahead of the writer, in
-order, while the target's sink seals and writes packs on its own threads (store/blobsink.py: several packs in
-flight, which an object store needs to keep its connections busy). Each chunk is still looked up in the source's
-cache by this thread (the cache is read by its owner only); a run of chunks stored one after another in one source
-pack (≤ READ_GROUP_BYTES) is one ranged read and one task, not one per chunk (a phone's small files make ~26 KiB
-chunks on average). While a snapshot is copied the objects alive before it are frozen out of the cyclic garbage
+Speed: the source's chunks are read, opened (decrypted, decompressed), hashed under the target's id key and sealed
+under its key by READERS threads ahead of the writer, in order; this thread only asks the target's sink whether it
+has each id and hands it the sealed blob (`BlobSink.put_sealed`: no sealing queue, no hand-off per batch), and the
+sink writes packs on its own threads (store/blobsink.py: several packs in flight, which an object store needs to
+keep its connections busy). A chunk the target has already was sealed for nothing: AES-GCM over its bytes, which a
+resumed copy pays once per chunk it had stored (a hash and a lookup of it were needed anyway). Each chunk is still
+looked up in the source's cache by this thread (the cache is read by its owner only); a run of chunks stored one
+after another in one source pack (≤ READ_GROUP_BYTES) is one ranged read and one task, not one per chunk (a phone's
+small files make ~26 KiB chunks on average). While a snapshot is copied the objects alive before it are frozen out of the cyclic garbage
 collector (gc.freeze), which otherwise went over all of them again and again. Every blob is still authenticated
 when opened, in the source under its key, and sealed afresh in the target.
 
 Memory: one snapshot's file list at a time (its tree, as `load_tree` returns it, and the target writer's staged
 tree; ~200 bytes per file each), the last copied snapshot's chunk-id map of the same device (so a file unchanged
 since the previous snapshot costs no read: its target chunk ids are known), the chunks read ahead (≤
-READ_AHEAD_BYTES = 4 MiB + one group of plaintext, each also held in its stored form until taken: ≤ 2 × that, plus
-the group reads in progress, READERS × (READ_GROUP_BYTES + READ_GAP) or one chunk), and
+READ_AHEAD_BYTES = 4 MiB + one group of plaintext, held sealed for the target, no larger than the plaintext but
+for 29 bytes a chunk; plus the group reads in progress, READERS × (READ_GROUP_BYTES + READ_GAP) or one chunk, and
+the one chunk each reader is opening), and
 the target writer's sink (2 open packs + the backend's
 pack_writes in flight + its sealing queue; the formula is in store/blobsink.py).
 """
@@ -44,16 +47,23 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from itertools import islice
+from typing import TypeVar
 
 from .chunker import SNIFF_LEN, choose_policy
+from .crypto import MasterKey
 from .errors import MissingObject
-from .packs import DATA, BlobLocation, open_stored, pack_name
+from .packs import DATA, BlobLocation, open_stored, pack_name, seal_blob
 from .projections import DeviceView, SnapshotRecord
 from .repository import Repository
 from .trees import FileEntry, load_tree
 from .writer import SnapshotWriter
 
 Progress = Callable[[int], None]  # bytes of file content handled so far
+Resealed = tuple[
+    bytes, bytes, int
+]  # a source chunk made ready for the target: (its id there, sealed there, raw length)
+T = TypeVar("T")
 
 READERS = 2  # threads reading and opening source chunks ahead of the writer
 # Plaintext read ahead, at most (plus one chunk). 16 MiB cost 70 MB of peak RSS in a 400 MB copy at load 7 (a chunk
@@ -141,12 +151,12 @@ def copy_snapshots(
                 ThreadPoolExecutor(READERS, thread_name_prefix="copy-read") as pool,
                 SnapshotWriter(dst, device, view.info, incremental=False) as writer,
             ):
-                plains = _read_ahead(src, to_read, pool)
+                ready = _read_ahead(src, to_read, pool, _resealer(dst.key))
                 for path in paths:
                     entry = entries[path]
                     ids = _unchanged(known, entry)
                     if ids is None:
-                        ids = _store_chunks(writer, (next(plains) for _ in entry.chunks))
+                        ids = _store_chunks(writer, islice(ready, len(entry.chunks)))
                     if not writer.put_entry(replace(entry, chunks=ids)):  # every other field kept (cipher_key)
                         # a prune took a known chunk's pack meanwhile: store anew
                         ids = _copy_chunks(src, writer, entry)
@@ -173,20 +183,31 @@ def _unchanged(known: dict[str, tuple[tuple[bytes, ...], tuple[bytes, ...]]], en
     return m[1] if m is not None and m[0] == entry.chunks else None
 
 
+def _resealer(key: MasterKey) -> Callable[[bytes, bytes], Resealed]:
+    """On a reader thread: a source chunk's (plaintext, stored form) as the target stores it."""
+
+    def reseal(plain: bytes, stored: bytes) -> Resealed:
+        blob_id = key.blob_id(plain)
+        return blob_id, seal_blob(key, blob_id, plain, False, stored), len(plain)
+
+    return reseal
+
+
 def _read_ahead(
-    src: Repository, chunks: Iterable[bytes], pool: ThreadPoolExecutor
-) -> Iterator[tuple[bytes, bytes | None]]:
-    """(plaintext, stored form) of each of `chunks`, in order. Each is located here (this thread owns the cache);
-    a run of chunks stored one after another in one pack (a source pack holds a file's chunks in order, and the
-    next file's) is one ranged read, opened on `pool` as one task, up to READ_AHEAD_BYTES of plaintext ahead. A
-    chunk not found, or whose pack vanished meanwhile (a prune moved it), is read again by `get_blob`, which reloads
-    the index and says what is missing."""
-    groups: deque[tuple[list[bytes], int, Future[list[tuple[bytes, bytes]] | None] | None]] = deque()
+    src: Repository, chunks: Iterable[bytes], pool: ThreadPoolExecutor, made: Callable[[bytes, bytes], T]
+) -> Iterator[T | bytes]:
+    """`made(plaintext, stored form)` of each of `chunks`, in order, computed on `pool`; or the plaintext alone
+    (bytes) of a chunk that had to be read again. Each is located here (this thread owns the cache); a run of chunks
+    stored one after another in one pack (a source pack holds a file's chunks in order, and the next file's) is one
+    ranged read, opened on `pool` as one task, up to READ_AHEAD_BYTES of plaintext ahead. A chunk not found, or
+    whose pack vanished meanwhile (a prune moved it), is read again by `get_blob`, which reloads the index and says
+    what is missing."""
+    groups: deque[tuple[list[bytes], int, Future[list[T] | None] | None]] = deque()
     held = 0  # plaintext bytes of the groups read or being read
     run: list[tuple[bytes, BlobLocation]] = []  # the group being gathered: chunks of one pack, in read order
     run_end = 0
 
-    def fetch(run: list[tuple[bytes, BlobLocation]]) -> list[tuple[bytes, bytes]] | None:
+    def fetch(run: list[tuple[bytes, BlobLocation]]) -> list[T] | None:
         name = pack_name(run[0][1].pack)
         start = run[0][1].offset
         try:
@@ -194,7 +215,7 @@ def _read_ahead(
         except MissingObject:
             return None
         return [
-            open_stored(src.key, chunk, data[loc.offset - start : loc.offset - start + loc.length], name)
+            made(*open_stored(src.key, chunk, data[loc.offset - start : loc.offset - start + loc.length], name))
             for chunk, loc in run
         ]
 
@@ -206,7 +227,7 @@ def _read_ahead(
             held += size
             run.clear()
 
-    def take() -> Iterator[tuple[bytes, bytes | None]]:
+    def take() -> Iterator[T | bytes]:
         nonlocal held
         group, size, future = groups.popleft()
         held -= size
@@ -215,7 +236,7 @@ def _read_ahead(
             yield from opened
         else:
             for chunk in group:
-                yield src.get_blob(chunk), None
+                yield src.get_blob(chunk)
 
     for chunk in chunks:
         loc = src.locate(chunk)
@@ -245,19 +266,25 @@ def _run_end(run: list[tuple[bytes, BlobLocation]]) -> int:
     return last.offset + last.length
 
 
-def _store_chunks(writer: SnapshotWriter, chunks: Iterable[tuple[bytes, bytes | None]]) -> tuple[bytes, ...]:
-    """Store each chunk of a file, (plaintext, stored form), in the target (unless it has it); its target ids. A
-    chunk is kept in its stored form (compressed or not as the source stored it, not compressed again); one read
-    without it is compressed as an import of the same file would decide, from its first bytes."""
+def _store_chunks(writer: SnapshotWriter, chunks: Iterable[Resealed | bytes]) -> tuple[bytes, ...]:
+    """Store each chunk of a file in the target (unless it has it); its target ids. A chunk comes sealed for the
+    target from its stored form (compressed or not as the source stored it, not compressed again); one read again
+    comes as its plaintext, compressed as an import of the same file would decide, from its first bytes."""
+    sink = writer.sink
     ids: list[bytes] = []
     compress: bool | None = None
-    for plain, stored in chunks:
-        if stored is None and compress is None:  # the sniff costs a zstd pass over 64 KiB: only when needed
-            compress = choose_policy(plain[:SNIFF_LEN]).compress
-        ids.append(writer.sink.put(DATA, plain, bool(compress), stored)[0])
+    for chunk in chunks:
+        if isinstance(chunk, tuple):
+            blob_id, sealed, raw_length = chunk
+            sink.put_sealed(DATA, blob_id, sealed, raw_length)
+        else:
+            if compress is None:  # the sniff costs a zstd pass over 64 KiB: only when needed
+                compress = choose_policy(chunk[:SNIFF_LEN]).compress
+            blob_id = sink.put(DATA, chunk, compress)[0]
+        ids.append(blob_id)
     return tuple(ids)
 
 
 def _copy_chunks(src: Repository, writer: SnapshotWriter, entry: FileEntry) -> tuple[bytes, ...]:
     """`_store_chunks` of `entry`'s chunks read one at a time (the rare second try after a prune)."""
-    return _store_chunks(writer, ((src.get_blob(chunk), None) for chunk in entry.chunks))
+    return _store_chunks(writer, (src.get_blob(chunk) for chunk in entry.chunks))

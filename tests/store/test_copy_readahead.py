@@ -70,7 +70,7 @@ def test_chunks_come_back_in_order_as_put(tmp_path_factory, monkeypatch, data, i
             m.setattr(copymod, "READ_GAP", gap)
             m.setattr(copymod, "READ_AHEAD_BYTES", ahead)
             with ThreadPoolExecutor(2) as pool:
-                got = list(copymod._read_ahead(repo, iter(asked), pool))
+                got = list(copymod._read_ahead(repo, iter(asked), pool, lambda p, s: (p, s)))
         assert [p for p, _s in got] == [plain[c] for c in asked]
         assert all(stored is not None and _plain_of(stored) == p for p, stored in got)
     finally:
@@ -85,7 +85,7 @@ def test_a_chunk_whose_pack_is_gone_is_read_again_and_named_missing(tmp_path) ->
         assert repo.locate(ids[0]).pack != gone
         repo.backend.delete(pack_name(gone))
         with ThreadPoolExecutor(2) as pool:
-            reader = copymod._read_ahead(repo, iter(ids), pool)
+            reader = copymod._read_ahead(repo, iter(ids), pool, lambda p, s: (p, s))
             firsts = [next(reader)[0] for c in ids if repo.locate(c).pack != gone]
             assert firsts == [p for c, p in zip(ids, items, strict=True) if repo.locate(c).pack != gone]
             with pytest.raises(MissingObject):
