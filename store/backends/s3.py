@@ -19,7 +19,7 @@ timeouts, throttling (429, 503 SlowDown) and 5xx answers are StorageUnavailable(
 `retrying.RetryingBackend` (wrapped around this backend by `open_backend`) retries with backoff; botocore's own
 retries are off, so there is one retry policy, not two multiplied.
 
-Memory: a put streams the caller's buffer (`put` takes a memoryview of the pack writer's buffer) without copying
+Memory: a put sends the caller's buffer (`put` takes a memoryview of the pack writer's buffer) without copying
 it; a get holds the one object or range it returns. Pack uploads run in parallel: the blob sink keeps
 `pack_writes` = PACK_WRITES (4) packs in flight, each one PUT on its own connection. An object of MULTIPART_FROM
 (64 MiB) or more (no pack is: ≤ 16 MiB + one blob, see store/packs.py) goes up as a multipart upload whose parts
@@ -37,7 +37,11 @@ CPU s per 600 MB. What guards a vault's bytes is its own sealing instead:
 every blob, index object and event segment is AES-GCM sealed and authenticated whenever it is opened, and a pack's
 name is the BLAKE3 of its bytes (`check --read-data`), so a body damaged on the way is found when read, as it would
 be on a disk. Over https botocore sends UNSIGNED-PAYLOAD already (TLS guards the body). No flexible checksums
-(`when_required`): no aws-chunked trailers, which not every store parses, and no CRC32 pass over each body.
+(`when_required`): no aws-chunked trailers, which not every store parses, and no CRC32 pass over each body. A body
+is handed over as the caller's buffer itself (a memoryview, which urllib3 gives the socket in one sendall), not as
+a file object, which botocore reads 128 KiB at a time into new bytes and sends after an `Expect: 100-continue`
+exchange (~0.1 CPU s per 600 MB); botocore's parameter validation would refuse a memoryview, so it is off
+(`parameter_validation`: every request is built in this module, from fixed arguments).
 
 Reads: a ranged read fetches at least READAHEAD (1 MiB) from its offset and keeps that window, so the next blobs of
 the same pack (an export reads a pack's small blobs one after another; a log open reads each segment's first 12
@@ -51,7 +55,6 @@ the name had.
 from __future__ import annotations
 
 import errno
-import io
 import secrets
 import threading
 from collections import OrderedDict
@@ -137,43 +140,6 @@ def parse_location(location: str) -> S3Location:
     return S3Location(f"{parts.scheme}://{parts.netloc}", bucket, prefix)
 
 
-class _ViewReader(io.RawIOBase):
-    """A seekable file over a caller's buffer, so botocore streams it (and re-reads it to sign) without a copy."""
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        self._view = memoryview(data).cast("B")
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), len(self._view) - self._pos)
-        buf[:n] = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
-        chunk = bytes(self._view[self._pos : end])
-        self._pos = end
-        return chunk
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-
 def client_config(unsigned: bool = False) -> botocore.config.Config:
     """The botocore configuration of every S3 client phonevault makes (why each setting: the module docstring)."""
     return botocore.config.Config(
@@ -185,6 +151,7 @@ def client_config(unsigned: bool = False) -> botocore.config.Config:
         signature_version=UNSIGNED if unsigned else None,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        parameter_validation=False,  # a memoryview body is refused by it
     )
 
 
@@ -375,10 +342,11 @@ class S3Backend:
         key = self.where.key(check_name(name))
         self._check_writes()
         self._window_drop(name)
-        if not conditions and memoryview(data).nbytes >= MULTIPART_FROM:
-            self._put_parts(key, memoryview(data).cast("B"))
+        body = data if isinstance(data, bytes) else memoryview(data).cast("B")  # bytes go out with the headers
+        if not conditions and len(body) >= MULTIPART_FROM:
+            self._put_parts(key, memoryview(body))
         else:
-            self._client.put_object(Bucket=self.where.bucket, Key=key, Body=_ViewReader(data), **conditions)
+            self._client.put_object(Bucket=self.where.bucket, Key=key, Body=body, **conditions)
 
     def _put_parts(self, key: str, view: memoryview) -> None:
         """A large object as a multipart upload whose parts go up at once, PART_SIZE each, slices of the
@@ -392,7 +360,7 @@ class S3Backend:
         def send(n: int) -> dict:
             start, end = bounds[n]
             r = self._client.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload, PartNumber=n + 1, Body=_ViewReader(view[start:end])
+                Bucket=bucket, Key=key, UploadId=upload, PartNumber=n + 1, Body=view[start:end]
             )
             return {"PartNumber": n + 1, "ETag": r["ETag"]}
 
