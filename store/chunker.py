@@ -9,16 +9,19 @@ Files change in two different ways, so they are cut two different ways:
 The kind is sniffed from the first bytes of a file (backup folders name files by hash, so there is no extension).
 
 `StreamChunker` is push-based, because device uploads arrive as blocks we do not control. It keeps at most
-max chunk size + 2 × average (10 MiB for coarse) of a file in memory, whatever the file's size. The cut points it produces
+max chunk size + 2 × average + FEED_ROOM (11 MiB for coarse) of a file in memory, whatever the file's size, in a
+buffer reused from file to file (≤ _Buffers.KEEP of them kept between files). The cut points it produces
 are exactly those of `FastCDC.cut_buf` over the whole file: a cut is decided by the bytes from the chunk's start up
 to at most max_size, so every chunk but the last in the buffer is final.
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import zstandard
 from pyfastcdc import FastCDC
@@ -90,32 +93,98 @@ def choose_policy(head: bytes) -> Policy:
     return Policy(FINE if shrinks and head.isascii() else COARSE, shrinks)
 
 
+class _Buffers:
+    """Chunker buffers kept for the next file (a list: append and pop are atomic under the GIL). Import streams
+    its large files one after another, so one buffer serves them all and its pages stay mapped, instead of a
+    buffer grown by reallocation per file (every growth fresh pages, every compaction a new copy)."""
+
+    KEEP = 2
+
+    def __init__(self) -> None:
+        self._free: list[mmap.mmap] = []
+
+    def take(self, size: int) -> mmap.mmap:
+        for buf in reversed(self._free):  # the most recently used first: its pages are mapped
+            if len(buf) >= size:
+                try:
+                    self._free.remove(buf)
+                except ValueError:
+                    break  # another thread took it meanwhile
+                return buf
+        return mmap.mmap(-1, size)  # pages faulted in as written: a fine file's buffer holds what it used
+
+    def give(self, buf: mmap.mmap) -> None:
+        if len(self._free) < self.KEEP:
+            self._free.append(buf)
+
+
+_BUFFERS = _Buffers()
+FEED_ROOM = 1 << 20  # room past the cut threshold, so a block of up to this much is copied in one go
+
+
 class StreamChunker:
-    """Cut a stream fed in arbitrary blocks into FastCDC chunks with bounded memory."""
+    """Cut a stream fed in arbitrary blocks into FastCDC chunks with bounded memory: one buffer of threshold +
+    FEED_ROOM (11 MiB for coarse), reused from file to file, and each chunk copied out of it once."""
 
     def __init__(self, profile: ChunkProfile) -> None:
         self._cdc = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
-        self._buf = bytearray()
         # Cut once a full max-size chunk plus some slack is buffered: every chunk but the last is then final.
         self._threshold = profile.max_size + 2 * profile.avg_size
+        self._buf: mmap.mmap | None = None  # taken at the first block: a file that is never fed holds none
+        self._len = 0
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
-        self._buf += data
-        if len(self._buf) < self._threshold:
-            return
-        # Take only offsets from the cutter: its chunks are views into the buffer, which must be released before
-        # the buffer can shrink.
-        cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(self._buf)]
+        if self._buf is None:
+            self._buf = _BUFFERS.take(self._threshold + FEED_ROOM)
+        buf, room = self._buf, len(self._buf)
+        with memoryview(data) as view:
+            pos, n = 0, view.nbytes
+            while pos < n:
+                take = min(n - pos, room - self._len)
+                buf[self._len : self._len + take] = view[pos : pos + take]
+                self._len += take
+                pos += take
+                if self._len >= self._threshold:
+                    yield from self._cut()
+
+    def read_from(self, f: BinaryIO, limit: int) -> int:
+        """Read up to `limit` bytes of `f` straight into the buffer (no block object, no copy); 0 at its end. The
+        chunks it completes come from `ready()`."""
+        if self._buf is None:
+            self._buf = _BUFFERS.take(self._threshold + FEED_ROOM)
+        want = min(limit, len(self._buf) - self._len)
+        with memoryview(self._buf) as whole:
+            n = f.readinto(whole[self._len : self._len + want]) or 0
+        self._len += n
+        return n
+
+    def ready(self) -> Iterator[bytes]:
+        """The chunks that are final once the buffer holds the cut threshold (none before)."""
+        if self._len >= self._threshold:
+            yield from self._cut()
+
+    def _cut(self) -> Iterator[bytes]:
+        """Every chunk of the buffer but the last (final: see the module docstring); the last moves to the front."""
         buf = self._buf
-        for off, length in cuts[:-1]:
-            yield bytes(buf[off : off + length])
-        del buf[: cuts[-1][0]]
+        with memoryview(buf) as whole:
+            # Take only offsets from the cutter: its chunks are views into the buffer, which is overwritten next.
+            cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(whole[: self._len])]
+            for off, length in cuts[:-1]:
+                yield bytes(whole[off : off + length])
+        last = cuts[-1][0]
+        buf.move(0, last, self._len - last)
+        self._len -= last
 
     def finish(self) -> Iterator[bytes]:
-        if self._buf:
-            for c in self._cdc.cut_buf(self._buf):
-                yield bytes(c.data)
-        self._buf = bytearray()
+        buf, self._buf = self._buf, None
+        if buf is None:
+            return
+        if self._len:
+            with memoryview(buf) as whole:
+                for c in self._cdc.cut_buf(whole[: self._len]):
+                    yield bytes(c.data)
+        self._len = 0
+        _BUFFERS.give(buf)
 
 
 def chunk_bytes(data: bytes, profile: ChunkProfile) -> list[bytes]:

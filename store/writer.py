@@ -38,6 +38,7 @@ import stat
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from .blobsink import BlobSink, WriteStats
 from .chunker import SNIFF_LEN, Policy, StreamChunker, choose_policy, chunk_bytes
@@ -146,6 +147,20 @@ class FileWriter:
                 self._start()
         else:
             self._emit(self._chunker.feed(data))
+
+    def read_from(self, f: BinaryIO, limit: int = 1 << 20) -> int:
+        """Read the next block (≤ `limit` bytes) of `f` into the file and store what it completes; returns the bytes
+        read, 0 at the end of `f`. The same as `write(f.read(limit))`, but read straight into the chunker's buffer:
+        no block object of fresh memory and no copy of it per block (a large file's import is page faults and
+        copies more than hashing and sealing)."""
+        if self._chunker is None:
+            block = f.read(min(limit, SNIFF_LEN - len(self._head)))  # the sniff sample first: a small read
+            self.write(block)
+            return len(block)
+        n = self._chunker.read_from(f, limit)
+        self._size += n
+        self._emit(self._chunker.ready())
+        return n
 
     def close(self, cipher_key: bytes = b"") -> FileEntry:
         """Stage the file. `cipher_key`: what was written is a plaintext the source sent encrypted (store/trees.py)."""

@@ -1,3 +1,4 @@
+import io
 import os
 import random
 
@@ -62,3 +63,29 @@ def test_random_bytes_never_get_the_structured_policy(rnd, size, lead):
     policy = choose_policy(lead + rnd.randbytes(size))
     assert policy.profile is COARSE and not policy.compress
     assert choose_policy(b"\x01\x02" * 40_000).compress
+
+
+def test_blocks_larger_than_the_buffer_room_and_two_files_at_once():
+    """Blocks past FEED_ROOM are copied in in pieces; two chunkers live at once never share a buffer."""
+    rnd = random.Random(5)
+    a, b = rnd.randbytes(30 << 20), rnd.randbytes(25 << 20)
+    sa, sb = StreamChunker(COARSE), StreamChunker(COARSE)
+    out_a, out_b = [], []
+    for i in range(0, max(len(a), len(b)), 3 << 20):
+        out_a += list(sa.feed(a[i : i + (3 << 20)]))
+        out_b += list(sb.feed(b[i : i + (3 << 20)]))
+    out_a += list(sa.finish())
+    out_b += list(sb.finish())
+    assert out_a == chunk_bytes(a, COARSE)
+    assert out_b == chunk_bytes(b, COARSE)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(max_size=200_000), st.integers(1, 70_000))
+def test_read_from_cuts_as_feed_does(data, limit):
+    sc = StreamChunker(SMALL)
+    f, out = io.BytesIO(data), []
+    while sc.read_from(f, limit):
+        out += list(sc.ready())
+    out += list(sc.finish())
+    assert out == chunk_bytes(data, SMALL)
