@@ -110,15 +110,24 @@ class Repository:
             "created": now_us(),
             "chunker": {name: p.to_config() for name, p in PROFILES.items()},
         }
-        keyring.add_key(backend, master, password, scrypt_n)
+        key_id = keyring.add_key(backend, master, password, scrypt_n)
         backend.put_exclusive("config", master.seal(msgpack.packb(cfg), CONFIG_AD))
-        return cls.open(backend, password, cache_root=cache_root)
+        return cls.open(backend, password, cache_root=cache_root, unlocked=(key_id, master))
 
     @classmethod
-    def open(cls, backend: Backend, password: str, *, cache_root: Path | None = None) -> Repository:
+    def open(
+        cls,
+        backend: Backend,
+        password: str,
+        *,
+        cache_root: Path | None = None,
+        unlocked: tuple[str, MasterKey] | None = None,
+    ) -> Repository:
+        """`unlocked`: the (key id, master key) `init` has just wrapped under `password`; unwrapping it again would
+        cost one more scrypt (~0.1 s of a `copy --init`)."""
         if not backend.exists("config"):
             raise RepositoryNotFound(backend.location)
-        key_id, master = keyring.unlock(backend, password)
+        key_id, master = unlocked or keyring.unlock(backend, password)
         try:
             raw = msgpack.unpackb(master.open(backend.get("config"), CONFIG_AD, "config"))
             config = Config(raw["version"], raw["id"], raw["created"], raw["chunker"])
