@@ -10,7 +10,7 @@ The kind is sniffed from the first bytes of a file (backup folders name files by
 
 `StreamChunker` is push-based, because device uploads arrive as blocks we do not control. It keeps at most
 max chunk size + 2 × average + FEED_ROOM (11 MiB for coarse) of a file in memory, whatever the file's size, in a
-buffer reused from file to file (≤ _Buffers.KEEP of them kept between files). The cut points it produces
+buffer reused from file to file (one kept between files). The cut points it produces
 are exactly those of `FastCDC.cut_buf` over the whole file: a cut is decided by the bytes from the chunk's start up
 to at most max_size, so every chunk but the last in the buffer is final.
 """
@@ -98,7 +98,7 @@ class _Buffers:
     its large files one after another, so one buffer serves them all and its pages stay mapped, instead of a
     buffer grown by reallocation per file (every growth fresh pages, every compaction a new copy)."""
 
-    KEEP = 2
+    KEEP = 1  # import streams one file at a time; a second kept buffer would only idle with its pages mapped
 
     def __init__(self) -> None:
         self._free: list[mmap.mmap] = []

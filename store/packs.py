@@ -8,13 +8,15 @@ A sealed blob is nonce || AES-256-GCM(flag || payload, ad=blob id), flag 0 = sto
 pack-id = unkeyed BLAKE3 of the pack's bytes: `check --read-data` verifies a pack without trusting its name.
 
 `PackWriter` holds one pack in memory (≤ target size + one blob) and writes it once; data and tree blobs go to
-separate writers so tree packs stay small and hot in any cache. Its bytes live in an anonymous map taken from a
-process-wide pool (`PackBuffers`) and given back when the writer is dropped, so a vault written pack after pack
-reuses pages already mapped instead of faulting in (and zeroing) 16 MiB of fresh memory for every pack: on a
-virtual machine a copy into fresh pages runs at ~1.3 GB/s, into mapped ones at ~8 GB/s. Memory: a pooled buffer
-keeps the pages its largest pack touched (≤ target size + one blob + header); the pool keeps ≤ PackBuffers.KEEP
-buffers that no writer holds, and makes a new one only when none is free, so the process holds no more buffers
-than it ever had packs open or in flight at once (a blob sink: 2 + its pack writes, store/blobsink.py).
+separate writers so tree packs stay small and hot in any cache. A pack that takes media chunks, or grows past
+SMALL_PACK, moves its bytes to an anonymous map taken from a process-wide pool (`PackBuffers`) and given back when
+the writer is dropped, so a vault written pack after pack reuses pages already mapped instead of faulting in (and
+zeroing) 16 MiB of fresh memory for every pack: on a virtual machine a copy into fresh pages runs at ~1.3 GB/s,
+into mapped ones at ~8 GB/s. Memory: a pooled buffer keeps the pages its largest pack touched (≤ target size + one
+blob + header); the pool makes a new one only when none is free and
+keeps ≤ PackBuffers.KEEP (1) that no writer holds, so the process holds the buffers of the packs open or in flight
+(a blob sink: 2 + its pack writes, store/blobsink.py) and one more; a pack below SMALL_PACK (a tree pack, most
+often) holds only its own bytes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ TRAILER = struct.Struct(">I3sB")
 MAGIC = b"PVP"
 HEADER_AD = b"phonevault/v1/pack-header"
 TARGET_PACK_SIZE = 16 << 20
-SMALL_PACK = 256 << 10  # a pack's bytes start in a buffer of its own this large (PackWriter)
+# A pack's bytes stay in a buffer of its own (grown as a bytearray) up to SMALL_PACK, unless a blob of POOL_BLOB or
+# more comes: then they move to a pooled buffer (PackWriter). A tree pack or a pack of small files' chunks thus does
+# not hold a pooled buffer's mapped pages (up to 24 MiB) while it fills; a pack of media chunks takes one at once.
+SMALL_PACK = 4 << 20
+POOL_BLOB = 256 << 10
 
 # blob types
 DATA, TREE, DELTA = 0, 1, 2
@@ -126,7 +132,10 @@ class PackBuffers:
     are filled on the caller's thread and dropped on others). A map's pages are faulted in only when written, so a
     buffer reserves twice the target size but holds only what its largest pack touched."""
 
-    KEEP = 4  # free buffers kept: a blob sink on S3 has 2 open + 4 in flight, of which ≥ 2 are busy at any time
+    # Free buffers kept. One is what a steady stream of packs needs (a retired pack's buffer is taken by the next
+    # pack's first media blob); each more idles with up to 24 MiB of mapped pages through the parts of an import
+    # that do not fill packs that fast: with 4 kept a 1.1 GB phone's import peaked 30 MB higher, with 1 as before.
+    KEEP = 1
 
     def __init__(self) -> None:
         self._free: list[mmap.mmap] = []
@@ -159,9 +168,8 @@ class PackWriter:
         self._backend = backend
         self._key = key
         self._target = target_size
-        # The pack as it will be written (no join copy at the end): a small buffer of its own until it outgrows
-        # SMALL_PACK, then a pooled one, so a tree pack of a few KiB does not hold a pool buffer's pages all along.
-        self._buf: bytearray | mmap.mmap = bytearray(min(SMALL_PACK, target_size))
+        # The pack as it will be written (no join copy at the end): its own buffer first, then a pooled one.
+        self._buf: bytearray | mmap.mmap = bytearray()
         self._size = 0  # bytes of _buf in use
         self._release: weakref.finalize | None = None  # gives the pooled buffer back when this writer is dropped
         self._records = bytearray()  # _RECORD per blob, in the order added
@@ -179,8 +187,12 @@ class PackWriter:
 
     def _append(self, data: bytes | bytearray | memoryview) -> None:
         end = self._size + len(data)
-        if end > len(self._buf):  # past the small buffer, or (rare) past twice the target: a larger pooled one
-            grown = _BUFFERS.take(max(end, 2 * self._target, 2 * len(self._buf)))
+        if self._release is None and end <= min(SMALL_PACK, self._target) and len(data) < POOL_BLOB:
+            self._buf += data  # still its own buffer
+            self._size = end
+            return
+        if self._release is None or end > len(self._buf):  # to the pool, or (rare) past twice the target
+            grown = _BUFFERS.take(max(end, 2 * self._target, 2 * self._size))
             grown[: self._size] = memoryview(self._buf)[: self._size]
             if self._release is not None:
                 self._release()  # the smaller one back to the pool

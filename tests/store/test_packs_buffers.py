@@ -18,8 +18,8 @@ from phonevault.store.backends.memory import MemoryBackend
 from phonevault.store.crypto import MasterKey
 from phonevault.store.packs import (
     DATA,
+    POOL_BLOB,
     SEAL_IN_PLACE,
-    SMALL_PACK,
     TRAILER,
     PackWriter,
     open_blob,
@@ -58,32 +58,32 @@ def check_pack(pack_id: str, data: bytes, blobs: list[tuple[bytes, bytes]]) -> N
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**32), st.lists(st.lists(st.integers(0, 3 * SMALL_PACK), min_size=1, max_size=6), max_size=5))
+@given(st.integers(0, 2**32), st.lists(st.lists(st.integers(0, 3 * POOL_BLOB), min_size=1, max_size=6), max_size=5))
 def test_packs_in_reused_buffers_hold_only_their_own_bytes(seed, packs):
     rnd, backend = random.Random(seed), MemoryBackend()
     for sizes in packs:  # each writer is dropped before the next: the next takes its buffer
         blobs = [blob(rnd, n) for n in sizes]
-        pack_id, data = write_pack(backend, blobs, target=2 * SMALL_PACK)
+        pack_id, data = write_pack(backend, blobs, target=4 * POOL_BLOB)
         check_pack(pack_id, data, blobs)
         gc.collect()
 
 
 def test_a_blob_past_twice_the_target_grows_the_buffer():
     rnd, backend = random.Random(1), MemoryBackend()
-    blobs = [blob(rnd, 1000), blob(rnd, 5 * SMALL_PACK), blob(rnd, 10)]
-    pack_id, data = write_pack(backend, blobs, target=SMALL_PACK)
+    blobs = [blob(rnd, 1000), blob(rnd, 5 * POOL_BLOB), blob(rnd, 10)]
+    pack_id, data = write_pack(backend, blobs, target=POOL_BLOB)
     check_pack(pack_id, data, blobs)
 
 
 def test_a_finished_pack_stays_readable_while_another_fills():
     rnd, backend = random.Random(2), MemoryBackend()
-    first = PackWriter(backend, KEY, SMALL_PACK)
-    kept = [blob(rnd, 3 * SMALL_PACK // 2), blob(rnd, 100)]
+    first = PackWriter(backend, KEY, POOL_BLOB)
+    kept = [blob(rnd, 3 * POOL_BLOB // 2), blob(rnd, 100)]
     for blob_id, sealed in kept:
         first.add(blob_id, DATA, sealed, 0)
     first.finish()  # in flight: a blob sink still reads it until it retires it
-    second = PackWriter(backend, KEY, SMALL_PACK)
-    for blob_id, sealed in [blob(rnd, 3 * SMALL_PACK // 2), blob(rnd, 7)]:
+    second = PackWriter(backend, KEY, POOL_BLOB)
+    for blob_id, sealed in [blob(rnd, 3 * POOL_BLOB // 2), blob(rnd, 7)]:
         second.add(blob_id, DATA, sealed, 0)
     for blob_id, sealed in kept:
         assert first.sealed(blob_id) == bytes(sealed)
