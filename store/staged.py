@@ -9,7 +9,9 @@ Cost: no edit scans the whole tree. A folder import only sets entries (O(1) each
 (a move, copy, remove, count or listing) builds a folder index in O(entries); from then on a move, copy or remove
 costs O(entries it touches × depth), a listing O(its children), `drop_nonempty_dirs` O(entries).
 Memory: the state (~200 bytes per entry, held by the caller anyway) plus, once built, the index: one set per
-folder with children, holding the children's path strings (shared with the state's keys), ~40 bytes per entry.
+folder with children, holding the children's path strings (shared with the state's keys), ~40 bytes per entry. A
+folder import holds one shard of it at a time (the writer's `seal_shard`); a device backup, whose order is the
+device's, uses store/spilled.py's SpillingTree, which keeps a bounded StagedTree in memory and spills the rest sealed.
 """
 
 from __future__ import annotations
@@ -220,3 +222,18 @@ class StagedTree:
         kids = self._index()
         for p in [p for p, e in self.state.items() if e.is_dir and kids.get(p)]:
             del self.state[p]  # it stays in the index as an implicit folder: it has children
+
+    def drop_nonempty_dirs_under(self, path: str) -> None:
+        """`drop_nonempty_dirs` for `path` and what lies below it only. O(that subtree)."""
+        kids = self._index()
+        for p in self._nodes(path):
+            e = self.state.get(p)
+            if e is not None and e.is_dir and kids.get(p):
+                del self.state[p]
+
+    def by_shard(self) -> dict[str, list[FileEntry]]:
+        """Take every entry, grouped by shard (`pop(shard, [])` each, `keys()` the shards): the commit's rest."""
+        rest: dict[str, list[FileEntry]] = {}
+        for entry in self.take_all().values():
+            rest.setdefault(shard_of(entry.path), []).append(entry)
+        return rest

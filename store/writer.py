@@ -340,9 +340,7 @@ class SnapshotWriter:
     def _commit(self, source: str, meta: bytes, time_us: int | None) -> SnapshotRecord:
         self.sink.flush()
         self.sink.verify_packs()  # early: before the rest of the tree is written
-        rest: dict[str, list[FileEntry]] = {}
-        for entry in self.tree.take_all().values():
-            rest.setdefault(shard_of(entry.path), []).append(entry)
+        rest = self.tree.by_shard()  # a spilling tree (store/spilled.py) merges each shard only as it is popped
         for shard in sorted((rest.keys() | self._parent_refs.keys()) - self._done):
             self._write_shard(shard, rest.pop(shard, []))  # a parent's shard absent now: all of it removed
         tree = self._put_tree(encode_root(self._refs.values()))

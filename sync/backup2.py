@@ -21,11 +21,12 @@ ends the operation with DeviceTimeout. A usbmuxd reply longer than MAX_USBMUX_RE
 allocated for it (pymobiledevice3 would allocate whatever length the reply claims). Whatever pymobiledevice3 raises
 on a malformed reply becomes one typed error of one line.
 
-Memory bound of `backup`: the staged tree (store/staged.py: every path the device sent or the parent had, ~1 KB
-per file as measured by benchmarks/profile_readside.py — the one part that still grows with the number of files),
-the writer's packs (store/writer.py), and once committed the catalog's parse of the Manifest.db, which does not grow
-with it: one shard of rows, SQLite's page cache and a few sealed blocks of the image SQLite reads
-(sync/sealeddb.py).
+Memory bound of `backup`: the staged tree spilling, sealed, past SPILL_ENTRIES entries (store/spilled.py: that many
+entries, one shard merged, a 2 MiB Bloom filter), the writer's packs (store/writer.py), and once committed the
+catalog's parse of the Manifest.db (one shard of rows, SQLite's page cache and a few sealed blocks of the image SQLite
+reads, sync/sealeddb.py); none of it grows with the number of files. An incremental backup starts from the parent's
+shards, each read from the vault when the spilling tree needs it. Not yet bounded: a backup stored decrypted lists
+every staged entry once (sync/decrypted.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from pymobiledevice3 import usbmux
@@ -60,6 +62,8 @@ from phonevault.store.errors import PhonevaultError
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.records import DeviceRecord
 from phonevault.store.repository import Repository
+from phonevault.store.spilled import SpillingTree
+from phonevault.store.trees import FileEntry, decode_shard, read_root
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import load_catalog
@@ -368,6 +372,7 @@ async def _backup(
     repo, udid, usbmux_address, full, progress, on_start, watchdog: _Watchdog, store_decrypted=None
 ) -> DeviceBackupResult:
     writer: SnapshotWriter | None = None
+    tree: SpillingTree | None = None
     holding: Holding | None = None
     try:  # however the backup ends, the writer is closed: a failure releases its writers/ marker at once
         async with connected(udid, usbmux_address) as service:
@@ -378,7 +383,10 @@ async def _backup(
             from_memory = store_decrypted is None and (password := remembered(repo, udid)) is not None
             if from_memory:  # `device remember-password`: this device's backups are stored decrypted
                 store_decrypted = BackupPassword(password)
-            writer = SnapshotWriter(repo, udid, DeviceRecord(), incremental=not full)
+            # The device's order is not shard by shard: the staged tree spills, sealed, past a bound (store/spilled.py),
+            # and starts from the parent's shards read from the vault one at a time, not from the whole parent tree.
+            writer = SnapshotWriter(repo, udid, DeviceRecord(), incremental=False)
+            writer.tree = tree = SpillingTree(repo.cache, base=None if full else _parent_shards(repo, writer))
             holding = Holding(writer, repo.cache.spool()) if store_decrypted is not None else None
             watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
             link = {"repo": repo, "udid": udid, "writer": writer, "progress": progress, "holding": holding}
@@ -427,6 +435,18 @@ async def _backup(
             holding.close()
         if writer is not None:
             writer.close()
+        if tree is not None:
+            tree.close()
+
+
+def _parent_shards(repo: Repository, writer: SnapshotWriter) -> dict[str, Callable[[], list[FileEntry]]]:
+    """What reads each shard of the backup's parent (its staged tree's starting content), one shard at a time."""
+    if writer.parent is None:
+        return {}
+    return {
+        ref.shard: partial(lambda node: decode_shard(repo.get_blob(node), f"tree {node.hex()[:16]}"), ref.node)
+        for ref in read_root(writer.parent.tree, repo.get_blob)
+    }
 
 
 def _encrypted(manifest_plist: bytes | None, manifest_db: Callable[[], bytes | None], problems: list[str]) -> bool:
