@@ -14,8 +14,8 @@ A blob sealed elsewhere (`put_sealed`: `copy` seals under this vault's key on it
 queue: it goes into the open pack at once, after whatever is still being sealed.
 
 Determinism: which blobs go into which pack, in which order, depends only on the order of `put` and `put_sealed`
-calls, never on thread timing: blobs are added to the open pack in the caller's order, and a pack's bytes are fixed when it is
-handed off. Pack *ids* still differ between two runs because every seal draws a fresh random nonce
+calls, never on thread timing: blobs are added to the open pack in the caller's order, and a pack's bytes are
+fixed when it is handed off. Pack *ids* still differ between two runs because every seal draws a fresh random nonce
 (store/crypto.py); a pack's blob ids, types, offsets and lengths do not. Written packs are retired in the order
 they were handed off, so `stats.packs` and the snapshot's pack list are in a fixed order too.
 
@@ -26,10 +26,9 @@ put_exclusive, which store/writer.py makes only after `flush()` returned.
 
 Memory bound: (2 open + P in flight) packs, each ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B,
 the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writes`; plus the sealing queue: its
-plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`
-also queues each blob's stored form, no larger than its plaintext: ≤ 3 × 16 MiB). On a disk (P = 2):
-4 × 16 + 16 = 80 MiB typical, ≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst
-(copy: + 16 MiB). Per blob in an open or in-flight pack, ~130 bytes more (its 57-byte record and its id's entry in
+plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`'s
+data blobs come sealed, `put_sealed`, and never wait in it). On a disk (P = 2): 4 × 16 + 16 = 80 MiB typical,
+≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or in-flight pack, ~130 bytes more (its 57-byte record and its id's entry in
 the pack's `pending` map, store/packs.py): ~13 MiB for the ~100 000 blobs of four packs of small plists.
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
