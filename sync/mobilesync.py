@@ -5,9 +5,10 @@ exactly what was imported: same bytes, same names, same modes and mtimes. Import
 pushes them into the store's chunker (memory does not depend on file size) and skips files whose stat (size, mtime,
 inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata.
 
-Memory: import holds one shard (a top-level `xx/` folder: its listing and the next one's, its staged entries, the
-parent's same shard while they are diffed, its Manifest.db rows: sync/catalogshards.py), ≤ 8 MiB of small files
-read ahead (folderwalk.SmallReads), one delta group and two packs; the
+Memory: import holds one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache
+and the one after it being listed, its staged entries, the parent's same shard while they are diffed, its
+Manifest.db rows: sync/catalogshards.py), ≤ 8 MiB of small files read ahead across this shard and the next
+(folderwalk.SmallReads; the reader is a child process, ~20 MB of its own), one delta group and two packs; the
 cache's pages are unmapped after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3) keeps every
 file at the top level, one shard, and its list is parsed whole and compared with ~28 bytes a file (`_Present`).
 A file that changes between the walk and its read is stored as it was read and named in `problems`.
@@ -53,10 +54,10 @@ from .encrypted import BackupPassword
 from .errors import BackupFolderInvalid, ManifestInvalid
 from .folderwalk import Present as _Present
 from .folderwalk import ReadAhead as _ReadAhead
+from .folderwalk import ReaderProcess as _ReaderProcess
 from .folderwalk import SmallReads as _SmallReads
 from .folderwalk import Stat as _Stat
 from .folderwalk import find_backup_folders as find_backup_folders  # the import command finds folders here
-from .folderwalk import folder_bytes as _folder_bytes
 from .folderwalk import is_utf8 as _is_utf8
 from .folderwalk import stat_key as _stat_key
 from .folderwalk import walk_ahead as _walk_ahead
@@ -69,7 +70,7 @@ from .records import BackupMeta, device_record
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+Progress = Callable[[int, int | None], None]  # (bytes done, bytes total: None until it is counted)
 
 
 @dataclass(slots=True)
@@ -222,7 +223,7 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
         with (
             repo.cache.spool() as new_stat,
             repo.cache.spool() as listed,
-            ThreadPoolExecutor(4, "import-read") as readers,
+            _ReaderProcess() as readers,
             ThreadPoolExecutor(1, "import-walk") as walker,
         ):
             listing = FolderCompare(fm.catalog, listed, str(folder)) if isinstance(fm.catalog, ManifestStream) else None
@@ -234,13 +235,27 @@ class _Staging:
     """What an import carries from shard to shard: nothing per file (a flat folder's `present` table aside)."""
 
     problems: list[str]
-    readers: ThreadPoolExecutor
+    readers: _ReaderProcess  # reads small files and counts the progress total in a child process
     walker: ThreadPoolExecutor  # lists the next shard meanwhile
-    total: int
     done: int = 0
     newest: int | None = None  # the newest mtime of a regular file
     present: _Present = field(default_factory=_Present)
     decrypt: Decrypting | None = None
+    window: list[int] = field(default_factory=lambda: [0])  # small files' bytes asked for, not yet staged
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One listed shard looked up in the stat cache, nothing of it staged yet (the writer holds one shard), and the
+    reads of its small files, begun while the shard before it is staged."""
+
+    shard: str
+    files: list[tuple[str, _Stat]]
+    empty_dirs: list[tuple[str, _Stat]]
+    problems: list[str]
+    cached: list[tuple[str, str, _Stat, bytes, tuple[bytes, ...]]]  # (rel, full path, stat, stat key, chunk ids)
+    to_read: list[tuple[str, str, _Stat, bytes]]
+    small: _SmallReads | None = None
 
 
 def _stage_and_commit(
@@ -249,29 +264,41 @@ def _stage_and_commit(
     folder: Path,
     fm: FolderMeta,
     new_stat: Spool,
-    pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+    pools: tuple[_ReaderProcess, ThreadPoolExecutor],
     progress: Progress | None,
     listing: FolderCompare | None,
 ) -> ImportResult:
     """Stage and write one shard at a time (walk, stat cache, read, tree node, delta, its Manifest.db rows), so memory
     holds one shard whatever the number of files; the commit point is still the one event segment written at the end.
     A flat folder's list (parsed whole) is compared with the walk's `present` table at the end."""
-    run = _Staging(list(fm.problems), *pools, _folder_bytes(folder) if progress else 0, decrypt=fm.decrypt)
+    run = _Staging(list(fm.problems), *pools, decrypt=fm.decrypt)
     if progress:
-        progress(0, run.total)
-    for shard, files, empty_dirs in _walk_ahead(folder, run.walker):
-        new_stat.append(_stage_shard(repo, writer, folder, run, files, progress))
-        for rel, st in empty_dirs:
+        run.readers.start_total(folder)
+        progress(0, None)
+    shards = _walk_ahead(folder, run.walker)
+    ahead: list[_Plan] = []  # the next shard, planned and its reads begun while this one is staged
+
+    def plan_next() -> None:
+        if not ahead and (listed := next(shards, None)) is not None:
+            ahead.append(_plan(repo, folder, run, *listed))
+            _begin_reads(run, ahead[0])
+
+    plan_next()
+    while ahead:
+        plan = ahead.pop()
+        new_stat.append(_stage_shard(writer, run, plan, progress, plan_next))
+        for rel, st in plan.empty_dirs:
             if _is_utf8(rel):
                 writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
             else:
                 run.problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
         if listing is None:
-            run.present.add_shard([(rel, st.st_size) for rel, st in files])
-        elif shard:
-            listing.shard(shard, [(rel, st.st_size) for rel, st in files])
-        if shard:  # the top level ("") is written at the commit: it also holds empty top-level folders
-            writer.seal_shard(shard)
+            run.present.add_shard([(rel, st.st_size) for rel, st in plan.files])
+        elif plan.shard:
+            listing.shard(plan.shard, [(rel, st.st_size) for rel, st in plan.files])
+        if plan.shard:  # the top level ("") is written at the commit: it also holds empty top-level folders
+            writer.seal_shard(plan.shard)
+        plan_next()
     problems = run.problems
     catalog = None
     if listing is not None:
@@ -301,69 +328,107 @@ def _stage_and_commit(
     return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
 
 
-def _stage_shard(
+def _plan(
     repo: Repository,
-    writer: SnapshotWriter,
     folder: Path,
     run: _Staging,
+    shard: str,
     files: list[tuple[str, _Stat]],
-    progress: Progress | None,
-) -> list[tuple[bytes, list]]:
-    """Stage one shard's files: each from the stat cache if it matches, else read. Returns its stat-cache updates."""
-    new_stat: list[tuple[bytes, list]] = []
-    to_read: list[tuple[str, str, _Stat, bytes]] = []
+    empty_dirs: list[tuple[str, _Stat]],
+) -> _Plan:
+    """Look one listed shard up in the stat cache; nothing is staged (that is `_stage_shard`, in shard order)."""
+    plan = _Plan(shard, files, empty_dirs, [], [], [])
     base = str(folder) + os.sep
     for rel, st in files:
         full = base + rel.replace("/", os.sep)
         if stat.S_ISREG(st.st_mode) and (run.newest is None or st.st_mtime_ns > run.newest):
             run.newest = st.st_mtime_ns
         if not _is_utf8(rel):
-            run.problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
+            plan.problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
             continue
         if not stat.S_ISREG(st.st_mode):
-            run.problems.append(f"{rel}: not a regular file (skipped)")
+            plan.problems.append(f"{rel}: not a regular file (skipped)")
             continue
         key = _stat_key(full, st)
         # A file stored decrypted is never in the stat cache: its cached chunks would be the ciphertext's.
         cached = repo.cache.stat_get(key) if run.decrypt is None or not run.decrypt.keyed(rel) else None
-        if cached is not None and writer.put_entry(
-            FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, tuple(bytes(c) for c in cached))
-        ):
+        if cached is not None:
+            plan.cached.append((rel, full, st, key, tuple(bytes(c) for c in cached)))
+        else:
+            plan.to_read.append((rel, full, st, key))
+    return plan
+
+
+def _begin_reads(run: _Staging, plan: _Plan) -> None:
+    paths, sizes = [full for _rel, full, _st, _key in plan.to_read], [st.st_size for *_x, st, _k in plan.to_read]
+    plan.small = _SmallReads(run.readers, paths, sizes, run.window)
+    plan.small.fill()
+
+
+def _stage_shard(
+    writer: SnapshotWriter, run: _Staging, plan: _Plan, progress: Progress | None, plan_next: Callable[[], None]
+) -> list[tuple[bytes, list]]:
+    """Stage one planned shard: each file from the stat cache if its chunks are still known, else read. Once every
+    small file of it is asked for, `plan_next` begins the next shard's reads. Returns its stat-cache updates."""
+    new_stat: list[tuple[bytes, list]] = []
+    run.problems += plan.problems
+    late: list[tuple[str, str, _Stat, bytes]] = []  # in the stat cache, but a chunk of it is gone: read after all
+    for rel, full, st, key, chunks in plan.cached:
+        if writer.put_entry(FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, chunks)):
             run.done += st.st_size
         else:
-            to_read.append((rel, full, st, key))
+            late.append((rel, full, st, key))
     if progress:
-        progress(run.done, run.total)
-    paths, sizes = [full for _rel, full, _st, _key in to_read], [st.st_size for *_x, st, _k in to_read]
-    ahead = _ReadAhead(paths, sizes)
-    small = _SmallReads(run.readers, paths, sizes)
+        progress(run.done, run.readers.total())
+    if plan.small is None:
+        _begin_reads(run, plan)
+    small = plan.small
+    ahead = _ReadAhead([full for _rel, full, _st, _key in plan.to_read], [st.st_size for *_x, st, _k in plan.to_read])
     try:
-        for i, (rel, full, st, key) in enumerate(to_read):
+        for i, (rel, full, st, key) in enumerate(plan.to_read):
             ahead.advance(i)
-            data = small.take(i)
-            if run.decrypt is not None and run.decrypt.stage_file(writer, rel, full, st):
-                run.done += st.st_size
-                continue
-            try:
-                if isinstance(data, OSError):
-                    raise data
-                if data is not None:  # a small file, read whole by a reader thread
-                    entry = writer.put_bytes(rel, st.st_mode, st.st_mtime_ns, data)
-                    run.done += len(data)
-                else:
-                    entry = _stream_file(writer, rel, full, st, run, progress)
-            except OSError as e:
-                run.problems.append(f"{rel}: unreadable ({e.strerror})")
-                continue
-            if entry.size == st.st_size:
-                new_stat.append((key, list(entry.chunks)))
-            else:  # stored as read; never put in the stat cache, so the next import reads it again
-                run.problems.append(f"{rel}: changed while it was read ({st.st_size} bytes listed, {entry.size} read)")
+            if small.all_asked:
+                plan_next()
+            _stage_file(writer, run, rel, full, st, key, small.take(i), progress, new_stat)
+        for rel, full, st, key in late:
+            _stage_file(writer, run, rel, full, st, key, None, progress, new_stat)
     finally:
         small.close()
     if progress:
-        progress(run.done, run.total)
+        progress(run.done, run.readers.total())
     return new_stat
+
+
+def _stage_file(
+    writer: SnapshotWriter,
+    run: _Staging,
+    rel: str,
+    full: str,
+    st: _Stat,
+    key: bytes,
+    data: bytes | OSError | None,
+    progress: Progress | None,
+    new_stat: list[tuple[bytes, list]],
+) -> None:
+    """One file to store: `data` as the reader process read it whole, or None: streamed from here."""
+    if run.decrypt is not None and run.decrypt.stage_file(writer, rel, full, st):
+        run.done += st.st_size
+        return
+    try:
+        if isinstance(data, OSError):
+            raise data
+        if data is not None:  # a small file, read whole by the reader process
+            entry = writer.put_bytes(rel, st.st_mode, st.st_mtime_ns, data)
+            run.done += len(data)
+        else:
+            entry = _stream_file(writer, rel, full, st, run, progress)
+    except OSError as e:
+        run.problems.append(f"{rel}: unreadable ({e.strerror})")
+        return
+    if entry.size == st.st_size:
+        new_stat.append((key, list(entry.chunks)))
+    else:  # stored as read; never put in the stat cache, so the next import reads it again
+        run.problems.append(f"{rel}: changed while it was read ({st.st_size} bytes listed, {entry.size} read)")
 
 
 def _stream_file(
@@ -376,5 +441,5 @@ def _stream_file(
             fw.write(block)
             run.done += len(block)
             if progress:
-                progress(run.done, run.total)
+                progress(run.done, run.readers.total())
     return fw.close()
