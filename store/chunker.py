@@ -10,9 +10,11 @@ The kind is sniffed from the first bytes of a file (backup folders name files by
 
 `StreamChunker` is push-based, because device uploads arrive as blocks we do not control. It keeps at most
 max chunk size + 2 × average + FEED_ROOM (11 MiB for coarse) of a file in memory, whatever the file's size, in a
-buffer reused from file to file (one kept between files). The cut points it produces
-are exactly those of `FastCDC.cut_buf` over the whole file: a cut is decided by the bytes from the chunk's start up
-to at most max_size, so every chunk but the last in the buffer is final.
+buffer of its own (an anonymous map whose pages are mapped as they are written, unmapped after `finish`). Keeping
+one for the next file spared media imports some page faults but held up to 11 MiB through the small files between
+them: the peak of a 120 000-file import rose 152 -> 159 MB. The cut points it produces are exactly those of
+`FastCDC.cut_buf` over the whole file: a cut is decided by the bytes from the chunk's start up to at most
+max_size, so every chunk but the last in the buffer is final.
 """
 
 from __future__ import annotations
@@ -93,38 +95,12 @@ def choose_policy(head: bytes) -> Policy:
     return Policy(FINE if shrinks and head.isascii() else COARSE, shrinks)
 
 
-class _Buffers:
-    """Chunker buffers kept for the next file (a list: append and pop are atomic under the GIL). Import streams
-    its large files one after another, so one buffer serves them all and its pages stay mapped, instead of a
-    buffer grown by reallocation per file (every growth fresh pages, every compaction a new copy)."""
-
-    KEEP = 1  # import streams one file at a time; a second kept buffer would only idle with its pages mapped
-
-    def __init__(self) -> None:
-        self._free: list[mmap.mmap] = []
-
-    def take(self, size: int) -> mmap.mmap:
-        for buf in reversed(self._free):  # the most recently used first: its pages are mapped
-            if len(buf) >= size:
-                try:
-                    self._free.remove(buf)
-                except ValueError:
-                    break  # another thread took it meanwhile
-                return buf
-        return mmap.mmap(-1, size)  # pages faulted in as written: a fine file's buffer holds what it used
-
-    def give(self, buf: mmap.mmap) -> None:
-        if len(self._free) < self.KEEP:
-            self._free.append(buf)
-
-
-_BUFFERS = _Buffers()
 FEED_ROOM = 1 << 20  # room past the cut threshold, so a block of up to this much is copied in one go
 
 
 class StreamChunker:
     """Cut a stream fed in arbitrary blocks into FastCDC chunks with bounded memory: one buffer of threshold +
-    FEED_ROOM (11 MiB for coarse), reused from file to file, and each chunk copied out of it once."""
+    FEED_ROOM (11 MiB for coarse), compacted in place, and each chunk copied out of it once."""
 
     def __init__(self, profile: ChunkProfile) -> None:
         self._cdc = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
@@ -135,7 +111,7 @@ class StreamChunker:
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
         if self._buf is None:
-            self._buf = _BUFFERS.take(self._threshold + FEED_ROOM)
+            self._buf = mmap.mmap(-1, self._threshold + FEED_ROOM)  # pages mapped as written
         buf, room = self._buf, len(self._buf)
         with memoryview(data) as view:
             pos, n = 0, view.nbytes
@@ -151,7 +127,7 @@ class StreamChunker:
         """Read up to `limit` bytes of `f` straight into the buffer (no block object, no copy); 0 at its end. The
         chunks it completes come from `ready()`."""
         if self._buf is None:
-            self._buf = _BUFFERS.take(self._threshold + FEED_ROOM)
+            self._buf = mmap.mmap(-1, self._threshold + FEED_ROOM)  # pages mapped as written
         want = min(limit, len(self._buf) - self._len)
         with memoryview(self._buf) as whole:
             n = f.readinto(whole[self._len : self._len + want]) or 0
@@ -183,8 +159,7 @@ class StreamChunker:
             with memoryview(buf) as whole:
                 for c in self._cdc.cut_buf(whole[: self._len]):
                     yield bytes(c.data)
-        self._len = 0
-        _BUFFERS.give(buf)
+        self._len = 0  # the buffer is unmapped once the last view of it goes, with this generator
 
 
 def chunk_bytes(data: bytes, profile: ChunkProfile) -> list[bytes]:
