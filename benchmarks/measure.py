@@ -5,6 +5,13 @@ rusage that wait4 returns for its child: user + system CPU seconds of the child 
 for (so `find -exec cat` counts its cats), and the largest resident set of any of them, in KiB. Wall time is
 measured here with `time.perf_counter` around the whole run (GNU time's own %e has 10 ms resolution).
 
+Peak RSS of a process tree. GNU time's %M is the largest resident set of any *one* process, so a tool that works in
+two processes at once (phonevault's import reads small files in a child) would show only the larger. A sampler
+therefore sums the proportional set size (Pss, /proc/<pid>/smaps_rollup: each shared page split between the
+processes that map it, so pages a forked child shares with its parent count once) over the command's whole process
+tree every SAMPLE_S seconds, and a step's peak RSS is the larger of that sum's peak and %M. A process's Pss is never
+above its RSS, so for a one-process tool %M stands.
+
 Cold cache. Before each step `sync; echo 3 > /proc/sys/vm/drop_caches` writes dirty pages back and empties the page
 cache, so a step reads its input from disk. If that is not permitted (not root, a container), steps run warm and
 every measurement says so.
@@ -20,12 +27,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 GNU_TIME = "/usr/bin/time"
+SAMPLE_S = 0.05
 
 
 class StepFailed(Exception):
@@ -64,6 +73,57 @@ def drop_caches() -> bool:
     return True
 
 
+def _children() -> dict[int, list[int]]:
+    """ppid -> pids of every process now running (from /proc/<pid>/stat)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # the name may hold spaces and parentheses
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def tree_pss_kib(root: int) -> int:
+    """The sum of Pss over every descendant of `root` (GNU time, the measurer), in KiB (0 once they have ended)."""
+    kids, total = _children(), 0
+    todo = list(kids.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo += kids.get(pid, [])
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total
+
+
+class TreeRss:
+    """Samples the summed Pss of a process tree on a thread until stopped; `peak_kib` is the largest sum seen."""
+
+    def __init__(self, root: int) -> None:
+        self.root, self.peak_kib = root, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.peak_kib = max(self.peak_kib, tree_pss_kib(self.root))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib
+
+
 def ensure_gnu_time() -> None:
     """GNU time is the rusage reporter; Debian ships it as the `time` package."""
     if Path(GNU_TIME).exists():
@@ -94,11 +154,15 @@ def timed(
             out.write(f"\n$ {' '.join(map(str, cmd))}\n")
             out.flush()
             start = time.perf_counter()
-            rc = subprocess.run(full, env=env, cwd=cwd, stdout=out, stderr=out, stdin=subprocess.DEVNULL).returncode
+            proc = subprocess.Popen(full, env=env, cwd=cwd, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+            sampler = TreeRss(proc.pid)
+            rc = proc.wait()
             wall = time.perf_counter() - start
+            tree_kib = sampler.stop()
         fields = report.read().split()
     user, system, rss_kib = (float(x) for x in fields[-3:]) if len(fields) >= 3 else (0.0, 0.0, 0.0)
-    m = Measurement(step, wall, user + system, rss_kib / 1024, nbytes, was_cold)
+    m = Measurement(step, wall, user + system, max(rss_kib, tree_kib) / 1024, nbytes, was_cold)
+    m.extra["largest_process_rss_mb"] = round(rss_kib / 1024, 1)
     if rc != 0:
         raise StepFailed(f"{step}: `{' '.join(map(str, cmd))}` exited {rc} (see {log})")
     return m
