@@ -171,6 +171,7 @@ class SpillingTree:
             bucket, entries = groups.popitem()
             self._spool.append(bucket, [e.encode() for e in entries])
             self._spilled_to(bucket)
+        self._cache.trim()  # the cache pages these entries' stores and lookups mapped (store/residency.py)
 
     def _settle(self) -> None:
         if len(self._mem) > self._limit:

@@ -425,6 +425,7 @@ async def _backup(
             **device_meta(writer.state, dec),
         )  # fmt: skip
         snap = writer.commit(f"device:{udid}", meta=meta.encode())
+        repo.cache.trim()  # the cache pages the commit mapped, before the catalog is parsed
         if not encrypted:
             with suppress(PhonevaultError):  # committed already; a catalog problem shows up at `ls`
                 catalog = load_catalog(repo, snap)  # so ls/extract/diff of this backup start at once
