@@ -9,7 +9,8 @@ tree node) cannot be read is left out and named by its domain path (sync/damage.
 while the snapshot's deltas fold (store/check.py `ReadableShards`).
 
 Memory: one shard's entries, the next 16 MiB batch of small files read ahead (sync/writeout.py `ReadAhead`) and up
-to 64 MiB of small files waiting for a writer thread; larger files stream chunk by chunk.
+to 4 bundles of small files (~1 MiB each, sync/writeout.py `FileWriters`) waiting for a writer thread; larger files
+stream chunk by chunk.
 """
 
 from __future__ import annotations
@@ -151,26 +152,26 @@ class Placement:
         self._under = Target(tmp, fresh=True)
         self._tmp, self._target = str(tmp), str(target)
         self.problems: list[str] = []
-        self._dirs: list[tuple[Path, FileEntry]] = []
-        self._made: set[Path] = set()
+        self._dirs: list[tuple[str, int]] = []  # (folder, mtime_ns)
+        self._made: set[str] = set()
 
-    def file(self, e: FileEntry) -> Path | None:
+    def file(self, e: FileEntry) -> str | None:
         """Where to write file `e` (its folder made), or None: `e` is a folder (made here) or a refused path."""
         try:
-            local = self._under.join(e.path)
+            local = self._under.local(e.path)
         except UnsafePath as exc:
             self.problems.append(str(exc).replace(self._tmp, self._target))
             return None
         if e.is_dir:
-            local.mkdir(parents=True, exist_ok=True)
-            self._dirs.append((local, e))
+            os.makedirs(local, exist_ok=True)
+            self._dirs.append((local, e.mtime_ns))
             return None
-        if local.parent not in self._made:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(local.parent)
+        if (parent := os.path.dirname(local)) not in self._made:
+            os.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
         return local
 
     def finish(self) -> None:
         """Give each folder its mtime (writing files into it changed it)."""
-        for local, d in self._dirs:
-            os.utime(local, ns=(d.mtime_ns, d.mtime_ns))
+        for local, mtime_ns in self._dirs:
+            os.utime(local, ns=(mtime_ns, mtime_ns))
