@@ -59,6 +59,7 @@ import os
 import shutil
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,8 +97,11 @@ _open_here_lock = threading.Lock()
 
 
 class Cache(DerivedValues):
-    """One repository's cache. Reads come from the thread that owns the repository; `add_index` may also come from
-    the pack writer's thread (writes and resets are serialised by a lock)."""
+    """One repository's cache, used from any thread: writes and resets are serialised by a lock, and each thread
+    reads through a read transaction of its own (`_read`). One transaction shared by threads was a bug: a thread
+    renewing it after a write aborted it under another thread's lookup, whose LMDB error then wiped the whole
+    cache as damaged (export's read-ahead, copy's readers and the pack writers all use the cache off the main
+    thread)."""
 
     def __init__(self, path: Path, key: MasterKey) -> None:
         self.path = path
@@ -106,8 +110,11 @@ class Cache(DerivedValues):
         self.on_reset: Callable[[], None] | None = None  # the repository reloads what the vault must give back
         self.notes: list[str] = []  # damage found and repaired, one line each
         self._lock = threading.RLock()
-        self._rtxn: lmdb.Transaction | None = None
-        self._gen = self._rgen = 0
+        self._reader = threading.local()  # this thread's (read transaction, _gen it began at, env it belongs to)
+        # Every live thread's, so that closing the env can end them; weak, so a transaction goes (and frees its
+        # LMDB reader slot) with its thread.
+        self._rtxns: weakref.WeakSet[lmdb.Transaction] = weakref.WeakSet()
+        self._gen = 0
         self._resets = 0
         self._deferred: CacheCorrupt | None = None  # found on another thread; repaired by the next read
         self._format_key = self._ck.key(b"meta", b"format")
@@ -218,9 +225,10 @@ class Cache(DerivedValues):
 
     def _close_env(self) -> None:
         self._map = None  # its span may be other memory once it is closed
-        if self._rtxn is not None:
-            self._rtxn.abort()
-            self._rtxn = None
+        with self._lock:
+            for txn in list(self._rtxns):
+                txn.abort()  # a thread still holding one gets an lmdb.Error, as on a closed env; it renews at its next read
+            self._rtxns.clear()
         if self.env is not None:
             self.env.close()
             self.env = None
@@ -292,18 +300,23 @@ class Cache(DerivedValues):
             return None
 
     def _read(self) -> lmdb.Transaction:
-        """One long-lived read transaction, renewed after any write: a fresh transaction per lookup cost ~20 µs,
-        which dominated re-importing a folder of 300 000 small files."""
-        if self._rgen == self._gen and self._rtxn is not None and self._deferred is None:
-            return self._rtxn
+        """This thread's long-lived read transaction, renewed after any write: a fresh transaction per lookup cost
+        ~20 µs, which dominated re-importing a folder of 300 000 small files. Per thread, because a transaction
+        must not be aborted while another thread reads through it (see the class docstring)."""
+        mine = self._reader.__dict__
+        txn = mine.get("txn")
+        if txn is not None and mine["gen"] == self._gen and mine["env"] is self.env and self._deferred is None:
+            return txn
         if self._deferred is not None:
             raise self._deferred
-        if self._rtxn is None or self._rgen != self._gen:
-            if self._rtxn is not None:
-                self._rtxn.abort()
-            self._rgen = self._gen
-            self._rtxn = self.env.begin()
-        return self._rtxn
+        with self._lock:
+            if txn is not None and txn in self._rtxns:  # else the env it belonged to was closed, and it with it
+                self._rtxns.discard(txn)
+                txn.abort()
+            mine["txn"] = txn = self.env.begin()
+            mine["gen"], mine["env"] = self._gen, self.env
+            self._rtxns.add(txn)
+        return txn
 
     def _write(self, fn: Callable[[lmdb.Transaction], None]) -> None:
         """Run `fn` in a write transaction; if the cache fails, rebuild it and run `fn` once more on the new one."""
