@@ -97,11 +97,9 @@ _open_here_lock = threading.Lock()
 
 
 class Cache(DerivedValues):
-    """One repository's cache, used from any thread: writes and resets are serialised by a lock, and each thread
-    reads through a read transaction of its own (`_read`). One transaction shared by threads was a bug: a thread
-    renewing it after a write aborted it under another thread's lookup, whose LMDB error then wiped the whole
-    cache as damaged (export's read-ahead, copy's readers and the pack writers all use the cache off the main
-    thread)."""
+    """One repository's cache, used from any thread: writes and resets are serialised by a lock; each thread reads
+    through a transaction of its own (`_read`: one shared one, renewed by a thread after a write, was aborted under
+    another thread's lookup, whose LMDB error then wiped the cache as damaged)."""
 
     def __init__(self, path: Path, key: MasterKey) -> None:
         self.path = path
@@ -111,8 +109,7 @@ class Cache(DerivedValues):
         self.notes: list[str] = []  # damage found and repaired, one line each
         self._lock = threading.RLock()
         self._reader = threading.local()  # this thread's (read transaction, _gen it began at, env it belongs to)
-        # Every live thread's, so that closing the env can end them; weak, so a transaction goes (and frees its
-        # LMDB reader slot) with its thread.
+        # Every live thread's, so closing the env can end them; weak: one goes (with its reader slot) with its thread.
         self._rtxns: weakref.WeakSet[lmdb.Transaction] = weakref.WeakSet()
         self._gen = 0
         self._resets = 0

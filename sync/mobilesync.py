@@ -8,7 +8,7 @@ inode, ctime) matches the stat cache, so re-importing an unchanged folder reads 
 Memory: import holds one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache
 and the one after it being listed, its staged entries, the parent's same shard while they are diffed, its
 Manifest.db rows: sync/catalogshards.py), ≤ 8 MiB of small files read ahead across this shard and the next
-(folderwalk.SmallReads; the reader is a child process, ~20 MB of its own), one delta group and two packs; the
+(smallreads.SmallReads; the reader is a child process, ~20 MB of its own), one delta group and two packs; the
 cache's pages are unmapped after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3) keeps every
 file at the top level, one shard, and its list is parsed whole and compared with ~28 bytes a file (`_Present`).
 A file that changes between the walk and its read is stored as it was read and named in `problems`.
@@ -54,8 +54,6 @@ from .encrypted import BackupPassword
 from .errors import BackupFolderInvalid, ManifestInvalid
 from .folderwalk import Present as _Present
 from .folderwalk import ReadAhead as _ReadAhead
-from .folderwalk import ReaderProcess as _ReaderProcess
-from .folderwalk import SmallReads as _SmallReads
 from .folderwalk import Stat as _Stat
 from .folderwalk import find_backup_folders as find_backup_folders  # the import command finds folders here
 from .folderwalk import is_utf8 as _is_utf8
@@ -66,6 +64,8 @@ from .manifest import check_manifest_db
 from .paths import shown, unsafe_reason
 from .plists import DeviceInfo, read_info_plist_dated, read_manifest_plist, read_status_plist
 from .records import BackupMeta, device_record
+from .smallreads import ReaderProcess as _ReaderProcess
+from .smallreads import SmallReads as _SmallReads
 
 BLOCK = 1 << 20
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")

@@ -9,7 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phonevault.sync.folderwalk import ReaderProcess, SmallReads, _read_small, folder_bytes
+from phonevault.sync.folderwalk import folder_bytes
+from phonevault.sync.smallreads import ReaderProcess, SmallReads, _read_small
 
 
 def _files(root: Path, sizes: list[int]) -> list[tuple[str, int]]:
