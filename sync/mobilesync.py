@@ -434,12 +434,12 @@ def _stage_file(
 def _stream_file(
     writer: SnapshotWriter, rel: str, full: str, st: _Stat, run: _Staging, progress: Progress | None
 ) -> FileEntry:
-    """A file too large to be read whole by a reader thread, pushed into the chunker 1 MiB at a time."""
+    """A file too large to be read whole by the reader process, read into the chunker's buffer 1 MiB at a time
+    (`read_from`: no block object of fresh pages per read)."""
     fw = writer.open_file(rel, st.st_mode, st.st_mtime_ns)
     with open(full, "rb") as f:
-        while block := f.read(BLOCK):
-            fw.write(block)
-            run.done += len(block)
+        while n := fw.read_from(f, BLOCK):
+            run.done += n
             if progress:
                 progress(run.done, run.readers.total())
     return fw.close()
