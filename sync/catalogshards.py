@@ -25,8 +25,8 @@ every shard was written (a shard missing after all is CacheCorrupt: the cache ch
 path can only be in the shard of that hash (`find_row`: one shard read, not the catalog).
 
 Memory: one shard's rows as CatalogEntry objects (one being read back, or the shard being parsed and the one the
-parent compares), two shards of the old memo, the problems; a Manifest.db given as bytes (from the vault) is held
-by SQLite while it is read.
+parent compares), two shards of the old memo, the problems; a Manifest.db from the vault is read through a sealed
+image in the cache (sync/sealeddb.py), so SQLite holds its page cache, not the file.
 """
 
 from __future__ import annotations
