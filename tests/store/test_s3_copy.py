@@ -20,13 +20,16 @@ def _vault(tmp_path: Path, seaweed: Seaweed, cli_env: dict, pv) -> tuple[dict, d
     env = dict(cli_env, **seaweed.env())
     pv("init", env=env, check=True)
     digests: dict[tuple[str, str], str] = {}
+    seen: set[str] = set()
     for seed, days in ((71, (0, 1)), (72, (0,))):
         phone = SyntheticPhone(seed=seed, size=2 << 20)
         for day in days:
             src = phone.write_backup(tmp_path / f"src-{seed}", day=day)
             pv("import", str(src), env=env, check=True)
-            snaps = js(pv("snapshots", phone.udid, "--json", env=env))
-            digests[phone.udid, max(snaps, key=lambda s: s["committed"])["time"]] = tree_digest(src)
+            # The one snapshot this import added (two imports can commit within the second `committed` shows).
+            (new,) = [s for s in js(pv("snapshots", phone.udid, "--json", env=env)) if s["id"] not in seen]
+            seen.add(new["id"])
+            digests[phone.udid, new["time"]] = tree_digest(src)
     return env, digests
 
 
