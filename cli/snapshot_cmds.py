@@ -25,7 +25,6 @@ from phonevault.sync.records import backup_meta, device_info
 
 from .backup_password import backup_password_option, password_from
 from .context import json_option, with_repo
-from .import_cmd import _return_large_buffers
 from .render import emit_json, err, human, out, progress, table, when
 
 
@@ -352,7 +351,6 @@ def export(
     A file the vault cannot read back is named on stderr and the rest is exported (exit 3); with --strict nothing
     is, then."""
     view, snap = resolve_snapshot(repo, snapshot)
-    _return_large_buffers()  # a large file's chunks (up to 8 MiB each) are freed one after another, as in import
     try:
         with progress("exporting", snap.stats.size) as update:
             if decrypt:
