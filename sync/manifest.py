@@ -186,14 +186,18 @@ def _open_checked(source: ManifestSource, where: str) -> sqlite3.Connection:
         else:  # an image kept elsewhere, e.g. sealed on disk (sync/sealeddb.py): its own sqlite3-like connection
             conn = source.connect()
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a name that is not UTF-8 is the file's damage too
         raise ManifestInvalid(
             where, f"not an SQLite database ({exc}); an encrypted backup needs its password"
         ) from None
     if "Files" not in tables:
         conn.close()
         raise ManifestInvalid(where, "Manifest.db has no Files table")
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(Files)")}
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(Files)")}
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        conn.close()
+        raise ManifestInvalid(where, f"its Files table cannot be read ({exc})") from None
     missing = {"fileID", "domain", "relativePath", "flags", "file"} - columns
     if missing:
         conn.close()
@@ -224,7 +228,10 @@ def read_manifest_rows(source: ManifestSource, where: str | None = None) -> Iter
 
 def _raw_rows(conn: sqlite3.Connection, where: str) -> Iterator[tuple]:
     try:
-        cursor = conn.execute("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY fileID")
+        try:  # the sort may read the whole table first, so damage can show here already
+            cursor = conn.execute("SELECT fileID, domain, relativePath, flags, file FROM Files ORDER BY fileID")
+        except sqlite3.DatabaseError as exc:
+            raise ManifestInvalid(where, f"Files table unreadable: {exc}") from None
         while True:
             try:
                 row = cursor.fetchone()
