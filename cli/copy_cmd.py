@@ -4,16 +4,15 @@ The source (--repo) is opened read-only; the target has its own password: PHONEV
 line of PHONEVAULT_TO_PASSWORD_FILE, else a prompt. `--init` creates the target vault (and an S3 bucket) when there is
 none, with that password. What is copied and how it resumes: store/copy.py.
 
-Before copying, the process's allocator is told to keep freed blocks (`keep_freed_blocks`): a copy allocates and
-frees one decrypted and one sealed buffer per chunk on its reader threads, and glibc by default maps every block of
-128 KiB or more afresh and unmaps it when freed, so each page of a media chunk was faulted in and zeroed by the
-kernel two or three times (340 000 page faults and ~0.8 CPU s of a 600 MB copy, on the cores the S3 server needs).
-Memory: a heap keeps at most 2 × HEAP_BLOCK free at its top (one per thread that allocated; a few MB measured).
+Before copying, the process's allocator is told to keep freed blocks (cli/allocator.py `keep_freed_blocks`): a copy
+allocates and frees one decrypted and one sealed buffer per chunk on its reader threads, and glibc by default maps
+every block of 128 KiB or more afresh and unmaps it when freed, so each page of a media chunk was faulted in and
+zeroed by the kernel two or three times (340 000 page faults and ~0.8 CPU s of a 600 MB copy, on the cores the S3
+server needs).
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
 
 import click
@@ -24,23 +23,9 @@ from phonevault.store.errors import PhonevaultError, RepositoryNotFound
 from phonevault.store.refs import resolve_snapshot
 from phonevault.store.repository import Repository
 
+from .allocator import keep_freed_blocks
 from .context import json_option, repo_path, secret_from_env, with_repo
 from .render import emit_json, err, human, out, progress
-
-HEAP_BLOCK = 8 << 20  # blocks below this come from malloc's heaps (a chunk is at most 8 MiB, store/chunker.py)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def keep_freed_blocks() -> None:
-    """glibc: serve blocks below HEAP_BLOCK from the heaps and keep up to 2 × HEAP_BLOCK free at a heap's top, so a
-    freed buffer's pages serve the next one (fixed values also end glibc's own adjusting of both). Elsewhere (no
-    mallopt) the allocator is left as it is."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, HEAP_BLOCK)
-    mallopt(_M_TRIM_THRESHOLD, 2 * HEAP_BLOCK)
 
 
 def target_password(*, confirm: bool) -> str:

@@ -9,9 +9,7 @@ parts: FoldersNotImported, exit 3, not the failed folder's 1 (which would say no
 
 from __future__ import annotations
 
-import ctypes
 import stat
-from contextlib import suppress
 from pathlib import Path
 
 import click
@@ -28,22 +26,10 @@ from phonevault.sync.paths import shown
 from phonevault.sync.plists import read_info_plist
 from phonevault.sync.records import backup_meta
 
+from .allocator import return_large_buffers
 from .backup_password import backup_password_option, password_from, store_decrypted_option
 from .context import with_repo
 from .render import err, human, out, progress
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
-MMAP_THRESHOLD = 1 << 20
-
-
-def _return_large_buffers() -> None:
-    """Have glibc's malloc give every buffer of 1 MiB or more its own map, returned to the system when freed. By
-    default the threshold rises to the largest buffer freed (up to 32 MiB), so the 16 MiB pack buffers an import
-    fills and frees one after another end up inside the heaps, which keep them: a 120 000-file import peaked at
-    217 MB with the default and 175 MB with this (same run). Not glibc (musl, macOS): nothing to do."""
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 @click.command("import")
@@ -54,7 +40,7 @@ def _return_large_buffers() -> None:
 def import_(repo: Repository, path: Path | None, store_decrypted: bool, backup_password: tuple[str, ...]) -> None:
     """Import a backup folder (<UDID>/), a Backup/ folder of several, or (no PATH) the Finder/iTunes locations."""
     password = password_from(backup_password) if store_decrypted else None
-    _return_large_buffers()
+    return_large_buffers()
     worst: PhonevaultError | None = None
     failed: list[str] = []
     imported = 0
