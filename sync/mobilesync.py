@@ -3,7 +3,9 @@
 A snapshot's content is the backup folder itself, file for file (paths relative to `<UDID>/`), so export gives back
 exactly what was imported: same bytes, same names, same modes and mtimes. Import reads files in 1 MiB blocks and
 pushes them into the store's chunker (memory does not depend on file size) and skips files whose stat (size, mtime,
-inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata.
+inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata. A
+shard whose stat-cache entries make the parent's tree node is the parent's shard: its chunks are not looked up one
+by one in the blob index (`_inherit_shard`).
 
 Memory: import holds one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache
 and the one after it being listed, its staged entries, the parent's same shard while they are diffed, its
@@ -43,7 +45,7 @@ from pathlib import Path
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository, now_us
 from phonevault.store.spool import Spool
-from phonevault.store.trees import FileEntry
+from phonevault.store.trees import FileEntry, ShardRef, encode_shard, read_root
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import ReadyParse, manifest_stream, parse_legacy_folder, store_catalog, store_catalog_shards
@@ -242,6 +244,7 @@ class _Staging:
     present: _Present = field(default_factory=_Present)
     decrypt: Decrypting | None = None
     window: list[int] = field(default_factory=lambda: [0])  # small files' bytes asked for, not yet staged
+    parent: dict[str, ShardRef] = field(default_factory=dict)  # the parent snapshot's shards (`_inherit_shard`)
 
 
 @dataclass(slots=True)
@@ -272,6 +275,8 @@ def _stage_and_commit(
     holds one shard whatever the number of files; the commit point is still the one event segment written at the end.
     A flat folder's list (parsed whole) is compared with the walk's `present` table at the end."""
     run = _Staging(list(fm.problems), *pools, decrypt=fm.decrypt)
+    if writer.parent is not None:
+        run.parent = {r.shard: r for r in read_root(writer.parent.tree, writer.sink.get)}
     if progress:
         run.readers.start_total(folder)
         progress(0, None)
@@ -373,11 +378,14 @@ def _stage_shard(
     new_stat: list[tuple[bytes, list]] = []
     run.problems += plan.problems
     late: list[tuple[str, str, _Stat, bytes]] = []  # in the stat cache, but a chunk of it is gone: read after all
-    for rel, full, st, key, chunks in plan.cached:
-        if writer.put_entry(FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, chunks)):
-            run.done += st.st_size
-        else:
-            late.append((rel, full, st, key))
+    if _inherit_shard(writer, run, plan):
+        run.done += sum(st.st_size for _rel, _full, st, _key, _chunks in plan.cached)
+    else:
+        for rel, full, st, key, chunks in plan.cached:
+            if writer.put_entry(FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, chunks)):
+                run.done += st.st_size
+            else:
+                late.append((rel, full, st, key))
     if progress:
         progress(run.done, run.readers.total())
     if plan.small is None:
@@ -397,6 +405,30 @@ def _stage_shard(
     if progress:
         progress(run.done, run.readers.total())
     return new_stat
+
+
+def _inherit_shard(writer: SnapshotWriter, run: _Staging, plan: _Plan) -> bool:
+    """Stage a shard whose every file the stat cache knows, without asking the blob index about each chunk, if
+    the tree node those entries make is the parent's node of this shard (a keyed hash of the same entries: the same
+    paths, sizes, modes, mtimes and chunk ids). Then each entry is the parent's, whose chunks the vault holds
+    because the parent does, and which the writer's registration protects from a prune as it protects all content
+    inherited from the head it was staged on (store/prune.py): no lookup per file, so an unchanged re-import does not
+    walk the blob index (one random page read per file on a cold cache) nor open a sealed location per file. Else
+    (a file to read, an empty folder, another node) False: each entry is checked as `put_entry` does."""
+    ref = run.parent.get(plan.shard)
+    if ref is None or not plan.shard or plan.to_read or plan.empty_dirs or len(plan.cached) != ref.files:
+        return False
+    entries = [
+        FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, chunks) for rel, _f, st, _k, chunks in plan.cached
+    ]
+    if writer.repo.key.blob_id(encode_shard(entries)) != ref.node:
+        return False
+    # SnapshotWriter has no public call that stages an entry known to be the parent's: put_entry's check is the
+    # cost this skips. _stage is what put_entry does once the chunks are found.
+    for entry in entries:
+        writer._stage(entry)
+    writer.stats.reused_files += len(entries)
+    return True
 
 
 def _stage_file(

@@ -113,3 +113,86 @@ def test_the_compact_table_answers_as_the_dict_it_replaces(present):
         assert table.get(path) == size
     assert table.get("00/" + "00" * 20) == present.get("00/" + "00" * 20)
     assert table.keys() - {"x"} == present.keys() - {"x"}
+
+
+def _vault_bytes(repo, snap) -> dict[str, tuple[int, int, bytes]]:
+    """path -> (mode, mtime, bytes) of every file of a snapshot, read back from the vault."""
+    tree = load_tree(snap.tree, repo.get_blob)
+    return {p: (e.mode, e.mtime_ns, b"".join(repo.read_file(e))) for p, e in tree.items() if not e.is_dir}
+
+
+def _folder_bytes(dev: Path) -> dict[str, tuple[int, int, bytes]]:
+    out = {}
+    for p in dev.rglob("*"):
+        if p.is_file():
+            s = p.lstat()
+            out[p.relative_to(dev).as_posix()] = (s.st_mode, s.st_mtime_ns, p.read_bytes())
+    return out
+
+
+step = st.sampled_from(["same-stat-content", "touch", "add", "remove", "forget-head", "prune", "nothing"])
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.tuples(step, st.integers(0, 10**6)), min_size=1, max_size=5))
+def test_reimport_with_the_stat_cache_stores_the_folder_as_it_is(make_repo, tmp_path_factory, steps):
+    """Each import, whether its shards come from the stat cache (and unchanged shards are taken as the parent's
+    without a blob lookup per file) or are read, stores the folder as it is now: a file rewritten with the same size
+    and mtime (its ctime moves: the stat cache's contract) is stored anew; a forgotten head leaves a parent whose
+    shards differ from what the stat cache knows, and a prune then deletes chunks the stat cache still names: the
+    files are read again, not staged with chunks the vault no longer holds."""
+    from phonevault.store.history import apply_forget, plan_forget  # noqa: PLC0415
+    from phonevault.store.prune import prune  # noqa: PLC0415
+
+    repo = make_repo(f"vault-{os.urandom(4).hex()}")  # one per example: the fixture's factory outlives them
+    dev = make_folder(tmp_path_factory.mktemp("src"), 24, size=64)
+    files = sorted(p for p in dev.rglob("*") if p.is_file() and p.parent != dev)
+    snaps = [import_folder(repo, dev).snapshot]
+    for kind, n in steps:
+        if kind == "same-stat-content":
+            f = files[n % len(files)]
+            s = f.stat()
+            f.write_bytes(os.urandom(s.st_size))
+            os.utime(f, ns=(s.st_atime_ns, s.st_mtime_ns))
+        elif kind == "touch":
+            f = files[n % len(files)]
+            os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+        elif kind == "add":
+            f = files[n % len(files)].parent / f"{n:040x}"
+            f.write_bytes(os.urandom(n % 200))
+            files = sorted({*files, f})
+        elif kind == "remove" and len(files) > 1:
+            f = files[n % len(files)]
+            f.unlink()
+            files.remove(f)
+        elif kind == "forget-head" and len(snaps) > 1:
+            view = repo.view(snaps[-1].device_key, refresh=True)
+            apply_forget(repo, plan_forget(view, None, {snaps.pop().id}), "test")
+        elif kind == "prune":
+            prune(repo, grace_us=0, max_unused=0.0)
+        r = import_folder(repo, dev)
+        assert _vault_bytes(repo, r.snapshot) == _folder_bytes(dev)
+        snaps.append(r.snapshot)
+    assert check(repo).ok
+
+
+def test_stat_cache_naming_pruned_chunks_under_an_older_parent_reads_the_file_again(repo, tmp_path):
+    """Day 1 changes a file (the stat cache then names its new chunks), day 1 is forgotten and pruned (those chunks
+    leave the vault), and the folder is imported again: the stat cache still matches the file, but the shard is not
+    the parent's, so its entries are checked and the file is read and stored again, not staged with chunks the
+    vault no longer holds (the skip of per-file lookups is for a shard equal to the parent's only)."""
+    from phonevault.store.history import apply_forget, plan_forget  # noqa: PLC0415
+    from phonevault.store.prune import prune  # noqa: PLC0415
+
+    dev = make_folder(tmp_path / "src", 40, size=64)
+    day0 = import_folder(repo, dev).snapshot
+    f = sorted(p for p in dev.rglob("*") if p.parent != dev)[3]
+    f.write_bytes(os.urandom(64))
+    day1 = import_folder(repo, dev).snapshot
+    apply_forget(repo, plan_forget(repo.view(day1.device_key, refresh=True), None, {day1.id}), "test")
+    assert prune(repo, grace_us=0, max_unused=0.0).deleted
+    again = import_folder(repo, dev)
+    assert again.snapshot.parent == day0.id
+    assert _vault_bytes(repo, again.snapshot) == _folder_bytes(dev)
+    assert again.reused_files == sum(1 for p in dev.rglob("*") if p.is_file()) - 1  # all but the file read
+    assert check(repo, read_data=True).ok
