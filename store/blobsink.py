@@ -149,10 +149,18 @@ class BlobSink:
 
     def verify_packs(self) -> None:
         """Before committing: every pack this snapshot depends on — reused or written by this writer — must still
-        exist (a prune may have swept it). Each is checked once per writer."""
-        for pack in sorted((self.reused_packs | set(self.stats.packs)) - self._verified):
-            if not self.repo.backend.exists(pack_name(pack)):
-                raise PackPruned(pack)
+        exist (a prune may have swept it). Each is checked once per writer, up to `pack_writes` at once: on S3 each
+        check is a HEAD round trip, and one after another they were the commit's wait (40 for a 600 MB import)."""
+        todo = sorted((self.reused_packs | set(self.stats.packs)) - self._verified)
+        exists = self.repo.backend.exists
+        if len(todo) > 1 and self.pack_writes > 1:
+            with ThreadPoolExecutor(min(self.pack_writes, len(todo)), thread_name_prefix="verify") as pool:
+                found = list(pool.map(lambda pack: exists(pack_name(pack)), todo))
+        else:
+            found = [exists(pack_name(pack)) for pack in todo]
+        for pack, there in zip(todo, found, strict=True):
+            if not there:
+                raise PackPruned(pack)  # the first missing in sorted order, as before
             self._verified.add(pack)
 
     def put(self, blob_type: int, plaintext: bytes, compress: bool, stored: bytes | None = None) -> tuple[bytes, bool]:
