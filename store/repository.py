@@ -20,12 +20,14 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgpack
 import platformdirs
+import zstandard
 
 from . import keys as keyring
 from .backends import Backend
@@ -45,7 +47,7 @@ from .errors import (
 )
 from .events import Event, decode_events, parse_segment_name, seal_segment, segment_name
 from .index import decode_index
-from .packs import BlobLocation, open_blob, pack_name
+from .packs import _STORED, _ZSTD, BlobLocation, open_blob, pack_name
 from .projections import DeviceView, project
 from .trees import FileEntry
 
@@ -198,17 +200,25 @@ class Repository:
         """A blob's plaintext. A reader does not register with prune, so the pack it was told of may be repacked
         and deleted while it reads (prune copies live blobs to a new pack first, and writes that pack's index
         before deleting the old one): a vanished pack reloads the index and is looked up again, a few times."""
+        sealed, name = self.sealed_blob(blob_id)
+        return open_blob(self.key, blob_id, sealed, name)
+
+    def sealed_blob(self, blob_id: bytes, loc: BlobLocation | None = None) -> tuple[bytes, str]:
+        """A blob's sealed bytes and the pack they are in, a move by prune retried as `get_blob` says (`loc`: where
+        the caller already found it)."""
         for attempt in range(PACK_MOVED_RETRIES + 1):
-            loc = self.locate_needed(blob_id)
+            if loc is None:
+                loc = self.locate_needed(blob_id)
             if loc is None:
                 raise MissingObject(f"blob {blob_id.hex()}", "not in any index")
             name = pack_name(loc.pack)
             try:
-                return open_blob(self.key, blob_id, self.backend.get_range(name, loc.offset, loc.length), name)
+                return self.backend.get_range(name, loc.offset, loc.length), name
             except MissingObject:
                 if attempt == PACK_MOVED_RETRIES or self.backend.exists(name):
                     raise  # gone for good, or there but short: damage, not a move
                 self.sync_index()
+                loc = None
         raise AssertionError("unreachable")
 
     def read_located(self, located: list[tuple[bytes, BlobLocation]]) -> dict[bytes, bytes]:
@@ -344,3 +354,91 @@ class Repository:
         if rec is None:
             raise MissingObject(f"snapshot {snapshot.hex()}")
         return rec
+
+
+class ChunkReader:
+    """A large file's chunks one after another (export, extract), each opened into a buffer kept from chunk to chunk
+    and file to file, while the next chunk's sealed bytes are read on a helper thread (a cold pack's read overlaps
+    this chunk's decryption and write). `get_blob` made four fresh copies of every chunk (the read, the joined
+    ciphertext, the plaintext, the payload after the flag), up to 8 MiB each, which glibc then kept in its heaps: a
+    6 GB export peaked 30 MB above a 1 GB one. Here a chunk costs its read (bytes, from the backend) and nothing
+    more; a compressed chunk is decompressed into a second kept buffer (zstd frames carry their size).
+    Memory: two sealed chunks (the one opened, the one being read) and the largest opened and decompressed chunk.
+    Errors are `get_blob`'s (a moved pack is retried, a missing or damaged chunk raises), raised for the chunk they
+    concern, when it is reached."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._opened = bytearray()  # flag || payload of the current chunk
+        self._raw = bytearray()  # a compressed chunk's plaintext
+        self._dctx = zstandard.ZstdDecompressor()  # this reader's own: a zstd context is not thread-safe
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-read")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ChunkReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def pieces(self, entry: FileEntry) -> Iterator[memoryview]:
+        """Each chunk's plaintext in order, as a view that is valid until the next one is asked for."""
+        chunks = entry.chunks
+        ahead = self._start(chunks[0]) if chunks else None
+        for i, bid in enumerate(chunks):
+            current, ahead = ahead, (self._start(chunks[i + 1]) if i + 1 < len(chunks) else None)
+            try:
+                yield self._open(bid, current)
+            except BaseException:  # this chunk failed, or the caller stopped: no read left running for nothing
+                if ahead is not None:
+                    ahead[1].cancel()
+                raise
+
+    def _start(self, blob_id: bytes) -> tuple[BlobLocation | None, Future]:
+        loc = self._repo.locate_needed(blob_id)  # on this thread: the cache's read transactions are per thread
+        if loc is None:
+            return None, _DONE
+        return loc, self._pool.submit(self._repo.backend.get_range, pack_name(loc.pack), loc.offset, loc.length)
+
+    def _open(self, blob_id: bytes, started: tuple[BlobLocation | None, Future] | None) -> memoryview:
+        loc, future = started if started is not None else (None, _DONE)
+        try:
+            if loc is None or future.cancelled():
+                raise MissingObject(f"blob {blob_id.hex()}")
+            sealed, name = future.result(), pack_name(loc.pack)
+        except MissingObject:  # not found where the cache said, or not at all: the retrying way, or its error
+            sealed, name = self._repo.sealed_blob(blob_id)
+        n = len(sealed) - OVERHEAD
+        if len(self._opened) < n + 15:  # a new buffer, never resized: the caller may still hold a view of the old
+            self._opened = bytearray(max(n + 15, 2 * len(self._opened), 1 << 20))
+        self._repo.key.open_into(sealed, blob_id, name, self._opened)
+        del sealed
+        view = memoryview(self._opened)[:n]
+        if n and view[0] == _STORED[0]:
+            return view[1:]
+        if n and view[0] == _ZSTD[0]:
+            return self._decompress(blob_id, view[1:], name)
+        raise CorruptObject(name, f"blob {blob_id.hex()[:16]} has unknown flag {bytes(view[:1])!r}")
+
+    def _decompress(self, blob_id: bytes, frame: memoryview, name: str) -> memoryview:
+        try:
+            size = zstandard.frame_content_size(frame)
+            if size < 0:  # a frame without its size (none phonevault writes): the plain way
+                return memoryview(self._dctx.decompress(frame))
+            if len(self._raw) < size + 1:
+                self._raw = bytearray(max(size + 1, 2 * len(self._raw), 1 << 20))
+            out, got = memoryview(self._raw), 0
+            reader = self._dctx.stream_reader(frame)
+            while got <= size and (step := reader.readinto(out[got : size + 1])):
+                got += step
+        except zstandard.ZstdError as e:
+            raise CorruptObject(name, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
+        if got != size:
+            raise CorruptObject(name, f"blob {blob_id.hex()[:16]} decompresses to {got} bytes, its frame says {size}")
+        return out[:size]
+
+
+_DONE: Future = Future()
+_DONE.set_exception(MissingObject("blob", "not in any index"))

@@ -26,7 +26,7 @@ from phonevault.store.check import ReadableShards
 from phonevault.store.errors import PhonevaultError, UnsafePath
 from phonevault.store.history import record_export
 from phonevault.store.projections import DeviceView, SnapshotRecord
-from phonevault.store.repository import Repository
+from phonevault.store.repository import ChunkReader, Repository
 from phonevault.store.trees import FileEntry
 
 from .damage import describe
@@ -114,7 +114,7 @@ def _export_into(
     total = shards.size
     done = files = 0
     place = Placement(tmp, target)
-    with FileWriters() as writers, ReadAhead(repo, small_plain) as ahead:
+    with FileWriters() as writers, ReadAhead(repo, small_plain) as ahead, ChunkReader(repo) as chunks:
         for entries in ahead.batches(shards):  # the next batch's small files are read meanwhile (writeout.py)
             repo.cache.trim()  # the cache pages the last batch's lookups mapped (store/residency.py)
             for e in entries:
@@ -128,7 +128,7 @@ def _export_into(
                         writers.submit(local, e, data)
                         done += len(data)
                     else:
-                        write_large(repo, e, local, progress, done, total)
+                        write_large(chunks, e, local, progress, done, total)
                         done += e.size
                 except PhonevaultError as exc:  # a chunk that is missing or damaged: this file only
                     damaged[e.path] = str(exc)

@@ -40,7 +40,7 @@ from pathlib import Path
 from phonevault.store.check import readable_tree, unreadable_files
 from phonevault.store.errors import PathNotFound, PhonevaultError, UnsafePath
 from phonevault.store.projections import SnapshotRecord
-from phonevault.store.repository import Repository
+from phonevault.store.repository import ChunkReader, Repository
 from phonevault.store.trees import FileEntry, lookup
 
 from .catalog import Catalog, domain_path, load_catalog, under
@@ -135,20 +135,21 @@ def extract(
     out: list[Extracted] = []
     written: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) of each file written -> its domain path
     total, done = sum(item.entry.size for item in plan), 0
-    for item in plan:
-        if progress:
-            progress(done, total)
-        done += item.entry.size
-        try:
-            out.append(_write(repo, item, overwrite, written, problems, catalog))
-        except _NotWritten as e:
-            problems.append(str(e))
-        except OSError as e:
-            if e.errno in _STOP:
-                raise PhonevaultError(
-                    f"{item.path}: {e.strerror}; stopped after extracting {len(out)} of {len(plan)} file(s)"
-                ) from None
-            problems.append(f"{shown(item.source)}: not extracted to {item.path} ({e.strerror or e})")
+    with ChunkReader(repo) as chunks:
+        for item in plan:
+            if progress:
+                progress(done, total)
+            done += item.entry.size
+            try:
+                out.append(_write(repo, chunks, item, overwrite, written, problems, catalog))
+            except _NotWritten as e:
+                problems.append(str(e))
+            except OSError as e:
+                if e.errno in _STOP:
+                    raise PhonevaultError(
+                        f"{item.path}: {e.strerror}; stopped after extracting {len(out)} of {len(plan)} file(s)"
+                    ) from None
+                problems.append(f"{shown(item.source)}: not extracted to {item.path} ({e.strerror or e})")
     if progress:
         progress(done, total)
     if problems:
@@ -290,6 +291,7 @@ def _undecryptable(repo: Repository, catalog: Catalog, items: list[_Planned]) ->
 
 def _write(
     repo: Repository,
+    chunks: ChunkReader,
     item: _Planned,
     overwrite: bool,
     written: dict[tuple[int, int], str],
@@ -300,10 +302,11 @@ def _write(
     fd, tmp = tempfile.mkstemp(dir=item.path.parent, prefix=".phonevault-")
     try:
         with os.fdopen(fd, "wb") as f:
-            pieces = repo.read_file(item.entry)
             if item.key is not None and catalog is not None and catalog.keys is not None:
                 # Decrypted into the temp file, which is removed unless its padding and length check out.
-                pieces = catalog.keys.open(item.key, pieces, item.row.size, shown(item.source))
+                pieces = catalog.keys.open(item.key, repo.read_file(item.entry), item.row.size, shown(item.source))
+            else:  # read ahead and opened into reused buffers (one view per chunk, written before the next)
+                pieces = chunks.pieces(item.entry)
             try:
                 for chunk in pieces:
                     f.write(chunk)

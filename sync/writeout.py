@@ -27,7 +27,7 @@ from pathlib import Path
 
 from phonevault.store.check import TRIM_LOOKUPS
 from phonevault.store.packs import BlobLocation
-from phonevault.store.repository import Repository
+from phonevault.store.repository import ChunkReader, Repository
 from phonevault.store.trees import FileEntry
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -146,7 +146,7 @@ class FileWriters:
 
 
 def write_pieces(
-    pieces: Iterable[bytes], local: str | Path, e: FileEntry, written: Callable[[int], None] | None = None
+    pieces: Iterable[bytes | memoryview], local: str | Path, e: FileEntry, written: Callable[[int], None] | None = None
 ) -> int:
     """One file written a piece at a time (mode and mtime as `e`); removed again if a piece fails (a chunk that
     cannot be read, a file that does not decrypt): no half file in an export. `written(n)` after each piece; the
@@ -168,10 +168,10 @@ def write_pieces(
 
 
 def write_large(
-    repo: Repository, e: FileEntry, local: str | Path, progress: Progress | None, done: int, total: int
+    chunks: ChunkReader, e: FileEntry, local: str | Path, progress: Progress | None, done: int, total: int
 ) -> None:
-    """One large file of the vault, a chunk at a time, with progress."""
-    write_pieces(repo.read_file(e), local, e, (lambda n: progress(done + n, total)) if progress else None)
+    """One large file of the vault, a chunk at a time (read ahead, opened into reused buffers), with progress."""
+    write_pieces(chunks.pieces(e), local, e, (lambda n: progress(done + n, total)) if progress else None)
 
 
 def small_plain(e: FileEntry) -> bool:
