@@ -45,11 +45,11 @@ from pathlib import Path
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository, now_us
 from phonevault.store.spool import Spool
-from phonevault.store.trees import FileEntry, ShardRef, encode_shard, read_root
+from phonevault.store.trees import FileEntry, ShardRef, encode_shard, lookup, read_root
 from phonevault.store.writer import SnapshotWriter
 
-from .catalog import ReadyParse, manifest_stream, parse_legacy_folder, store_catalog, store_catalog_shards
-from .catalogshards import FolderCompare, ManifestStream
+from .catalog import ReadyParse, catalog_key, manifest_stream, parse_legacy_folder, store_catalog, store_catalog_shards
+from .catalogshards import FolderCompare, ManifestStream, read_head
 from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
 from .decrypted import Decrypting, decrypted_meta, decrypting_folder
 from .encrypted import BackupPassword
@@ -329,8 +329,19 @@ def _stage_and_commit(
     if catalog:  # so ls/extract/diff of this snapshot start at once
         store_catalog(repo, snap, catalog.packed)
     elif listing is not None:
-        store_catalog_shards(repo, snap, listing.listed, listing.stream)
+        _cache_catalog(repo, snap, listing)
     return ImportResult(folder, fm.device, snap, problems, writer.stats.reused_files)
+
+
+def _cache_catalog(repo: Repository, snap: SnapshotRecord, listing: FolderCompare) -> None:
+    """The catalog into the cache, unless the cache holds it already under its key (the Manifest.db's bytes, through
+    their chunk ids: an unchanged re-import's): the same key always holds the same value (store/derived.py), and
+    writing every shard again cost CPU and mapped the cache pages of every row, the re-import's peak RSS, growing
+    with the number of files."""
+    entry = lookup(snap.tree, MANIFEST_DB.listing, repo.get_blob)
+    if entry is not None and not entry.is_dir and read_head(repo, catalog_key(repo, entry)) is not None:
+        return
+    store_catalog_shards(repo, snap, listing.listed, listing.stream)
 
 
 def _plan(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,35 @@ def test_stat_cache_naming_pruned_chunks_under_an_older_parent_reads_the_file_ag
     assert _vault_bytes(repo, again.snapshot) == _folder_bytes(dev)
     assert again.reused_files == sum(1 for p in dev.rglob("*") if p.is_file()) - 1  # all but the file read
     assert check(repo, read_data=True).ok
+
+
+def test_catalog_cached_once_per_manifest_and_anew_when_it_changes_at_the_same_size(repo, tmp_path, monkeypatch):
+    """An unchanged re-import finds its catalog cached under the Manifest.db's content and does not write it again;
+    a Manifest.db rewritten with other rows at the same size and mtime is stored anew (its ctime moved), and its
+    catalog is written and read back as the new rows."""
+    from phonevault.sync import catalogshards  # noqa: PLC0415
+    from phonevault.sync.catalog import load_catalog  # noqa: PLC0415
+
+    dev = make_folder(tmp_path / "src", 30, size=64)
+    writes: list[bytes] = []
+    write = catalogshards.write_cached
+    monkeypatch.setattr(
+        "phonevault.sync.catalog.write_cached", lambda r, key, *a: (writes.append(key), write(r, key, *a))
+    )
+    day0 = import_folder(repo, dev).snapshot
+    rows0 = sorted((c.file_id, c.relative_path) for c in load_catalog(repo, day0))
+    day1 = import_folder(repo, dev).snapshot
+    assert len(writes) == 1
+    assert sorted((c.file_id, c.relative_path) for c in load_catalog(repo, day1)) == rows0
+    db = dev / "Manifest.db"
+    s = db.stat()
+    rows = list(load_catalog(repo, day1))
+    write_manifest_db(
+        db, [c if i else replace(c, relative_path=c.relative_path[:-1] + "~") for i, c in enumerate(rows)]
+    )
+    os.utime(db, ns=(s.st_atime_ns, s.st_mtime_ns))
+    assert db.stat().st_size == s.st_size
+    day2 = import_folder(repo, dev).snapshot
+    assert len(writes) == 2
+    paths = sorted(c.relative_path for c in load_catalog(repo, day2))
+    assert paths != sorted(p for _f, p in rows0) and sum(p.endswith("~") for p in paths) == 1
