@@ -51,9 +51,9 @@ from itertools import islice
 from typing import TypeVar
 
 from .chunker import SNIFF_LEN, choose_policy
-from .crypto import MasterKey
+from .crypto import OVERHEAD, MasterKey
 from .errors import MissingObject
-from .packs import DATA, BlobLocation, open_stored, pack_name, seal_blob
+from .packs import DATA, BlobLocation, open_stored, pack_name
 from .projections import DeviceView, SnapshotRecord
 from .repository import Repository
 from .trees import FileEntry, load_tree
@@ -64,6 +64,7 @@ Resealed = tuple[
     bytes, bytes, int
 ]  # a source chunk made ready for the target: (its id there, sealed there, raw length)
 T = TypeVar("T")
+_STORED = b"\x00"  # a stored blob's flag byte: its payload is the plaintext (store/packs.py's pack format)
 
 READERS = 2  # threads reading and opening source chunks ahead of the writer
 # Plaintext read ahead, at most (plus one chunk). 16 MiB cost 70 MB of peak RSS in a 400 MB copy at load 7 (a chunk
@@ -189,14 +190,29 @@ def _unchanged(known: dict[str, tuple[tuple[bytes, ...], tuple[bytes, ...]]], en
     return m[1] if m is not None and m[0] == entry.chunks else None
 
 
-def _resealer(key: MasterKey) -> Callable[[bytes, bytes], Resealed]:
-    """On a reader thread: a source chunk's (plaintext, stored form) as the target stores it."""
+def _resealer(key: MasterKey) -> Callable[[bytes | memoryview, bytes], Resealed]:
+    """On a reader thread: a source chunk's (plaintext, stored form) as the target stores it: its stored form sealed
+    as it is, as `seal_blob(key, blob_id, plain, False, stored)` seals it, in one buffer (`seal_buffer`)."""
 
-    def reseal(plain: bytes, stored: bytes) -> Resealed:
+    def reseal(plain: bytes | memoryview, stored: bytes) -> Resealed:
         blob_id = key.blob_id(plain)
-        return blob_id, seal_blob(key, blob_id, plain, False, stored), len(plain)
+        return blob_id, key.seal_buffer(stored, blob_id), len(plain)
 
     return reseal
+
+
+def _opened(
+    key: MasterKey, chunk: bytes, loc: BlobLocation, sealed: memoryview, name: str, made: Callable[[bytes, bytes], T]
+) -> T:
+    """`made(plaintext, stored form)` of one source blob. A blob stored uncompressed (its sealed length is its
+    plaintext's + the flag byte + the seal's overhead; store/packs.py seals flag 0 || plaintext then) is opened
+    where it lies in the group's read, and its plaintext is a view of the stored form, not a copy of it; media
+    chunks, most of a phone's bytes, are such blobs. Any other goes through `open_stored` (zstd)."""
+    if loc.length == loc.raw_length + 1 + OVERHEAD:
+        inner = key.open_view(sealed, chunk, name)
+        if inner[:1] == _STORED:
+            return made(memoryview(inner)[1:], inner)
+    return made(*open_stored(key, chunk, sealed, name))
 
 
 def _read_ahead(
@@ -221,7 +237,7 @@ def _read_ahead(
         except MissingObject:
             return None
         return [
-            made(*open_stored(src.key, chunk, data[loc.offset - start : loc.offset - start + loc.length], name))
+            _opened(src.key, chunk, loc, data[loc.offset - start : loc.offset - start + loc.length], name, made)
             for chunk, loc in run
         ]
 

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from phonevault.store import copy as copymod
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.blobsink import BlobSink
+from phonevault.store.crypto import OVERHEAD
 from phonevault.store.errors import MissingObject
-from phonevault.store.packs import DATA, pack_name
+from phonevault.store.packs import DATA, open_stored, pack_name
 from phonevault.store.repository import Repository
 from tests.conftest import FAST_SCRYPT, PASSWORD
 
@@ -92,3 +93,25 @@ def test_a_chunk_whose_pack_is_gone_is_read_again_and_named_missing(tmp_path) ->
                 next(reader)
     finally:
         repo.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(items=contents, compress=st.booleans())
+def test_resealed_chunks_open_in_the_target_as_put_in_the_source(tmp_path_factory, items, compress) -> None:
+    """What the read-ahead hands the target (`_resealer`: id, sealed, raw length) is what the target's own write
+    path would have made of the chunk: its id is the target's keyed hash, and it opens under the target's key to
+    the source's stored form and the plaintext, whether the source stored it compressed or not."""
+    root = tmp_path_factory.mktemp("reseal")
+    src, ids = _vault(root / "src", items, compress)
+    dst = Repository.init(LocalBackend(root / "dst"), "other", scrypt_n=FAST_SCRYPT, cache_root=root / "dc")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            got = list(copymod._read_ahead(src, iter(ids), pool, copymod._resealer(dst.key)))
+        for (blob_id, sealed, raw_length), plain in zip(got, items, strict=True):
+            assert blob_id == dst.key.blob_id(plain) and raw_length == len(plain)
+            opened, stored = open_stored(dst.key, blob_id, bytes(sealed), "target")
+            assert opened == plain and _plain_of(stored) == plain
+            assert (stored[:1] == b"\x01") == (len(sealed) < len(plain) + 1 + OVERHEAD)  # zstd only when smaller
+    finally:
+        src.close()
+        dst.close()
