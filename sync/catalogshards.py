@@ -1,13 +1,13 @@
 """A Manifest.db catalog a shard at a time: parsed, compared with the folder, cached and read back in fileID-prefix
 shards (`xx` = the fileID's first two characters, the folder's own `xx/` sharding), so no command holds every row.
 
-Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are neighbours; each shard is packed
-as soon as its last row is read: [shard, rows (catalog._row packs), file sizes [[fileID, size, keyed], …], the
-row problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems
-of this shard, this shard's fresh memo]. An import parses in a forked child (decoding MBFile archives is pure Python;
-on the other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is done,
-at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer, in the kernel): the parent compares it with the
-folder's shard and spools it.
+Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are neighbours; each shard is packed as
+soon as its last row is read: [shard, rows (catalog._row packs), file sizes [[fileID, size, keyed], …], the row
+problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems of
+this shard, this shard's fresh memo (nil if it equals the old memo's shard, which the cache keeps)]. An import
+parses in a forked child (decoding MBFile archives is pure Python; on the other core it overlaps the reads and
+sealing) which sends each packed shard through a pipe as it is done, at most PIPE_AHEAD bytes ahead of the import
+(the pipe's buffer, in the kernel): the parent compares it with the folder's shard and spools it.
 Without a second process the same generator runs in the parent, pulled shard by shard.
 
 MBFile memo (MEMO_FORMAT 2). Decoding a row costs ~120 µs and almost every row's archive is the same bytes from one
@@ -87,7 +87,7 @@ class CatalogShard:
     keyed: frozenset[str]  # file rows whose bytes the phone encrypted
     row_problems: list  # [path, message] of unusable rows read since the previous shard (any shard)
     dup_problems: list  # [path, message] of rows sharing a fileID in this shard
-    memo: dict  # this shard's fresh MBFile memo
+    memo: dict | None  # this shard's fresh MBFile memo; None: the same as the old one (kept in the cache)
     conforming: bool
 
 
@@ -111,17 +111,21 @@ class MemoWriter:
         self._size = 0
         self.shards: list[str] = []
 
-    def add(self, shard: str, memo: dict) -> None:
+    def add(self, shard: str, memo: dict | None) -> None:
+        """`memo` None: the shard's memo is the one the cache holds (`parse_shards`), which stays."""
+        self.shards.append(shard)
+        if memo is None:
+            return
         packed = msgpack.packb(memo)
         self._pending.append((_memo_key(self._device_key, shard), packed))
         self._size += len(packed)
-        self.shards.append(shard)
         if self._size >= self.BATCH:
             self._flush()
 
     def _flush(self) -> None:
         self._repo.cache.derived_put_many(self._pending)
         self._pending, self._size = [], 0
+        self._repo.cache.trim()  # the pages of the index this write walked (store/residency.py)
 
     def finish(self) -> None:
         self._pending.append((_memo_head(self._device_key), msgpack.packb(self.shards)))
@@ -178,6 +182,10 @@ class _WindowMemo(Memo):
         self.update(got[1])
         return True
 
+    def old(self, shard: str) -> dict | None:
+        """The old memo's `shard`, if the window holds it."""
+        return next((memo for s, memo in self._window if s == shard), None)
+
     def at(self, shard: str) -> None:
         """A row of `shard` was read: keep the old memo's `shard` and the shard after it, drop those before."""
         while self._window and self._window[-1][0] <= shard and self._pull():
@@ -218,7 +226,10 @@ def parse_shards(
         dups += duplicates(group) if len(group) > 1 else []
         probs = [row_problem(p, MANIFEST_DB.record) for p in row_problems]
         row_problems.clear()
-        return msgpack.packb([b"shard", shard, out_rows, sizes, probs, dups, fresh, conforming])
+        # A shard whose rows used exactly the old memo's shard (an unchanged Manifest.db's) sends None: the cache
+        # keeps that memo, and nobody packs, unpacks, seals and writes it again.
+        same = fresh == memo.old(shard)
+        return msgpack.packb([b"shard", shard, out_rows, sizes, probs, dups, None if same else fresh, conforming])
 
     for c in read_manifest_db(source, memo, row_problems, where):
         s = shard_of_id(c.file_id)
@@ -307,6 +318,7 @@ class ManifestStream:
             batch = [shard, memo]
             self._spool.append(batch)
         self._spool.flush()
+        self._repo.cache.trim()  # the memo's cache pages just read: not held through the import, nor by the child
         reader, writer = multiprocessing.get_context("fork").Pipe(duplex=False)
         with contextlib.suppress(OSError):  # room for the child to run ahead of a slower shard (Linux; else 64 KiB)
             fcntl.fcntl(writer.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_AHEAD)

@@ -229,3 +229,31 @@ def test_catalog_cached_once_per_manifest_and_anew_when_it_changes_at_the_same_s
     assert len(writes) == 2
     paths = sorted(c.relative_path for c in load_catalog(repo, day2))
     assert paths != sorted(p for _f, p in rows0) and sum(p.endswith("~") for p in paths) == 1
+
+
+def test_memo_of_an_unchanged_manifest_is_sent_as_nil_and_kept(repo, tmp_path):
+    """A second parse of the same Manifest.db with the memo the first left sends no shard's memo (nil: the cache's
+    is the same), and the memo the cache holds after a second import is the first one's; a Manifest.db whose rows
+    changed sends and stores the memo of the shards they are in."""
+    from phonevault.sync.catalog import _duplicate_problems, _row, _row_problem, load_catalog  # noqa: PLC0415
+    from phonevault.sync.catalogshards import CatalogShard, old_memo, parse_shards, unpack_shard  # noqa: PLC0415
+
+    def parsed(memo):
+        funcs = (_row, _row_problem, _duplicate_problems)
+        got = [unpack_shard(m) for m in parse_shards(dev / "Manifest.db", iter(memo), None, *funcs)]
+        return [s for s in got if isinstance(s, CatalogShard)]
+
+    dev = make_folder(tmp_path / "src", 30, size=64)
+    snap = import_folder(repo, dev).snapshot
+    key = repo.device_key(UDID)
+    first = list(old_memo(repo, key))
+    assert first and all(s.memo is None for s in parsed(first))
+    import_folder(repo, dev)
+    assert list(old_memo(repo, key)) == first
+    rows = sorted(load_catalog(repo, snap), key=lambda c: c.file_id)
+    write_manifest_db(dev / "Manifest.db", [replace(rows[0], mtime=rows[0].mtime + 1), *rows[1:]])
+    sent = {s.shard: s.memo for s in parsed(first)}
+    assert sent[rows[0].file_id[:2]] is not None
+    assert all(m is None for s, m in sent.items() if s != rows[0].file_id[:2])
+    import_folder(repo, dev)
+    assert dict(old_memo(repo, key))[rows[0].file_id[:2]] == sent[rows[0].file_id[:2]]
