@@ -9,8 +9,8 @@ changes (≤ DELTA_GROUP) is held, whatever the number of files. Files arrive as
 (`open_file(...).write(block)`), so a 4 GB video costs the same memory as a 4 MB photo: one chunker buffer
 (≤ 10 MiB), one open data pack and one being written (≤ 16 MiB each, plus one blob).
 Memory bound, folder import: one shard's entries + the parent's same shard (diffed) + one delta group + two packs,
-plus the cache's index pages mapped by ≤ TRIM_FILES files' lookups (~150 KB a lookup; the map is trimmed every
-TRIM_FILES files and at each shard).
+plus the cache's index pages mapped by ≤ TRIM_LOOKUPS blob lookups (~150 KB a lookup; the map is trimmed every
+TRIM_LOOKUPS lookups and at each shard).
 
 Write order, which crash safety rests on: data packs (+ their index objects) as they fill; tree nodes and delta
 blobs into tree packs (+ index) as shards are sealed and at commit; then the event segment via put_exclusive — the
@@ -135,11 +135,12 @@ class FileWriter:
         self._emit(self._chunker.feed(head))
 
     def _emit(self, chunks: Iterable[bytes]) -> None:
-        sink = self._owner.sink
+        sink, before = self._owner.sink, len(self._chunks)
         for chunk in chunks:
             blob_id, new = sink.put(DATA, chunk, self._policy.compress)
             self._chunks.append(blob_id)
             self._new |= new
+        self._owner._looked_up(len(self._chunks) - before)
 
     def write(self, data: bytes | memoryview) -> None:
         self._size += len(data)
@@ -182,10 +183,11 @@ class SnapshotWriter:
     closed (`close()`, or use it as a context manager) so running prunes stop holding packs back for it at once;
     if it is not, its marker goes when the writer is garbage-collected or the process exits."""
 
-    # The cache's map is trimmed every TRIM_FILES files stored, not only at each shard: every blob lookup maps the
-    # index pages it descends through and, by the kernel's fault-around, up to 15 cached neighbours of each
-    # (~150 KB a lookup), so at 300 000 files one 1 200-file shard mapped 30-45 MB of the index between trims.
-    TRIM_FILES = 256
+    # The cache's map is trimmed every TRIM_LOOKUPS data blobs looked up, not only at each shard: every lookup maps
+    # the index pages it descends through and, by the kernel's fault-around, up to 15 cached neighbours of each
+    # (~150 KB a lookup), so at 300 000 files one 1 200-file shard mapped 30-45 MB of the index between trims, and
+    # a 267 MB Manifest.db (~4 000 chunks, one file) 80 MB. Counted in blobs, not files, for that one file.
+    TRIM_LOOKUPS = 256
 
     def __init__(
         self, repo: Repository, device: str, info: DeviceRecord, *, incremental: bool, parent: bytes | None = ...
@@ -198,7 +200,7 @@ class SnapshotWriter:
         self._done: set[str] = set()  # shards written or found empty: no entry may be staged in them any more
         self._deltas = DeltaWriter(lambda data: self.sink.put(DELTA, data, True)[0])
         self._counts = [0, 0, 0, 0, 0]  # files, bytes, added, modified, removed: of the shards written
-        self._untrimmed = 0  # files stored since the cache's map was last trimmed (TRIM_FILES)
+        self._untrimmed = 0  # data blobs looked up since the cache's map was last trimmed (TRIM_LOOKUPS)
         # Register before deciding anything about reuse, then read the prune markers (BlobSink), then catch the
         # cache up with index objects a sweep deleted before those markers were read.
         self._registration = WriterRegistration(repo)
@@ -258,9 +260,17 @@ class SnapshotWriter:
             blob_id, fresh = sink.put(DATA, chunk, policy.compress)
             ids.append(blob_id)
             new |= fresh
+        self._looked_up(len(chunks))
         entry = FileEntry(path, len(data), mode, mtime_ns, tuple(ids))
         self._put(entry, new=new)
         return entry
+
+    def _looked_up(self, blobs: int) -> None:
+        """`blobs` more data blobs were looked up in the index: the cache's map is trimmed every TRIM_LOOKUPS."""
+        self._untrimmed += blobs
+        if self._untrimmed >= self.TRIM_LOOKUPS:
+            self._untrimmed = 0
+            self.repo.cache.trim()
 
     def _stage(self, entry: FileEntry) -> None:
         if self._done and shard_of(entry.path) in self._done:
@@ -270,10 +280,6 @@ class SnapshotWriter:
     def _put(self, entry: FileEntry, *, new: bool) -> None:
         self._stage(entry)
         self.stats.new_files += int(new)
-        self._untrimmed += 1
-        if self._untrimmed >= self.TRIM_FILES:
-            self._untrimmed = 0
-            self.repo.cache.trim()
 
     def read_file(self, entry: FileEntry) -> Iterator[bytes]:
         """The bytes of a staged file, whether its chunks are already in packs or still in the open one."""
