@@ -467,13 +467,79 @@ class CachedRows:
         return [c for c in self._shard(shard_of_id(file_id)) if c.file_id == file_id]
 
 
+class CachedListing:
+    """An import's Manifest.db whose catalog the cache holds already: the stat cache names the file's chunks, as it
+    does for every file it lets an import skip, and the catalog of those bytes is cached under their id (sync/catalog.py
+    `catalog_key`). The same bytes parse to the same rows, problems and conformance, so the folder is compared with
+    the cached shards instead of parsing the file again (no child process, no SQLite, no MBFile decoding, no memo
+    written: the cache's stays), and nothing needs caching afterwards (`cached`). A shard gone from the cache
+    meanwhile (damage found, the cache rebuilt) parses the file after all (`reparse`), past the shards compared.
+    Used as FolderCompare's stream, as ManifestStream is. Memory: one shard's rows."""
+
+    cached = True
+
+    def __init__(self, repo: Repository, head: CachedHead, reparse: Callable[[], ManifestStream]) -> None:
+        self._repo, self.head, self._reparse = repo, head, reparse
+        self._left = iter(head.counts)
+        self._pending: CatalogShard | None = None
+        self._last: str | None = None
+        self._stream: ManifestStream | None = None
+        self.conforming = head.conforming
+
+    def _read(self, shard: str) -> CatalogShard | None:
+        raw = self._repo.cache.derived_get(self.head.key + b"/" + shard.encode(errors="surrogatepass"))
+        if raw is None:
+            return None
+        rows = msgpack.unpackb(raw)  # catalog._row packs: [file_id, domain, path, flags, size, …, has key]
+        files = [r for r in rows if r[3] == FLAG_FILE]
+        sizes = {r[0]: r[4] for r in files}
+        return CatalogShard(shard, rows, sizes, frozenset(r[0] for r in files if r[9]), [], [], None, True)
+
+    def _next(self) -> CatalogShard | None:
+        if self._pending is not None:
+            got, self._pending = self._pending, None
+            return got
+        if self._stream is None:
+            shard = next(self._left, None)
+            if shard is None:
+                return None
+            got = self._read(shard[0])
+            if got is not None:
+                self._last = got.shard
+                return got
+            self._stream = self._reparse()
+        for got in self._stream.upto(None):
+            if self._last is None or got.shard > self._last:
+                return got
+        return None
+
+    def upto(self, shard: str | None) -> Iterator[CatalogShard]:
+        while (got := self._next()) is not None:
+            if shard is not None and got.shard > shard:
+                self._pending = got
+                return
+            yield got
+
+    @property
+    def problems(self) -> list:
+        if self._stream is not None:
+            self.conforming = self._stream.conforming
+            return self._stream.problems
+        return [list(p) for p in self.head.problems]
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
 class FolderCompare:
     """An import's folder against its Manifest.db a shard at a time, as the walk goes: each catalog shard is compared
     with the walk's shard of the same name (sync/layouts.py `compare`: listed but missing, another size) and spooled
     (`listed`) for the cache, written once the snapshot is committed. Memory: one shard of each and the problems."""
 
-    def __init__(self, stream: ManifestStream, listed: Spool, folder: str) -> None:
+    def __init__(self, stream: ManifestStream | CachedListing, listed: Spool, folder: str) -> None:
         self.stream, self.listed, self._folder = stream, listed, folder
+        self.cached = isinstance(stream, CachedListing)  # nothing to spool: the cache holds the catalog
         self._problems: list[str] = []
 
     def shard(self, shard: str | None, files: Iterable[tuple[str, int]] = ()) -> None:
@@ -483,7 +549,8 @@ class FolderCompare:
         try:
             for got in self.stream.upto(shard):
                 self._problems += MANIFEST_DB.compare(present if got.shard == shard else {}, got.sizes, got.keyed)
-                self.listed.append([got.shard, got.rows])
+                if not self.cached:
+                    self.listed.append([got.shard, got.rows])
         except ManifestInvalid as e:
             raise BackupFolderInvalid(self._folder, f"unreadable catalog: {e.reason}") from None
 

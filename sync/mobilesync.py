@@ -49,7 +49,7 @@ from phonevault.store.trees import FileEntry, ShardRef, encode_shard, lookup, re
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import ReadyParse, catalog_key, manifest_stream, parse_legacy_folder, store_catalog, store_catalog_shards
-from .catalogshards import FolderCompare, ManifestStream, read_head
+from .catalogshards import CachedListing, FolderCompare, ManifestStream, read_head
 from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
 from .decrypted import Decrypting, decrypted_meta, decrypting_folder
 from .encrypted import BackupPassword
@@ -79,7 +79,7 @@ Progress = Callable[[int, int | None], None]  # (bytes done, bytes total: None u
 class FolderMeta:
     device: DeviceInfo
     encrypted: bool
-    catalog: ManifestStream | ReadyParse | None  # None if the phone encrypted the file list
+    catalog: ManifestStream | CachedListing | ReadyParse | None  # None if the phone encrypted the file list
     problems: list[str] = field(default_factory=list)
     meta: BackupMeta = field(default_factory=BackupMeta)
     dates: tuple = ()  # ((source, datetime | None), …) in the order sync/dates.py takes them
@@ -143,7 +143,9 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
         )
     if layout is MANIFEST_DB and not encrypted:
         try:
-            catalog = manifest_stream(repo, repo.device_key(device.udid), manifest_db)
+            catalog = _cached_listing(repo, manifest_db, device.udid) or manifest_stream(
+                repo, repo.device_key(device.udid), manifest_db
+            )
         except ManifestInvalid as e:
             raise BackupFolderInvalid(str(folder), f"unreadable catalog: {e.reason}") from None
     meta = BackupMeta(
@@ -160,6 +162,23 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
         (INFO_PLIST, info.last_backup_date if info else None),
     )
     return FolderMeta(device, encrypted, catalog, problems, meta, dates)
+
+
+def _cached_listing(repo: Repository, manifest_db: Path, udid: str) -> CachedListing | None:
+    """The catalog cached for a Manifest.db the stat cache knows (sync/catalogshards.py `CachedListing`), or None.
+    The stat key is the one the walk makes for the file, so it is skipped on exactly the terms every file is."""
+    try:
+        st = _Stat.of(os.lstat(manifest_db))
+    except OSError:
+        return None
+    chunks = repo.cache.stat_get(_stat_key(str(manifest_db), st)) if stat.S_ISREG(st.st_mode) else None
+    if chunks is None:
+        return None
+    entry = FileEntry(MANIFEST_DB.listing, st.st_size, st.st_mode, st.st_mtime_ns, tuple(bytes(c) for c in chunks))
+    head = read_head(repo, catalog_key(repo, entry))
+    if head is None:
+        return None
+    return CachedListing(repo, head, lambda: manifest_stream(repo, repo.device_key(udid), manifest_db))
 
 
 def _legacy_catalog(
@@ -228,7 +247,8 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
             _ReaderProcess() as readers,
             ThreadPoolExecutor(1, "import-walk") as walker,
         ):
-            listing = FolderCompare(fm.catalog, listed, str(folder)) if isinstance(fm.catalog, ManifestStream) else None
+            streamed = isinstance(fm.catalog, (ManifestStream, CachedListing))
+            listing = FolderCompare(fm.catalog, listed, str(folder)) if streamed else None
             return _stage_and_commit(repo, writer, folder, fm, new_stat, (readers, walker), progress, listing)
 
 
@@ -337,7 +357,10 @@ def _cache_catalog(repo: Repository, snap: SnapshotRecord, listing: FolderCompar
     """The catalog into the cache, unless the cache holds it already under its key (the Manifest.db's bytes, through
     their chunk ids: an unchanged re-import's): the same key always holds the same value (store/derived.py), and
     writing every shard again cost CPU and mapped the cache pages of every row, the re-import's peak RSS, growing
-    with the number of files."""
+    with the number of files. A listing read from the cache (`CachedListing`) spooled nothing: if its head is gone
+    meanwhile, the first use of the catalog parses it from the vault."""
+    if listing.cached:
+        return
     entry = lookup(snap.tree, MANIFEST_DB.listing, repo.get_blob)
     if entry is not None and not entry.is_dir and read_head(repo, catalog_key(repo, entry)) is not None:
         return

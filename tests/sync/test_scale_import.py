@@ -257,3 +257,37 @@ def test_memo_of_an_unchanged_manifest_is_sent_as_nil_and_kept(repo, tmp_path):
     assert all(m is None for s, m in sent.items() if s != rows[0].file_id[:2])
     import_folder(repo, dev)
     assert dict(old_memo(repo, key))[rows[0].file_id[:2]] == sent[rows[0].file_id[:2]]
+
+
+@pytest.mark.parametrize("lose_shard", [False, True])
+def test_reimport_compares_the_folder_with_the_cached_catalog_as_with_a_parse(repo, tmp_path, monkeypatch, lose_shard):
+    """A re-import whose Manifest.db the stat cache knows compares the folder with the catalog cached for those bytes
+    instead of parsing the file again, and names the same problems (listed but missing, another size) as the import
+    that parsed it; with a shard of that catalog gone from the cache, the file is parsed after
+    all, from that shard on, with the same problems."""
+    from phonevault.sync import catalogshards  # noqa: PLC0415
+    from phonevault.sync.catalog import catalog_key  # noqa: PLC0415
+
+    dev = make_folder(tmp_path / "src", 40, size=64)
+    rows = [CatalogEntry(file_id("HomeDomain", f"f{i}"), "HomeDomain", f"f{i}", 1, 64, 0o100644, 0) for i in range(40)]
+    extra = CatalogEntry(file_id("HomeDomain", "never"), "HomeDomain", "never", 1, 9, 0o100644, 0)
+    write_manifest_db(dev / "Manifest.db", [*rows, extra])  # a row whose file the folder never had
+    files = sorted(p for p in dev.rglob("*") if p.parent != dev)
+    files[0].unlink()
+    files[1].write_bytes(b"short")
+    parses: list[Path] = []
+    init = catalogshards.ManifestStream.__init__
+    monkeypatch.setattr(catalogshards.ManifestStream, "__init__", lambda s, *a: (parses.append(a[2]), init(s, *a))[1])
+    first = import_folder(repo, dev)
+    assert len(parses) == 1
+    if lose_shard:
+        tree = load_tree(first.snapshot.tree, repo.get_blob)
+        k = repo.cache._derived_key(catalog_key(repo, tree["Manifest.db"]) + b"/" + rows[20].file_id[:2].encode())
+        repo.cache._write(lambda txn: txn.delete(k, db=repo.cache._derived))
+    again = import_folder(repo, dev)
+    assert len(parses) == 1 + lose_shard
+    listed = [p for p in first.problems if "Manifest.db" in p or "listed" in p or "says" in p]
+    assert len(listed) >= 3
+    assert [p for p in again.problems if p in listed] == listed
+    assert sorted(again.problems) == sorted(first.problems)
+    assert _vault_bytes(repo, again.snapshot) == _folder_bytes(dev)
