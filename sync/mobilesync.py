@@ -5,7 +5,8 @@ exactly what was imported: same bytes, same names, same modes and mtimes. Import
 pushes them into the store's chunker (memory does not depend on file size) and skips files whose stat (size, mtime,
 inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata. A
 shard whose stat-cache entries make the parent's tree node is the parent's shard: its chunks are not looked up one
-by one in the blob index (`_inherit_shard`).
+by one in the blob index (`_inherit_shard`); a Manifest.db the stat cache knows, whose catalog the cache holds, is
+not parsed again: the folder is compared with the cached shards (catalogshards.CachedListing).
 
 Memory: import holds one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache
 and the one after it being listed, its staged entries, the parent's same shard while they are diffed, its
