@@ -368,6 +368,7 @@ class _ParsedHere:
             self.conforming = self.conforming and got.conforming
             memo.add(got.shard, got.memo)
             yield got.shard, got.rows
+            self._repo.cache.trim()  # the cache pages this shard's rows and memo touched (store/residency.py)
         memo.finish()
 
     @property

@@ -8,7 +8,9 @@ rollback mode (1), as opening the stored file's bytes in memory did: a Manifest.
 -wal. Opening fires the audit event `phonevault.sealed_sqlite.open` (the moment the image is on disk, sealed).
 
 Memory: SQLite's page cache (CACHE_KIB) and the image's opened blocks (store/sealedimage.py), whatever the size of
-the Manifest.db; nothing grows with its rows.
+the Manifest.db; nothing grows with its rows. Spilling it looks up each of its chunks in the cache, whose pages are
+unmapped every TRIM_LOOKUPS chunks (store/residency.py): a 160 000-file phone's Manifest.db is thousands of chunks,
+and each lookup maps ~150 KB of the index (the kernel's fault-around), 47 MB of it by the end of the spill.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 
 import apsw
 
+from phonevault.store.check import TRIM_LOOKUPS
 from phonevault.store.errors import CorruptObject
 from phonevault.store.repository import Repository
 from phonevault.store.sealedimage import SealedImage
@@ -193,11 +196,14 @@ class SealedManifest:
 def sealed_manifest(repo: Repository, entry: FileEntry) -> Iterator[SealedManifest]:
     """A stored Manifest.db spilled to a sealed image, chunk by chunk, for the duration of the block."""
     with SealedImage(repo.cache) as image:
-        for chunk in repo.read_file(entry):
+        for n, chunk in enumerate(repo.read_file(entry), 1):
+            if n % TRIM_LOOKUPS == 0:  # the cache pages the last chunks' lookups mapped (store/residency.py)
+                repo.cache.trim()
             if image.size + len(chunk) > entry.size:
                 raise CorruptObject(entry.path, f"longer than the {entry.size} bytes its tree entry records")
             image.write(chunk)
         image.finish()
+        repo.cache.trim()
         source = SealedManifest(image)
         try:
             yield source
