@@ -16,11 +16,11 @@ used): `check` reads every segment from the vault.
 
 from __future__ import annotations
 
+import mmap
 import os
 import secrets
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +47,7 @@ from .errors import (
 )
 from .events import Event, decode_events, parse_segment_name, seal_segment, segment_name
 from .index import decode_index
-from .packs import _STORED, _ZSTD, BlobLocation, open_blob, pack_name
+from .packs import _STORED, _ZSTD, BlobLocation, _dctx, open_blob, pack_name
 from .projections import DeviceView, project
 from .trees import FileEntry
 
@@ -221,8 +221,8 @@ class Repository:
                 loc = None
         raise AssertionError("unreachable")
 
-    def read_located(self, located: list[tuple[bytes, BlobLocation]]) -> dict[bytes, bytes]:
-        """The plaintexts of blobs already located (blob id -> where), read in (pack, offset) order with neighbours
+    def read_located(self, located: list[tuple[bytes, BlobLocation]]) -> dict[bytes, bytes | memoryview]:
+        """The plaintexts (bytes, or a view of a buffer of their own) of blobs already located (blob id -> where), read in (pack, offset) order with neighbours
         merged (MERGE_GAP, MERGED_READ). Touches no cache, so it may run on another thread than the lookups. A blob
         that cannot be read or opened here (a pack moved by prune, a short read, damage) is left out: the caller
         reads it again with `get_blob`, which retries a move and raises the error that names it."""
@@ -247,11 +247,27 @@ class Repository:
                 if bid in out or off - start + ln > len(data):
                     continue
                 try:
-                    out[bid] = open_blob(self.key, bid, view[off - start : off - start + ln], name)
+                    out[bid] = self._open_one(bid, view[off - start : off - start + ln], name)
                 except PhonevaultError:
                     pass
             i = j
         return out
+
+    def _open_one(self, blob_id: bytes, sealed: memoryview, name: str) -> bytes | memoryview:
+        """A blob's plaintext opened straight out of a merged read into a buffer of its own: a stored blob's is a
+        view of it past the flag byte (`open_blob` copied the sealed bytes, the ciphertext, and the payload)."""
+        n = len(sealed) - OVERHEAD
+        buf = bytearray(max(n, 0) + 15)
+        self.key.open_into(sealed, blob_id, name, buf)
+        view = memoryview(buf)[:n]
+        if n and view[0] == _STORED[0]:
+            return view[1:]
+        if n and view[0] == _ZSTD[0]:
+            try:
+                return _dctx().decompress(view[1:])
+            except zstandard.ZstdError as e:
+                raise CorruptObject(name, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
+        raise CorruptObject(name, f"blob {blob_id.hex()[:16]} has unknown flag {bytes(view[:1])!r}")
 
     def read_file(self, entry: FileEntry) -> Iterator[bytes]:
         for chunk in entry.chunks:
@@ -357,62 +373,46 @@ class Repository:
 
 
 class ChunkReader:
-    """A large file's chunks one after another (export, extract), each opened into a buffer kept from chunk to chunk
-    and file to file, while the next chunk's sealed bytes are read on a helper thread (a cold pack's read overlaps
-    this chunk's decryption and write). `get_blob` made four fresh copies of every chunk (the read, the joined
-    ciphertext, the plaintext, the payload after the flag), up to 8 MiB each, which glibc then kept in its heaps: a
-    6 GB export peaked 30 MB above a 1 GB one. Here a chunk costs its read (bytes, from the backend) and nothing
-    more; a compressed chunk is decompressed into a second kept buffer (zstd frames carry their size).
-    Memory: two sealed chunks (the one opened, the one being read) and the largest opened and decompressed chunk.
+    """A large file's chunks one after another (export, extract), each opened (MasterKey.open_into) into a buffer
+    kept from chunk to chunk and file to file. `get_blob` made four fresh copies of every chunk (the read, the
+    joined ciphertext, the plaintext, the payload after the flag), up to 8 MiB each, which glibc then kept in its
+    heaps; here a chunk costs its read (bytes, from the backend) and nothing more, and a compressed chunk is
+    decompressed into a second kept buffer (zstd frames carry their size). The next chunk is not read ahead here:
+    it is most often the next bytes of the same pack, which the kernel reads ahead already.
+    Memory: one sealed chunk, and the largest opened and decompressed chunk (each rounded up to 1 MiB) while a
+    file is read, given back after it.
     Errors are `get_blob`'s (a moved pack is retried, a missing or damaged chunk raises), raised for the chunk they
     concern, when it is reached."""
 
     def __init__(self, repo: Repository) -> None:
         self._repo = repo
-        self._opened = bytearray()  # flag || payload of the current chunk
-        self._raw = bytearray()  # a compressed chunk's plaintext
+        self._opened = _NO_BUFFER  # flag || payload of the current chunk
+        self._raw = _NO_BUFFER  # a compressed chunk's plaintext
         self._dctx = zstandard.ZstdDecompressor()  # this reader's own: a zstd context is not thread-safe
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-read")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> ChunkReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._opened = self._raw = _NO_BUFFER
 
     def pieces(self, entry: FileEntry) -> Iterator[memoryview]:
-        """Each chunk's plaintext in order, as a view that is valid until the next one is asked for."""
-        chunks = entry.chunks
-        ahead = self._start(chunks[0]) if chunks else None
-        for i, bid in enumerate(chunks):
-            current, ahead = ahead, (self._start(chunks[i + 1]) if i + 1 < len(chunks) else None)
-            try:
-                yield self._open(bid, current)
-            except BaseException:  # this chunk failed, or the caller stopped: no read left running for nothing
-                if ahead is not None:
-                    ahead[1].cancel()
-                raise
-
-    def _start(self, blob_id: bytes) -> tuple[BlobLocation | None, Future]:
-        loc = self._repo.locate_needed(blob_id)  # on this thread: the cache's read transactions are per thread
-        if loc is None:
-            return None, _DONE
-        return loc, self._pool.submit(self._repo.backend.get_range, pack_name(loc.pack), loc.offset, loc.length)
-
-    def _open(self, blob_id: bytes, started: tuple[BlobLocation | None, Future] | None) -> memoryview:
-        loc, future = started if started is not None else (None, _DONE)
+        """Each chunk's plaintext in order, as a view that is valid until the next one is asked for. The buffers'
+        pages go back to the system once the file is read (an export's small files between two large ones then do
+        not sit on top of them): faulting them in again costs once per large file, not once per chunk."""
         try:
-            if loc is None or future.cancelled():
-                raise MissingObject(f"blob {blob_id.hex()}")
-            sealed, name = future.result(), pack_name(loc.pack)
-        except MissingObject:  # not found where the cache said, or not at all: the retrying way, or its error
-            sealed, name = self._repo.sealed_blob(blob_id)
+            for blob_id in entry.chunks:
+                yield self._open(blob_id)
+        finally:
+            for buf in (self._opened, self._raw):
+                if len(buf):
+                    buf.madvise(mmap.MADV_DONTNEED)
+
+    def _open(self, blob_id: bytes) -> memoryview:
+        sealed, name = self._repo.sealed_blob(blob_id)
         n = len(sealed) - OVERHEAD
         if len(self._opened) < n + 15:  # a new buffer, never resized: the caller may still hold a view of the old
-            self._opened = bytearray(max(n + 15, 2 * len(self._opened), 1 << 20))
+            self._opened = _buffer(n + 15)
         self._repo.key.open_into(sealed, blob_id, name, self._opened)
         del sealed
         view = memoryview(self._opened)[:n]
@@ -428,7 +428,7 @@ class ChunkReader:
             if size < 0:  # a frame without its size (none phonevault writes): the plain way
                 return memoryview(self._dctx.decompress(frame))
             if len(self._raw) < size + 1:
-                self._raw = bytearray(max(size + 1, 2 * len(self._raw), 1 << 20))
+                self._raw = _buffer(size + 1)
             out, got = memoryview(self._raw), 0
             reader = self._dctx.stream_reader(frame)
             while got <= size and (step := reader.readinto(out[got : size + 1])):
@@ -440,5 +440,10 @@ class ChunkReader:
         return out[:size]
 
 
-_DONE: Future = Future()
-_DONE.set_exception(MissingObject("blob", "not in any index"))
+def _buffer(n: int) -> mmap.mmap:
+    """A kept buffer of at least n bytes (rounded up to 1 MiB, so chunks of nearly one size share one): an anonymous
+    map, whose pages are taken as they are written and given back by madvise, whatever glibc's heaps hold."""
+    return mmap.mmap(-1, -(-n // (1 << 20)) << 20)
+
+
+_NO_BUFFER = b""  # no buffer yet: len 0, never written

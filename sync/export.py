@@ -8,9 +8,9 @@ tree node) cannot be read is left out and named by its domain path (sync/damage.
 (`damaged`, exit 3); with `strict`, nothing is left in the target. A tree node that cannot be read costs nothing
 while the snapshot's deltas fold (store/check.py `ReadableShards`).
 
-Memory: one shard's entries, the next 16 MiB batch of small files read ahead (sync/writeout.py `ReadAhead`) and up
-to 4 bundles of small files (~1 MiB each, sync/writeout.py `FileWriters`) waiting for a writer thread; larger files
-stream chunk by chunk.
+Memory: one shard's entries, the next 8 MiB batch of small files read ahead (sync/writeout.py `ReadAhead`) and up
+to 2 bundles of small files (~1 MiB each, sync/writeout.py `FileWriters`) waiting for a writer thread; larger files
+stream chunk by chunk through one kept buffer (store/repository.py `ChunkReader`).
 """
 
 from __future__ import annotations

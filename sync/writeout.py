@@ -9,8 +9,9 @@ could not give is read again by `take` with `get_blob`, which retries a pack mov
 that names the file.
 A file whose chunks cannot be read back from the vault raises PhonevaultError before anything of it is left behind
 (a large file is removed again), so the caller can name it and go on. Memory: two batches of small files (the one
-being written, the one being read: 2 × BATCH), at most `FileWriters.MAX_BUNDLES` bundles of small files (each under
-BUNDLE + SMALL bytes) waiting for a writer thread, one chunk of a large file, and the cache pages of at most TRIM_LOOKUPS lookups (store/check.py);
+being written, shrinking as its files are taken; the one being read: 2 × BATCH), at most `FileWriters.MAX_BUNDLES`
+bundles of small files (each under BUNDLE + SMALL bytes) waiting for a writer thread, a large file's opened chunk
+(`ChunkReader`, given back after the file), and the cache pages of at most TRIM_LOOKUPS lookups (store/check.py);
 nothing grows with the number of files beyond one shard's entries.
 """
 
@@ -20,6 +21,7 @@ import os
 import queue
 import stat
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -66,14 +68,16 @@ class FileWriters:
     SMALL = 4 << 20
     BUNDLE = 1 << 20
     BUNDLE_FILES = 64
-    MAX_BUNDLES = 4
+    # 2, not 4: each waiting bundle may hold a 4 MiB file; on the 6 GB phone, 4 waiting bundles and 16 MiB batches
+    # had export peak 113-130 MB (in-process, under load), 2 and 8 MiB 87-104 MB.
+    MAX_BUNDLES = 2
     WRITERS = 2
 
     def __init__(self, writers: int | None = None) -> None:
         self._umask = _umask()
         self._queue: queue.SimpleQueue[list | None] = queue.SimpleQueue()
         self._budget = threading.BoundedSemaphore(self.MAX_BUNDLES)
-        self._bundle: list[tuple[str, bytes, int, int]] = []
+        self._bundle: list[tuple[str, bytes | memoryview, int, int]] = []
         self._bytes = 0
         self._error: BaseException | None = None
         n = self.WRITERS if writers is None else writers
@@ -81,7 +85,7 @@ class FileWriters:
         for t in self._threads:
             t.start()
 
-    def submit(self, path: str | Path, entry: FileEntry, data: bytes) -> None:
+    def submit(self, path: str | Path, entry: FileEntry, data: bytes | memoryview) -> None:
         if self._error is not None:
             raise self._error
         self._bundle.append((os.fspath(path), data, stat.S_IMODE(entry.mode), entry.mtime_ns))
@@ -109,7 +113,7 @@ class FileWriters:
             finally:
                 self._budget.release()
 
-    def _write(self, bundle: list[tuple[str, bytes, int, int]]) -> None:
+    def _write(self, bundle: list[tuple[str, bytes | memoryview, int, int]]) -> None:
         umask = self._umask
         for path, data, mode, mtime_ns in bundle:
             by_open = umask is not None and not mode & (umask | 0o7000)  # set-id and sticky bits: always fchmod
@@ -186,13 +190,14 @@ class ReadAhead:
     batch, the next one's chunks are read. `take(e)` gives a small file's bytes from its batch (or raises what
     reading it raises), for files that `wanted(e)` says are read ahead; any other file the caller reads itself."""
 
-    BATCH = 16 << 20  # bytes of small files per batch
+    BATCH = 8 << 20  # bytes of small files per batch (two are held: see FileWriters.MAX_BUNDLES for what 16 cost)
 
     def __init__(self, repo: Repository, wanted: Callable[[FileEntry], bool]) -> None:
         self._repo = repo
         self._wanted = wanted
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read")
-        self._blobs: dict[bytes, bytes] = {}
+        self._blobs: dict[bytes, bytes | memoryview] = {}
+        self._uses: Counter[bytes] = Counter()  # files of the batch yet to take each chunk
 
     def batches(self, shards: Iterable[list[FileEntry]]) -> Iterator[list[FileEntry]]:
         pending: tuple[list[FileEntry], Future] | None = None
@@ -205,16 +210,27 @@ class ReadAhead:
             yield self._ready(pending)
         self._blobs = {}
 
-    def take(self, e: FileEntry) -> bytes:
-        blobs = self._blobs
+    def take(self, e: FileEntry) -> bytes | memoryview:
+        """`e`'s bytes (one chunk's as the reader gave them: a view of its own buffer). A chunk goes from the batch
+        once the last file of the batch that needs it has taken it, so a batch shrinks as its files are handed to
+        the writers instead of being held whole until the next one is ready."""
+        blobs, uses = self._blobs, self._uses
         pieces = [blobs.get(c) for c in e.chunks]
+        for c in e.chunks:
+            if (left := uses.get(c, 0) - 1) <= 0:
+                blobs.pop(c, None)
+                uses.pop(c, None)
+            else:
+                uses[c] = left
         if any(p is None for p in pieces):  # left out by the reader: read (or fail) the usual way
             return b"".join(self._repo.read_file(e))
-        return b"".join(pieces)  # type: ignore[arg-type]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)  # type: ignore[return-value,arg-type]
 
     def _ready(self, pending: tuple[list[FileEntry], Future]) -> list[FileEntry]:
         batch, future = pending
+        self._blobs = {}  # the last batch's leftovers (files the caller did not take) go before this one is held
         self._blobs = future.result()
+        self._uses = Counter(c for e in batch if self._wanted(e) for c in e.chunks)
         return batch
 
     def _cut(self, shards: Iterable[list[FileEntry]]) -> Iterator[list[FileEntry]]:
