@@ -22,11 +22,13 @@ allocated for it (pymobiledevice3 would allocate whatever length the reply claim
 on a malformed reply becomes one typed error of one line.
 
 Memory bound of `backup`: the staged tree spilling, sealed, past SPILL_ENTRIES entries (store/spilled.py: that many
-entries, one shard merged, a 2 MiB Bloom filter), the writer's packs (store/writer.py), and once committed the
-catalog's parse of the Manifest.db (one shard of rows, SQLite's page cache and a few sealed blocks of the image SQLite
-reads, sync/sealeddb.py); none of it grows with the number of files. An incremental backup starts from the parent's
-shards, each read from the vault when the spilling tree needs it. Not yet bounded: a backup stored decrypted lists
-every staged entry once (sync/decrypted.py).
+entries, one shard merged, a 2 MiB Bloom filter), the writer's packs (store/writer.py, store/blobsink.py: ~37 MB
+of pack buffers once the first 16 MiB pack is written), the cache's index pages mapped by ≤ TRIM_LOOKUPS blob
+lookups (~150 KB each), and once committed the catalog's parse of the Manifest.db (one shard of rows, SQLite's page
+cache and a few sealed blocks of the image SQLite reads, sync/sealeddb.py); none of it grows with the number of
+files. An incremental backup starts from the parent's shards, each read from the vault when the spilling tree needs
+it. Not yet bounded: a backup stored decrypted lists every staged entry once (sync/decrypted.py), and an encrypted
+backup's catalog is parsed whole (sync/catalog.py).
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ L = TypeVar("L", bound=CheckedLink)
 
 # usbmuxd replies are device lists and pair records (kilobytes); anything longer is garbage, not a reply.
 MAX_USBMUX_REPLY = 1 << 20
+# Blob lookups between two unmaps of the cache's pages during a backup (the writer's TRIM_LOOKUPS, store/writer.py,
+# is 256): a device uploads small files one after another, each a lookup that maps ~150 KB of the index (the
+# kernel's fault-around), so at 256 the index pages mapped between unmaps were the largest part that still grew
+# with the files (19 MB of data.mdb at the peak of a 160 000-file backup).
+TRIM_LOOKUPS = 64
 
 
 async def _recv_usbmux_reply(sock) -> bytes:
@@ -386,6 +393,7 @@ async def _backup(
             # The device's order is not shard by shard: the staged tree spills, sealed, past a bound (store/spilled.py),
             # and starts from the parent's shards read from the vault one at a time, not from the whole parent tree.
             writer = SnapshotWriter(repo, udid, DeviceRecord(), incremental=False)
+            writer.TRIM_LOOKUPS = TRIM_LOOKUPS
             writer.tree = tree = SpillingTree(repo.cache, base=None if full else _parent_shards(repo, writer))
             holding = Holding(writer, repo.cache.spool()) if store_decrypted is not None else None
             watchdog.phase("starting MobileBackup2", watchdog.timeouts.setup)
