@@ -59,6 +59,7 @@ from .trees import (
     decode_shard,
     diff_states,
     encode_root,
+    encode_shard,
     load_tree,
     read_root,
     shard_of,
@@ -292,6 +293,19 @@ class SnapshotWriter:
             return False
         self._stage(entry)
         self.stats.reused_files += 1
+        return True
+
+    def put_parent_shard(self, node: bytes, entries: list[FileEntry]) -> bool:
+        """Stage a shard's entries, each known from the stat cache, as the parent's shard if they make its tree node
+        `node` (by keyed hash: the same paths, sizes, modes, mtimes and chunk ids). Their chunks are then the
+        parent's, which the vault holds and this writer's registration protects from a prune as it protects all
+        content inherited from its head (store/prune.py), so no chunk is looked up in the blob index (one random page
+        read per file on a cold cache). False, nothing staged, if they make another node."""
+        if self.repo.key.blob_id(encode_shard(entries)) != node:
+            return False
+        for entry in entries:
+            self._stage(entry)
+        self.stats.reused_files += len(entries)
         return True
 
     def add_dir(self, path: str, mode: int = 0o040755, mtime_ns: int = 0) -> None:

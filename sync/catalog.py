@@ -4,7 +4,7 @@ A snapshot's files are listed by its folder's layout (sync/layouts.py): Manifest
 A snapshot's catalog is read from the list it contains and cached (LMDB `derived`, keyed by the list's blob ids: the
 same bytes always give the same catalog, so the cache never goes stale; for mdinfo the key covers every .mdinfo's
 chunks, Manifest.plist's and every .mddata's size, all the catalog is made of). A Manifest.db's catalog is parsed,
-cached and read back a shard of rows at a time (sync/catalogshards.py, CATALOG_SHARDS_FORMAT 3); the older lists'
+cached and read back a shard of rows at a time (sync/catalogcache.py, CATALOG_SHARDS_FORMAT 3); the older lists'
 cached value is msgpack `[rows, problems]` (CATALOG_CACHE_FORMAT 2): rows as `_row` packs them, problems as
 `[domain path or "", message]`. A Manifest.db from the vault is spilled to a sealed image in the cache directory and
 read by SQLite through a VFS over it (sync/sealeddb.py); the other lists are parsed in memory as bytes: nothing
@@ -44,19 +44,8 @@ from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository
 from phonevault.store.trees import FileEntry, iter_tree, lookup
 
-from .catalogshards import (
-    CATALOG_SHARDS_FORMAT,
-    CachedHead,
-    CachedRows,
-    ManifestStream,
-    Memo,
-    MemoWriter,
-    old_memo,
-    parse_shards,
-    read_head,
-    unpack_shard,
-    write_cached,
-)
+from .catalogcache import CATALOG_SHARDS_FORMAT, CachedHead, CachedRows, read_head, write_cached
+from .catalogshards import ManifestStream, Memo, MemoWriter, old_memo, parse_shards, unpack_shard
 from .decrypted import manifest_decrypted, stored_keys
 from .encrypted import BackupPassword, FileKeys, decrypt_manifest_db, unlock, wrapped_keys
 from .errors import BackupPasswordNeeded, EncryptedBackup, LegacyManifestInvalid
@@ -321,7 +310,7 @@ def _load_catalog(repo: Repository, snap: SnapshotRecord, meta, password: Backup
 
 
 def _load_sharded(repo: Repository, snap: SnapshotRecord, key: bytes, source: FileEntry) -> Catalog:
-    """A Manifest.db snapshot's catalog, read back a shard at a time from the cache (sync/catalogshards.py); parsed
+    """A Manifest.db snapshot's catalog, read back a shard at a time from the cache (sync/catalogcache.py); parsed
     from the vault into the cache first if it is not there, through a sealed image (no file ever holds the vault's
     bytes in plaintext)."""
 

@@ -44,7 +44,8 @@ from phonevault.store.repository import ChunkReader, Repository
 from phonevault.store.trees import FileEntry, lookup
 
 from .catalog import Catalog, domain_path, load_catalog, under
-from .catalogshards import CachedRows, phone_file_id
+from .catalogcache import CachedRows
+from .catalogshards import phone_file_id
 from .encrypted import BackupPassword
 from .errors import ExtractIncomplete, FileUndecryptable, StrictRefused, TargetConflict
 from .manifest import FLAG_FILE, CatalogEntry
@@ -159,7 +160,7 @@ def extract(
 
 def _named_files(catalog: Catalog, paths: list[str]) -> tuple[list[list[CatalogEntry]], set[str]] | None:
     """Each path's rows when every path names one file of a catalog whose fileIDs are the phone's own names
-    (sync/catalogshards.py): the file's fileID is then the hash of its path, so one cached shard is read per path,
+    (sync/catalogcache.py): the file's fileID is then the hash of its path, so one cached shard is read per path,
     not the catalog. None when that does not hold (a folder, a name no row has): then `_select_all`."""
     rows_of = catalog.entries
     if not isinstance(rows_of, CachedRows) or not rows_of.head.conforming:

@@ -6,7 +6,7 @@ pushes them into the store's chunker (memory does not depend on file size) and s
 inode, ctime) matches the stat cache, so re-importing an unchanged folder reads nothing but Manifest metadata. A
 shard whose stat-cache entries make the parent's tree node is the parent's shard: its chunks are not looked up one
 by one in the blob index (`_inherit_shard`); a Manifest.db the stat cache knows, whose catalog the cache holds, is
-not parsed again: the folder is compared with the cached shards (catalogshards.CachedListing).
+not parsed again: the folder is compared with the cached shards (catalogcache.CachedListing).
 
 Memory: import holds one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache
 and the one after it being listed, its staged entries, the parent's same shard while they are diffed, its
@@ -30,8 +30,6 @@ Manifest.db opens as a database (plaintext, browsable) or it does not (stored as
 Manifest.mbdb records and .mdinfo files say whether they are encrypted.
 Refused outright: not a folder, no Manifest.db, Manifest.mbdb or .mdinfo, a list that cannot be read (unless the
 phone encrypted a Manifest.db).
-
-Export, the way back: sync/export.py.
 """
 
 from __future__ import annotations
@@ -46,11 +44,12 @@ from pathlib import Path
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import Repository, now_us
 from phonevault.store.spool import Spool
-from phonevault.store.trees import FileEntry, ShardRef, encode_shard, lookup, read_root
+from phonevault.store.trees import FileEntry, ShardRef, lookup, read_root
 from phonevault.store.writer import SnapshotWriter
 
 from .catalog import ReadyParse, catalog_key, manifest_stream, parse_legacy_folder, store_catalog, store_catalog_shards
-from .catalogshards import CachedListing, FolderCompare, ManifestStream, read_head
+from .catalogcache import CachedListing, FolderCompare, read_head
+from .catalogshards import ManifestStream
 from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
 from .decrypted import Decrypting, decrypted_meta, decrypting_folder
 from .encrypted import BackupPassword
@@ -166,7 +165,7 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
 
 
 def _cached_listing(repo: Repository, manifest_db: Path, udid: str) -> CachedListing | None:
-    """The catalog cached for a Manifest.db the stat cache knows (sync/catalogshards.py `CachedListing`), or None.
+    """The catalog cached for a Manifest.db the stat cache knows (sync/catalogcache.py `CachedListing`), or None.
     The stat key is the one the walk makes for the file, so it is skipped on exactly the terms every file is."""
     try:
         st = _Stat.of(os.lstat(manifest_db))
@@ -443,29 +442,16 @@ def _stage_shard(
 
 
 def _inherit_shard(writer: SnapshotWriter, run: _Staging, plan: _Plan) -> bool:
-    """Stage a shard whose every file the stat cache knows, without asking the blob index about each chunk, if
-    the tree node those entries make is the parent's node of this shard (a keyed hash of the same entries: the same
-    paths, sizes, modes, mtimes and chunk ids). Then each entry is the parent's, whose chunks the vault holds
-    because the parent does, and which the writer's registration protects from a prune as it protects all content
-    inherited from the head it was staged on (store/prune.py): no lookup per file, so an unchanged re-import does not
-    walk the blob index (one random page read per file on a cold cache) nor open a sealed location per file. The
+    """Stage a shard whose every file the stat cache knows as the parent's shard if its entries make the parent's
+    node (store/writer.py `put_parent_shard`): an unchanged re-import then looks up no chunk in the blob index. The
     top level ("") too: its Manifest.db is thousands of chunks (56 MB of the index mapped at 300 000 files). Else (a
-    file to read, an empty folder, which is staged after this, another node) False: each entry is checked as
-    `put_entry` does."""
+    file to read, an empty folder, which is staged after this, another node) False: each entry is checked by
+    `put_entry`."""
     ref = run.parent.get(plan.shard)
     if ref is None or plan.to_read or plan.empty_dirs or len(plan.cached) != ref.files:
         return False
-    entries = [
-        FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, chunks) for rel, _f, st, _k, chunks in plan.cached
-    ]
-    if writer.repo.key.blob_id(encode_shard(entries)) != ref.node:
-        return False
-    # SnapshotWriter has no public call that stages an entry known to be the parent's: put_entry's check is the
-    # cost this skips. _stage is what put_entry does once the chunks are found.
-    for entry in entries:
-        writer._stage(entry)
-    writer.stats.reused_files += len(entries)
-    return True
+    entries = [FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, c) for rel, _f, st, _k, c in plan.cached]
+    return writer.put_parent_shard(ref.node, entries)
 
 
 def _stage_file(

@@ -21,7 +21,8 @@ from phonevault.sync.catalog import (
     load_catalog,
     manifest_stream,
 )
-from phonevault.sync.catalogshards import CatalogShard, FolderCompare, old_memo, parse_shards, unpack_shard
+from phonevault.sync.catalogcache import FolderCompare
+from phonevault.sync.catalogshards import CatalogShard, old_memo, parse_shards, unpack_shard
 from phonevault.sync.extract import _named_files, _select_all
 from phonevault.sync.layouts import MANIFEST_DB
 from phonevault.sync.manifest import MANIFEST_DB_SCHEMA, CatalogEntry, RowProblem, file_id, read_manifest_db

@@ -203,12 +203,12 @@ def test_catalog_cached_once_per_manifest_and_anew_when_it_changes_at_the_same_s
     """An unchanged re-import finds its catalog cached under the Manifest.db's content and does not write it again;
     a Manifest.db rewritten with other rows at the same size and mtime is stored anew (its ctime moved), and its
     catalog is written and read back as the new rows."""
-    from phonevault.sync import catalogshards  # noqa: PLC0415
+    from phonevault.sync import catalogcache  # noqa: PLC0415
     from phonevault.sync.catalog import load_catalog  # noqa: PLC0415
 
     dev = make_folder(tmp_path / "src", 30, size=64)
     writes: list[bytes] = []
-    write = catalogshards.write_cached
+    write = catalogcache.write_cached
     monkeypatch.setattr(
         "phonevault.sync.catalog.write_cached", lambda r, key, *a: (writes.append(key), write(r, key, *a))
     )
