@@ -6,8 +6,8 @@ a synthetic phone of N small plists (SyntheticPhone(seed, size, many_files=N)), 
 The emulator runs as its own process (its memory is the phone's, not counted); the backup runs as one child under
 GNU time (measure.timed, warm cache). `--pythonpath` runs the client from another checkout (a directory holding
 `phonevault/{cli,store,sync}`, e.g. symbolic links into a `git worktree` of the parent commit), so a change and
-its parent are measured back to back on the same phones. Prints wall time and peak RSS per N and the slope of
-peak RSS in bytes per file.
+its parent are measured back to back on the same phones. Prints wall time, CPU seconds (user + sys) and peak RSS
+per N and the slope of peak RSS in bytes per file.
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ def main() -> None:
             stop(emu)
         shutil.rmtree(work, ignore_errors=True)
         points.append((n, m.peak_rss_mb))
-        print(f"{n:>8,} files  device backup {m.wall_s:6.1f} s {m.peak_rss_mb:6.0f} MB", flush=True)
+        print(
+            f"{n:>8,} files  device backup {m.wall_s:6.1f} s {m.cpu_s:6.1f} CPU s {m.peak_rss_mb:6.0f} MB", flush=True
+        )
     print(f"peak RSS bytes per file: {slope(points):,.0f}")
 
 
