@@ -21,7 +21,7 @@ from phonevault.store.errors import CacheCorrupt
 from phonevault.store.repository import Repository
 from phonevault.store.spool import Spool
 
-from .catalogshards import CatalogShard, ManifestStream, shard_of_id
+from .catalogshards import CatalogShard, ManifestStream, ShardStream, shard_of_id
 from .errors import BackupFolderInvalid, ManifestInvalid
 from .layouts import MANIFEST_DB
 from .manifest import FLAG_FILE, CatalogEntry
@@ -98,7 +98,7 @@ class CachedRows:
         return [c for c in self._shard(shard_of_id(file_id)) if c.file_id == file_id]
 
 
-class CachedListing:
+class CachedListing(ShardStream):
     """An import's Manifest.db whose catalog the cache holds already: the stat cache names the file's chunks, as it
     does for every file it lets an import skip, and the catalog of those bytes is cached under their id (sync/catalog.py
     `catalog_key`). The same bytes parse to the same rows, problems and conformance, so the folder is compared with
@@ -143,13 +143,6 @@ class CachedListing:
             if self._last is None or got.shard > self._last:
                 return got
         return None
-
-    def upto(self, shard: str | None) -> Iterator[CatalogShard]:
-        while (got := self._next()) is not None:
-            if shard is not None and got.shard > shard:
-                self._pending = got
-                return
-            yield got
 
     @property
     def problems(self) -> list:

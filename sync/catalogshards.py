@@ -276,7 +276,25 @@ def _child(conn: Connection, parent: int, path: str, spool: Spool | None, funcs:
         os._exit(0)  # nothing of the parent's (atexit handlers, the writer's marker) runs here
 
 
-class ManifestStream:
+class ShardStream:
+    """A catalog's shards in fileID order, taken a shard at a time as the walk goes: `upto(shard)` yields those up
+    to and including `shard` (None: all the rest) and keeps the first one past it for the next call. Subclasses
+    give `_next` (the next shard, `_pending` first) and set `_pending` to None."""
+
+    _pending: CatalogShard | None
+
+    def _next(self) -> CatalogShard | None:
+        raise NotImplementedError
+
+    def upto(self, shard: str | None) -> Iterator[CatalogShard]:
+        while (got := self._next()) is not None:
+            if shard is not None and got.shard > shard:
+                self._pending = got
+                return
+            yield got
+
+
+class ManifestStream(ShardStream):
     """An import's Manifest.db, parsed a shard at a time (see the module docstring) while the folder is read.
 
     `upto(shard)` yields the catalog shards up to `shard` in order (None: all that are left); `problems` holds the
@@ -375,13 +393,6 @@ class ManifestStream:
         self.conforming = self.conforming and got.conforming
         self._memo.add(got.shard, got.memo)
         return got
-
-    def upto(self, shard: str | None) -> Iterator[CatalogShard]:
-        while (got := self._next()) is not None:
-            if shard is not None and got.shard > shard:
-                self._pending = got
-                return
-            yield got
 
     @property
     def problems(self) -> list:
