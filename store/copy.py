@@ -53,7 +53,7 @@ from typing import TypeVar
 from .chunker import SNIFF_LEN, choose_policy
 from .crypto import OVERHEAD, MasterKey
 from .errors import MissingObject
-from .packs import DATA, BlobLocation, open_stored, pack_name
+from .packs import DATA, STORED, BlobLocation, open_stored, pack_name
 from .projections import DeviceView, SnapshotRecord
 from .repository import Repository
 from .trees import FileEntry, load_tree
@@ -64,7 +64,6 @@ Resealed = tuple[
     bytes, bytes, int
 ]  # a source chunk made ready for the target: (its id there, sealed there, raw length)
 T = TypeVar("T")
-_STORED = b"\x00"  # a stored blob's flag byte: its payload is the plaintext (store/packs.py's pack format)
 
 READERS = 2  # threads reading and opening source chunks ahead of the writer
 # Plaintext read ahead, at most (plus one chunk). 16 MiB cost 70 MB of peak RSS in a 400 MB copy at load 7 (a chunk
@@ -210,7 +209,7 @@ def _opened(
     chunks, most of a phone's bytes, are such blobs. Any other goes through `open_stored` (zstd)."""
     if loc.length == loc.raw_length + 1 + OVERHEAD:
         inner = key.open_view(sealed, chunk, name)
-        if inner[:1] == _STORED:
+        if inner[:1] == STORED:
             return made(memoryview(inner)[1:], inner)
     return made(*open_stored(key, chunk, sealed, name))
 

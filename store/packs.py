@@ -49,7 +49,7 @@ POOL_BLOB = 256 << 10
 DATA, TREE, DELTA = 0, 1, 2
 TYPE_NAMES = {DATA: "data", TREE: "tree", DELTA: "delta"}
 
-_STORED, _ZSTD = b"\x00", b"\x01"
+STORED, ZSTD = b"\x00", b"\x01"  # a blob's flag byte: payload stored as is, or a zstd frame
 # One compressor and one decompressor per thread: a zstandard context is not thread-safe (two threads in one
 # compressor corrupt its heap: "double free" with two sealing workers), and blobs are sealed on worker threads
 # (store/blobsink.py) and opened on several (export's read-ahead, S3 reads).
@@ -64,7 +64,7 @@ def _cctx() -> zstandard.ZstdCompressor:
         return _zstd.c
 
 
-def _dctx() -> zstandard.ZstdDecompressor:
+def dctx() -> zstandard.ZstdDecompressor:
     try:
         return _zstd.d
     except AttributeError:
@@ -100,10 +100,10 @@ def seal_blob(
     if compress and len(plaintext) > 64:
         packed = _cctx().compress(plaintext)
         if len(packed) < len(plaintext) - len(plaintext) // 32:
-            return key.seal(_ZSTD + packed, blob_id)
+            return key.seal(ZSTD + packed, blob_id)
     if len(plaintext) >= SEAL_IN_PLACE:
-        return key.seal_flagged(_STORED, plaintext, blob_id)
-    return key.seal(_STORED + plaintext, blob_id)
+        return key.seal_flagged(STORED, plaintext, blob_id)
+    return key.seal(STORED + plaintext, blob_id)
 
 
 def open_blob(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> bytes:
@@ -114,11 +114,11 @@ def open_stored(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> tu
     """(plaintext, stored form): the stored form is what `seal_blob(..., stored=)` takes."""
     inner = key.open(sealed, blob_id, where)
     flag, payload = inner[:1], inner[1:]
-    if flag == _STORED:
+    if flag == STORED:
         return payload, inner
-    if flag == _ZSTD:
+    if flag == ZSTD:
         try:
-            return _dctx().decompress(payload), inner
+            return dctx().decompress(payload), inner
         except zstandard.ZstdError as e:
             raise CorruptObject(where, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
     raise CorruptObject(where, f"blob {blob_id.hex()[:16]} has unknown flag {flag!r}")

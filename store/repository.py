@@ -47,7 +47,7 @@ from .errors import (
 )
 from .events import Event, decode_events, parse_segment_name, seal_segment, segment_name
 from .index import decode_index
-from .packs import _STORED, _ZSTD, BlobLocation, _dctx, open_blob, pack_name
+from .packs import STORED, ZSTD, BlobLocation, dctx, open_blob, pack_name
 from .projections import DeviceView, project
 from .trees import FileEntry
 
@@ -260,11 +260,11 @@ class Repository:
         buf = bytearray(max(n, 0) + 15)
         self.key.open_into(sealed, blob_id, name, buf)
         view = memoryview(buf)[:n]
-        if n and view[0] == _STORED[0]:
+        if n and view[0] == STORED[0]:
             return view[1:]
-        if n and view[0] == _ZSTD[0]:
+        if n and view[0] == ZSTD[0]:
             try:
-                return _dctx().decompress(view[1:])
+                return dctx().decompress(view[1:])
             except zstandard.ZstdError as e:
                 raise CorruptObject(name, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
         raise CorruptObject(name, f"blob {blob_id.hex()[:16]} has unknown flag {bytes(view[:1])!r}")
@@ -416,9 +416,9 @@ class ChunkReader:
         self._repo.key.open_into(sealed, blob_id, name, self._opened)
         del sealed
         view = memoryview(self._opened)[:n]
-        if n and view[0] == _STORED[0]:
+        if n and view[0] == STORED[0]:
             return view[1:]
-        if n and view[0] == _ZSTD[0]:
+        if n and view[0] == ZSTD[0]:
             return self._decompress(blob_id, view[1:], name)
         raise CorruptObject(name, f"blob {blob_id.hex()[:16]} has unknown flag {bytes(view[:1])!r}")
 
