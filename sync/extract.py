@@ -306,7 +306,7 @@ def _write(
             if item.key is not None and catalog is not None and catalog.keys is not None:
                 # Decrypted into the temp file, which is removed unless its padding and length check out.
                 pieces = catalog.keys.open(item.key, repo.read_file(item.entry), item.row.size, shown(item.source))
-            else:  # read ahead and opened into reused buffers (one view per chunk, written before the next)
+            else:  # opened into ChunkReader's kept buffer (one view per chunk, written before the next)
                 pieces = chunks.pieces(item.entry)
             try:
                 for chunk in pieces:

@@ -174,7 +174,7 @@ def write_pieces(
 def write_large(
     chunks: ChunkReader, e: FileEntry, local: str | Path, progress: Progress | None, done: int, total: int
 ) -> None:
-    """One large file of the vault, a chunk at a time (read ahead, opened into reused buffers), with progress."""
+    """One large file of the vault, a chunk at a time (opened into ChunkReader's kept buffer), with progress."""
     write_pieces(chunks.pieces(e), local, e, (lambda n: progress(done + n, total)) if progress else None)
 
 
