@@ -10,11 +10,11 @@ not parsed again: the folder is compared with the cached shards (catalogcache.Ca
 
 Memory: import holds one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache
 and the one after it being listed, its staged entries, the parent's same shard while they are diffed, its
-Manifest.db rows: sync/catalogshards.py), ≤ 8 MiB of small files read ahead across this shard and the next
-(smallreads.SmallReads; the reader is a child process, ~20 MB of its own), one delta group and two packs; the
-cache's pages are unmapped after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3) keeps every
-file at the top level, one shard, and its list is parsed whole and compared with ~28 bytes a file (`_Present`).
-A file that changes between the walk and its read is stored as it was read and named in `problems`.
+Manifest.db rows: sync/catalogshards.py), ≤ 8 MiB of small files read ahead across this shard and the next (by a
+child process, ~20 MB of its own: sync/smallreads.py), one delta group and two packs; the cache's pages are unmapped
+after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3) keeps every file at the top level, one
+shard, and its list is parsed whole and compared with ~28 bytes a file (`_Present`). A file changed between the walk
+and its read is stored as read and named in `problems`. Progress total: folderwalk.Total (no walk of its own).
 
 Three layouts are imported (sync/layouts.py): Manifest.db with xx/<fileID> (iOS 10 and later), Manifest.mbdb with
 flat <fileID> files (iOS 4–9) and .mdinfo/.mddata pairs (iPhone OS 3); the snapshot records which. The older two
@@ -27,9 +27,8 @@ booleans, no plist date to trust (dated by the newest mtime instead), and a UDID
 folder's own name is used instead) are named in `problems`; everything present is stored exactly and the snapshot
 is committed; the CLI then exits 3. An `IsEncrypted` that is not a boolean is decided by the list itself: a
 Manifest.db opens as a database (plaintext, browsable) or it does not (stored as the phone encrypted it);
-Manifest.mbdb records and .mdinfo files say whether they are encrypted.
-Refused outright: not a folder, no Manifest.db, Manifest.mbdb or .mdinfo, a list that cannot be read (unless the
-phone encrypted a Manifest.db).
+Manifest.mbdb records and .mdinfo files say whether they are encrypted. Refused outright: not a folder, no
+Manifest.db, Manifest.mbdb or .mdinfo, a list that cannot be read (unless the phone encrypted a Manifest.db).
 """
 
 from __future__ import annotations
@@ -57,6 +56,7 @@ from .errors import BackupFolderInvalid, ManifestInvalid
 from .folderwalk import Present as _Present
 from .folderwalk import ReadAhead as _ReadAhead
 from .folderwalk import Stat as _Stat
+from .folderwalk import Total as _Total
 from .folderwalk import find_backup_folders as find_backup_folders  # the import command finds folders here
 from .folderwalk import is_utf8 as _is_utf8
 from .folderwalk import stat_key as _stat_key
@@ -257,8 +257,9 @@ class _Staging:
     """What an import carries from shard to shard: nothing per file (a flat folder's `present` table aside)."""
 
     problems: list[str]
-    readers: _ReaderProcess  # reads small files and counts the progress total in a child process
-    walker: ThreadPoolExecutor  # lists the next shard meanwhile
+    readers: _ReaderProcess  # reads small files in a child process; `walker` lists the next shard meanwhile
+    walker: ThreadPoolExecutor
+    total: _Total  # the progress total, from the shards listed so far
     done: int = 0
     newest: int | None = None  # the newest mtime of a regular file
     present: _Present = field(default_factory=_Present)
@@ -294,11 +295,10 @@ def _stage_and_commit(
     """Stage and write one shard at a time (walk, stat cache, read, tree node, delta, its Manifest.db rows), so memory
     holds one shard whatever the number of files; the commit point is still the one event segment written at the end.
     A flat folder's list (parsed whole) is compared with the walk's `present` table at the end."""
-    run = _Staging(list(fm.problems), *pools, decrypt=fm.decrypt)
+    run = _Staging(list(fm.problems), *pools, _Total(folder), decrypt=fm.decrypt)
     if writer.parent is not None:
         run.parent = {r.shard: r for r in read_root(writer.parent.tree, writer.sink.get)}
     if progress:
-        run.readers.start_total(folder)
         progress(0, None)
     shards = _walk_ahead(folder, run.walker)
     ahead: list[_Plan] = []  # the next shard, planned and its reads begun while this one is staged
@@ -377,6 +377,7 @@ def _plan(
 ) -> _Plan:
     """Look one listed shard up in the stat cache; nothing is staged (that is `_stage_shard`, in shard order)."""
     plan = _Plan(shard, files, empty_dirs, [], [], [])
+    run.total.add(shard, files)
     base = str(folder) + os.sep
     for rel, st in files:
         full = base + rel.replace("/", os.sep)
@@ -421,7 +422,7 @@ def _stage_shard(
             else:
                 late.append((rel, full, st, key))
     if progress:
-        progress(run.done, run.readers.total())
+        progress(run.done, run.total.value())
     if plan.small is None:
         _begin_reads(run, plan)
     small = plan.small
@@ -437,7 +438,7 @@ def _stage_shard(
     finally:
         small.close()
     if progress:
-        progress(run.done, run.readers.total())
+        progress(run.done, run.total.value())
     return new_stat
 
 
@@ -489,12 +490,11 @@ def _stage_file(
 def _stream_file(
     writer: SnapshotWriter, rel: str, full: str, st: _Stat, run: _Staging, progress: Progress | None
 ) -> FileEntry:
-    """A file too large to be read whole by the reader process, read into the chunker's buffer 1 MiB at a time
-    (`read_from`: no block object of fresh pages per read)."""
+    """A file too large for the reader process, read into the chunker's buffer 1 MiB at a time (`read_from`)."""
     fw = writer.open_file(rel, st.st_mode, st.st_mtime_ns)
     with open(full, "rb") as f:
         while n := fw.read_from(f, BLOCK):
             run.done += n
             if progress:
-                progress(run.done, run.readers.total())
+                progress(run.done, run.total.value())
     return fw.close()

@@ -1,7 +1,6 @@
 """Reading a shard's small files for import out of the import's process: `SmallReads` hands them over in the walk's
-order, ≤ 8 MiB ahead; `ReaderProcess` is the child process (this interpreter, `serve_reads`) that reads them and
-counts the folder's bytes for the progress total meanwhile. Split from sync/folderwalk.py, which lists the shards;
-used by sync/mobilesync.py.
+order, ≤ 8 MiB ahead; `ReaderProcess` is the child process (this interpreter, `serve_reads`) that reads them.
+Split from sync/folderwalk.py, which lists the shards; used by sync/mobilesync.py.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ from array import array
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from pathlib import Path
 
-from .folderwalk import ReadAhead, folder_bytes
+from .folderwalk import ReadAhead
 
 
 class SmallReads:
@@ -114,16 +112,14 @@ def _read_small(files: list[tuple[str | bytes, int]]) -> list[bytes | OSError | 
 
 # Frames between ReaderProcess and its child, both ways: kind (1 byte), n (u32), n signed 64-bit numbers, then bytes.
 #   request  b"R": n files: their listed sizes, then n u32 path lengths, then the paths (os.fsencode);
-#   request  b"T": n = 1: 0, the folder's path length (u32), the folder's path: the progress total, once;
 #   reply    b"R": n results in request order: ≥ 0 the length of the file's bytes (which follow, concatenated),
-#                  -1 not read here (None), ≤ -2 an OSError with errno -2 - code;
-#   reply    b"T": n = 1: the regular files' bytes under the folder (folder_bytes).
+#                  -1 not read here (None), ≤ -2 an OSError with errno -2 - code.
 _HEAD = struct.Struct("<cI")
 
 
 class ReaderProcess:
-    """A child process (this interpreter, `serve_reads`) that reads small files and counts the folder's bytes for
-    the import, so that those syscalls cost the import's threads nothing.
+    """A child process (this interpreter, `serve_reads`) that reads small files for the import, so that those syscalls
+    cost the import's threads nothing.
 
     Why a process and not reader threads: each open, read and close gives up the GIL, and getting it back waits
     behind whichever thread holds it; on 300 000 small files four reader threads made the import's own thread wait
@@ -135,7 +131,8 @@ class ReaderProcess:
     Tickets are answered strictly in order; `discard` drops a ticket's answer when it comes. If the child cannot be
     started or dies, every batch not yet answered is read here instead (`_read_small`), so the import goes on.
     Memory: the batches asked for and not yet taken (bounded by the callers' window, SmallReads.WINDOW) and the
-    pipe's buffer (PIPE_BYTES)."""
+    pipes' buffers (PIPE_BYTES each way, filled only as far as that window: the requests of 8 MiB of small files
+    are ~0.5 MiB of paths, so `submit` does not wait on a child busy reading)."""
 
     READERS = 4
     PIPE_BYTES = 1 << 20
@@ -143,13 +140,11 @@ class ReaderProcess:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
-        self._asked: deque[tuple[int, list[tuple[str, int]] | None]] = deque()  # (ticket, files | None: total)
+        self._asked: deque[tuple[int, list[tuple[str, int]]]] = deque()  # (ticket, files)
         self._answers: dict[int, list[bytes | OSError | None]] = {}
         self._discarded: set[int] = set()
         self._buf = bytearray()
         self._tickets = 0
-        self._total: int | None = None
-        self._total_folder: Path | None = None
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-P", "-c", "from phonevault.sync.smallreads import serve_reads; serve_reads()"],
@@ -160,8 +155,9 @@ class ReaderProcess:
             )
         except OSError:
             return
-        with suppress(OSError):  # room for a few batches between the child and this process (Linux; else 64 KiB)
-            fcntl.fcntl(self._proc.stdout.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), self.PIPE_BYTES)
+        for pipe in (self._proc.stdin, self._proc.stdout):  # room for the window's batches (Linux; else 64 KiB)
+            with suppress(OSError):
+                fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), self.PIPE_BYTES)
 
     def __enter__(self) -> ReaderProcess:
         return self
@@ -199,23 +195,6 @@ class ReaderProcess:
         self._send(b"R", [size for _p, size in files], [os.fsencode(p) for p, _s in files])
         return ticket
 
-    def start_total(self, folder: Path) -> None:
-        """Have the child count the folder's bytes (the progress total) while the import goes on: on a cold disk
-        that walk stats every file, which took 8–16 s before the first file was read."""
-        self._total_folder = folder
-        if self._proc is not None:
-            self._asked.append((-1, None))
-            self._send(b"T", [0], [os.fsencode(folder)])
-
-    def total(self) -> int | None:
-        """The progress total once the child has counted it (taken without waiting), else None."""
-        if self._total is None:
-            if self._proc is None and self._total_folder is not None:
-                self._total = folder_bytes(self._total_folder)
-            else:
-                self._pump(block=False)
-        return self._total
-
     def discard(self, ticket: int) -> None:
         if self._answers.pop(ticket, None) is None:
             self._discarded.add(ticket)
@@ -232,7 +211,7 @@ class ReaderProcess:
         """Without a child: read every batch asked for up to `upto` here, in order."""
         while self._asked and self._asked[0][0] <= upto:
             ticket, files = self._asked.popleft()
-            if files is not None and ticket not in self._discarded:
+            if ticket not in self._discarded:
                 self._answers[ticket] = _read_small(files)
             self._discarded.discard(ticket)
 
@@ -264,17 +243,12 @@ class ReaderProcess:
         """File every complete frame in the buffer; how many."""
         done, pos, buf = 0, 0, self._buf
         while len(buf) - pos >= _HEAD.size:
-            kind, n = _HEAD.unpack_from(buf, pos)
+            _kind, n = _HEAD.unpack_from(buf, pos)
             codes = array("q")
             end = pos + _HEAD.size + 8 * n
             if len(buf) < end:
                 break
             codes.frombytes(buf[pos + _HEAD.size : end])
-            if kind == b"T":
-                self._total = codes[0]
-                self._asked_done(-1)
-                pos, done = end, done + 1
-                continue
             need = sum(c for c in codes if c > 0)
             if len(buf) < end + need:
                 break
@@ -286,7 +260,9 @@ class ReaderProcess:
                     at += c
                 else:
                     out.append(None if c == -1 else OSError(-2 - c, os.strerror(-2 - c)))
-            ticket = self._asked_done(None)
+            if not self._asked:
+                raise RuntimeError("the reader process answered a batch it was not asked for")
+            ticket = self._asked.popleft()[0]
             if ticket in self._discarded:
                 self._discarded.discard(ticket)
             else:
@@ -294,17 +270,6 @@ class ReaderProcess:
             pos, done = at, done + 1
         del buf[:pos]
         return done
-
-    def _asked_done(self, total: int | None) -> int:
-        """The oldest question of its kind answered: the total (-1) is answered out of turn, read batches in order."""
-        if total is not None:
-            self._asked.remove((-1, None))
-            return -1
-        for i, (ticket, files) in enumerate(self._asked):
-            if files is not None:
-                del self._asked[i]
-                return ticket
-        raise RuntimeError("the reader process answered a batch it was not asked for")
 
 
 def serve_reads() -> None:
@@ -326,12 +291,9 @@ def serve_reads() -> None:
         while (future := answers.get()) is not None:
             send(future.result())
 
-    def total(folder: bytes) -> None:
-        send(_HEAD.pack(b"T", 1) + array("q", [folder_bytes(Path(os.fsdecode(folder)))]).tobytes())
-
     threading.Thread(target=writer, daemon=True).start()
     while True:
-        kind, n = _HEAD.unpack(_read_exact(0, _HEAD.size))
+        _kind, n = _HEAD.unpack(_read_exact(0, _HEAD.size))
         sizes, lengths = array("q"), array("I")
         sizes.frombytes(_read_exact(0, 8 * n))
         lengths.frombytes(_read_exact(0, 4 * n))
@@ -340,10 +302,7 @@ def serve_reads() -> None:
         for length in lengths:
             paths.append(names[at : at + length])
             at += length
-        if kind == b"T":
-            threading.Thread(target=total, args=(paths[0],), daemon=True).start()
-        else:
-            answers.put(pool.submit(_answer, list(zip(paths, sizes, strict=True))))
+        answers.put(pool.submit(_answer, list(zip(paths, sizes, strict=True))))
 
 
 def _answer(files: list[tuple[bytes, int]]) -> bytes:

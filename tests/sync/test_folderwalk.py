@@ -1,15 +1,16 @@
-"""The import's reader process: answers in order, as `_read_small` would here, and the import goes on without it."""
+"""The import's reader process: answers in order, as `_read_small` would here, and the import goes on without it;
+the progress total from the walk's shards: exact once every shard is listed."""
 
 from __future__ import annotations
 
 import os
-import time
+import stat
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phonevault.sync.folderwalk import folder_bytes
+from phonevault.sync.folderwalk import Total, walk
 from phonevault.sync.smallreads import ReaderProcess, SmallReads, _read_small
 
 
@@ -59,21 +60,51 @@ def test_batches_not_answered_when_the_child_dies_are_read_here(tmp_path):
         reader._proc.wait()
         rest = [reader.submit(files[2:4]), reader.submit(files[4:])]
         assert _same(reader.result(rest[0]) + reader.result(rest[1]), _read_small(files[2:]))
-        reader.start_total(tmp_path)
-        assert reader.total() == folder_bytes(tmp_path)  # counted here instead
 
 
-def test_the_total_is_counted_while_batches_are_read(tmp_path):
-    (tmp_path / "sub").mkdir()
-    files = _files(tmp_path / "sub", [100, 2000])
-    with ReaderProcess() as reader:
-        reader.start_total(tmp_path)
-        ticket = reader.submit(files)
-        deadline = time.monotonic() + 30
-        while reader.total() is None and time.monotonic() < deadline:
-            reader._pump(block=True)  # wait on the pipe itself, not on a timer
-        assert reader.total() == folder_bytes(tmp_path) == 2100
-        assert _same(reader.result(ticket), _read_small(files))
+def _regular_bytes(root: Path) -> int:
+    """The oracle: the regular files' bytes under `root` (links and other entries not counted)."""
+    total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            st_ = os.lstat(os.path.join(dirpath, name))
+            total += st_.st_size if stat.S_ISREG(st_.st_mode) else 0
+    return total
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 5000), max_size=6), max_size=5),
+    st.lists(st.integers(0, 5000), max_size=3),
+    st.booleans(),
+)
+def test_the_total_is_exact_once_every_shard_is_listed(tmp_path_factory, shards, top, link):
+    root = tmp_path_factory.mktemp("total")
+    for i, sizes in enumerate(shards):
+        (root / f"{i:02x}" / "sub").mkdir(parents=True)
+        for j, size in enumerate(sizes):
+            (root / f"{i:02x}" / ("sub" if j % 2 else "") / f"f{j}").write_bytes(b"x" * size)
+    for j, size in enumerate(top):
+        (root / f"top{j}").write_bytes(b"y" * size)
+    if link:  # a link is no regular file: counted by neither
+        (root / "link").symlink_to(root / "top0" if top else root)
+    total = Total(root)
+    assert total.value() == (None if shards else sum(top))  # nothing listed yet: no estimate but a flat folder's
+    for shard, files, _empty in walk(root):
+        total.add(shard, files)
+        assert total.value() is not None
+    assert total.value() == _regular_bytes(root)
+
+
+def test_the_estimate_takes_the_folders_not_listed_at_the_mean_of_those_listed(tmp_path):
+    for i in range(4):
+        (tmp_path / f"{i:02x}").mkdir()
+        (tmp_path / f"{i:02x}" / "f").write_bytes(b"z" * 100)
+    (tmp_path / "Manifest.db").write_bytes(b"m" * 1000)
+    total, shards = Total(tmp_path), walk(tmp_path)
+    shard, files, _empty = next(shards)
+    total.add(shard, files)
+    assert total.value() == 1000 + 4 * 100  # one folder of four listed: the other three taken at its 100 bytes
 
 
 def test_the_child_exits_when_the_import_is_gone(tmp_path):
