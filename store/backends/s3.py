@@ -56,6 +56,7 @@ the name had.
 from __future__ import annotations
 
 import errno
+import os
 import secrets
 import threading
 from collections import OrderedDict
@@ -66,6 +67,7 @@ from urllib.parse import urlsplit
 
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
 import botocore.session
 from botocore import UNSIGNED
 
@@ -141,6 +143,26 @@ def parse_location(location: str) -> S3Location:
     return S3Location(f"{parts.scheme}://{parts.netloc}", bucket, prefix)
 
 
+class _S3Models(botocore.loaders.Loader):
+    """botocore's loader of its service models (the same search path: botocore's data, ~/.aws/models,
+    AWS_DATA_PATH), less its check that "s3" is a service it knows: that check lists every service's folder of the
+    data path (~420, each listed and its model files looked for), once per kind of model loaded (the API, its
+    endpoint rules, its paginators), ~30 ms of CPU each, at the start of every S3 command. A session with this
+    loader makes S3 clients only (`s3_session`)."""
+
+    def list_available_services(self, type_name: str) -> list[str]:
+        return ["s3"]
+
+
+def s3_session() -> botocore.session.Session:
+    """botocore's session (credential chain, profiles, region), with the model loader above: for S3 clients only."""
+    session = botocore.session.Session()
+    paths = session.get_config_variable("data_path")  # what botocore.loaders.create_loader reads, likewise
+    extra = [os.path.expanduser(os.path.expandvars(p)) for p in paths.split(os.pathsep)] if paths else None
+    session.register_component("data_loader", _S3Models(extra_search_paths=extra))
+    return session
+
+
 def client_config(unsigned: bool = False) -> botocore.config.Config:
     """The botocore configuration of every S3 client phonevault makes (why each setting: the module docstring)."""
     return botocore.config.Config(
@@ -165,7 +187,7 @@ class S3Backend:
         self._create_bucket = create_bucket
         # botocore's session, not boto3's: the same credential chain, profile and region, without importing boto3
         # and the s3transfer it pulls in (~60 ms of CPU at every start, for nothing this module calls)
-        session = botocore.session.Session()
+        session = s3_session()
         self._unsigned = unsigned = session.get_credentials() is None
         config = client_config(unsigned)
         region = session.get_config_variable("region") or "us-east-1"

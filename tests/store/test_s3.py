@@ -44,6 +44,22 @@ def test_locations() -> None:
         open_backend("s3:http://h/b/v?x=1")
 
 
+def test_the_s3_session_loads_botocores_own_s3_model(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """s3_session skips botocore's scan of every service's folder, not anything it loads: the client's model is
+    the one a plain botocore session gives, operations, shapes and endpoint rules alike; AWS_DATA_PATH still
+    counts."""
+    import botocore.session
+
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path))
+    ours = s3mod.s3_session().create_client("s3", region_name="us-east-1")
+    theirs = botocore.session.Session().create_client("s3", region_name="us-east-1")
+    assert ours.meta.service_model.operation_names == theirs.meta.service_model.operation_names
+    assert ours.meta.service_model.shape_names == theirs.meta.service_model.shape_names
+    assert ours.can_paginate("list_objects_v2")
+    loader = s3mod.s3_session().get_component("data_loader")
+    assert str(tmp_path) in loader.search_paths
+
+
 def test_prefixes_are_separate_vaults(seaweed: Seaweed) -> None:
     a, b = open_backend(seaweed.location("a")), open_backend(seaweed.location("b"))
     a.put("config", b"a's")
