@@ -42,7 +42,7 @@ from .events import open_segment, parse_segment_name
 from .index import decode_index, index_name
 from .packs import BlobLocation, open_blob, pack_name, parse_header
 from .projections import DeviceView, SnapshotRecord, fold_state, lineage
-from .repository import Repository
+from .repository import TRIM_LOOKUPS, Repository  # noqa: F401  (TRIM_LOOKUPS: sync/sealeddb.py imports it here)
 from .spool import ShardSpool
 from .trees import FileEntry, apply_delta, decode_root, decode_shard, read_root, shard_of
 
@@ -76,11 +76,6 @@ class CheckReport:
         return not self.errors
 
 
-# Cache lookups between two unmaps of its pages. Random lookups in a 80 MB cache (120 000 files) left resident:
-# 128 -> 6.9 MB at 9 µs a lookup, 512 -> 15 MB at 7 µs, never unmapped 22 MB at 2.7 µs (re-faulting costs).
-TRIM_LOOKUPS = 128
-
-
 class _Blobs:
     """What is known of the blobs the snapshots need: the damaged ones (`bad`: blob id -> reason). The first snapshot found needing a damaged blob names it, one error line per kind of damage
     (`flush`), so a lost index object of 10 000 blobs is one line, not 10 000."""
@@ -89,7 +84,6 @@ class _Blobs:
         self.repo, self.packs, self.rep = repo, packs, rep
         self.bad = bad  # pre-filled (and already reported) by the data phase
         self._new: dict[str, list[bytes]] = {}  # reason -> blobs found so far, not reported yet
-        self._lookups = 0
 
     def _mark(self, bid: bytes, reason: str) -> None:
         self.bad[bid] = reason
@@ -106,12 +100,9 @@ class _Blobs:
     def damaged(self, bid: bytes) -> bool:
         """Located again each time it is asked (a cache lookup), rather than remembered: a set of every good blob
         would grow with the vault. Shard nodes shared by snapshots are walked once (`nodes`), so few are asked
-        twice."""
+        twice. The cache's pages are unmapped every TRIM_LOOKUPS lookups by `locate_needed`."""
         if bid in self.bad:
             return True
-        self._lookups += 1
-        if self._lookups % TRIM_LOOKUPS == 0:
-            self.repo.cache.trim()
         loc = self.repo.locate_needed(bid)
         if loc is None:
             self._mark(bid, "is missing from the index")

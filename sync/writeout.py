@@ -11,7 +11,7 @@ A file whose chunks cannot be read back from the vault raises PhonevaultError be
 (a large file is removed again), so the caller can name it and go on. Memory: two batches of small files (the one
 being written, shrinking as its files are taken; the one being read: 2 × BATCH), at most `FileWriters.MAX_BUNDLES`
 bundles of small files (each under BUNDLE + SMALL bytes) waiting for a writer thread, a large file's opened chunk
-(`ChunkReader`, given back after the file), and the cache pages of at most TRIM_LOOKUPS lookups (store/check.py);
+(`ChunkReader`, given back after the file), and the cache pages of at most TRIM_LOOKUPS lookups (store/repository.py);
 nothing grows with the number of files beyond one shard's entries.
 """
 
@@ -27,9 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 
-from phonevault.store.check import TRIM_LOOKUPS
 from phonevault.store.packs import BlobLocation
-from phonevault.store.repository import ChunkReader, Repository
+from phonevault.store.repository import TRIM_LOOKUPS, ChunkReader, Repository
 from phonevault.store.trees import FileEntry
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)

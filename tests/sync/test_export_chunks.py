@@ -1,7 +1,7 @@
-"""Export's and extract's large-file read (`store.repository.ChunkReader`): each chunk read ahead on a helper
-thread and opened into reused buffers must give exactly what `read_file` gives, for stored and compressed chunks
-of any size, file after file through one reader; a damaged or missing chunk raises for its file, after the chunks
-before it; and an export of a phone with large files stays bit-exact."""
+"""Export's and extract's large-file read (`store.repository.ChunkReader`): each chunk opened into reused buffers
+must give exactly what `read_file` gives, for stored and compressed chunks of any size, file after file through one
+reader; a damaged or missing chunk raises for its file, after the chunks before it; an export of a phone with large
+files stays bit-exact; and looking up thousands of chunks keeps the cache's map bounded."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from phonevault.store.errors import CorruptObject, MissingObject
-from phonevault.store.packs import pack_name
+from phonevault.store.packs import BlobLocation, pack_name
 from phonevault.store.records import DeviceRecord
-from phonevault.store.repository import ChunkReader
+from phonevault.store.repository import TRIM_LOOKUPS, ChunkReader
 from phonevault.store.writer import SnapshotWriter
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.export import export_snapshot
@@ -98,3 +98,40 @@ def test_export_of_a_phone_with_large_files_is_bit_exact(repo, tmp_path, monkeyp
     src = {p.relative_to(dev).as_posix(): p.read_bytes() for p in dev.rglob("*") if p.is_file()}
     out = {p.relative_to(result.path).as_posix(): p.read_bytes() for p in result.path.rglob("*") if p.is_file()}
     assert out == src
+
+
+def mapped_cache_kib(repo) -> int:
+    """Resident KiB of this process's map of the cache's data.mdb (/proc/self/smaps)."""
+    path, rss, inside = os.path.realpath(repo.cache.path / "data.mdb"), 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if not fields[0].endswith(":"):  # a map's first line: range perms offset dev inode [path]
+                inside = fields[-1] == path
+            elif inside and fields[0] == "Rss:":
+                rss += int(fields[1])
+    return rss
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="resident memory per map is read from Linux's /proc")
+def test_locating_thousands_of_chunks_keeps_the_caches_map_bounded(repo):
+    """A reader of a file of thousands of chunks (a 1 000 000-file phone's Manifest.db) looks each one up: every
+    TRIM_LOOKUPS lookups the cache's pages are unmapped, so what stays mapped is a few lookups' pages, not the pages
+    of every lookup since the start (54 MB of data.mdb exporting a 300 000-file phone)."""
+    rng = random.Random(7)
+    ids = [rng.randbytes(32) for _ in range(20_000)]  # a cache of ~3 MB: 127 random lookups map most of it
+    repo.cache.add_index("index/" + "ab" * 32, {b: BlobLocation("cd" * 32, i, 100, 100, 0) for i, b in enumerate(ids)})
+    repo.cache.trim()
+    rng.shuffle(ids)
+    for bid in ids[: 2 * TRIM_LOOKUPS]:  # the plain lookup, never unmapped: what the reader kept before
+        repo.cache.lookup(bid)
+    untrimmed = mapped_cache_kib(repo)
+    repo.cache.trim()
+    seen = []
+    for n, bid in enumerate(ids[2 * TRIM_LOOKUPS :][: 3 * TRIM_LOOKUPS], 1):
+        assert repo.locate_needed(bid) is not None
+        seen.append(mapped_cache_kib(repo) if n % TRIM_LOOKUPS in (0, TRIM_LOOKUPS - 1) else 0)
+    before_trim = [seen[k * TRIM_LOOKUPS - 2] for k in (1, 2, 3)]
+    after_trim = [seen[k * TRIM_LOOKUPS - 1] for k in (1, 2, 3)]
+    assert all(a < b for a, b in zip(after_trim, before_trim, strict=True)), (before_trim, after_trim)
+    assert max(after_trim) <= 512 < untrimmed  # one lookup's pages (root, branch, leaf and their neighbours)
