@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,19 +14,20 @@ from phonevault.store.history import tag as set_tag
 from phonevault.store.projections import DeviceView, SnapshotRecord
 from phonevault.store.refs import resolve_device, resolve_in_device, resolve_snapshot
 from phonevault.store.repository import Repository, format_time
-from phonevault.sync.catalog import list_dir, load_catalog
-from phonevault.sync.decrypt_export import export_decrypted
-from phonevault.sync.diff import DiffRow, per_domain
-from phonevault.sync.diff import diff as catalog_diff
 from phonevault.sync.errors import CatalogProblems, ExportIncomplete, ExtractIncomplete, StrictRefused
-from phonevault.sync.export import export_snapshot
-from phonevault.sync.extract import extract as catalog_extract
 from phonevault.sync.paths import shown
 from phonevault.sync.records import backup_meta, device_info
 
 from .backup_password import backup_password_option, password_from
 from .context import json_option, with_repo
 from .render import emit_json, err, human, out, progress, table, when
+
+if TYPE_CHECKING:
+    from phonevault.sync.diff import DiffRow
+
+# Each command imports the sync modules it runs (ls and extract: the catalog; diff; export) in its body: every
+# command of this module is resolved by importing it (cli/main.py), and a one-photo extract paid ~30 ms of start-up
+# for diff's and the exports' modules it never runs.
 
 
 def warn(problems: list[str]) -> None:
@@ -171,6 +173,8 @@ def snapshots(repo: Repository, device: str | None, show_all: bool, as_json: boo
 def ls(repo: Repository, snapshot: str, path: str, backup_password: tuple[str, ...], as_json: bool) -> None:
     """Browse a snapshot by domain and path (no PATH lists the domains). Unusable catalog rows are named on
     stderr (exit 3). A snapshot the phone encrypted needs its backup password (asked for only then)."""
+    from phonevault.sync.catalog import list_dir, load_catalog  # noqa: PLC0415  (see the imports)
+
     _view, snap = resolve_snapshot(repo, snapshot)
     catalog = load_catalog(repo, snap, password_from(backup_password))
     problems = catalog.problems_under(path)
@@ -233,6 +237,9 @@ def diff(
     """Files added, removed and modified (their bytes differ) from SNAP_A to SNAP_B, by domain path; PATHS keep
     those at or below these domain paths (e.g. CameraRollDomain/Media). A file whose bytes are the same but whose
     mode or mtime changed (a restore and a new backup rewrite every file) is not modified: --metadata lists it."""
+    from phonevault.sync.diff import diff as catalog_diff  # noqa: PLC0415  (see the imports)
+    from phonevault.sync.diff import per_domain  # noqa: PLC0415
+
     _va, a = resolve_snapshot(repo, snap_a)
     _vb, b = resolve_snapshot(repo, snap_b)
     every = catalog_diff(repo, a, b, paths, metadata=True, password=password_from(backup_password))
@@ -310,6 +317,8 @@ def extract(
     a file that cannot be extracted (one the vault cannot read back, too) is named on stderr, every other one is
     extracted (exit 3); with --strict nothing is, then. Files of a snapshot the phone encrypted are decrypted with
     its backup password."""
+    from phonevault.sync.extract import extract as catalog_extract  # noqa: PLC0415  (see the imports)
+
     _view, snap = resolve_snapshot(repo, snapshot)
     password = password_from(backup_password)
     try:
@@ -350,6 +359,9 @@ def export(
     """Write a complete MobileSync backup folder (DEST/<UDID>/) that Finder, iTunes or idevicebackup2 restore from.
     A file the vault cannot read back is named on stderr and the rest is exported (exit 3); with --strict nothing
     is, then."""
+    from phonevault.sync.decrypt_export import export_decrypted  # noqa: PLC0415  (see the imports)
+    from phonevault.sync.export import export_snapshot  # noqa: PLC0415
+
     view, snap = resolve_snapshot(repo, snapshot)
     try:
         with progress("exporting", snap.stats.size) as update:

@@ -46,16 +46,17 @@ from phonevault.store.trees import FileEntry, iter_tree, lookup
 
 from .catalogcache import CATALOG_SHARDS_FORMAT, CachedHead, CachedRows, read_head, write_cached
 from .catalogshards import ManifestStream, Memo, MemoWriter, old_memo, parse_shards, unpack_shard
-from .decrypted import manifest_decrypted, stored_keys
 from .encrypted import BackupPassword, FileKeys, decrypt_manifest_db, unlock, wrapped_keys
 from .errors import BackupPasswordNeeded, EncryptedBackup, LegacyManifestInvalid
 from .layouts import MANIFEST_DB, MBDB, MDINFO, Layout, layout_of
 from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, read_manifest_db
-from .mbdb import load_mbdb, mbdb_entries
-from .mdinfo import MAX_MANIFEST_BYTES, MAX_MDINFO_BYTES, data_name, mdinfo_catalog, read_mdinfo_folder
 from .paths import shown
 from .records import backup_meta
-from .sealeddb import sealed_manifest
+
+# Imported where they are used, not here: a cached Manifest.db catalog (every `ls`, `extract` of one photo) needs
+# none of them, and importing them (SQLite's VFS over a sealed image, the older lists' readers, the writer behind
+# files stored decrypted) cost a one-photo extract ~15 ms of its start-up: sync/sealeddb.py, sync/mbdb.py,
+# sync/mdinfo.py, sync/decrypted.py.
 
 CATALOG_CACHE_FORMAT = 2
 
@@ -205,6 +206,9 @@ def parse_legacy_folder(layout: Layout, folder: Path) -> tuple[ParsedCatalog, in
     """The catalog of an iOS 4–9 or iPhone OS 3 folder and how many of its files the phone encrypted (records with
     a key; .mdinfo whose names are encrypted). ManifestInvalid for a list that cannot be read, before anything is
     stored."""
+    from .mbdb import load_mbdb, mbdb_entries  # noqa: PLC0415  (see the imports)
+    from .mdinfo import read_mdinfo_folder  # noqa: PLC0415
+
     if layout is MBDB:
         path = folder / "Manifest.mbdb"
         row_problems: list[RowProblem] = []
@@ -280,14 +284,19 @@ def _read_whole(repo: Repository, entry: FileEntry) -> bytearray:
 def load_catalog(repo: Repository, snap: SnapshotRecord, password: BackupPassword | None = None) -> Catalog:
     """A snapshot's catalog (cached). One the phone encrypted needs `password` (see the module docstring)."""
     meta = backup_meta(snap)
+    catalog = _load_catalog(repo, snap, meta, password)
+    if not meta.decrypted:
+        return catalog
+    from .decrypted import stored_keys  # noqa: PLC0415  (see the imports)
+
     # Files stored decrypted (sync/decrypted.py) read as stored; so does a Manifest.db stored decrypted.
-    return stored_keys(repo, snap, meta, password, _load_catalog(repo, snap, meta, password))
+    return stored_keys(repo, snap, meta, password, catalog)
 
 
 def _load_catalog(repo: Repository, snap: SnapshotRecord, meta, password: BackupPassword | None) -> Catalog:
     where = f"snapshot {snap.hex[:12]}"
     layout = layout_of(meta, where)
-    if meta.encrypted and layout is MANIFEST_DB and not (meta.decrypted and manifest_decrypted(repo, snap)):
+    if meta.encrypted and layout is MANIFEST_DB and not (meta.decrypted and _manifest_decrypted(repo, snap)):
         if password is None:
             raise BackupPasswordNeeded(snap.hex[:12])
         return _load_encrypted(repo, snap, password)
@@ -300,6 +309,8 @@ def _load_catalog(repo: Repository, snap: SnapshotRecord, meta, password: Backup
         return _unpack(cached, layout)
     # In memory: the decrypted file list never touches a file (a killed `ls` must leave no plaintext behind).
     if layout is MBDB:
+        from .mbdb import mbdb_entries  # noqa: PLC0415  (see the imports)
+
         row_problems: list[RowProblem] = []
         rows = mbdb_entries(_read_whole(repo, source), f"{where}: Manifest.mbdb", row_problems)
         parsed = _pack(rows, row_problems, MBDB.record)
@@ -315,6 +326,8 @@ def _load_sharded(repo: Repository, snap: SnapshotRecord, key: bytes, source: Fi
     bytes in plaintext)."""
 
     def parse() -> CachedHead:
+        from .sealeddb import sealed_manifest  # noqa: PLC0415  (see the imports)
+
         with sealed_manifest(repo, source) as manifest:  # SQLite reads its pages from a sealed spill, not memory
             messages = parse_shards(
                 manifest,
@@ -388,6 +401,8 @@ def _load_encrypted(repo: Repository, snap: SnapshotRecord, password: BackupPass
 
 
 def _mdinfo_from_vault(repo: Repository, files: dict[str, FileEntry], where: str) -> ParsedCatalog:
+    from .mdinfo import MAX_MANIFEST_BYTES, MAX_MDINFO_BYTES, data_name, mdinfo_catalog  # noqa: PLC0415
+
     def read(name: str, limit: int = MAX_MDINFO_BYTES) -> bytes:
         if files[name].size > limit:  # refused before it is read, as the folder reader refuses it
             raise LegacyManifestInvalid(f"{where}: {name}", f"{name} is larger than {limit:,} bytes; refused as absurd")
@@ -449,3 +464,9 @@ def select(catalog: Iterable[CatalogEntry], path: str) -> list[CatalogEntry]:
     """Files (flags 1) at or under a domain path, in catalog order."""
     path = path.strip("/")
     return [c for c in catalog if c.flags == FLAG_FILE and under(domain_path(c), path)]
+
+
+def _manifest_decrypted(repo: Repository, snap: SnapshotRecord) -> bool:
+    from .decrypted import manifest_decrypted  # noqa: PLC0415  (see the imports)
+
+    return manifest_decrypted(repo, snap)
