@@ -15,6 +15,8 @@ dropped: both sides read the same warm folder.
 The SeaweedFS server runs on the same cores as the client, so each S3 row also gives the server's CPU seconds
 during the step (from /proc): on a machine with fewer free cores than the client and the server can use, the S3
 side's wall time follows client + server CPU, which is what a ratio below target then comes from.
+`--split-cores` models a server on its own machine, as any S3 service a vault would use is: the server runs on the
+last core, and every client (phonevault on either side, the reference upload, restic) on the others.
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ def run(argv: list[str], env: dict[str, str], server: int | None = None) -> dict
             raise SystemExit(f"{' '.join(argv)} failed ({p.returncode}):\n{err[-2000:]}")
         user, system, kib = report.read().split()[-3:]
     return {"wall": wall, "rss": int(kib) * 1024, "cpu": float(user) + float(system), "server_cpu": served}
+
+
+def allowed_cpus(pid: int) -> list[int]:
+    """The cores every thread of a process may run on (the union over /proc/PID/task)."""
+    cpus: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        cpus |= os.sched_getaffinity(int(task.name))
+    return sorted(cpus)
 
 
 def folder_bytes(path: Path) -> int:
@@ -130,11 +140,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="256MB", help="size of the generated phone (default 256MB)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "s3.json"))
+    ap.add_argument(
+        "--split-cores", action="store_true", help="the server on the last core, every client on the others"
+    )
     args = ap.parse_args()
     load_at_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="phonevault-s3-bench-"))
+    cores = sorted(os.sched_getaffinity(0))
+    if args.split_cores:
+        if len(cores) < 2:
+            raise SystemExit(f"--split-cores needs 2 cores or more; this process may use {len(cores)}")
+        os.sched_setaffinity(0, cores[-1:])  # the server inherits it at fork, its threads from it
     seaweed = start_seaweedfs(work / "seaweedfs", volume_mb=1024)  # volumes grown once, not during the first step
+    if args.split_cores:
+        os.sched_setaffinity(0, cores[:-1])  # this process's uploads and every child from here on
     try:
+        placement = {"server": allowed_cpus(seaweed.proc.pid), "clients": sorted(os.sched_getaffinity(0))}
         phone = SyntheticPhone(seed=7, size=parse_size(args.size))
         src = phone.write_backup(work / "src", day=0)
         size = folder_bytes(src)
@@ -168,7 +189,8 @@ def main() -> None:
         seaweed.stop()
     table = [
         f"generated phone: {size / 1e6:.1f} MB; load average {load_at_start:.1f} at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end",
+        f"{os.getloadavg()[0]:.1f} at the end; server on cores {placement['server']}, "
+        f"clients on {placement['clients']}",
         "",
     ]
     table.append("| step | side | wall | throughput | peak RSS | CPU s | server CPU s |")
@@ -191,7 +213,9 @@ def main() -> None:
     table.append(f"copy / the previous reference's rate: {previous:.2f}")
     print("\n".join(table))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"size": size, "load_at_start": load_at_start, "results": results}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"size": size, "load_at_start": load_at_start, "placement": placement, "results": results}, indent=2)
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 
