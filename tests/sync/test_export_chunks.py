@@ -135,3 +135,22 @@ def test_locating_thousands_of_chunks_keeps_the_caches_map_bounded(repo):
     after_trim = [seen[k * TRIM_LOOKUPS - 1] for k in (1, 2, 3)]
     assert all(a < b for a, b in zip(after_trim, before_trim, strict=True)), (before_trim, after_trim)
     assert max(after_trim) <= 512 < untrimmed  # one lookup's pages (root, branch, leaf and their neighbours)
+
+
+def test_the_next_chunks_read_ahead_is_advice_only(repo):
+    """`will_need` (ChunkReader asks it for the next chunk while this one is written) keeps one descriptor, of the
+    last pack it advised; a pack gone meanwhile (moved by prune) is no error there: the read that follows retries
+    it. Closing the vault closes the descriptor."""
+    (big,) = stored_files(repo, [(12 << 20, False)])
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    repo.will_need(repo.cache.lookup(big.chunks[1]))
+    repo.will_need(repo.cache.lookup(big.chunks[2]))
+    assert fds() == before + 1
+    repo.will_need(BlobLocation("ef" * 32, 0, 100, 100, 0))  # no such pack: the last descriptor goes, none comes
+    assert fds() == before
+    repo.will_need(repo.cache.lookup(big.chunks[0]))
+    with ChunkReader(repo) as reader:
+        assert joined(reader, big) == b"".join(repo.read_file(big))
+    repo.close()
+    assert fds() <= before
