@@ -8,15 +8,15 @@ A sealed blob is nonce || AES-256-GCM(flag || payload, ad=blob id), flag 0 = sto
 pack-id = unkeyed BLAKE3 of the pack's bytes: `check --read-data` verifies a pack without trusting its name.
 
 `PackWriter` holds one pack in memory (≤ target size + one blob) and writes it once; data and tree blobs go to
-separate writers so tree packs stay small and hot in any cache. A pack that takes media chunks, or grows past
-SMALL_PACK, moves its bytes to an anonymous map taken from a process-wide pool (`PackBuffers`) and given back when
-the writer is dropped, so a vault written pack after pack reuses pages already mapped instead of faulting in (and
-zeroing) 16 MiB of fresh memory for every pack: on a virtual machine a copy into fresh pages runs at ~1.3 GB/s,
-into mapped ones at ~8 GB/s. Memory: a pooled buffer keeps the pages its largest pack touched (≤ target size + one
-blob + header); the pool makes a new one only when none is free and
-keeps ≤ PackBuffers.KEEP (1) that no writer holds, so the process holds the buffers of the packs open or in flight
-(a blob sink: 2 + its pack writes, store/blobsink.py) and one more; a pack below SMALL_PACK (a tree pack, most
-often) holds only its own bytes.
+separate writers so tree packs stay small and hot in any cache. A pack that takes media chunks, or whose data blobs
+grow past SMALL_PACK, moves its bytes to an anonymous map taken from a process-wide pool (`PackBuffers`) and given
+back as soon as the pack is written (`finish`; it is then read from the backend), so a vault written pack after
+pack reuses pages already mapped instead of faulting in (and zeroing) 16 MiB of fresh memory for every pack: on a
+virtual machine a copy into fresh pages runs at ~1.3 GB/s, into mapped ones at ~8 GB/s. A pack of tree, delta and
+catalog blobs never takes a pooled buffer and is full at TREE_PACK_SIZE (4 MiB).
+Memory: the buffers of the data packs open or being written (a blob sink: 1 + its writes in flight, counting one
+waiting for a writing thread, store/blobsink.py), each ≤ target size + one blob + header, plus ≤ PackBuffers.KEEP (1)
+free one, which keeps ≤ target size of pages; a tree pack ≤ TREE_PACK_SIZE + one blob, in its own bytes.
 """
 
 from __future__ import annotations
@@ -39,11 +39,16 @@ TRAILER = struct.Struct(">I3sB")
 MAGIC = b"PVP"
 HEADER_AD = b"phonevault/v1/pack-header"
 TARGET_PACK_SIZE = 16 << 20
-# A pack's bytes stay in a buffer of its own (grown as a bytearray) up to SMALL_PACK, unless a blob of POOL_BLOB or
-# more comes: then they move to a pooled buffer (PackWriter). A tree pack or a pack of small files' chunks thus does
-# not hold a pooled buffer's mapped pages (up to 24 MiB) while it fills; a pack of media chunks takes one at once.
+# A pack's bytes stay in a buffer of its own (grown as a bytearray) up to SMALL_PACK, unless a data blob of POOL_BLOB
+# or more comes: then they move to a pooled buffer (PackWriter). A pack of small files' chunks thus does not hold a
+# pooled buffer's mapped pages (up to 16 MiB) while it fills; a pack of media chunks takes one at once; a tree pack
+# never does (it would hold a reused buffer's 16 MiB of pages for its few MiB, from its first shard to the commit).
 SMALL_PACK = 4 << 20
 POOL_BLOB = 256 << 10
+# A pack that holds no data blob (tree nodes, deltas, catalog shards) is full at this size, not TARGET_PACK_SIZE: such
+# blobs come slowly, one shard at a time, so a first import's tree pack stayed open from its first shard to the commit,
+# and at 16 MiB it was, after the data packs, the largest thing the import held.
+TREE_PACK_SIZE = SMALL_PACK
 
 # blob types
 DATA, TREE, DELTA = 0, 1, 2
@@ -127,13 +132,34 @@ def open_stored(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> tu
 _RECORD = struct.Struct("<32sBQQQ")  # an open pack's blob: id, type, offset, length, raw length
 
 
-class PackBuffers:
-    """Anonymous maps for packs being filled, kept for the next pack once a writer is dropped (thread-safe: packs
-    are filled on the caller's thread and dropped on others). A map's pages are faulted in only when written, so a
-    buffer reserves twice the target size but holds only what its largest pack touched."""
+def anonymous_map(size: int) -> mmap.mmap:
+    """A private anonymous map of `size` bytes whose pages are mapped as they are written and that a forked child
+    does not inherit (MADV_DONTFORK where the system has it). Not a shared map (`mmap(-1, size)`'s default): a
+    shared map's pages are shmem, which `MADV_DONTNEED` does not free, and a private one forked without
+    DONTFORK would copy every page the parent writes while the child lives (the Manifest.db parser is forked,
+    sync/catalogshards.py), the child keeping the old copies."""
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if (dontfork := getattr(mmap, "MADV_DONTFORK", None)) is not None:
+        buf.madvise(dontfork)
+    return buf
 
-    # Free buffers kept. One is what a steady stream of packs needs (a retired pack's buffer is taken by the next
-    # pack's first media blob); each more idles with up to 24 MiB of mapped pages through the parts of an import
+
+def drop_pages(buf: mmap.mmap, start: int) -> None:
+    """Give back to the system the pages of `buf` from `start` (rounded up to a page) on; they read as zeros after."""
+    start = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    if start < len(buf) and hasattr(mmap, "MADV_DONTNEED"):
+        buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)
+
+
+class PackBuffers:
+    """Anonymous maps for packs being filled, kept for the next pack once a pack is written (thread-safe: packs
+    are filled on the caller's thread and written on others). A map's pages are mapped only when written, so a
+    buffer reserves twice the target size but holds only what it was written up to, and a buffer kept for the next
+    pack holds at most `keep_pages` bytes of them (the pack target: a pack overshoots it by up to one 8 MiB blob,
+    and those pages would otherwise stay with the buffer for the rest of the import)."""
+
+    # Free buffers kept. One is what a steady stream of packs needs (a written pack's buffer is taken by the next
+    # pack's first media blob); each more idles with up to 16 MiB of mapped pages through the parts of an import
     # that do not fill packs that fast: with 4 kept a 1.1 GB phone's import peaked 30 MB higher, with 1 as before.
     KEEP = 1
 
@@ -146,9 +172,10 @@ class PackBuffers:
             for i in range(len(self._free) - 1, -1, -1):  # the most recently used first: its pages are warmest
                 if len(self._free[i]) >= size:
                     return self._free.pop(i)
-        return mmap.mmap(-1, size)
+        return anonymous_map(size)
 
-    def give(self, buf: mmap.mmap) -> None:
+    def give(self, buf: mmap.mmap, keep_pages: int) -> None:
+        drop_pages(buf, keep_pages)
         with self._lock:
             self._free.append(buf)
             if len(self._free) > self.KEEP:  # the smallest goes (unmapped once nothing refers to it)
@@ -171,9 +198,12 @@ class PackWriter:
         # The pack as it will be written (no join copy at the end): its own buffer first, then a pooled one.
         self._buf: bytearray | mmap.mmap = bytearray()
         self._size = 0  # bytes of _buf in use
-        self._release: weakref.finalize | None = None  # gives the pooled buffer back when this writer is dropped
+        self._release: weakref.finalize | None = None  # gives the pooled buffer back (written, or dropped)
         self._records = bytearray()  # _RECORD per blob, in the order added
         self.pending: dict[bytes, int] = {}  # blob id -> its record number
+        self._written: str | None = None  # the pack's name once written: its blobs are read from the backend
+        self._full_at = min(TREE_PACK_SIZE, target_size)  # until a data blob comes: then target_size
+        self._lock = threading.Lock()  # `sealed` (the caller's thread) against `finish` giving the buffer back
 
     def __len__(self) -> int:
         return len(self._records) // _RECORD.size
@@ -183,11 +213,12 @@ class PackWriter:
         return self._size
 
     def full(self) -> bool:
-        return self._size >= self._target
+        return self._size >= self._full_at
 
-    def _append(self, data: bytes | bytearray | memoryview) -> None:
+    def _append(self, data: bytes | bytearray | memoryview, pool: bool) -> None:
+        """`pool`: whether this data may move the pack to a pooled buffer (see the module docstring)."""
         end = self._size + len(data)
-        if self._release is None and end <= min(SMALL_PACK, self._target) and len(data) < POOL_BLOB:
+        if self._release is None and (not pool or (end <= min(SMALL_PACK, self._target) and len(data) < POOL_BLOB)):
             self._buf += data  # still its own buffer
             self._size = end
             return
@@ -196,39 +227,51 @@ class PackWriter:
             grown[: self._size] = memoryview(self._buf)[: self._size]
             if self._release is not None:
                 self._release()  # the smaller one back to the pool
-            # Given back when this writer is dropped, not when it is finished: a pack in flight stays readable
-            # (`sealed`) until the blob sink retires it.
-            self._buf, self._release = grown, weakref.finalize(self, _BUFFERS.give, grown)
+            # Given back once the pack is written (`finish`), or when this writer is dropped unwritten.
+            self._buf, self._release = grown, weakref.finalize(self, _BUFFERS.give, grown, self._target)
         self._buf[self._size : end] = data
         self._size = end
 
     def add(self, blob_id: bytes, blob_type: int, sealed: bytes | bytearray, raw_length: int) -> None:
         if len(blob_id) != 32:
             raise ValueError(f"a blob id is 32 bytes, not {len(blob_id)}")
+        if blob_type == DATA:
+            self._full_at = self._target
         self.pending[blob_id] = len(self._records) // _RECORD.size
         self._records += _RECORD.pack(blob_id, blob_type, self._size, len(sealed), raw_length)
-        self._append(sealed)
+        self._append(sealed, blob_type == DATA)
 
     def sealed(self, blob_id: bytes) -> bytes | None:
-        """A blob still in the open pack (readers of a staged snapshot may need it before the pack is written)."""
+        """A blob of this pack, open or in flight (readers of a staged snapshot may need it before the blob sink
+        has the pack's index): from the buffer until the pack is written, then from the backend."""
         pos = self.pending.get(blob_id)
         if pos is None:
             return None
         _bid, _type, offset, length, _raw = _RECORD.unpack_from(self._records, pos * _RECORD.size)
-        return bytes(self._buf[offset : offset + length])
+        with self._lock:
+            if self._written is None:
+                return bytes(self._buf[offset : offset + length])
+        return self._backend.get_range(self._written, offset, length)
 
     def finish(self) -> tuple[str, dict[bytes, BlobLocation]] | None:
         """Write the pack (durable when this returns); returns its id and the locations of its blobs.
-        A writer writes one pack: start a new one for the next (this one stays readable until dropped)."""
+        A writer writes one pack: start a new one for the next (this one stays readable, `sealed`, from the backend).
+        Its buffer goes back at once, not when the writer is dropped: a blob sink keeps a written pack until it
+        retires it at a later hand-off, and with its pages that was one more full pack buffer most of the time."""
         if not self._records:
             return None
         entries = [[bid, typ, off, length, raw] for bid, typ, off, length, raw in _RECORD.iter_unpack(self._records)]
         header = self._key.seal(msgpack.packb([PACK_FORMAT, entries]), HEADER_AD)
-        self._append(header)
-        self._append(TRAILER.pack(len(header), MAGIC, PACK_FORMAT))
+        self._append(header, False)
+        self._append(TRAILER.pack(len(header), MAGIC, PACK_FORMAT), False)
         with memoryview(self._buf) as whole, whole[: self._size] as data:
             pack_id = content_hash(data)
             self._backend.put(pack_name(pack_id), data)
+        with self._lock:
+            self._written = pack_name(pack_id)
+            self._buf = bytearray()
+            if self._release is not None:
+                self._release()
         return pack_id, {e[0]: BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in entries}
 
 
