@@ -37,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from phonevault.store.check import readable_tree, unreadable_files
 from phonevault.store.errors import PathNotFound, PhonevaultError, UnsafePath
 from phonevault.store.projections import SnapshotRecord
 from phonevault.store.repository import ChunkReader, Repository
@@ -124,6 +123,8 @@ def extract(
             del chosen[name]
     plan = _plan(repo, snap, catalog, chosen, Target(dest), overwrite, problems)
     if strict:  # all or nothing: every refusal and every file the vault cannot give back, before a byte is written
+        from phonevault.store.check import unreadable_files  # noqa: PLC0415  (only --strict and damage need check)
+
         bad = unreadable_files(repo, [item.entry for item in plan])
         problems += [
             f"{shown(i.source)}: cannot be read back from the vault ({bad[i.entry.path]})"
@@ -225,6 +226,8 @@ def _plan(
             entry = lookup(snap.tree, stored, repo.get_blob)
         except PhonevaultError as e:  # its folder's tree node is damaged: the fold of the deltas stands in
             if readable is None:
+                from phonevault.store.check import readable_tree  # noqa: PLC0415  (see unreadable_files)
+
                 entries, _lost = readable_tree(repo, repo.view(snap.device_key), snap)
                 readable = {x.path: x for x in entries}
             if (entry := readable.get(stored)) is None:

@@ -1,7 +1,7 @@
-"""A one-photo extract's start-up: the command imports what reading one file of a cached Manifest.db catalog needs,
-not the readers of the older file lists, SQLite's VFS over a sealed image, the writer behind files stored decrypted,
-diff or the exports (each was ~5-15 ms of the one-photo extract's ~0.3 CPU s). Run in a fresh interpreter: pytest's
-own process has imported every module already."""
+"""A one-photo extract's start-up: the command imports what reading one file of a cached Manifest.db catalog
+needs, not the readers of the older file lists, SQLite's VFS over a sealed image, the writer behind files stored
+decrypted, diff, the exports or check (each was ~5-15 ms of the one-photo extract's ~0.3 CPU s). Run in a fresh
+interpreter: pytest's own process has imported every module already."""
 
 from __future__ import annotations
 
@@ -47,5 +47,6 @@ def test_extracting_one_photo_imports_only_the_cached_catalogs_reader(pv, cli_en
         "phonevault.sync.export",
         "phonevault.sync.decrypt_export",
         "phonevault.sync.writeout",
+        "phonevault.store.check",
     }
     assert not modules & unwanted, modules & unwanted
