@@ -19,7 +19,7 @@ fixed when it is handed off. Pack *ids* still differ between two runs because ev
 (store/crypto.py); a pack's blob ids, types, offsets and lengths do not. Written packs are retired in the order
 they were handed off, so `stats.packs` and the snapshot's pack list are in a fixed order too.
 
-Faults: a failed pack write is re-raised in the caller's thread at the next hand-off and again at every `flush()`
+Faults: a failed pack write is re-raised in the caller's thread at the next blob added and again at every `flush()`
 (sticky): a caller that catches an OSError around one source file (an unreadable file is skipped) cannot swallow a
 pack write and go on to commit a snapshot whose blobs were never written. The commit point stays the event segment's
 put_exclusive, which store/writer.py makes only after `flush()` returned.
@@ -28,8 +28,11 @@ Memory bound: (2 open + P in flight) packs, each ≤ TARGET_PACK_SIZE (16 MiB) +
 the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writes`; plus the sealing queue: its
 plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`'s
 data blobs come sealed, `put_sealed`, and never wait in it). On a disk (P = 2): 4 × 16 + 16 = 80 MiB typical,
-≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or in-flight pack, ~130 bytes more (its 57-byte record and its id's entry in
-the pack's `pending` map, store/packs.py): ~13 MiB for the ~100 000 blobs of four packs of small plists.
+≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or
+in-flight pack, ~190 bytes more (its 57-byte record, its id and the id's entry in the pack's `pending` map,
+store/packs.py), and ~500 while its pack is written: a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 3 MB a pack,
+~8 MB more for a moment, whatever the number of files. A written pack is let go at the next blob added, not at the
+next hand-off: otherwise it stayed held, buffer and records, for as long as the next pack took to fill.
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
 `verify_packs` checks that every pack the snapshot depends on still exists.
@@ -54,6 +57,12 @@ MAX_SEALERS = 4
 SEAL_QUEUE_BYTES = 8 << 20  # plaintext waiting for or in sealing: enough to keep the workers busy on 1 MiB chunks
 SEAL_BATCH_BYTES = 256 << 10  # a batch goes to a worker once it holds this much ...
 SEAL_BATCH_BLOBS = 64  # ... or this many blobs (~20 µs of sealing each for a fine chunk: a hand-off costs as much)
+# A pack is handed off at TARGET_PACK_SIZE or at this many blobs, whichever comes first: each blob of an open or
+# in-flight pack costs ~190 bytes (its record, its id and the id's `pending` entry, store/packs.py) and writing the
+# pack ~500 more for a moment (header entries, locations, the cache's sorted puts). A 16 MiB pack of a phone's small
+# plists (~270 sealed bytes each) held ~62 000 blobs: ~12 MB of records while it filled, ~30 MB more while written,
+# and the first such pack came only past ~60 000 files, so a device backup's peak grew with the files up to there.
+PACK_BLOBS = 16_384
 
 Pending = tuple[int, bytes, bytes, bool, bytes | None]  # (blob type, id, plaintext, compress, stored form)
 
@@ -93,11 +102,13 @@ class BlobSink:
         pack_writes: int | None = None,
         sealers: int | None = None,
         pack_size: int = TARGET_PACK_SIZE,
+        pack_blobs: int = PACK_BLOBS,
     ) -> None:
         self.repo = repo
         self.stats = WriteStats()
         self.pack_writes = max(1, pack_writes or getattr(repo.backend, "pack_writes", DEFAULT_PACK_WRITES))
         self._pack_size = pack_size  # smaller only in tests, to make many packs of little data
+        self._pack_blobs = pack_blobs
         self._packs = {DATA: self._new_pack(), TREE: self._new_pack()}
         self._avoid = candidate_packs(repo)  # packs a prune may delete: never dedup against them
         self.reused_packs: set[str] = set()
@@ -222,8 +233,12 @@ class BlobSink:
         self.stats.new_blobs += 1
         self.stats.new_raw += raw_length
         self.stats.new_bytes += len(sealed)
-        if writer.full():
+        if writer.full() or len(writer) >= self._pack_blobs:
             self._hand_off(DATA if blob_type == DATA else TREE)
+        elif self._inflight and self._inflight[0][1].done():
+            # A written pack goes at once, not at the next hand-off: its buffer, records and ids (a full pack's worth)
+            # would otherwise stay held while the next pack fills, however long that takes.
+            self._retire()
 
     def _write_pack(self, writer: PackWriter) -> str | None:
         """On a pack-writing thread: the pack, then its index object, then the cache (the cache is thread-safe)."""
