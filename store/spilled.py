@@ -345,6 +345,10 @@ class SpilledShards:
         return set(self._keys)
 
     def pop(self, shard: str, default=None):
+        # The cache pages the commit's lookups mapped since the last shard (its tree nodes and delta blobs, ~150 KB
+        # a lookup, store/residency.py): a 256-shard commit does not trim otherwise, and at 80 000 files it mapped
+        # ~10 MB of the index, growing with the files.
+        self._tree._cache.trim()
         if shard not in self._keys:
             return default
         self._keys.discard(shard)

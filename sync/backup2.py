@@ -22,9 +22,9 @@ allocated for it (pymobiledevice3 would allocate whatever length the reply claim
 on a malformed reply becomes one typed error of one line.
 
 Memory bound of `backup`: the staged tree spilling, sealed, past SPILL_ENTRIES entries (store/spilled.py: that many
-entries, one shard merged, a 2 MiB Bloom filter), the writer's packs (store/writer.py, store/blobsink.py: ~37 MB
-of pack buffers once the first 16 MiB pack is written), the cache's index pages mapped by ≤ TRIM_LOOKUPS blob
-lookups (~150 KB each), and once committed the catalog's parse of the Manifest.db (one shard of rows, SQLite's page
+entries, one shard merged, a 2 MiB Bloom filter), the writer's packs (store/writer.py, store/blobsink.py: a pack
+of small plists is cut at PACK_BLOBS blobs, ~4 MB, and let go once written), the cache's index pages mapped by
+≤ TRIM_LOOKUPS blob lookups (~150 KB each; at the commit, by one shard's, store/spilled.py), and once committed the catalog's parse of the Manifest.db (one shard of rows, SQLite's page
 cache and a few sealed blocks of the image SQLite reads, sync/sealeddb.py); none of it grows with the number of
 files. An incremental backup starts from the parent's shards, each read from the vault when the spilling tree needs
 it. Not yet bounded: a backup stored decrypted lists every staged entry once (sync/decrypted.py), and an encrypted
