@@ -3,7 +3,7 @@
 Known ids cost a cache lookup; new blobs are sealed (zstd + AES-GCM, store/packs.py) into the open pack of their
 kind (data, or tree and delta). A full pack is handed to a bounded pool of pack-writing threads (pack, fsync or
 upload, index object, cache) while the caller goes on; how many run at once is the backend's `pack_writes` (a disk
-2, S3 4: each upload is a round trip that several in flight hide).
+1, S3 4: each upload is a round trip that several in flight hide).
 
 Sealing (zstd + AES-GCM, both of which release the GIL) runs on `sealers` worker threads (default: one per core,
 at most MAX_SEALERS; none on one core) while the caller chunks and hashes the next blobs. Small blobs go to a worker
@@ -27,8 +27,8 @@ put_exclusive, which store/writer.py makes only after `flush()` returned.
 Memory bound: (2 open + P in flight) packs, each ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B,
 the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writes`; plus the sealing queue: its
 plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`'s
-data blobs come sealed, `put_sealed`, and never wait in it). On a disk (P = 2): 4 × 16 + 16 = 80 MiB typical,
-≤ 4 × 24 + 32 = 128 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or
+data blobs come sealed, `put_sealed`, and never wait in it). On a disk (P = 1): 3 × 16 + 16 = 64 MiB typical,
+≤ 3 × 24 + 32 = 104 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or
 in-flight pack, ~190 bytes more (its 57-byte record, its id and the id's entry in the pack's `pending` map,
 store/packs.py), and ~500 while its pack is written: a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 3 MB a pack,
 ~8 MB more for a moment, whatever the number of files. A written pack is let go at the next blob added, not at the

@@ -361,9 +361,10 @@ def test_cli_prune_grace_0_while_an_import_runs_holds_its_packs(pv, cli_env, tmp
     folder = SyntheticPhone(seed=11, size=2 << 20).write_backup(tmp_path / "src")
     big = folder / "ff" / ("ff" + "0" * 38)
     big.parent.mkdir(exist_ok=True)
-    # 72 MiB: with 2 packs in flight (a disk's pack_writes) the third full pack's hand-off (48 MiB sealed, so at
-    # most 66 MiB read, behind a 10 MiB chunker buffer and an 8 MiB sealing queue) waits until the first pack and
-    # its index are written, with 6 MiB or more of reads (progress calls) to come. 40 MiB left it to thread timing.
+    # 72 MiB: with 1 pack in flight (a disk's pack_writes) the second full pack's hand-off (32 MiB sealed, so at
+    # most 50 MiB read, behind a 10 MiB chunker buffer and an 8 MiB sealing queue) waits until the first pack and
+    # its index are written, with 22 MiB or more of reads (progress calls) to come; at 2 in flight (the memory
+    # backend's) 6 MiB were left. 40 MiB left it to thread timing.
     with open(big, "wb") as f:
         for _ in range(72):
             f.write(os.urandom(1 << 20))
