@@ -75,20 +75,6 @@ def test_a_blob_past_twice_the_target_grows_the_buffer():
     check_pack(pack_id, data, blobs)
 
 
-def test_a_finished_pack_stays_readable_while_another_fills():
-    rnd, backend = random.Random(2), MemoryBackend()
-    first = PackWriter(backend, KEY, POOL_BLOB)
-    kept = [blob(rnd, 3 * POOL_BLOB // 2), blob(rnd, 100)]
-    for blob_id, sealed in kept:
-        first.add(blob_id, DATA, sealed, 0)
-    first.finish()  # in flight: a blob sink still reads it until it retires it
-    second = PackWriter(backend, KEY, POOL_BLOB)
-    for blob_id, sealed in [blob(rnd, 3 * POOL_BLOB // 2), blob(rnd, 7)]:
-        second.add(blob_id, DATA, sealed, 0)
-    for blob_id, sealed in kept:
-        assert first.sealed(blob_id) == bytes(sealed)
-
-
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 2**32), st.sampled_from([0, 1, 15, 16, 17, SEAL_IN_PLACE - 1, SEAL_IN_PLACE, 3 << 20]))
 def test_seal_flagged_is_seal_of_the_joined_bytes(seed, n):
