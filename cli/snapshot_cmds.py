@@ -338,7 +338,7 @@ def extract(
 
 def _print_extracted(done: list) -> None:
     for x in done:
-        out.print(f"{shown(x.source)} -> {shown(str(x.path))} ({human(x.size)})", markup=False)
+        click.echo(f"{shown(x.source)} -> {shown(str(x.path))} ({human(x.size)})")  # as it is: no rich, no wrapping
 
 
 @click.command()

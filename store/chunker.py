@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
-from pyfastcdc import FastCDC
 
 from .packs import anonymous_map
 
@@ -105,6 +104,8 @@ class StreamChunker:
     FEED_ROOM (10 MiB for coarse), compacted in place, and each chunk copied out of it once."""
 
     def __init__(self, profile: ChunkProfile) -> None:
+        from pyfastcdc import FastCDC  # here, not at the top: reading a vault (extract, export) never cuts
+
         self._cdc = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
         # Cut once a full max-size chunk plus some slack is buffered: every chunk but the last is then final, and the
         # first always is (no chunk is longer than max_size). One average chunk of slack, not two: a media file's
@@ -171,5 +172,7 @@ def chunk_bytes(data: bytes, profile: ChunkProfile) -> list[bytes]:
     made = _cutters.__dict__
     cdc = made.get(profile)
     if cdc is None:
+        from pyfastcdc import FastCDC
+
         cdc = made[profile] = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
     return [bytes(c.data) for c in cdc.cut_buf(data)]

@@ -1,6 +1,6 @@
 """A one-photo extract's start-up: the command imports what reading one file of a cached Manifest.db catalog
 needs, not the readers of the older file lists, SQLite's VFS over a sealed image, the writer behind files stored
-decrypted, diff, the exports or check (each was ~5-15 ms of the one-photo extract's ~0.3 CPU s). Run in a fresh
+decrypted, diff, the exports, check, rich or the chunker's FastCDC (each was ~5-15 ms of the one-photo extract's ~0.3 CPU s). Run in a fresh
 interpreter: pytest's own process has imported every module already."""
 
 from __future__ import annotations
@@ -48,5 +48,7 @@ def test_extracting_one_photo_imports_only_the_cached_catalogs_reader(pv, cli_en
         "phonevault.sync.decrypt_export",
         "phonevault.sync.writeout",
         "phonevault.store.check",
+        "rich",  # cli/render.py makes its consoles on first use
+        "pyfastcdc",  # only a writer cuts chunks
     }
     assert not modules & unwanted, modules & unwanted
