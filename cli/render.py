@@ -77,13 +77,15 @@ def progress(description: str, total: int | None) -> Iterator:
     48.0 MiB)`, which is also what scripts and tests can wait for. The lines are written as they are (no rich: a
     name is never taken for markup or an emoji code, and a short command does not import it)."""
     if not sys.stderr.isatty():
+        from phonevault.sync.paths import shown  # a folder's name may hold terminal escapes (rich stripped them)
+
         step = [0]  # the last 10 % step printed
 
         def line(done: int, total_now: int | None = None) -> None:
             known = total_now if total_now is not None else total
             if known and (s := min(10, done * 10 // known)) > step[0]:
                 step[0] = s
-                click.echo(f"{description}: {s * 10} % ({human(done)} of {human(known)})", err=True)
+                click.echo(f"{shown(description)}: {s * 10} % ({human(done)} of {human(known)})", err=True)
 
         yield line
         return
