@@ -42,7 +42,7 @@ from .events import open_segment, parse_segment_name
 from .index import decode_index, index_name
 from .packs import BlobLocation, open_blob, pack_name, parse_header
 from .projections import DeviceView, SnapshotRecord, fold_state, lineage
-from .repository import TRIM_LOOKUPS, Repository  # noqa: F401  (TRIM_LOOKUPS: sync/sealeddb.py imports it here)
+from .repository import Repository
 from .spool import ShardSpool
 from .trees import FileEntry, apply_delta, decode_root, decode_shard, read_root, shard_of
 

@@ -8,9 +8,10 @@ rollback mode (1), as opening the stored file's bytes in memory did: a Manifest.
 -wal. Opening fires the audit event `phonevault.sealed_sqlite.open` (the moment the image is on disk, sealed).
 
 Memory: SQLite's page cache (CACHE_KIB) and the image's opened blocks (store/sealedimage.py), whatever the size of
-the Manifest.db; nothing grows with its rows. Spilling it looks up each of its chunks in the cache, whose pages are
-unmapped every TRIM_LOOKUPS chunks (store/residency.py): a 160 000-file phone's Manifest.db is thousands of chunks,
-and each lookup maps ~150 KB of the index (the kernel's fault-around), 47 MB of it by the end of the spill.
+the Manifest.db; nothing grows with its rows. Spilling it looks up each of its chunks in the cache, whose pages
+`Repository.locate_needed` unmaps every TRIM_LOOKUPS lookups (store/repository.py): a 160 000-file phone's
+Manifest.db is thousands of chunks, and each lookup maps ~150 KB of the index (the kernel's fault-around), 47 MB of
+it by the end of the spill.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from contextlib import contextmanager
 
 import apsw
 
-from phonevault.store.check import TRIM_LOOKUPS
 from phonevault.store.errors import CorruptObject
 from phonevault.store.repository import Repository
 from phonevault.store.sealedimage import SealedImage
@@ -196,9 +196,7 @@ class SealedManifest:
 def sealed_manifest(repo: Repository, entry: FileEntry) -> Iterator[SealedManifest]:
     """A stored Manifest.db spilled to a sealed image, chunk by chunk, for the duration of the block."""
     with SealedImage(repo.cache) as image:
-        for n, chunk in enumerate(repo.read_file(entry), 1):
-            if n % TRIM_LOOKUPS == 0:  # the cache pages the last chunks' lookups mapped (store/residency.py)
-                repo.cache.trim()
+        for chunk in repo.read_file(entry):  # its lookups unmap the cache's pages as they go (locate_needed)
             if image.size + len(chunk) > entry.size:
                 raise CorruptObject(entry.path, f"longer than the {entry.size} bytes its tree entry records")
             image.write(chunk)

@@ -250,7 +250,8 @@ class ReadAhead:
         ids = {c for e in batch if self._wanted(e) for c in e.chunks}  # a chunk many files share: located once
         out = []
         for i, bid in enumerate(ids, 1):
-            if i % TRIM_LOOKUPS == 0:  # each page fault maps ~64 KiB of the cache: unmap as it goes (check.py)
+            # Each page fault maps ~64 KiB of the cache: unmap as it goes (store/residency.py).
+            if i % TRIM_LOOKUPS == 0:
                 self._repo.cache.trim()
             if (loc := self._repo.cache.lookup(bid)) is not None:  # a miss: `take` reloads the index, or names it
                 out.append((bid, loc))
