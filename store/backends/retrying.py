@@ -14,14 +14,22 @@ have no effect. put_exclusive is the one subtle case: a try that failed in trans
 before the connection broke, so the next try meets ObjectExists for its own write. After a failed try, an
 ObjectExists is therefore checked by reading the object back: the same bytes (a sealed object carries a random
 nonce, so no other writer's are equal) mean this call created it, and it returns as a success; other bytes are
-another writer's win, ObjectExists. `retries` counts the tries repeated, for reports; `list` is gathered whole so
-that a failure halfway is retried from the start rather than yielding names twice.
+another writer's win, ObjectExists. `list` is gathered whole so that a failure halfway is retried from the start
+rather than yielding names twice.
+
+Counts, for reports: `calls` (calls made through the wrapper) and `retries` (tries repeated after a transient
+failure). A process cannot show them otherwise (its output is the command's), so with PHONEVAULT_RETRY_LOG=FILE each
+wrapper appends one JSON line to FILE when it is closed: {"pid", "location", "calls", "retries"} (one O_APPEND write
+of < 4 KiB, so the lines of processes closing at once do not interleave). A process killed before it closes its
+vault writes none. `benchmarks/s3_writers.py` sums them over the processes of a multi-writer run.
 """
 
 from __future__ import annotations
 
 import errno as errnos
+import json
 import logging
+import os
 import random
 import threading
 import time
@@ -35,6 +43,7 @@ T = TypeVar("T")
 ATTEMPTS = 8
 BASE_DELAY = 0.1
 MAX_DELAY = 5.0
+RETRY_LOG = "PHONEVAULT_RETRY_LOG"
 TRANSIENT_ERRNOS = frozenset({errnos.ECONNRESET, errnos.ETIMEDOUT, errnos.EAGAIN, errnos.EBUSY})
 
 log = logging.getLogger("phonevault.store.retrying")
@@ -67,8 +76,12 @@ class RetryingBackend:
         self._sleep = sleep
         self._lock = threading.Lock()
         self.retries = 0  # tries repeated after a transient failure, over every call
+        self.calls = 0  # calls made through the wrapper, each once however often it was tried
+        self._reported = False
 
     def _retry(self, what: str, name: str, call: Callable[[], T], *, on_retry: Callable[[], None] | None = None) -> T:
+        with self._lock:  # a lock per call is nothing beside the request it wraps
+            self.calls += 1
         for attempt in range(1, self.attempts + 1):
             try:
                 return call()
@@ -124,4 +137,19 @@ class RetryingBackend:
         return self._retry("free_space", "", self.inner.free_space)
 
     def close(self) -> None:
-        self.inner.close()
+        try:
+            self._report()
+        finally:
+            self.inner.close()
+
+    def _report(self) -> None:
+        path = os.environ.get(RETRY_LOG)
+        if not path or self._reported:
+            return
+        self._reported = True
+        line = {"pid": os.getpid(), "location": self.location, "calls": self.calls, "retries": self.retries}
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(fd)

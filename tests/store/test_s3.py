@@ -5,6 +5,7 @@ and the retrying wrapper around it (faults injected by FaultyBackend between the
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from phonevault.store.backends import open_backend
 from phonevault.store.backends import s3 as s3mod
 from phonevault.store.backends.faulty import Fail, FaultyBackend
-from phonevault.store.backends.retrying import RetryingBackend
+from phonevault.store.backends.memory import MemoryBackend
+from phonevault.store.backends.retrying import RETRY_LOG, RetryingBackend
 from phonevault.store.backends.s3 import PART_SIZE, PROBE, S3Backend, S3Location, parse_location
 from phonevault.store.errors import (
     BucketNotFound,
@@ -178,6 +180,29 @@ def test_a_put_exclusive_whose_answer_was_lost_is_a_success(seaweed: Seaweed) ->
     with pytest.raises(ObjectExists):
         b.put_exclusive("events/d/0000000002", b"this writer's segment")
     assert b.retries == 1
+
+
+def test_the_retry_log_holds_one_line_per_closed_wrapper(tmp_path, monkeypatch) -> None:
+    """PHONEVAULT_RETRY_LOG: closing a wrapper appends its counts, once; without the variable nothing is written.
+    (A memory backend behind the faults: the counting does not depend on the server.)"""
+    log = tmp_path / "retries.jsonl"
+    rules = [Fail("put", nth=n, errno=errno.ECONNRESET) for n in (1, 2)]
+    b = RetryingBackend(FaultyBackend(MemoryBackend(), rules), sleep=_Waits())
+    b.put("packs/00/p", b"pack")
+    assert b.get("packs/00/p") == b"pack" and not b.exists("config")
+    b.close()
+    assert not log.exists()
+
+    monkeypatch.setenv(RETRY_LOG, str(log))
+    b = RetryingBackend(FaultyBackend(MemoryBackend(), rules), sleep=_Waits())
+    b.put("packs/00/p", b"pack")
+    b.get("packs/00/p")
+    with pytest.raises(MissingObject):
+        b.get("config")
+    b.close()
+    b.close()
+    (line,) = log.read_text().splitlines()
+    assert json.loads(line) == {"pid": os.getpid(), "location": "memory:", "calls": 3, "retries": 2}
 
 
 def test_a_large_object_goes_up_in_parts_and_reads_back_whole(seaweed: Seaweed, monkeypatch) -> None:
