@@ -113,6 +113,26 @@ class Seaweed:
                 self.proc.wait()
 
 
+def isolated_ports(directory: Path) -> tuple[int, list[str]]:
+    """A free S3 port, and the flags that give every other listener of `weed server` a free port and its Unix
+    sockets a place under `directory`: its defaults (9333, 8080, 8888, their gRPC ports, sockets in /tmp named by
+    port) would clash with any other SeaweedFS on the machine."""
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
+    return s3, [
+        f"-master.port={master}",
+        f"-master.port.grpc={master_grpc}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_grpc}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_grpc}",
+        f"-filer.localSocket={directory}/filer.sock",
+        f"-s3.port.grpc={s3_grpc}",
+        f"-s3.localSocket={directory}/s3.sock",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
+
+
 def start_seaweedfs(
     directory: Path, *, bucket: str = BUCKET, deadline: float = START_DEADLINE, volume_mb: int = 64
 ) -> Seaweed:
@@ -129,31 +149,21 @@ def start_seaweedfs(
     identity = {"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
     identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]
     config.write_text(json.dumps({"identities": [identity]}))
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
+    s3, ports = isolated_ports(directory)
     args = [
         weed,
         "server",
         f"-dir={data}",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
-        f"-master.port={master}",
-        f"-master.port.grpc={master_grpc}",
         "-master.telemetry=false",
         f"-master.volumeSizeLimitMB={volume_mb}",
         "-volume.max=0",
-        f"-volume.port={volume}",
-        f"-volume.port.grpc={volume_grpc}",
         "-volume.preStopSeconds=0",
         "-filer",
-        f"-filer.port={filer}",
-        f"-filer.port.grpc={filer_grpc}",
-        f"-filer.localSocket={directory}/filer.sock",
         "-s3",
         f"-s3.port={s3}",
-        f"-s3.port.grpc={s3_grpc}",
-        f"-s3.localSocket={directory}/s3.sock",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
+        *ports,
         f"-s3.config={config}",
     ]
     log = directory / "weed.log"

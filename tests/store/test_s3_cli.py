@@ -5,6 +5,7 @@ writing into one bucket at once (separate caches, two devices, two writers of on
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from phonevault.sync.emulator.phone import SyntheticPhone
 from tests.conftest import js
-from tests.seaweed import Seaweed, free_ports
+from tests.seaweed import Seaweed, free_ports, isolated_ports
 from tests.sync.test_mobilesync import tree_digest
 
 DEADLINE = 600  # seconds any one command may take here before it is a failure
@@ -156,3 +157,55 @@ def test_several_machines_write_into_one_bucket_at_once(pv, s3_env, tmp_path) ->
         out = tmp_path / "export" / s["id"]
         pv("export", s["id"][:8], "--to", str(out), env=machine(6), check=True)
         assert tree_digest(out / s["device"]) == expected[s["device"]], s["device"]
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+WEED_LINE_END = "-ip.bind=127.0.0.1 > ~/seaweedfs/log"  # where the test gives weed's other listeners free ports
+
+
+def readme_s3_block() -> str:
+    """The shell block of README.md's "Vault on S3" section, as a reader copies it."""
+    text = README.read_text()
+    section = text[text.index("\n## Vault on S3\n") :]
+    section = section[: section.index("\n## ", 1)]
+    return section.split("```bash\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_readme_s3_walkthrough_runs_as_written(tmp_path) -> None:
+    """README's "Vault on S3" block, run by bash as a new user would paste it, in a fresh HOME with no phonevault,
+    AWS or usbmuxd variables: SeaweedFS started with one command, a vault initialised on it, two emulated iPhones
+    backed up at once by two processes with their own caches, the result browsed, the vault copied to a local
+    folder under its own password and checked there with --read-data. Only what must differ on a shared machine is
+    changed: the ports (8333, 27015, 27016 and, appended to the weed command, every other listener of weed's) and
+    the path of .venv/bin. So the README cannot rot: a step that fails fails this test."""
+    block = readme_s3_block()
+    assert WEED_LINE_END in block and block.count("8333") >= 2, "the README's weed line changed: update this test"
+    s3, flags = isolated_ports(tmp_path / "weed")
+    emulator_ports = free_ports(2)
+    script = block.replace(WEED_LINE_END, WEED_LINE_END.replace(" >", f" {' '.join(flags)} >"))
+    script = script.replace("8333", str(s3)).replace("27015", str(emulator_ports[0]))
+    script = script.replace("27016", str(emulator_ports[1])).replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    (tmp_path / "weed").mkdir()
+    (tmp_path / "walk.sh").write_text("set -euo pipefail\n" + script + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PHONEVAULT", "AWS_", "USBMUXD"))}
+    env.update(HOME=str(tmp_path / "home"), COLUMNS="250")
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with open(out, "w") as o, open(err, "w") as e:
+        # Its own session: the script's background jobs (weed, the emulators) share its process group, all
+        # killed below whatever happens; the README's last line only asks them to stop.
+        p = subprocess.Popen(["bash", str(tmp_path / "walk.sh")], env=env, stdout=o, stderr=e, start_new_session=True)
+        try:
+            code = p.wait(DEADLINE)
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    said = out.read_text()
+    assert code == 0, (code, said, err.read_text()[-3000:])
+    assert "created vault" in said and "created vault" in err.read_text()  # the vault on S3, then its copy
+    for phone in ("Radia’s iPhone", "Margaret’s iPhone"):
+        assert f"{phone}: snapshot" in said, said
+    assert "CameraRollDomain/" in said and "2 snapshot(s) copied" in said
+    assert "no errors: 2 device(s), 2 snapshot(s)" in said, said
