@@ -71,6 +71,18 @@ def test_the_first_contact_errors_are_one_line_each(pv, s3_env, seaweed: Seaweed
     _one_line(pv("snapshots", env=dict(s3_env, PHONEVAULT_REPO="s3:bucket/v")), 1, "s3:http://HOST:PORT/BUCKET")
 
 
+def test_each_command_appends_its_request_and_retry_counts_to_the_retry_log(pv, s3_env, tmp_path) -> None:
+    """PHONEVAULT_RETRY_LOG through the real command (benchmarks/s3_writers.py sums these lines): one line per
+    process that opened the vault, naming it, with the calls it made; none repeated on a healthy server."""
+    log = tmp_path / "retries.jsonl"
+    env = dict(s3_env, PHONEVAULT_RETRY_LOG=str(log))
+    pv("init", env=env, check=True)
+    pv("snapshots", env=env, check=True)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) == 2 and len({x["pid"] for x in lines}) == 2
+    assert all(x["location"] == s3_env["PHONEVAULT_REPO"] and x["calls"] > 0 and x["retries"] == 0 for x in lines)
+
+
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen:
     exe = str(Path(sys.executable).with_name("phonevault"))
     return subprocess.Popen([exe, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
