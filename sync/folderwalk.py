@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from array import array
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -49,34 +51,84 @@ class Stat:
         return cls(st.st_size, st.st_mode, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def walk(folder: Path) -> Iterator[tuple[str, list[tuple[str, Stat]], list[tuple[str, Stat]]]]:
+Listing = tuple[str, list[tuple[str, Stat]], list[tuple[str, Stat]]]  # (shard, files and other entries, empty dirs)
+
+
+def walk(folder: Path, pool: ThreadPoolExecutor | None = None, ahead: int = 0) -> Iterator[Listing]:
     """(shard, its regular files and other entries, its empty directories) per shard, paths relative to `folder`,
     sorted within a shard; shards in sorted order, the top level ("", which also holds an empty top-level folder:
-    store/trees.py `shard_of`) last. Lazy: one shard's listing is held at a time."""
-    top: tuple[list, list] = ([], [])
-    shard, files, empty_dirs = "", [], []
-    for dirpath, dirs, names in os.walk(folder):
-        # os.walk lists a symbolic link to a folder among the folders and never enters it: list it as the
-        # non-regular file it is, so the import names it instead of dropping it without a word.
-        for link in [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            dirs.remove(link)
-            names.append(link)
+    store/trees.py `shard_of`) last. Lazy: with a `pool`, the next `ahead` shards are listed on its threads while
+    the caller takes this one (at most `ahead` + 1 shards' listings held); without, one at a time here.
+
+    Why several shards at once: on a cold page cache each lstat reads its inode from the disk, one at a time, and an
+    unchanged re-import waited on those reads (~10 s of 300 000 files listed one shard at a time, 4 folders at once
+    ~2/3 of that: the disk serves several reads at once). Folders are listed independently, so in any order."""
+    top_files: list[tuple[str, Stat]] = []
+    top_empty: list[tuple[str, Stat]] = []
+    folders: list[str] = []
+    for _dirpath, dirs, names in os.walk(folder):  # the top level only: its folders are listed one by one below
+        _links_are_files(folder, dirs, names)
+        folders = sorted(dirs)
+        for name in sorted(names):
+            top_files.append((name, Stat.of(os.lstat(os.path.join(folder, name)))))
+        break
+    if pool is None:
+        listed: Iterator[tuple[Listing, tuple[str, Stat] | None] | None] = (_walk_shard(folder, n) for n in folders)
+    else:
+        listed = _in_order(pool, folders, folder, ahead)
+    for got in listed:
+        if got is not None:
+            shard, empty_top = got
+            if empty_top is not None:
+                top_empty.append(empty_top)
+            yield shard
+    yield "", top_files, sorted(top_empty)
+
+
+def _links_are_files(dirpath: str | Path, dirs: list[str], names: list[str]) -> None:
+    """os.walk lists a symbolic link to a folder among the folders and never enters it: list it as the non-regular
+    file it is, so the import names it instead of dropping it without a word."""
+    for link in [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+        dirs.remove(link)
+        names.append(link)
+
+
+def _walk_shard(folder: Path, name: str) -> tuple[Listing, tuple[str, Stat] | None] | None:
+    """One top-level folder's listing, and the folder itself if it is empty (the top level's empty folder); None if
+    it cannot be listed (os.walk skips such a folder, as the whole-folder walk did)."""
+    files: list[tuple[str, Stat]] = []
+    empty_dirs: list[tuple[str, Stat]] = []
+    empty_top: tuple[str, Stat] | None = None
+    seen = False
+    for dirpath, dirs, names in os.walk(os.path.join(folder, name)):
+        seen = True
+        _links_are_files(dirpath, dirs, names)
         dirs.sort()
         rel_dir = os.path.relpath(dirpath, folder).replace(os.sep, "/")
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        here = rel_dir.partition("/")[0] if prefix else ""
-        if here != shard and shard:
-            yield shard, files, empty_dirs
-            files, empty_dirs = [], []
-        shard = here
-        into = top if not shard else (files, empty_dirs)
-        if not dirs and not names and prefix:
-            (top if "/" not in rel_dir else into)[1].append((rel_dir, Stat.of(os.stat(dirpath))))
-        for name in sorted(names):
-            into[0].append((prefix + name, Stat.of(os.lstat(os.path.join(dirpath, name)))))
-    if shard:
-        yield shard, files, empty_dirs
-    yield "", top[0], sorted(top[1])
+        if not dirs and not names:
+            if "/" in rel_dir:
+                empty_dirs.append((rel_dir, Stat.of(os.stat(dirpath))))
+            else:
+                empty_top = (rel_dir, Stat.of(os.stat(dirpath)))
+        for entry in sorted(names):
+            files.append((rel_dir + "/" + entry, Stat.of(os.lstat(os.path.join(dirpath, entry)))))
+    return ((name, files, empty_dirs), empty_top) if seen else None
+
+
+def _in_order(pool: ThreadPoolExecutor, folders: list[str], folder: Path, ahead: int) -> Iterator:
+    """`_walk_shard` of each folder on `pool`, `ahead` submitted beyond the one taken, handed back in order."""
+    pending: deque = deque()
+    names = iter(folders)
+    try:
+        while True:
+            while len(pending) < max(ahead, 1) and (name := next(names, None)) is not None:
+                pending.append(pool.submit(_walk_shard, folder, name))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 class Total:
@@ -202,18 +254,56 @@ class ReadAhead:
             self.next += 1
 
 
-def walk_ahead(
-    folder: Path, pool: ThreadPoolExecutor
-) -> Iterator[tuple[str, list[tuple[str, Stat]], list[tuple[str, Stat]]]]:
-    """`walk`, listing the next shard on a thread of `pool` while the caller stages this one: its lstat calls then
-    do not give up the caller's hold on the GIL (each took longer to get back than to run: 2 of 20 s of a
-    120 000-file import). Holds at most two shards' listings."""
-    shards = walk(folder)
-    done = object()
-    pending = pool.submit(next, shards, done)
-    while (got := pending.result()) is not done:
-        pending = pool.submit(next, shards, done)
-        yield got
+class FileAhead:
+    """Has the kernel read a file into the page cache in the background, from a thread of its own (posix_fadvise
+    WILLNEED queues the reads, and can wait for room in the disk's queue meanwhile), up to LIMIT bytes.
+
+    For the local cache's data.mdb at the start of an import: LMDB maps it with MADV_RANDOM (store/cache.py opens it
+    without readahead), so on a cold page cache every 4 KiB page of a value faults alone, and py-lmdb copies a value
+    out of the map holding the GIL: an unchanged re-import's stat-cache folders and cached catalog shards (~100-250
+    KB each at 300 000 files) cost one synchronous disk read per page while no other thread of the import ran,
+    about half the main thread's time on the cold 300 000-file folder (py-spy --idle). Read ahead, the file's pages
+    come in large sequential reads and the faults find them. Costs the disk one read of the file (its first LIMIT
+    bytes) and no memory of this process (page cache, not mapped). A no-op where posix_fadvise does not exist."""
+
+    LIMIT = 2 << 30
+    STEP = 2 << 20  # Linux reads at most its read-ahead size (here 2 MiB) per advice, so the file is advised in steps
+
+    def __init__(self, path: Path) -> None:
+        self._thread: threading.Thread | None = None
+        if hasattr(os, "posix_fadvise"):
+            self._thread = threading.Thread(target=self._advise, args=(path,), name="file-ahead", daemon=True)
+            self._thread.start()
+
+    def _advise(self, path: Path) -> None:
+        with suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for at in range(0, min(os.fstat(fd).st_size, self.LIMIT), self.STEP):
+                    os.posix_fadvise(fd, at, self.STEP, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> FileAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+WALKERS = 4  # shards listed at once by an import (its walker pool's threads)
+
+
+def walk_ahead(folder: Path, pool: ThreadPoolExecutor, ahead: int = WALKERS) -> Iterator[Listing]:
+    """`walk`, listing the next shards on the threads of `pool` (one shard each) while the caller stages this one:
+    their lstat calls then do not give up the caller's hold on the GIL (each took longer to get back than to run: 2
+    of 20 s of a 120 000-file import), and a cold disk reads several folders' inodes at once. Holds at most
+    `ahead` + 1 shards' listings (`pool` should have `ahead` threads)."""
+    return walk(folder, pool, ahead)
 
 
 def default_locations() -> list[Path]:

@@ -9,7 +9,7 @@ by one in the blob index (`_inherit_shard`); a Manifest.db the stat cache knows,
 not parsed again: the folder is compared with the cached shards (catalogcache.CachedListing).
 
 Memory: import holds one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache
-and the one after it being listed, its staged entries, the parent's same shard while they are diffed, its
+and the next four being listed (folderwalk.WALKERS), its staged entries, the parent's same shard while they are diffed, its
 Manifest.db rows: sync/catalogshards.py), ≤ 8 MiB of small files read ahead across this shard and the next (by a
 child process, ~20 MB of its own: sync/smallreads.py), one delta group and two packs; the cache's pages are unmapped
 after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3) keeps every file at the top level, one
@@ -53,6 +53,8 @@ from .dates import INFO_PLIST, MANIFEST_PLIST, STATUS_PLIST, date_backup
 from .decrypted import Decrypting, decrypted_meta, decrypting_folder
 from .encrypted import BackupPassword
 from .errors import BackupFolderInvalid, ManifestInvalid
+from .folderwalk import WALKERS as _WALKERS
+from .folderwalk import FileAhead as _FileAhead
 from .folderwalk import Present as _Present
 from .folderwalk import ReadAhead as _ReadAhead
 from .folderwalk import Stat as _Stat
@@ -227,14 +229,15 @@ def import_folder(
     """`store_decrypted`: an encrypted iOS 10.2+ folder is stored decrypted (sync/decrypted.py), its password
     checked before anything is stored."""
     folder = folder.resolve()
-    fm = read_folder_meta(folder, repo)
-    if store_decrypted is not None and fm.encrypted:
-        fm.decrypt = decrypting_folder(folder, fm.meta.layout, store_decrypted, fm.problems)
-    try:
-        return _import(repo, folder, fm, progress)
-    finally:
-        if fm.catalog is not None:
-            fm.catalog.close()
+    with _FileAhead(repo.cache.path / "data.mdb"):  # the stat cache and cached catalog, read in large reads
+        fm = read_folder_meta(folder, repo)
+        if store_decrypted is not None and fm.encrypted:
+            fm.decrypt = decrypting_folder(folder, fm.meta.layout, store_decrypted, fm.problems)
+        try:
+            return _import(repo, folder, fm, progress)
+        finally:
+            if fm.catalog is not None:
+                fm.catalog.close()
 
 
 def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress | None) -> ImportResult:
@@ -245,7 +248,7 @@ def _import(repo: Repository, folder: Path, fm: FolderMeta, progress: Progress |
             repo.cache.spool() as new_stat,
             repo.cache.spool() as listed,
             _ReaderProcess() as readers,
-            ThreadPoolExecutor(1, "import-walk") as walker,
+            ThreadPoolExecutor(_WALKERS, "import-walk") as walker,
         ):
             streamed = isinstance(fm.catalog, (ManifestStream, CachedListing))
             listing = FolderCompare(fm.catalog, listed, str(folder)) if streamed else None
