@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,21 @@ def readme_s3_block() -> str:
     return section.split("```bash\n", 1)[1].split("\n```", 1)[0]
 
 
+STOP_DEADLINE = 120  # seconds for SeaweedFS's graceful stop (~15 s) and the emulators' after the README's kill
+
+
+def _group_gone(pgid: int, deadline: float) -> bool:
+    """Whether every process of the group has exited within `deadline` seconds (polled: no event says so)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)  # between polls of the condition
+    return False
+
+
 def test_the_readme_s3_walkthrough_runs_as_written(tmp_path) -> None:
     """README's "Vault on S3" block, run by bash as a new user would paste it, in a fresh HOME with no phonevault,
     AWS or usbmuxd variables: SeaweedFS started with one command, a vault initialised on it, two emulated iPhones
@@ -208,6 +224,7 @@ def test_the_readme_s3_walkthrough_runs_as_written(tmp_path) -> None:
         p = subprocess.Popen(["bash", str(tmp_path / "walk.sh")], env=env, stdout=o, stderr=e, start_new_session=True)
         try:
             code = p.wait(DEADLINE)
+            stopped = _group_gone(p.pid, STOP_DEADLINE)  # the README's `kill $(jobs -p)` reached every job
         finally:
             try:
                 os.killpg(p.pid, signal.SIGKILL)
@@ -221,3 +238,4 @@ def test_the_readme_s3_walkthrough_runs_as_written(tmp_path) -> None:
         assert f"{phone}: snapshot" in said, said
     assert "CameraRollDomain/" in said and "2 snapshot(s) copied" in said
     assert "no errors: 2 device(s), 2 snapshot(s)" in said, said
+    assert stopped, "SeaweedFS or an emulator outlived the README's last line"
