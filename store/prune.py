@@ -186,10 +186,17 @@ class LiveSet:
         self._nodes: set[bytes] = set()
 
     def update(self, repo: Repository) -> None:
+        views = []
         for key in repo.device_keys():
-            view = repo.view(key, refresh=True)
+            views.append(view := repo.view(key, refresh=True))
             if damage := repo.damaged_segments(key):
                 raise LogUnreadable(damage)
+        if any(snap.id not in self._trees for view in views for snap in view.live()):
+            # A commit read above wrote its index objects before it: listing them now locates its trees. Without
+            # it, a second commit made during one prune was "not in any index" (Repository.locate_needed reloads
+            # the index once per repository, for a damaged cache).
+            repo.sync_index()
+        for view in views:
             for snap in view.live():
                 if snap.id not in self._trees:
                     self._trees.add(snap.id)

@@ -55,6 +55,7 @@ CONFIG_FORMAT = 1
 MERGE_GAP = 64 << 10  # read through a gap this small rather than seek past it (a pack's other files' blobs)
 MERGED_READ = 4 << 20  # one read of neighbouring blobs is at most this long
 PACK_MOVED_RETRIES = 3  # a prune repacks a pack at most once per run; three runs while one blob is read is plenty
+INDEX_RELISTS = 3  # likewise for an index object a prune deletes between a listing and its read
 # Cache lookups between two unmaps of its pages (store/residency.py). Random lookups in a 80 MB cache (120 000 files)
 # left resident: 128 -> 6.9 MB at 9 µs a lookup, 512 -> 15 MB at 7 µs, never unmapped 22 MB at 2.7 µs (re-faulting
 # costs).
@@ -174,17 +175,27 @@ class Repository:
 
     def sync_index(self) -> None:
         """Load index objects the cache has not seen; rebuild from scratch if it holds one the vault lacks (a prune,
-        or another copy of this vault sharing the cache, or an older copy restored in its place)."""
-        present = [name for name, _ in self.backend.list("index/")]
-        todo, stale = self.cache.index_plan(present)
-        if stale:
-            self.cache.clear_index()
-            todo = present
-        for name in sorted(todo):
-            try:
-                self.cache.add_index(name, decode_index(self.key, name, self.backend.get(name)))
-            except (CorruptObject, UnsupportedFormat, MissingObject) as e:
-                self.warnings.append(str(e))
+        or another copy of this vault sharing the cache, or an older copy restored in its place). One listed, then
+        gone, was deleted by a prune, which first indexed the pack it moved the blobs to: listed again."""
+        bad: set[str] = set()  # undecodable: reported once, not read again on a second listing
+        for _relist in range(INDEX_RELISTS + 1):
+            present = [name for name, _ in self.backend.list("index/")]
+            todo, stale = self.cache.index_plan(present)
+            if stale:
+                self.cache.clear_index()
+                todo = present
+            gone: list[str] = []
+            for name in sorted(set(todo) - bad):
+                try:
+                    self.cache.add_index(name, decode_index(self.key, name, self.backend.get(name)))
+                except MissingObject as e:
+                    gone.append(str(e))
+                except (CorruptObject, UnsupportedFormat) as e:
+                    bad.add(name)
+                    self.warnings.append(str(e))
+            if not gone:
+                return
+        self.warnings.extend(gone)
 
     def locate(self, blob_id: bytes) -> BlobLocation | None:
         """Where a blob is, per the cache; None for a blob never stored (the writer's question, asked for every
