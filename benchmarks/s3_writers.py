@@ -10,9 +10,10 @@ Starts its own SeaweedFS on loopback (tests/seaweed.py) and one vault on it. Eac
   phones A and B, and two emulators of one phone C (the same seed, so the same UDID: one phone's backups taken by two
   machines at once);
 - five processes started together: `backup` of A, `backup` of B, two `backup`s of C (one through each of its
-  emulators: both read the same head, the first to commit wins and the other must exit 11), and `prune --grace 0`;
-- from the third round on, A's snapshot of two rounds before is forgotten first, so that the prune has data to delete while
-  the backups write.
+  emulators: started together, both read the same head, the first to commit wins and the other exits 11), and
+  `prune --grace 0`;
+- from the third round on, A's snapshot of two rounds before is forgotten first, so that the prune has data to
+  delete while the backups write.
 After the last round, on a machine whose cache has never seen the vault: `check --read-data`, then every snapshot
 that was committed and not forgotten is exported and compared file by file, by content, to its source, the synthetic
 phone of that seed and day written by `SyntheticPhone.write_backup` (the backup oracle of tests/sync: its Info.plist
