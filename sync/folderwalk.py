@@ -1,9 +1,10 @@
 """Finding backup folders, and walking one for import: one shard (top-level folder) at a time, and reading ahead of
 the chunker.
 
-`walk` lists one shard at a time (the top level last), so an import holds one shard's listing; `Present` keeps the
-walk's sizes for the comparison with the file list in ~28 bytes a file; `ReadAhead` has the kernel read the next
-large files while one is chunked; the small ones are read by a child process, ≤ 8 MiB ahead (sync/smallreads.py).
+`walk` hands back one shard at a time (the top level last), listing the next few on a pool's threads, so an import
+holds a few shards' listings (`walk_ahead`: WALKERS + 1); `Present` keeps the walk's sizes for the comparison with the
+file list in ~28 bytes a file; `ReadAhead` has the kernel read the next large files while one is chunked, `FileAhead`
+the local cache's file at the start; the small ones are read by a child process, ≤ 8 MiB ahead (sync/smallreads.py).
 Used by sync/mobilesync.py.
 """
 
