@@ -21,9 +21,11 @@ snapshot's deltas are folded into a sealed spool filed by shard (store/spool.py:
 at a time, every delta read once), then one shard of the fold and one shard node of its tree at a time, and per
 shard node already walked the paths it loses (usually none): a shard node shared by many snapshots is decoded for
 the comparison but its chunks are looked up once. Blobs are located in the cache each time, not remembered; the
-cache is memory-mapped and its pages are unmapped after every TRIM_LOOKUPS lookups and each shard (store/residency.py):
-each page fault maps up to 64 KiB of neighbouring pages (the kernel's fault-around), so one lookup left ~50 KB
-resident, and a shard of 470 files (120 000 in the vault) 23 MB; per shard that grew with the files per shard. `read_data` adds one pack (≤ 16 MiB) and its header.
+cache is memory-mapped and its pages are unmapped every CHECK_TRIM (32) lookups and after each shard
+(store/residency.py): a warm lookup maps a leaf and a branch page of the index, each with up to 64 KiB of
+neighbouring pages (the kernel's fault-around), so the map holds ~32 lookups' pages, ~5 MB, whatever the index's
+size (unmapping every 128 lookups left ~10 MB mapped at 300 000 files, more as the index grows; unmapping more often
+costs a page fault more per lookup). `read_data` adds one pack (≤ 16 MiB), its header and its index object.
 
 `readable_tree` and `unreadable_files` are the same answers for one snapshot as its readers meet them: its entries
 despite damaged tree nodes, and which files read back (by reading them: export/extract/restore --strict ask that
@@ -47,6 +49,7 @@ from .spool import ShardSpool
 from .trees import FileEntry, apply_delta, decode_root, decode_shard, read_root, shard_of
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+CHECK_TRIM = 32  # blob lookups between unmapping the cache's pages (see the docstring's memory bound)
 REPAIR_HINT = "`phonevault check --repair-index` rebuilds it from the pack's header"
 
 
@@ -84,6 +87,7 @@ class _Blobs:
         self.repo, self.packs, self.rep = repo, packs, rep
         self.bad = bad  # pre-filled (and already reported) by the data phase
         self._new: dict[str, list[bytes]] = {}  # reason -> blobs found so far, not reported yet
+        self._looked = 0  # lookups, for unmapping the cache's pages every CHECK_TRIM
 
     def _mark(self, bid: bytes, reason: str) -> None:
         self.bad[bid] = reason
@@ -100,9 +104,14 @@ class _Blobs:
     def damaged(self, bid: bytes) -> bool:
         """Located again each time it is asked (a cache lookup), rather than remembered: a set of every good blob
         would grow with the vault. Shard nodes shared by snapshots are walked once (`nodes`), so few are asked
-        twice. The cache's pages are unmapped every TRIM_LOOKUPS lookups by `locate_needed`."""
+        twice. The cache's pages are unmapped every CHECK_TRIM lookups (module docstring): `locate_needed`'s own
+        trim every TRIM_LOOKUPS (128) left ~10 MB of data.mdb mapped at 300 000 files, the peak of the walk, which
+        looks up every chunk of every file."""
         if bid in self.bad:
             return True
+        self._looked += 1
+        if self._looked % CHECK_TRIM == 0:
+            self.repo.cache.trim()
         loc = self.repo.locate_needed(bid)
         if loc is None:
             self._mark(bid, "is missing from the index")
