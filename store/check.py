@@ -25,7 +25,8 @@ cache is memory-mapped and its pages are unmapped every CHECK_TRIM (32) lookups 
 (store/residency.py): a warm lookup maps a leaf and a branch page of the index, each with up to 64 KiB of
 neighbouring pages (the kernel's fault-around), so the map holds ~32 lookups' pages, ~5 MB, whatever the index's
 size (unmapping every 128 lookups left ~10 MB mapped at 300 000 files, more as the index grows; unmapping more often
-costs a page fault more per lookup). `read_data` adds one pack (≤ 16 MiB), its header and its index object.
+costs a page fault more per lookup). `read_data` adds one pack (≤ 16 MiB) and its header's map of its blobs
+(≤ PACK_BLOBS: ~5.7 MB while decoded); its index object is compared with the header as it unpacks, not held.
 
 `readable_tree` and `unreadable_files` are the same answers for one snapshot as its readers meet them: its entries
 despite damaged tree nodes, and which files read back (by reading them: export/extract/restore --strict ask that
@@ -38,10 +39,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import msgpack
+
 from .crypto import content_hash
 from .errors import CorruptObject, MissingObject, PhonevaultError, UnsupportedFormat
 from .events import open_segment, parse_segment_name
-from .index import decode_index, index_name
+from .index import INDEX_AD, INDEX_FORMAT, decode_index, index_name
 from .packs import BlobLocation, open_blob, pack_name, parse_header
 from .projections import DeviceView, SnapshotRecord, fold_state, lineage
 from .repository import Repository
@@ -350,14 +353,13 @@ def _read_pack(repo: Repository, pack: str, size: int, rep: CheckReport, bad: di
     rep.bytes_read += len(data)
     if content_hash(data) != pack:
         rep.errors.append(f"{name}: content does not match its name (damaged on disk)")
-    index = _index_of(repo, pack)
     try:
         header = parse_header(repo.key, pack, data, len(data))
     except (CorruptObject, UnsupportedFormat) as e:
         rep.errors.append(f"{e}; its blobs are checked where its index object puts them")
-        header = index or {}
+        header = _index_of(repo, pack) or {}
     else:
-        if index is not None and index != header:
+        if not _index_agrees(repo, pack, header):
             rep.errors.append(f"{index_name(pack)} disagrees with the header of {name}; {REPAIR_HINT}")
     view = memoryview(data)
     for bid, loc in header.items():
@@ -371,6 +373,35 @@ def _read_pack(repo: Repository, pack: str, size: int, rep: CheckReport, bad: di
         except CorruptObject as e:
             bad[bid] = f"in {name} cannot be read ({e.reason})"
             rep.errors.append(f"{e} (blob {bid.hex()[:16]}…)")
+
+
+def _index_agrees(repo: Repository, pack: str, header: dict[bytes, BlobLocation]) -> bool:
+    """Whether the pack's index object lists what its header does (True if it does not read: its damage is
+    reported with the index phase). Its entries are compared with the header's as they are unpacked, so a pack of
+    PACK_BLOBS (16 384) small blobs holds one map of them, not two (3.3 MB more at that size); anything irregular
+    (a count that differs, entries out of pack order, one that does not unpack) is settled by the whole decode,
+    `decode_index(...) == header`."""
+    name = index_name(pack)
+    try:
+        plain = repo.key.open(repo.backend.get(name), INDEX_AD, name)
+        entries = msgpack.Unpacker()
+        entries.feed(plain)
+        if entries.read_array_header() == 3 and entries.unpack() == INDEX_FORMAT and entries.unpack() == pack:
+            n, end = entries.read_array_header(), -1
+            if n == len(header):
+                for _ in range(n):
+                    bid, typ, offset, length, raw_length = entries.unpack()
+                    # in pack order, as the writers put them: rising offsets make each id a different header entry
+                    if offset <= end or header.get(bid) != BlobLocation(pack, offset, length, raw_length, typ):
+                        break
+                    end = offset
+                else:
+                    return True
+    except (CorruptObject, MissingObject):
+        return True
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        pass
+    return (index := _index_of(repo, pack)) is None or index == header
 
 
 def _index_of(repo: Repository, pack: str) -> dict[bytes, BlobLocation] | None:
