@@ -17,6 +17,7 @@ paths]]. Folding deltas from the first snapshot reproduces every tree: the invar
 
 from __future__ import annotations
 
+import bisect
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -50,9 +51,13 @@ class FileEntry:
 
     @classmethod
     def decode(cls, item: list) -> FileEntry:
+        # Once per file of every shard node read (check, export, diff): the common five-item form without the
+        # star-unpack's list, and the chunks through map rather than a generator (~1.7 -> ~1.2 us an entry).
+        if len(item) == 5:
+            path, size, mode, mtime_ns, chunks = item
+            return cls(path, size, mode, mtime_ns, tuple(map(bytes, chunks)))
         path, size, mode, mtime_ns, chunks, *rest = item
-        cipher_key = bytes(rest[0]) if rest else b""
-        return cls(path, size, mode, mtime_ns, tuple(bytes(c) for c in chunks), cipher_key)
+        return cls(path, size, mode, mtime_ns, tuple(map(bytes, chunks)), bytes(rest[0]) if rest else b"")
 
 
 def _format(items: list[list]) -> int:
@@ -144,12 +149,20 @@ def load_tree(root: bytes, get: GetBlob) -> dict[str, FileEntry]:
 
 
 def lookup(root: bytes, path: str, get: GetBlob) -> FileEntry | None:
+    """One file's entry: its shard node's rows are unpacked and the path found by bisection (rows are sorted by
+    path), so only that row becomes a FileEntry (a shard of a 1 000 000-file phone holds ~3 900)."""
     shard = shard_of(path)
     for ref in read_root(root, get):
         if ref.shard == shard:
-            for e in decode_shard(get(ref.node)):
-                if e.path == path:
-                    return e
+            where = f"tree {ref.node.hex()[:16]}"
+            (items,) = _unpack(get(ref.node), "shard", where)
+            try:
+                at = bisect.bisect_left(items, path, key=lambda item: item[0])
+                if at < len(items) and items[at][0] == path:
+                    return FileEntry.decode(items[at])
+            except (TypeError, IndexError, ValueError) as e:
+                raise CorruptObject(where, f"unreadable shard node: {e}") from None
+            return None
     return None
 
 
