@@ -9,8 +9,8 @@ changes (≤ DELTA_GROUP) is held, whatever the number of files. Files arrive as
 (`open_file(...).write(block)`), so a 4 GB video costs the same memory as a 4 MB photo: one chunker buffer
 (≤ 10 MiB), one open data pack and one being written (≤ 16 MiB each, plus one blob).
 Memory bound, folder import: one shard's entries + the parent's same shard (diffed) + one delta group + two packs,
-plus the cache's index pages mapped by ≤ TRIM_LOOKUPS blob lookups (~150 KB a lookup; the map is trimmed every
-TRIM_LOOKUPS lookups and at each shard).
+plus the cache's index pages mapped between two trims: ≤ TRIM_GROWTH (8 MiB) and TRIM_CHECK lookups' worth more (~150
+KB a lookup), the map being trimmed once it grew that much, every TRIM_LOOKUPS lookups and at each shard.
 
 Write order, which crash safety rests on: data packs (+ their index objects) as they fill; tree nodes and delta
 blobs into tree packs (+ index) as shards are sealed and at commit; then the event segment via put_exclusive — the
@@ -51,6 +51,7 @@ from .projections import SnapshotRecord
 from .prune import WRITER_REFRESH_S, seal_writer_marker, writer_marker_name
 from .records import DeviceRecord, SnapshotStats
 from .repository import Repository, now_us
+from .residency import TRIM_GROWTH
 from .staged import StagedTree, check_path
 from .trees import (
     DeltaWriter,
@@ -184,11 +185,14 @@ class SnapshotWriter:
     closed (`close()`, or use it as a context manager) so running prunes stop holding packs back for it at once;
     if it is not, its marker goes when the writer is garbage-collected or the process exits."""
 
-    # The cache's map is trimmed every TRIM_LOOKUPS data blobs looked up, not only at each shard: every lookup maps
-    # the index pages it descends through and, by the kernel's fault-around, up to 15 cached neighbours of each
-    # (~150 KB a lookup), so at 300 000 files one 1 200-file shard mapped 30-45 MB of the index between trims, and
-    # a 267 MB Manifest.db (~4 000 chunks, one file) 80 MB. Counted in blobs, not files, for that one file.
+    # The cache's map is trimmed as lookups map it, not only at each shard: every lookup maps the index pages it
+    # descends through and, by the kernel's fault-around, up to 15 cached neighbours of each (~150 KB a lookup in a
+    # large index), so at 300 000 files one 1 200-file shard mapped 30-45 MB of the index between trims, and a
+    # 267 MB Manifest.db (~4 000 chunks, one file) 80 MB. Every TRIM_CHECK data blobs looked up (in blobs, not files,
+    # for that one file) it is trimmed if the process's file-backed memory grew TRIM_GROWTH (store/residency.py), and
+    # every TRIM_LOOKUPS whatever: 256 lookups alone let 20-30 MB map between trims at 300 000 to 1 000 000 files.
     TRIM_LOOKUPS = 256
+    TRIM_CHECK = 32
 
     def __init__(
         self, repo: Repository, device: str, info: DeviceRecord, *, incremental: bool, parent: bytes | None = ...
@@ -267,11 +271,13 @@ class SnapshotWriter:
         return entry
 
     def _looked_up(self, blobs: int) -> None:
-        """`blobs` more data blobs were looked up in the index: the cache's map is trimmed every TRIM_LOOKUPS."""
-        self._untrimmed += blobs
+        """`blobs` more data blobs were looked up in the index: the cache's map is trimmed as they map it."""
+        before, self._untrimmed = self._untrimmed, self._untrimmed + blobs
         if self._untrimmed >= self.TRIM_LOOKUPS:
             self._untrimmed = 0
             self.repo.cache.trim()
+        elif before // self.TRIM_CHECK != self._untrimmed // self.TRIM_CHECK:
+            self.repo.cache.trim(TRIM_GROWTH)
 
     def _stage(self, entry: FileEntry) -> None:
         if self._done and shard_of(entry.path) in self._done:
