@@ -20,9 +20,9 @@ Memory: the ids of damaged blobs with why; the set of pack ids; one delta group 
 snapshot's deltas are folded into a sealed spool filed by shard (store/spool.py: the fold is on disk, read a shard
 at a time, every delta read once), then one shard of the fold and one shard node of its tree at a time, and per
 shard node already walked the paths it loses (usually none): a shard node shared by many snapshots is decoded for
-the comparison but its chunks are looked up once. Blobs are located in the cache each time, not remembered; the
-cache is memory-mapped and its pages are unmapped every CHECK_TRIM (32) lookups and after each shard
-(store/residency.py): a warm lookup maps a leaf and a branch page of the index, each with up to 64 KiB of
+the comparison but its chunks are looked up once (its chunk ids held while they are, in key order). Blobs are
+located in the cache each time, not remembered; the cache is memory-mapped and its pages are unmapped every
+CHECK_TRIM (32) lookups and after each shard (store/residency.py): a warm lookup maps a leaf and a branch page of the index, each with up to 64 KiB of
 neighbouring pages (the kernel's fault-around), so the map holds ~32 lookups' pages, ~5 MB, whatever the index's
 size (unmapping every 128 lookups left ~10 MB mapped at 300 000 files, more as the index grows; unmapping more often
 costs a page fault more per lookup). `read_data` adds one pack (≤ 16 MiB) and its header's map of its blobs
