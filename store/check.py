@@ -39,13 +39,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-import msgpack
-
 from .crypto import content_hash
 from .errors import CorruptObject, MissingObject, PhonevaultError, UnsupportedFormat
 from .events import open_segment, parse_segment_name
-from .index import INDEX_AD, INDEX_FORMAT, decode_index, index_name
-from .packs import BlobLocation, open_blob, pack_name, parse_header
+from .index import decode_index, index_agrees, index_name, read_index
+from .packs import open_blob, pack_name, parse_header
 from .projections import DeviceView, SnapshotRecord, fold_state, lineage
 from .repository import Repository
 from .spool import ShardSpool
@@ -363,9 +361,9 @@ def _read_pack(repo: Repository, pack: str, size: int, rep: CheckReport, bad: di
         header = parse_header(repo.key, pack, data, len(data))
     except (CorruptObject, UnsupportedFormat) as e:
         rep.errors.append(f"{e}; its blobs are checked where its index object puts them")
-        header = _index_of(repo, pack) or {}
+        header = read_index(repo.key, repo.backend, pack) or {}
     else:
-        if not _index_agrees(repo, pack, header):
+        if not index_agrees(repo.key, repo.backend, pack, header):
             rep.errors.append(f"{index_name(pack)} disagrees with the header of {name}; {REPAIR_HINT}")
     view = memoryview(data)
     for bid, loc in header.items():
@@ -379,43 +377,6 @@ def _read_pack(repo: Repository, pack: str, size: int, rep: CheckReport, bad: di
         except CorruptObject as e:
             bad[bid] = f"in {name} cannot be read ({e.reason})"
             rep.errors.append(f"{e} (blob {bid.hex()[:16]}…)")
-
-
-def _index_agrees(repo: Repository, pack: str, header: dict[bytes, BlobLocation]) -> bool:
-    """Whether the pack's index object lists what its header does (True if it does not read: its damage is
-    reported with the index phase). Its entries are compared with the header's as they are unpacked, so a pack of
-    PACK_BLOBS (16 384) small blobs holds one map of them, not two (3.3 MB more at that size); anything irregular
-    (a count that differs, entries out of pack order, one that does not unpack) is settled by the whole decode,
-    `decode_index(...) == header`."""
-    name = index_name(pack)
-    try:
-        plain = repo.key.open(repo.backend.get(name), INDEX_AD, name)
-        entries = msgpack.Unpacker()
-        entries.feed(plain)
-        if entries.read_array_header() == 3 and entries.unpack() == INDEX_FORMAT and entries.unpack() == pack:
-            n, end = entries.read_array_header(), -1
-            if n == len(header):
-                for _ in range(n):
-                    bid, typ, offset, length, raw_length = entries.unpack()
-                    # in pack order, as the writers put them: rising offsets make each id a different header entry
-                    if offset <= end or header.get(bid) != BlobLocation(pack, offset, length, raw_length, typ):
-                        break
-                    end = offset
-                else:
-                    return True
-    except (CorruptObject, MissingObject):
-        return True
-    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
-        pass
-    return (index := _index_of(repo, pack)) is None or index == header
-
-
-def _index_of(repo: Repository, pack: str) -> dict[bytes, BlobLocation] | None:
-    """The pack's own index object, if it reads (its damage is reported with the index phase)."""
-    try:
-        return decode_index(repo.key, index_name(pack), repo.backend.get(index_name(pack)))
-    except (CorruptObject, UnsupportedFormat, MissingObject):
-        return None
 
 
 def lost_glob(shard: str | None) -> str:

@@ -12,7 +12,7 @@ import msgpack
 
 from .backends import Backend
 from .crypto import MasterKey
-from .errors import CorruptObject, UnsupportedFormat
+from .errors import CorruptObject, MissingObject, UnsupportedFormat
 from .packs import BlobLocation
 
 INDEX_FORMAT = 1
@@ -42,3 +42,40 @@ def decode_index(key: MasterKey, name: str, sealed: bytes) -> dict[bytes, BlobLo
         return {bytes(e[0]): BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in entries}
     except (TypeError, IndexError) as e:
         raise CorruptObject(name, f"malformed index entry: {e}") from None
+
+
+def index_agrees(key: MasterKey, backend: Backend, pack: str, header: dict[bytes, BlobLocation]) -> bool:
+    """Whether the pack's index object lists what its header does (True if it does not read: `check` reports its
+    damage with the index phase). Its entries are compared with the header's as they are unpacked, so a pack of
+    PACK_BLOBS (16 384) small blobs holds one map of them, not two (3.3 MB more at that size); anything irregular
+    (a count that differs, entries out of pack order, one that does not unpack) is settled by the whole decode,
+    `decode_index(...) == header`."""
+    name = index_name(pack)
+    try:
+        plain = key.open(backend.get(name), INDEX_AD, name)
+        entries = msgpack.Unpacker()
+        entries.feed(plain)
+        if entries.read_array_header() == 3 and entries.unpack() == INDEX_FORMAT and entries.unpack() == pack:
+            n, end = entries.read_array_header(), -1
+            if n == len(header):
+                for _ in range(n):
+                    bid, typ, offset, length, raw_length = entries.unpack()
+                    # in pack order, as the writers put them: rising offsets make each id a different header entry
+                    if offset <= end or header.get(bid) != BlobLocation(pack, offset, length, raw_length, typ):
+                        break
+                    end = offset
+                else:
+                    return True
+    except (CorruptObject, MissingObject):
+        return True
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+        pass
+    return (index := read_index(key, backend, pack)) is None or index == header
+
+
+def read_index(key: MasterKey, backend: Backend, pack: str) -> dict[bytes, BlobLocation] | None:
+    """The pack's own index object, if it reads (None if it is missing or damaged)."""
+    try:
+        return decode_index(key, index_name(pack), backend.get(index_name(pack)))
+    except (CorruptObject, UnsupportedFormat, MissingObject):
+        return None

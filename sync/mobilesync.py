@@ -8,18 +8,15 @@ shard whose stat-cache entries make the parent's tree node is the parent's shard
 by one in the blob index (`_inherit_shard`); a Manifest.db the stat cache knows, whose catalog the cache holds, is
 not parsed again: the folder is compared with the cached shards (catalogcache.CachedListing).
 
-Memory: import holds one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache
-and the next four being listed (folderwalk.WALKERS), its staged entries, the parent's same shard while they are diffed, its
-Manifest.db rows: sync/catalogshards.py), ≤ 8 MiB of small files read ahead across this shard and the next (by a
-child process, ~20 MB of its own: sync/smallreads.py), one delta group and two packs; the cache's pages are unmapped
-after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3) keeps every file at the top level, one
-shard, and its list is parsed whole and compared with ~28 bytes a file (`_Present`). A file changed between the walk
-and its read is stored as read and named in `problems`. Progress total: folderwalk.Total (no walk of its own).
+Memory: one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache and the next
+WALKERS being listed, its staged entries, the parent's shard while diffed, its Manifest.db rows), ≤ 8 MiB of small
+files read ahead (a child process, ~20 MB: sync/smallreads.py), one delta group and two packs; the cache's pages
+unmapped after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3): one shard, its list parsed
+whole, ~28 bytes a file (`_Present`). A file changed between walk and read: stored as read, named in `problems`.
 
-Three layouts are imported (sync/layouts.py): Manifest.db with xx/<fileID> (iOS 10 and later), Manifest.mbdb with
-flat <fileID> files (iOS 4–9) and .mdinfo/.mddata pairs (iPhone OS 3); the snapshot records which. The older two
-lists are parsed whole before anything is stored. A snapshot is dated by the backup itself (its plists' dates, else
-its newest file's mtime: sync/dates.py), not by when it is imported.
+Layouts (sync/layouts.py, recorded in the snapshot): Manifest.db with xx/<fileID> (iOS 10+), Manifest.mbdb with
+flat <fileID> files (iOS 4–9, parsed whole first), .mdinfo/.mddata pairs (iPhone OS 3, likewise). A snapshot is
+dated by the backup itself (its plists' dates, else its newest file's mtime: sync/dates.py), not by its import.
 
 Imperfect sources: files listed but absent, or whose size disagrees with the list, rows that cannot be used
 (undecodable, a fileID listed twice), files of a flat folder that no record names, plist flags that are not

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phonevault.store.check import CheckReport, _index_agrees, _read_pack, check
-from phonevault.store.index import INDEX_AD, INDEX_FORMAT, decode_index, index_name, write_index
+from phonevault.store.check import CheckReport, _read_pack, check
+from phonevault.store.index import INDEX_AD, INDEX_FORMAT, decode_index, index_agrees, index_name, write_index
 from phonevault.store.packs import DATA, BlobLocation, PackWriter, pack_name, parse_header, seal_blob
 from phonevault.store.records import DeviceRecord
 from phonevault.store.residency import find_map
@@ -140,4 +140,6 @@ def test_an_index_agrees_with_its_header_exactly_when_its_whole_decode_does(make
     name = index_name(pack)
     repo.backend.delete(name)
     repo.backend.put(name, repo.key.seal(msgpack.packb([INDEX_FORMAT, pack_id, rows]), INDEX_AD))
-    assert _index_agrees(repo, pack, header) == (decode_index(repo.key, name, repo.backend.get(name)) == header)
+    assert index_agrees(repo.key, repo.backend, pack, header) == (
+        decode_index(repo.key, name, repo.backend.get(name)) == header
+    )
