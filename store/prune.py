@@ -419,8 +419,7 @@ def prune(
     """Sweep the markers that are due and that no running backup holds, then mark, and sweep the new marker at once
     unless a grace period is asked for or a running backup holds it. See the module docstring. `progress` hears
     each sweep's bytes (the packs it deletes or repacks) as it goes."""
-    result = PruneResult()
-    repo.sync_index()
+    result = PruneResult()  # the index catches up in the first live.update, after the logs are read (LiveSet)
     sizes = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("packs/")}
     now = now_us()
     writers = live_writers(repo, result)  # before the live set: see the module docstring
