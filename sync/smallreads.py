@@ -128,8 +128,9 @@ class ReaderProcess:
     read. The child reads each batch with READERS threads of its own (a cold disk wants several reads in flight)
     and answers in request order.
 
-    Tickets are answered strictly in order; `discard` drops a ticket's answer when it comes. If the child cannot be
-    started or dies, every batch not yet answered is read here instead (`_read_small`), so the import goes on.
+    Tickets are answered strictly in order; `discard` drops a ticket's answer when it comes. The child starts with
+    the first `submit` (none for an import that reads no small file). If the child cannot be started or dies, every
+    batch not yet answered is read here instead (`_read_small`), so the import goes on.
     Memory: the batches asked for and not yet taken (bounded by the callers' window, SmallReads.WINDOW) and the
     pipes' buffers (PIPE_BYTES each way, filled only as far as that window: the requests of 8 MiB of small files
     are ~0.5 MiB of paths, so `submit` does not wait on a child busy reading)."""
@@ -145,6 +146,12 @@ class ReaderProcess:
         self._discarded: set[int] = set()
         self._buf = bytearray()
         self._tickets = 0
+        self._started = False
+
+    def _start(self) -> None:
+        """The child, started at the first batch rather than with the import: an unchanged re-import reads no file,
+        and a Python start-up (~0.07 CPU s, ~3 % of an unchanged 6 GB re-import) bought it nothing."""
+        self._started = True
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-P", "-c", "from phonevault.sync.smallreads import serve_reads; serve_reads()"],
@@ -192,6 +199,8 @@ class ReaderProcess:
         ticket = self._tickets
         self._tickets += 1
         self._asked.append((ticket, files))
+        if not self._started:
+            self._start()
         self._send(b"R", [size for _p, size in files], [os.fsencode(p) for p, _s in files])
         return ticket
 
