@@ -24,11 +24,14 @@ Faults: a failed pack write is re-raised in the caller's thread at the next blob
 pack write and go on to commit a snapshot whose blobs were never written. The commit point stays the event segment's
 put_exclusive, which store/writer.py makes only after `flush()` returned.
 
-Memory bound: (2 open + P in flight) packs, each ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B,
-the coarse chunk maximum, store/chunker.py) + its header; P = `backend.pack_writes`; plus the sealing queue: its
-plaintexts ≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`'s
-data blobs come sealed, `put_sealed`, and never wait in it). On a disk (P = 1): 3 × 16 + 16 = 64 MiB typical,
-≤ 3 × 24 + 32 = 104 MiB worst; on S3 (P = 4): 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or
+Memory bound: (2 open + P in flight) packs, P = `backend.pack_writes`; plus the sealing queue: its plaintexts
+≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`'s data blobs
+come sealed, `put_sealed`, and never wait in it). On a disk (P = 1) a data pack is written to its file as it fills
+(store/packs.py, spooled): ≤ SMALL_PACK (4 MiB) before, ≤ SPOOL_STAGE (1 MiB) + its header after, and the tree
+pack ≤ 4 MiB + one blob, so the packs hold ≤ 4 + 1 + 4 MiB + one blob (whatever the folder's size) and with the
+queue ~25 MiB typical, ≤ 50 MiB worst (it was 64 and 104 with the packs in memory); on S3 (P = 4) each pack
+≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B, the coarse chunk maximum, store/chunker.py) + its
+header: 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or
 in-flight pack, ~190 bytes more (its 57-byte record, its id and the id's entry in the pack's `pending` map,
 store/packs.py), and ~500 while its pack is written: a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 3 MB a pack,
 ~8 MB more for a moment, whatever the number of files. A written pack is let go at the next blob added, not at the

@@ -14,6 +14,10 @@ repository's names are `config`, `keys/<hex>`, `index/<hex>`, `packs/<hh>/<hex>`
 cannot also be a directory). A name that is only such a prefix ("packs") is not an object: `exists` says no, `get`
 raises MissingObject, `delete` does nothing.
 
+One optional call, outside the interface: `spool(folder)`, an object written as it grows (`append`, `pread`,
+`publish(name)`, `close`; local.FileSpool). A backend that has it gets its data packs that way, so a pack being
+filled is not held in memory (store/packs.py); one without it (an object store, a wrapper) gets one `put` per pack.
+
 Wrappers of the same shape add one concern each and wrap any backend: `readonly.ReadOnlyBackend` (the write calls
 raise ReadOnlyVault) and `faulty.FaultyBackend` (injected I/O errors, short and corrupted reads, a full disk,
 delays), and `retrying.RetryingBackend` (transient failures of an object store tried again with backoff; around
