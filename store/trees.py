@@ -21,6 +21,7 @@ import bisect
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 
 import msgpack
 
@@ -46,8 +47,10 @@ class FileEntry:
         return stat.S_ISDIR(self.mode)
 
     def encode(self) -> list:
-        item = [self.path, self.size, self.mode, self.mtime_ns, list(self.chunks)]
-        return item + [self.cipher_key] if self.cipher_key else item
+        # The chunk ids as the tuple they are: msgpack packs a tuple as the array a list makes, byte for byte.
+        if self.cipher_key:
+            return [self.path, self.size, self.mode, self.mtime_ns, self.chunks, self.cipher_key]
+        return [self.path, self.size, self.mode, self.mtime_ns, self.chunks]
 
     @classmethod
     def decode(cls, item: list) -> FileEntry:
@@ -103,13 +106,23 @@ def _unpack(data: bytes, kind: str, where: str) -> list:
 
 
 def encode_shard(entries: Iterable[FileEntry]) -> bytes:
-    items = [e.encode() for e in sorted(entries, key=lambda e: e.path)]
+    # Twice per shard of an unchanged re-import (its id checked against the parent's, then written): the entries
+    # sorted by attrgetter and encoded inline (~490 -> ~260 us a shard of 240 files).
+    items = [
+        [e.path, e.size, e.mode, e.mtime_ns, e.chunks, e.cipher_key]
+        if e.cipher_key
+        else [e.path, e.size, e.mode, e.mtime_ns, e.chunks]
+        for e in sorted(entries, key=_by_path)
+    ]
     return msgpack.packb([_format(items), "shard", items])
 
 
 def decode_shard(data: bytes, where: str = "tree") -> list[FileEntry]:
     (items,) = _unpack(data, "shard", where)
     return [FileEntry.decode(i) for i in items]
+
+
+_by_path = attrgetter("path")
 
 
 def encode_root(shards: Iterable[ShardRef]) -> bytes:

@@ -48,10 +48,14 @@ class Layout:
         `keyed`, is padded to a multiple of 16: 1 to 16 bytes more); in a flat folder, also the files nothing names
         (a companion file names its file even where the catalog could not use it: that is the catalog's to say)."""
         problems = []
+        subfolders, suffix, get = self.subfolders, self.suffix, present.get
         for fid, size in sizes.items():
-            rel = self.backup_path(fid)
-            if (have := present.get(rel)) is None:
+            # Once per row of every import: `backup_path` inlined, and a row present at its size done at once.
+            rel = f"{fid[:2]}/{fid}" if subfolders else fid + suffix
+            if (have := get(rel)) is None:
                 problems.append(f"{shown(rel)}: listed in {self.listing} but missing from the folder")
+            elif have == size and fid not in keyed:
+                continue
             elif fid in keyed and not (have % 16 == 0 and size < have <= size + 16):
                 problems.append(f"{shown(rel)}: {have} bytes, {self.listing} says {size} before padding (truncated?)")
             elif fid not in keyed and have != size:
