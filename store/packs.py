@@ -316,8 +316,9 @@ class PackWriter:
             return None
         entries = [[bid, typ, off, length, raw] for bid, typ, off, length, raw in _RECORD.iter_unpack(self._records)]
         header = self._key.seal(msgpack.packb([PACK_FORMAT, entries]), HEADER_AD)
-        self._append(header, False)
-        self._append(TRAILER.pack(len(header), MAGIC, PACK_FORMAT), False)
+        with self._lock:  # `sealed` (the caller's thread) may be reading the bytes these move (a spool's stage)
+            self._append(header, False)
+            self._append(TRAILER.pack(len(header), MAGIC, PACK_FORMAT), False)
         if self._spool is not None:
             pack_id = self._publish()
         else:

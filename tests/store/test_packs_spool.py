@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,22 @@ def test_a_killed_writer_leaves_no_pack_and_the_sweep_removes_its_temporary(tmp_
     assert backend.sweep_temporaries() == 0  # younger than an hour: may be a running writer's
     assert backend.sweep_temporaries(min_age=0) == 1
     assert not temporaries(root)
+
+
+def test_blobs_stay_readable_while_another_thread_writes_the_pack(tmp_path):
+    """`finish` runs on a pack-writing thread and moves the stage's bytes to the file while the caller's thread may
+    read a blob of the pack (BlobSink.get): every read gives the blob's bytes, before, during and after."""
+    rnd, backend = random.Random(9), LocalBackend(tmp_path / "v")
+    # Written at once, then a stage ~100 bytes short of SPOOL_STAGE: the header makes `finish` write the stage out.
+    small = (SPOOL_STAGE - 100) // 4 - 29  # a sealed blob is 29 bytes longer than its plaintext
+    blobs = [blob(rnd, SPOOL_STAGE)] + [blob(rnd, small) for _ in range(4)]
+    for _round in range(20):
+        w = fill(backend, blobs, 64 << 20)
+        done = threading.Thread(target=w.finish)
+        done.start()
+        while done.is_alive():
+            for blob_id, sealed in blobs[1:]:
+                assert w.sealed(blob_id) == bytes(sealed)
+        done.join()
+        for blob_id, sealed in blobs:
+            assert w.sealed(blob_id) == bytes(sealed)
