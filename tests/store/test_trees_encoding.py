@@ -4,7 +4,11 @@ oracle is the encoding as written before (lists everywhere, sorted by a lambda),
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,3 +52,21 @@ def test_a_node_pinned_as_bytes():
     assert encode_shard(entries).hex() == (
         "9301a573686172649295a461622f3100cd8180099095a461622f3205cd81a40791c420" + "01" * 32
     )
+
+
+@settings(max_examples=100, deadline=None)
+@given(_entry)
+def test_an_entry_is_the_frozen_value_of_its_six_fields(e):
+    """FileEntry's own __init__ (slot setters) makes what the dataclass's made: fields by position and by name, the
+    defaults, equality and hash by value, replace, pickle, and no assignment afterwards."""
+    fields = (e.path, e.size, e.mode, e.mtime_ns, e.chunks, e.cipher_key)
+    by_name = FileEntry(
+        path=e.path, size=e.size, mode=e.mode, mtime_ns=e.mtime_ns, chunks=e.chunks, cipher_key=e.cipher_key
+    )
+    assert by_name == FileEntry(*fields) == e and hash(by_name) == hash(e)
+    assert tuple(getattr(by_name, f.name) for f in dataclasses.fields(FileEntry)) == fields
+    assert FileEntry(e.path, e.size, e.mode, e.mtime_ns) == FileEntry(e.path, e.size, e.mode, e.mtime_ns, (), b"")
+    assert dataclasses.replace(e, size=e.size + 1).size == e.size + 1
+    assert pickle.loads(pickle.dumps(e)) == e
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.size = 0  # type: ignore[misc]
