@@ -21,8 +21,9 @@ snapshot's deltas are folded into a sealed spool filed by shard (store/spool.py:
 at a time, every delta read once), then one shard of the fold and one shard node of its tree at a time, and per
 shard node already walked the paths it loses (usually none): a shard node shared by many snapshots is decoded for
 the comparison but its chunks are looked up once (its chunk ids held while they are, in key order). Blobs are
-located in the cache each time, not remembered; the cache is memory-mapped and its pages are unmapped every
-CHECK_TRIM (32) lookups and after each shard (store/residency.py): a warm lookup maps a leaf and a branch page of the index, each with up to 64 KiB of
+located in the cache each time, not remembered; the cache is memory-mapped and its pages are unmapped by
+`Repository.locate_needed`'s policy (every TRIM_LOOKUPS (32) lookups once they grew TRIM_GROWN, 1 MiB) and after
+each shard (store/residency.py): a warm lookup maps a leaf and a branch page of the index, each with up to 64 KiB of
 neighbouring pages (the kernel's fault-around), so the map holds ~32 lookups' pages, ~5 MB, whatever the index's
 size (unmapping every 128 lookups left ~10 MB mapped at 300 000 files, more as the index grows; unmapping more often
 costs a page fault more per lookup). `read_data` adds one pack (≤ 16 MiB) and its header's map of its blobs
@@ -50,7 +51,6 @@ from .spool import ShardSpool
 from .trees import FileEntry, apply_delta, decode_root, decode_shard, read_root, shard_of
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-CHECK_TRIM = 32  # blob lookups between unmapping the cache's pages (see the docstring's memory bound)
 REPAIR_HINT = "`phonevault check --repair-index` rebuilds it from the pack's header"
 
 
@@ -88,7 +88,6 @@ class _Blobs:
         self.repo, self.packs, self.rep = repo, packs, rep
         self.bad = bad  # pre-filled (and already reported) by the data phase
         self._new: dict[str, list[bytes]] = {}  # reason -> blobs found so far, not reported yet
-        self._looked = 0  # lookups, for unmapping the cache's pages every CHECK_TRIM
 
     def _mark(self, bid: bytes, reason: str) -> None:
         self.bad[bid] = reason
@@ -105,14 +104,11 @@ class _Blobs:
     def damaged(self, bid: bytes) -> bool:
         """Located again each time it is asked (a cache lookup), rather than remembered: a set of every good blob
         would grow with the vault. Shard nodes shared by snapshots are walked once (`nodes`), so few are asked
-        twice. The cache's pages are unmapped every CHECK_TRIM lookups (module docstring): `locate_needed`'s own
-        trim every TRIM_LOOKUPS (128) left ~10 MB of data.mdb mapped at 300 000 files, the peak of the walk, which
-        looks up every chunk of every file."""
+        twice. The cache's pages are unmapped by `locate_needed`'s one policy (module docstring; its former
+        trim every 128 lookups, with none of check's own, left ~10 MB of data.mdb mapped at 300 000 files, the peak
+        of the walk, which looks up every chunk of every file)."""
         if bid in self.bad:
             return True
-        self._looked += 1
-        if self._looked % CHECK_TRIM == 0:
-            self.repo.cache.trim()
         loc = self.repo.locate_needed(bid)
         if loc is None:
             self._mark(bid, "is missing from the index")
@@ -123,7 +119,7 @@ class _Blobs:
     def damaged_among(self, ids: Iterable[bytes]) -> set[bytes]:
         """The damaged ones of `ids` (a shard node's chunks), each looked up once and in key order: consecutive
         lookups then share the index's branch pages, ~12 instead of ~17.5 us a lookup at 300 000 files (unmapped
-        every CHECK_TRIM). Every one is looked at, so each damaged blob is named. Memory: one shard's chunk ids."""
+        as `locate_needed` says). Every one is looked at, so each damaged blob is named. Memory: one shard's chunk ids."""
         return {bid for bid in sorted(set(ids)) if self.damaged(bid)}
 
     def get(self, bid: bytes) -> bytes | None:

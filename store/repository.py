@@ -56,10 +56,10 @@ MERGE_GAP = 64 << 10  # read through a gap this small rather than seek past it (
 MERGED_READ = 4 << 20  # one read of neighbouring blobs is at most this long
 PACK_MOVED_RETRIES = 3  # a prune repacks a pack at most once per run; three runs while one blob is read is plenty
 INDEX_RELISTS = 3  # likewise for an index object a prune deletes between a listing and its read
-# Cache lookups between two unmaps of its pages (store/residency.py). Random lookups in a 80 MB cache (120 000 files)
-# left resident: 128 -> 6.9 MB at 9 µs a lookup, 512 -> 15 MB at 7 µs, never unmapped 22 MB at 2.7 µs (re-faulting
-# costs).
-TRIM_LOOKUPS = 128
+# The cache's mapped pages (store/residency.py), one policy: every TRIM_LOOKUPS lookups, unmapped if file-backed
+# memory grew TRIM_GROWN (a large index: ~150 KB a lookup, ≤ ~5 MB mapped; a small one, mapped already: never).
+TRIM_LOOKUPS = 32
+TRIM_GROWN = 1 << 20
 CONFIG_AD = b"phonevault/v1/config"
 
 
@@ -94,7 +94,7 @@ class Repository:
         self._views: dict[str, DeviceView] = {}
         self._damaged: dict[str, list[str]] = {}
         self._index_reloaded = False  # the blob index was reloaded from the vault after a miss (once is enough)
-        self._lookups = 0  # `locate_needed` calls, for unmapping the cache's pages every TRIM_LOOKUPS
+        self._lookups = 0  # `locate_needed` calls (the trim policy: TRIM_LOOKUPS)
         self._ahead: tuple[str, int] | None = None  # (pack, descriptor) `will_need` last advised
         cache.on_reset = self.sync_index  # a damaged cache starts empty: the blob index comes back from the vault
 
@@ -206,12 +206,12 @@ class Repository:
         """Where a blob that something committed refers to is. A miss is checked against the vault by reloading the
         blob index from its index objects (once per repository), so a cache that lost an entry (a damaged key in
         data.mdb) is never taken for a blob missing from the vault. Every TRIM_LOOKUPS calls the cache's pages are
-        unmapped: each lookup maps ~150 KB of the index (the kernel's fault-around), and a reader of thousands of
-        chunks (a 1 000 000-file phone's Manifest.db, ~900 MB, exported or extracted a chunk at a time) would
-        otherwise keep a map growing with the phone's files: 54 MB of data.mdb at 300 000 files."""
+        unmapped if they grew TRIM_GROWN: each lookup maps ~150 KB of a large index (the kernel's fault-around), and
+        a reader of thousands of chunks (check's walk; a 1 000 000-file phone's Manifest.db exported a chunk at a
+        time) would otherwise keep a map growing with the phone's files: 54 MB of data.mdb at 300 000 files."""
         self._lookups += 1
         if self._lookups % TRIM_LOOKUPS == 0:
-            self.cache.trim()
+            self.cache.trim(TRIM_GROWN)
         loc = self.cache.lookup(blob_id)
         if loc is None and not self._index_reloaded:
             self._index_reloaded = True
