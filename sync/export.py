@@ -9,7 +9,7 @@ tree node) cannot be read is left out and named by its domain path (sync/damage.
 while the snapshot's deltas fold (store/check.py `ReadableShards`).
 
 Memory: one shard's entries, the next 8 MiB batch of small files read ahead (sync/writeout.py `ReadAhead`) and up
-to 2 bundles of small files (~1 MiB each, sync/writeout.py `FileWriters`) waiting for a writer thread; larger files
+to 2 bundles of small files (~1 MiB each, sync/writeout.py `FileWriters`) waiting for the writer thread; larger files
 stream chunk by chunk through one kept buffer (store/repository.py `ChunkReader`).
 """
 

@@ -1,5 +1,5 @@
 """Writing a snapshot's files into a local folder (export): small files read ahead a batch at a time and written
-from 2 threads in bundles, large ones a chunk at a time.
+by one thread in bundles, large ones a chunk at a time.
 
 `ReadAhead` cuts the snapshot's shards into batches of at most `ReadAhead.BATCH` bytes of small files, looks their
 chunks up in the cache (on the caller's thread: the cache's read transaction is not shared between threads) and
@@ -11,7 +11,7 @@ A file whose chunks cannot be read back from the vault raises PhonevaultError be
 (a large file is removed again), so the caller can name it and go on. Memory: two batches of small files (the one
 being written, shrinking as its files are taken; the one being read: 2 × BATCH), at most `FileWriters.MAX_BUNDLES`
 bundles of small files (each under BUNDLE + SMALL bytes) waiting for a writer thread, a large file's opened chunk
-(`ChunkReader`, given back after the file), and the cache pages of at most TRIM_LOOKUPS lookups (store/repository.py);
+(`ChunkReader`, given back after the file), and the cache pages `Repository.locate_needed`'s trim policy lets map;
 nothing grows with the number of files beyond one shard's entries.
 """
 
@@ -28,7 +28,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from phonevault.store.packs import BlobLocation
-from phonevault.store.repository import TRIM_LOOKUPS, ChunkReader, Repository
+from phonevault.store.repository import ChunkReader, Repository
 from phonevault.store.trees import FileEntry
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -54,15 +54,19 @@ def _umask() -> int | None:
 
 
 class FileWriters:
-    """Creates small files on WRITERS threads, handed over in bundles of up to BUNDLE_FILES files or BUNDLE bytes:
+    """Creates small files on WRITERS (1) thread, handed over in bundles of up to BUNDLE_FILES files or BUNDLE bytes:
     creating a file costs ~100 µs of syscalls here (most of it ext4's create), a backup folder holds up to a million
     small ones, and the syscalls release the GIL, so they overlap decryption and lookups in the caller. One hand-over
     per file (a future, a semaphore, a queue put and a wake-up each) cost more than the file: 30 futex calls a file,
     10 of 20 system CPU seconds of a 120 000-file export, with four threads queueing on one folder's lock and the GIL.
     At most MAX_BUNDLES bundles wait (each under BUNDLE + SMALL bytes). A file's mode is given to `open` when the
     umask lets it through unchanged (no `fchmod`); its times are set through the descriptor (by path, each is one
-    more lookup in a folder the other thread is creating files in). The first failed write is raised in the caller
-    (by `submit` or on leaving the `with`); the rest of the queue is dropped."""
+    more lookup in the folder). One thread, not two: a snapshot's files come a folder (shard) at a time, so two
+    writers create files in one folder, and while one create holds the folder's lock (i_rwsem) and ext4 looks for
+    a free inode (slow after recent deletes: `recently_deleted`), the other spins on it. Exporting the 1 GB phone,
+    3 rounds alternated (load 9-16): 2 threads 12.0/7.8/16.9 CPU s, 33.5/21.2/48.4 s; 1 thread 4.6/6.1/15.1 CPU s,
+    14.0/14.8/50.0 s (the third round ~2 minutes after deleting 4 exports). The first failed write is raised in
+    the caller (by `submit` or on leaving the `with`); the rest of the queue is dropped."""
 
     SMALL = 4 << 20
     BUNDLE = 1 << 20
@@ -70,7 +74,7 @@ class FileWriters:
     # 2, not 4: each waiting bundle may hold a 4 MiB file; on the 6 GB phone, 4 waiting bundles and 16 MiB batches
     # had export peak 113-130 MB (in-process, under load), 2 and 8 MiB 87-104 MB.
     MAX_BUNDLES = 2
-    WRITERS = 2
+    WRITERS = 1
 
     def __init__(self, writers: int | None = None) -> None:
         self._umask = _umask()
@@ -249,11 +253,8 @@ class ReadAhead:
     def _locate(self, batch: list[FileEntry]) -> list[tuple[bytes, BlobLocation]]:
         ids = {c for e in batch if self._wanted(e) for c in e.chunks}  # a chunk many files share: located once
         out = []
-        for i, bid in enumerate(ids, 1):
-            # Each page fault maps ~64 KiB of the cache: unmap as it goes (store/residency.py).
-            if i % TRIM_LOOKUPS == 0:
-                self._repo.cache.trim()
-            if (loc := self._repo.cache.lookup(bid)) is not None:  # a miss: `take` reloads the index, or names it
+        for bid in ids:  # the cache's pages unmapped as locate_needed's one policy says (store/repository.py)
+            if (loc := self._repo.locate_needed(bid)) is not None:  # a miss: `take` names it
                 out.append((bid, loc))
         return out
 
