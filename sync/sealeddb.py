@@ -9,9 +9,9 @@ rollback mode (1), as opening the stored file's bytes in memory did: a Manifest.
 
 Memory: SQLite's page cache (CACHE_KIB) and the image's opened blocks (store/sealedimage.py), whatever the size of
 the Manifest.db; nothing grows with its rows. Spilling it looks up each of its chunks in the cache, whose pages
-`Repository.locate_needed` unmaps every TRIM_LOOKUPS lookups (store/repository.py): a 160 000-file phone's
-Manifest.db is thousands of chunks, and each lookup maps ~150 KB of the index (the kernel's fault-around), 47 MB of
-it by the end of the spill.
+`Repository.locate_needed` unmaps by its one policy (every TRIM_LOOKUPS lookups, once they grew TRIM_GROWN,
+store/repository.py): a 160 000-file phone's Manifest.db is thousands of chunks, and each lookup maps ~150 KB of
+the index (the kernel's fault-around), 47 MB of it by the end of the spill without it.
 """
 
 from __future__ import annotations
