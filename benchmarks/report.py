@@ -387,6 +387,16 @@ def cases_table(results: dict) -> list[str]:
     return lines + [""] if len(lines) > 4 else []
 
 
+def settled(results: dict) -> str:
+    """The wait after deletes before file-creating steps (suite.py, Settling), when the run had one."""
+    wait = results.get("settle_s")
+    return (
+        f"; a first backup, restore or `cp -r` starts ≥ {wait:.0f} s after the last delete (after a sync)"
+        if wait
+        else ""
+    )
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     head = [
@@ -394,7 +404,8 @@ def markdown(results: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']:.0f} GiB RAM, {m['kernel']}; Python {m['python']}; "
         f"{', '.join(f'{k} {v}' for k, v in results['versions'].items())} (commit {results.get('commit', '?')}).",
-        f"Cache: {'cold (page cache dropped before every step)' if results['cold'] else '**warm** (could not drop caches)'}. "
+        f"Cache: {'cold (page cache dropped before every step)' if results['cold'] else '**warm** (could not drop caches)'}"
+        f"{settled(results)}. "
         f"Cells: wall time · throughput · peak RSS · CPU seconds (user+system). Command: `{results['command']}`.",
         "",
     ]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import suite
 from dataset import (
     UnrealisticMedia,
     data_root,
@@ -83,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-data", action="store_true", help="keep each case's source folder (at day 0) afterwards")
     p.add_argument("--frugal", action="store_true", help="delete the source during restores even when it fits")
     p.add_argument("--live-code", action="store_true", help="measure the working tree as it changes, not HEAD frozen")
+    p.add_argument("--settle", type=float, default=suite.SETTLE, metavar="S",
+                   help="seconds after a delete before a step that creates many files (suite.py, Settling; 0: off)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke run: 256 MB, 3 000 many-files, 256 MB device path")
     p.add_argument("--out", default="", help="results file stem under results/ (default: results, or quick)")
     return p.parse_args(argv)
@@ -242,7 +245,7 @@ def bench_case(case: Case, work: Path, peers: list[str], log: Path, frugal: bool
         (root / "prepared.json").write_text(json.dumps({"size": case.size, "many_files": case.many_files,
             "generate_s": out["generate_s"], "bytes": nbytes, "files": files, "disk_bytes": blocks}) + "\n")  # fmt: skip
     else:
-        shutil.rmtree(root, ignore_errors=True)
+        suite.remove(root)
     out["load_end"] = os.getloadavg()
     out["case_s"] = time.perf_counter() - started
     return out
@@ -363,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "run.log"
     notes: list[str] = []
     peers = available_peers(args.peers, args.skip_peers, notes)
+    suite.SETTLE = args.settle
     cold = drop_caches()
     if not cold:
         notes.append("the page cache could not be dropped: every step ran warm")
@@ -375,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "versions": versions(peers),
         "cold": cold,
+        "settle_s": args.settle,
         "notes": notes,
         "sizes": [],
         "devices": [],

@@ -19,6 +19,14 @@ Frugal (`Source.frugal`, for a case whose source, repository and restore do not 
 source folder is deleted once the day-2 backup is measured (restores are verified against the digests taken
 before, never against the folder), and written again at day 0 before the next tool; the time that takes is
 recorded (`Source.regenerate_s`), never inside a measured step. The disk then holds at most two of the three.
+
+Settling. A step that creates many files (a first backup, a full restore, `cp -r`) waits, after a `sync`, until
+SETTLE seconds have passed since this suite last deleted a tree (`remove`). On ext4 without a journal (this VM's
+disk) every file created within ~60 s of a large delete walks the inode bitmap past the just-freed inodes
+(`recently_deleted` in fs/ext4/ialloc.c: 60 s once their inode table is written back, 360 s before): perf showed
+~70 % of the machine there during an export written right after the previous tool's restore was deleted, so the
+order of the tools decided part of their times. The wait is outside every measured step and the same for every
+tool; `--settle 0` turns it off.
 """
 
 from __future__ import annotations
@@ -32,6 +40,26 @@ from pathlib import Path
 from dataset import Dataset, Photo, compare, file_digest, file_list, find_dir, find_file, folder_digest
 from measure import Measurement, StepFailed, timed, tree_bytes
 from tools import Tool
+
+SETTLE = 65.0  # seconds after a delete before a step that creates many files (see Settling); run.py --settle
+_deleted_at = 0.0  # time.monotonic() of this suite's last `remove`
+
+
+def remove(path: Path) -> None:
+    """Delete a tree (a restore, a repository, a copy, a frugal source) and remember when, for `settle`."""
+    global _deleted_at
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        _deleted_at = time.monotonic()
+
+
+def settle() -> None:
+    """Before a step that creates many files: wait until SETTLE seconds after the last `remove` (see Settling)."""
+    left = SETTLE - (time.monotonic() - _deleted_at)
+    if SETTLE > 0 and left > 0:
+        subprocess.run(["sync"], check=False)
+        time.sleep(max(0.0, SETTLE - (time.monotonic() - _deleted_at)))
+
 
 FIRST, UNCHANGED, DAY2 = "first backup", "unchanged backup", "day-2 backup"
 RESTORE, ONE, CHECK = "full restore", "single file", "check --read-data"
@@ -63,7 +91,7 @@ class Source:
 
     def drop(self) -> None:
         """Delete the source folder to make room (frugal); the next `at` writes it again."""
-        shutil.rmtree(self.ds.folder, ignore_errors=True)
+        remove(self.ds.folder)
         self.ds.day = -1
 
 
@@ -74,16 +102,17 @@ def references(src: Source, work: Path, log: Path) -> dict[str, dict]:
     cat = timed("read (cat)", ["sh", "-c", 'find "$1" -type f -exec cat {} + > /dev/null', "sh", folder],
                 nbytes=nbytes, log=log)  # fmt: skip
     copy = work / "cp"
-    shutil.rmtree(copy, ignore_errors=True)
+    remove(copy)
+    settle()
     cp = timed("copy (cp -r)", ["cp", "-r", folder, copy], nbytes=nbytes, log=log)
     _verify(cp, src.digests[0], copy)
-    shutil.rmtree(copy)
+    remove(copy)
     return {"cat": cat.to_json(), "cp": cp.to_json()}
 
 
 def run_tool(tool: Tool, src: Source, work: Path, log: Path) -> dict:
     """The six steps for one tool; a failing step ends the tool's sequence and is reported, the run goes on."""
-    shutil.rmtree(work, ignore_errors=True)
+    remove(work)
     work.mkdir(parents=True)
     steps: dict[str, dict] = {}
     out: dict = {"steps": steps}
@@ -92,12 +121,14 @@ def run_tool(tool: Tool, src: Source, work: Path, log: Path) -> dict:
     except (StepFailed, subprocess.CalledProcessError, OSError) as e:
         out["error"] = str(e)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove(work)
     return out
 
 
 def _sequence(tool: Tool, src: Source, work: Path, log: Path, steps: dict[str, dict], out: dict) -> None:
     def step(name: str, cmd, nbytes: int = 0) -> Measurement:
+        if name in (FIRST, RESTORE):
+            settle()
         m = timed(name, cmd.argv, env=tool.env, cwd=cmd.cwd, nbytes=nbytes, log=log)
         steps[name] = m.to_json()
         return m
@@ -119,7 +150,7 @@ def _sequence(tool: Tool, src: Source, work: Path, log: Path, steps: dict[str, d
     m = step(RESTORE, tool.restore(target), src.sizes[2])
     _verify(m, src.digests[2], find_dir(target, src.ds.phone.udid))
     steps[RESTORE] = m.to_json()
-    shutil.rmtree(target)
+    remove(target)
 
     target = work / "one"
     m = step(ONE, tool.restore_one(src.photo, target))
@@ -130,7 +161,7 @@ def _sequence(tool: Tool, src: Source, work: Path, log: Path, steps: dict[str, d
     m.ok = got is not None and file_digest(got) == expected
     m.note = "" if m.ok else f"extracted photo missing or different ({got})"
     steps[ONE] = m.to_json()
-    shutil.rmtree(target)
+    remove(target)
 
     step(CHECK, tool.check(), out["repo_after_day2"])
 
