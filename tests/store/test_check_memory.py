@@ -2,8 +2,9 @@
 
 The walk looks up every chunk of every file in the cache's memory-mapped index (data.mdb). A warm lookup maps a
 leaf and a branch page with the kernel's fault-around (64 KiB each), so the pages mapped between two unmappings grow
-with the lookups in between, and the index's spread with the vault's files: check unmaps them every CHECK_TRIM
-lookups, which bounds data.mdb's resident pages whatever the index's size (store/check.py's docstring).
+with the lookups in between, and the index's spread with the vault's files: `Repository.locate_needed` unmaps them
+every TRIM_LOOKUPS lookups once file-backed memory grew TRIM_GROWN (store/repository.py), which bounds data.mdb's
+resident pages whatever the index's size (store/check.py's docstring).
 `check --read-data` holds one pack and one map of its blobs: the pack's index object is compared with its header
 as it unpacks, and agrees exactly when its whole decode does.
 """
