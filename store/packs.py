@@ -7,16 +7,17 @@ raw length], …]], so the whole index can be rebuilt from packs alone: `check -
 A sealed blob is nonce || AES-256-GCM(flag || payload, ad=blob id), flag 0 = stored, 1 = zstd.
 pack-id = unkeyed BLAKE3 of the pack's bytes: `check --read-data` verifies a pack without trusting its name.
 
-`PackWriter` fills one pack; data and tree blobs go to separate writers so tree packs stay small and hot in any
-cache. A pack that takes media chunks, or whose data blobs grow past SMALL_PACK, is from then on written as it
-fills when the backend can (its `spool`: a local disk, store/backends/local.py): to a temporary file in packs/,
-small blobs gathered up to SPOOL_STAGE (1 MiB) per write, the pack id hashed as bytes are appended, and published
-by fsync and rename, so the pack is written once and never held whole (a 1.1 GB phone's import, 3 alternating
-warm rounds each, load ~10: peak 128 -> 91 MB, 13.4 -> 11.8 CPU s, wall within the noise). A blob of it is read
-back with pread (no map: a file's mapped pages count in the resident set). Elsewhere (S3, a wrapper) it moves
-its bytes to an anonymous map taken from a process-wide pool (`PackBuffers`) and given
-back as soon as the pack is written (`finish`; it is then read from the backend), so a vault written pack after
-pack reuses pages already mapped instead of faulting in (and zeroing) 16 MiB of fresh memory for every pack: on a
+`PackWriter` fills one pack; data and tree blobs go to separate writers so tree packs stay small and hot in any cache. A
+pack that takes media chunks, or whose data blobs grow past SMALL_PACK, is from then on written as it fills when the
+backend can (its `spool`: a local disk, store/backends/local.py): to a temporary file in packs/, small blobs gathered up
+to SPOOL_STAGE (1 MiB) per write, the pack id hashed as bytes are appended, and published by fsync and rename, so the
+pack is written once and never held whole. Import, warm alternating A/B, load 7-17: 1.1 GB phone (3 rounds each) peak
+128 -> 91 MB, 13.4 -> 11.8 CPU s; 3.3 GB (5 each) 135 -> 102 MB, 31.6 -> 28.4 CPU s; wall within the noise (1.1 GB at
+load 2-4, 3 each: 12.4 -> 11.0 s). Hashing the id from the file at `finish`, off the caller's thread, cost more CPU (3.3
+GB: 29.6 against 26.9 s). A blob of it is read back with pread (no map: a file's mapped pages count in the resident
+set). Elsewhere (S3, a wrapper) it moves its bytes to an anonymous map taken from a process-wide pool (`PackBuffers`)
+and given back as soon as the pack is written (`finish`; it is then read from the backend), so a vault written pack
+after pack reuses pages already mapped instead of faulting in (and zeroing) 16 MiB of fresh memory for every pack: on a
 virtual machine a copy into fresh pages runs at ~1.3 GB/s, into mapped ones at ~8 GB/s. A pack of tree, delta and
 catalog blobs never takes a pooled buffer and is full at TREE_PACK_SIZE (4 MiB).
 Memory: a spooled data pack ≤ SMALL_PACK before it spools, then ≤ SPOOL_STAGE + header; otherwise the buffers of
