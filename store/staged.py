@@ -149,6 +149,10 @@ class StagedTree:
             check_path(entry.path)
         self._put(entry)
 
+    def set_checked(self, entry: FileEntry) -> None:
+        """`set` for an entry whose path was checked before (a parent's shard, store/writer.py `put_parent_shard`)."""
+        self._put(entry)
+
     def _put(self, entry: FileEntry) -> None:
         """`set` for a path already checked."""
         if self._kids is not None and entry.path not in self.state:

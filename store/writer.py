@@ -35,6 +35,7 @@ which also bounds the cost of every edit of the staged tree.
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 import threading
@@ -203,6 +204,7 @@ class SnapshotWriter:
         self.sink: BlobSink | None = None
         self._refs: dict[str, ShardRef] = {}  # shards written so far (`seal_shard`, then the rest at commit)
         self._done: set[str] = set()  # shards written or found empty: no entry may be staged in them any more
+        self._inherited: dict[str, tuple[bytes, list[FileEntry]]] = {}  # shard -> the parent's node, staged whole
         self._deltas = DeltaWriter(lambda data: self.sink.put(DELTA, data, True)[0])
         self._counts = [0, 0, 0, 0, 0]  # files, bytes, added, modified, removed: of the shards written
         self._untrimmed = 0  # data blobs looked up since the cache's map was last trimmed (TRIM_LOOKUPS)
@@ -316,8 +318,16 @@ class SnapshotWriter:
         read per file on a cold cache). False, nothing staged, if they make another node."""
         if self.repo.key.blob_id(encode_shard(entries)) != node:
             return False
-        for entry in entries:
-            self._stage(entry)
+        if entries:
+            # One shard, the parent's: its paths were checked when the parent staged them (the keyed hash covers
+            # them), so they are staged without `check_path` and the shard's seal reuses the node (`_write_shard`).
+            shard = shard_of(entries[0].path)
+            if shard in self._done:
+                raise ValueError(f"{entries[0].path}: its shard was already written (seal_shard)")
+            stage = getattr(self.tree, "set_checked", self.tree.set)
+            for entry in entries:
+                stage(entry)
+            self._inherited[shard] = (node, entries)
         self.stats.reused_files += len(entries)
         return True
 
@@ -366,10 +376,20 @@ class SnapshotWriter:
         if shard in self._done:
             raise ValueError(f"shard {shard!r} was already written")
         self._done.add(shard)
-        ref = write_shard(shard, entries, self._put_tree) if entries else None
+        old = self._parent_refs.get(shard)
+        node, inherited = self._inherited.pop(shard, (None, ()))
+        if (  # exactly the entries `put_parent_shard` found to be the parent's node: no encode, no hash, one lookup
+            old is not None
+            and old.node == node
+            and len(entries) == len(inherited)
+            and all(map(operator.is_, entries, inherited))
+            and self.sink.known(node)  # a prune's candidate pack is not reused: then written again, as `put` does
+        ):
+            ref = old
+        else:
+            ref = write_shard(shard, entries, self._put_tree) if entries else None
         if ref is not None:
             self._refs[shard] = ref
-        old = self._parent_refs.get(shard)
         if ref is None or old is None or old.node != ref.node:  # an unchanged shard keeps its id: no changes
             where = f"tree {old.node.hex()[:16]}" if old is not None else ""
             before = {e.path: e for e in decode_shard(self.sink.get(old.node), where)} if old is not None else {}
