@@ -10,18 +10,12 @@ import sys
 
 import pytest
 
-from phonevault.store.packs import BlobLocation
 from phonevault.store.repository import TRIM_GROWN, TRIM_LOOKUPS
 
+from .test_cache_trim import _index
 from .test_spilled_trim import mapped
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="resident pages are read from /proc/self/smaps")
-
-
-def _index(repo, n: int) -> list[bytes]:
-    ids = [repo.key.blob_id(b"policy %d" % i) for i in range(n)]
-    repo.cache.add_index("index-p", {b: BlobLocation("cd" * 32, k, 100, 90, 0) for k, b in enumerate(ids)})
-    return ids
 
 
 def test_a_small_index_once_mapped_stays_mapped(repo) -> None:

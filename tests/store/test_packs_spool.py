@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from phonevault.store.backends.local import LocalBackend
 from phonevault.store.backends.memory import MemoryBackend
-from phonevault.store.crypto import MasterKey, content_hash
+from phonevault.store.crypto import content_hash
 from phonevault.store.packs import (
     DATA,
     POOL_BLOB,
@@ -29,16 +29,9 @@ from phonevault.store.packs import (
     open_blob,
     pack_name,
     parse_header,
-    seal_blob,
 )
 
-KEY = MasterKey(bytes(range(32)))
-
-
-def blob(rnd: random.Random, n: int) -> tuple[bytes, bytes]:
-    plain = rnd.randbytes(n)
-    blob_id = KEY.blob_id(plain)
-    return blob_id, seal_blob(KEY, blob_id, plain, False)
+from .test_packs_buffers import KEY, blob
 
 
 def temporaries(root: Path) -> list[Path]:
