@@ -178,3 +178,8 @@ class CacheKey:
 def content_hash(data: bytes | memoryview) -> str:
     """Unkeyed BLAKE3 hex: names packs by their bytes so `check --read-data` can verify them without a key."""
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > 8 << 20 else 1).hexdigest()
+
+
+def content_hasher() -> blake3.blake3:
+    """`content_hash` fed piece by piece (`update`, then `hexdigest`): a pack written as it fills (store/packs.py)."""
+    return blake3.blake3()

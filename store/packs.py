@@ -34,12 +34,11 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-import blake3
 import msgpack
 import zstandard
 
 from .backends import Backend
-from .crypto import MasterKey, content_hash
+from .crypto import MasterKey, content_hash, content_hasher
 from .errors import CorruptObject, UnsupportedFormat
 
 PACK_FORMAT = 1
@@ -217,7 +216,7 @@ class PackWriter:
         # A spooled pack (the backend's `spool`): its first `_spooled` bytes are in the file, the rest in `_buf`.
         self._spool = None
         self._spooled = 0
-        self._hash: blake3.blake3 | None = None  # of every byte appended, for the pack id
+        self._hash = None  # crypto.content_hasher of every byte appended, for the pack id
         self._spool_error: BaseException | None = None  # a failed write, raised by `finish` (and `sealed`)
 
     def __len__(self) -> int:
@@ -243,7 +242,8 @@ class PackWriter:
         if self._release is None and (spool := getattr(self._backend, "spool", None)) is not None:
             self._spool = spool("packs")  # to a file from here on: given up (removed) if this writer is dropped
             self._release = weakref.finalize(self, self._spool.close)
-            self._hash = blake3.blake3(self._buf)
+            self._hash = content_hasher()
+            self._hash.update(self._buf)
             self._spool_append(data, end)
             return
         if self._release is None or end > len(self._buf):  # to the pool, or (rare) past twice the target
