@@ -163,6 +163,7 @@ def timed(
     user, system, rss_kib = (float(x) for x in fields[-3:]) if len(fields) >= 3 else (0.0, 0.0, 0.0)
     m = Measurement(step, wall, user + system, max(rss_kib, tree_kib) / 1024, nbytes, was_cold)
     m.extra["largest_process_rss_mb"] = round(rss_kib / 1024, 1)
+    m.extra["system_s"] = round(system, 2)  # the kernel's share of cpu_s (file system, page faults, locks)
     if rc != 0:
         raise StepFailed(f"{step}: `{' '.join(map(str, cmd))}` exited {rc} (see {log})")
     return m

@@ -233,7 +233,10 @@ def _cell(m: dict | None) -> str:
     if m.get("mbps"):
         parts.append(f"{m['mbps']:.0f} MB/s")
     parts.append(f"{m['peak_rss_mb']:.0f} MB RSS")
-    parts.append(f"{m['cpu_s']:.1f} s CPU")
+    cpu = f"{m['cpu_s']:.1f} s CPU"
+    if (system := m.get("extra", {}).get("system_s")) is not None:
+        cpu += f" ({system:.1f} sys)"
+    parts.append(cpu)
     text = " · ".join(parts)
     return text if m.get("ok", True) else f"{text} **✗ {m.get('note', '')}**"
 
@@ -406,7 +409,7 @@ def markdown(results: dict) -> str:
         f"{', '.join(f'{k} {v}' for k, v in results['versions'].items())} (commit {results.get('commit', '?')}).",
         f"Cache: {'cold (page cache dropped before every step)' if results['cold'] else '**warm** (could not drop caches)'}"
         f"{settled(results)}. "
-        f"Cells: wall time · throughput · peak RSS · CPU seconds (user+system). Command: `{results['command']}`.",
+        f"Cells: wall time · throughput · peak RSS · CPU seconds (user+system, and the system part). Command: `{results['command']}`.",
         "",
     ]
     notes = [f"- {n}" for n in results.get("notes", [])]

@@ -31,6 +31,13 @@ time.sleep(2)
 os.waitpid(pid, 0)
 """
 
+SYSCALLS = f"""
+b = bytearray({4 * MIB})
+with open("/dev/zero", "rb", buffering=0) as f:
+    for _ in range(800):
+        f.readinto(b)  # the kernel zero-fills 4 MiB: system time
+"""
+
 
 def test_peak_rss_sums_a_parent_and_its_child() -> None:
     m = measure.timed("two", [sys.executable, "-c", TWO_PROCESSES], cold=False)
@@ -45,3 +52,10 @@ def test_one_process_keeps_gnu_times_figure() -> None:
     )
     assert abs(m.peak_rss_mb - m.extra["largest_process_rss_mb"]) < 0.1  # only rounded
     assert m.peak_rss_mb >= 64
+
+
+def test_system_time_is_the_kernels_share() -> None:
+    """A step that spends its time in system calls reports most of its CPU as system time, and never more than all."""
+    m = measure.timed("sys", [sys.executable, "-c", SYSCALLS], cold=False)
+    assert 0 < m.extra["system_s"] <= m.cpu_s + 0.01
+    assert m.extra["system_s"] >= 0.3 * m.cpu_s
