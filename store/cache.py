@@ -47,7 +47,8 @@ behind phonevault's back) is verified page by page with py-lmdb's offline verifi
 50 MB); a clean one costs a stat and a small read.
 
 Memory: the blob index lives on disk, memory-mapped; one long-lived read transaction serves lookups. Opening costs
-memory proportional to nothing but LMDB's page cache, however large the repository grows. The map's pages a command
+memory proportional to nothing but LMDB's page cache, however large the repository grows. Once a command's misses
+pay for it, a 2 MiB filter of the index's ids (residency.IdFilter) answers most misses without the map. The map's pages a command
 touched count as its resident memory until `trim` unmaps them (after each shard; store/residency.py); a write
 transaction copies the pages it dirties into memory LMDB keeps until the env closes, so index locations are written
 INDEX_BATCH at a time in key order and derived values DERIVED_BATCH bytes at a time (store/derived.py).
@@ -70,10 +71,10 @@ import msgpack
 
 from .backends.local import mkdirs_private
 from .crypto import MasterKey
-from .derived import DerivedValues
+from .derived import DerivedValues, SegmentEntries, StatEntries
 from .errors import CacheCorrupt, PhonevaultError
 from .packs import BlobLocation
-from .residency import TRIM_GROWTH, drop, find_map, grown, mark
+from .residency import TRIM_GROWTH, IdFilter, drop, find_map, grown, mark
 
 if TYPE_CHECKING:
     from .spool import Spool
@@ -88,18 +89,20 @@ MAP_SIZE = 1 << 36  # address space only; the file grows as needed
 # Blob locations per write transaction: LMDB keeps a transaction's dirty pages (malloc'd, a leaf per put) until the env
 # closes. 4096 kept 8 MB at 30 000 blobs, 20 MB at 1 070 000 (1M files); 1024 keeps 3.6 and 6.7 MB, as fast per put.
 INDEX_BATCH = 1024
+# The id filter (residency.IdFilter) is built once a command's misses reach 1/FILTER_PAYOFF of the index's entries
+# (its build reads every key, ~1 µs each; a miss in LMDB cost ~20 µs at 300 000 files, mostly faulting pages back in).
+FILTER_PAYOFF = 16
 STATE = "state"
 STATE_AD = b"cache-state"
 MAX_RESETS = 3  # per process: a cache that keeps failing once rebuilt is a problem of the disk, not of its content
 _DBS = (b"meta", b"blobs", b"indexes", b"segments", b"stat", b"derived")
 _UNPACK_ERRORS = (ValueError, TypeError, IndexError, AttributeError, msgpack.UnpackException)
 
-_SEP = os.sep.encode()
 _open_here: set[str] = set()  # cache directories open in this process (LMDB refuses a second open of one)
 _open_here_lock = threading.Lock()
 
 
-class Cache(DerivedValues):
+class Cache(DerivedValues, SegmentEntries, StatEntries):
     """One repository's cache, used from any thread. `_lock` serialises writes and resets, across a commit's fsync;
     `_env_lock` (taken after `_lock`) the env's lifetime: a read transaction's start and `trim` take only it, so
     lookups go on while the pack writer commits (they waited on its fsyncs 24-34 s in a 1 000 000-file import).
@@ -125,6 +128,11 @@ class Cache(DerivedValues):
         self._stat_gen = 0  # bumped by every write of stat entries and every reset
         self.env: lmdb.Environment | None = None
         self._map: tuple[int, int] | None = None  # where data.mdb is mapped while `env` is open (`trim`)
+        # Blob ids the index may hold (`lookup`), kept up by this process's add_index; valid up to LMDB transaction
+        # `_known_txn` (or `_pending_txn`, a write of this process committing): a later one is another process's
+        # write, and drops it (`_read`, `_writing`). Misses: lookups LMDB answered None since it was dropped.
+        self._filter: IdFilter | None = None
+        self._known_txn = self._pending_txn = self._misses = 0
         mkdirs_private(path)
         with contextlib.suppress(OSError):
             if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
@@ -223,6 +231,7 @@ class Cache(DerivedValues):
     def _close_env(self) -> None:
         with self._env_lock:
             self._map = None  # its span may be other memory once it is closed
+            self._filter = None  # what it covered is another env's
             for txn in list(self._rtxns):
                 txn.abort()  # a thread still holding one gets an lmdb.Error, as on a closed env; it renews at its next read
             self._rtxns.clear()
@@ -314,6 +323,8 @@ class Cache(DerivedValues):
             mine["txn"] = txn = self.env.begin()
             mine["gen"], mine["env"] = self._gen, self.env
             self._rtxns.add(txn)
+            if self._filter is not None and txn.id() > max(self._known_txn, self._pending_txn):
+                self._filter = None  # another process wrote since: maybe index entries this one did not add
         return txn
 
     def _write(self, fn: Callable[[lmdb.Transaction], None]) -> None:
@@ -324,18 +335,43 @@ class Cache(DerivedValues):
                     if self._deferred is not None:
                         raise self._deferred
                     with self.env.begin(write=True) as txn:
+                        w = self._writing(txn)
                         fn(txn)
+                    self._wrote(w)
                     self._gen += 1
                 return
             except (lmdb.Error, CacheCorrupt) as e:
                 self._recover(e)
 
+    def _writing(self, txn: lmdb.Transaction) -> int:
+        """A write begins (under `_lock`): if another process committed since the filter's last, it is dropped."""
+        w = self._pending_txn = txn.id()
+        if self._filter is not None and w - 1 != self._known_txn:
+            self._filter = None
+        return w
+
+    def _wrote(self, w: int) -> None:
+        """It committed (one that changed nothing left LMDB's last id at w - 1); another process's after it drops the
+        filter."""
+        last = self.env.info()["last_txnid"]
+        if last == w:
+            self._known_txn = w
+        elif last != w - 1:
+            self._filter = None
+        self._pending_txn = self._known_txn
+
     # --- blob index -------------------------------------------------------------------------------------------
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         # The hot path of an unchanged re-import (one lookup per file): unpacking and opening inlined.
         try:
-            raw = self._read().get(blob_id, db=self._blobs)
+            txn = self._read()  # first: renewing it may drop the filter
+            if (f := self._filter) is not None and not f.may_hold(blob_id):
+                return None
+            raw = txn.get(blob_id, db=self._blobs)
             if raw is None:
+                self._misses += 1
+                if self._filter is None and (self._misses & (self._misses - 1)) == 0:
+                    self._build_filter()
                 return None
             pack, off, length, raw_len, typ = msgpack.unpackb(self._ck.open(raw, b"blobs/" + blob_id, self._where))
             return BlobLocation(pack.hex(), off, length, raw_len, typ)
@@ -344,6 +380,30 @@ class Cache(DerivedValues):
         except (lmdb.Error, CacheCorrupt) as e:
             self._recover(e)
         return self.lookup(blob_id)
+
+    def _build_filter(self) -> None:
+        """The id filter of every key of the index, if the misses so far pay for it (FILTER_PAYOFF). Under `_lock`, not
+        waited for (a lookup never waits on a commit), so no add_index commits meanwhile; trimmed as keys map pages."""
+        if not self._lock.acquire(blocking=False):  # a write is committing: tried again at a later miss
+            return
+        try:
+            if self._filter is not None or self._deferred is not None or self.env is None:
+                return
+            with self.env.begin() as txn:
+                n = txn.stat(self._blobs)["entries"]
+                if n > self._misses * FILTER_PAYOFF:
+                    return
+                f = IdFilter()
+                for i, key in enumerate(txn.cursor(db=self._blobs).iternext(values=False), 1):
+                    f.add(key)
+                    if i % 1024 == 0:
+                        self.trim(TRIM_GROWTH)
+                self._filter, self._known_txn, self._misses = f, txn.id(), 0
+            self.trim()
+        except lmdb.Error as e:
+            self._recover(e)
+        finally:
+            self._lock.release()
 
     def index_plan(self, present: Iterable[str]) -> tuple[list[str], bool]:
         """Of the vault's index objects `present`: those the blob index lacks, and whether it holds one the vault does
@@ -369,7 +429,11 @@ class Cache(DerivedValues):
                     return
                 for at in range(0, max(len(items), 1), INDEX_BATCH):
                     with self.env.begin(write=True) as txn:
+                        w = self._writing(txn)
+                        f = self._filter
                         for n, (bid, loc) in enumerate(items[at : at + INDEX_BATCH], 1):
+                            if f is not None:
+                                f.add(bid)  # before the put is visible: the filter never lacks a held id
                             value = msgpack.packb(
                                 [bytes.fromhex(loc.pack), loc.offset, loc.length, loc.raw_length, loc.type]
                             )
@@ -378,6 +442,7 @@ class Cache(DerivedValues):
                                 self.trim(TRIM_GROWTH)
                         if at + INDEX_BATCH >= len(items):
                             txn.put(key, self._seal(b"indexes", key, b""), db=self._indexes)
+                    self._wrote(w)
                     self._gen += 1
                     self.trim()
         except lmdb.Error as e:
@@ -385,88 +450,6 @@ class Cache(DerivedValues):
 
     def clear_index(self) -> None:
         self._write(lambda txn: (txn.drop(self._blobs, delete=False), txn.drop(self._indexes, delete=False)))
-
-    # --- event segments ---------------------------------------------------------------------------------------
-    def segment_key(self, device_key: str, name: str, size: int, head: bytes) -> bytes:
-        """The key of one sealed segment object: its name, its size and its first 12 bytes (its nonce)."""
-        what = b"%s\0%d\0%s" % (name.encode(), size, head)
-        return self._device_prefix(device_key) + self._ck.key(b"segments", what, 16)
-
-    def _device_prefix(self, device_key: str) -> bytes:
-        return self._ck.key(b"segdev", device_key.encode(), 16)
-
-    def segment(self, key: bytes) -> bytes | None:
-        return self._get_sealed(self._segments, b"segments", key)
-
-    def put_segment(self, key: bytes, plain: bytes) -> None:
-        self._write(lambda txn: txn.put(key, self._seal(b"segments", key, plain), db=self._segments))
-
-    def retain_segments(self, device_key: str, keep: Iterable[bytes]) -> int:
-        """Drop this device's cached segments that match no segment of the vault; returns how many went."""
-        prefix, keep = self._device_prefix(device_key), set(keep)
-        dropped = 0
-
-        def drop(txn: lmdb.Transaction) -> None:
-            nonlocal dropped
-            cur = txn.cursor(db=self._segments)
-            ok = cur.set_range(prefix)
-            while ok and cur.key()[:16] == prefix:
-                if cur.key() in keep:
-                    ok = cur.next()
-                else:
-                    dropped += 1
-                    ok = cur.delete()  # moves to the next entry
-
-        self._write(drop)
-        return dropped
-
-    # --- stat cache -------------------------------------------------------------------------------------------
-    def stat_get(self, key: bytes) -> list | None:
-        """The chunk ids recorded for a file whose key (`<path> 0x00 <stat fields>`) is exactly this, or None."""
-        folder, name, fields = _split_stat_key(key)
-        entry = self._stat_folder(folder).get(name)
-        if entry is not None and entry[0] == fields:
-            return entry[1]
-        return None
-
-    def _stat_folder(self, folder: bytes) -> dict:
-        held = self._folder
-        if held is not None and held[0] == folder and held[1] == self._stat_gen:
-            return held[2]
-        k = self._stat_key(folder)
-        try:
-            raw = self._read().get(k, db=self._stat)
-            entries = {} if raw is None else self._unpack(b"stat", k, raw)
-            if not isinstance(entries, dict) or not all(
-                isinstance(e, list) and len(e) == 2 and isinstance(e[1], list) for e in entries.values()
-            ):
-                raise CacheCorrupt(self._where, "a stat entry is not [stat fields, chunk ids]")
-        except (lmdb.Error, CacheCorrupt) as e:
-            self._recover(e)
-            entries = {}
-        self._folder = (folder, self._stat_gen, entries)
-        return entries
-
-    def stat_put_many(self, items: Iterable[tuple[bytes, list]]) -> None:
-        by_folder: dict[bytes, dict] = {}
-        for key, chunks in items:
-            folder, name, fields = _split_stat_key(key)
-            by_folder.setdefault(folder, {})[name] = [fields, list(chunks)]
-        if not by_folder:
-            return
-
-        def put(txn: lmdb.Transaction) -> None:
-            for folder, new in by_folder.items():
-                k = self._stat_key(folder)
-                raw = txn.get(k, db=self._stat)
-                entries = {} if raw is None else self._unpack(b"stat", k, raw)
-                if not isinstance(entries, dict):
-                    raise CacheCorrupt(self._where, "a stat folder is not a map")
-                entries.update(new)
-                txn.put(k, self._seal(b"stat", k, msgpack.packb(entries)), db=self._stat)
-
-        self._write(put)
-        self._stat_gen += 1
 
     def trim(self, growth: int = 0) -> None:
         """Unmap the pages of data.mdb this process touched (store/residency.py): commands call it after each shard,
@@ -487,13 +470,6 @@ class Cache(DerivedValues):
         from .spool import Spool  # noqa: PLC0415  (spool.py builds on this module)
 
         return Spool(self)
-
-
-def _split_stat_key(key: bytes) -> tuple[bytes, bytes, bytes]:
-    """`<folder>/<name> 0x00 <stat fields>` -> (folder with its separator, name, stat fields)."""
-    path, _, fields = key.partition(b"\0")
-    cut = max(path.rfind(b"/"), path.rfind(_SEP)) + 1
-    return path[:cut], path[cut:], fields
 
 
 def _reason(e: Exception) -> str:

@@ -1,17 +1,23 @@
 """The cache's `derived` database (store/cache.py: format, sealing, trust): values a command computed from the vault's
 content, keyed by that content (a snapshot's catalog and its shards, the MBFile memo, find's index, the camera
-roll), so the same key always means the same value. A mixin of `Cache`, which provides the LMDB environment, the
-sealing and the repair.
+roll), so the same key always means the same value; its `segments` (a device's event segments, keyed by what the
+vault's object is) and `stat` (a source file's stat -> its chunk ids, grouped by folder) databases. Mixins of `Cache`,
+which provides the LMDB environment, the sealing and the repair.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from functools import partial
 
 import lmdb
+import msgpack
+
+from .errors import CacheCorrupt
 
 DERIVED_BATCH = 4 << 20  # bytes of values per write transaction (each commit is an fsync)
+_SEP = os.sep.encode()
 
 
 class DerivedValues:
@@ -40,3 +46,98 @@ class DerivedValues:
     def _put_derived(self, batch: list[tuple[bytes, bytes]], txn: lmdb.Transaction) -> None:
         for k, v in batch:
             txn.put(k, v, db=self._derived)
+
+
+class SegmentEntries:
+    """The Cache's `segments` database: each sealed event segment object's plaintext (trust: store/cache.py)."""
+
+    def segment_key(self, device_key: str, name: str, size: int, head: bytes) -> bytes:
+        """The key of one sealed segment object: its name, its size and its first 12 bytes (its nonce)."""
+        what = b"%s\0%d\0%s" % (name.encode(), size, head)
+        return self._device_prefix(device_key) + self._ck.key(b"segments", what, 16)
+
+    def _device_prefix(self, device_key: str) -> bytes:
+        return self._ck.key(b"segdev", device_key.encode(), 16)
+
+    def segment(self, key: bytes) -> bytes | None:
+        return self._get_sealed(self._segments, b"segments", key)
+
+    def put_segment(self, key: bytes, plain: bytes) -> None:
+        self._write(lambda txn: txn.put(key, self._seal(b"segments", key, plain), db=self._segments))
+
+    def retain_segments(self, device_key: str, keep: Iterable[bytes]) -> int:
+        """Drop this device's cached segments that match no segment of the vault; returns how many went."""
+        prefix, keep = self._device_prefix(device_key), set(keep)
+        dropped = 0
+
+        def drop(txn: lmdb.Transaction) -> None:
+            nonlocal dropped
+            cur = txn.cursor(db=self._segments)
+            ok = cur.set_range(prefix)
+            while ok and cur.key()[:16] == prefix:
+                if cur.key() in keep:
+                    ok = cur.next()
+                else:
+                    dropped += 1
+                    ok = cur.delete()  # moves to the next entry
+
+        self._write(drop)
+        return dropped
+
+
+class StatEntries:
+    """`stat_get` / `stat_put_many` over the Cache's `stat` database (format: store/cache.py)."""
+
+    def stat_get(self, key: bytes) -> list | None:
+        """The chunk ids recorded for a file whose key (`<path> 0x00 <stat fields>`) is exactly this, or None."""
+        folder, name, fields = _split_stat_key(key)
+        entry = self._stat_folder(folder).get(name)
+        if entry is not None and entry[0] == fields:
+            return entry[1]
+        return None
+
+    def _stat_folder(self, folder: bytes) -> dict:
+        held = self._folder
+        if held is not None and held[0] == folder and held[1] == self._stat_gen:
+            return held[2]
+        k = self._stat_key(folder)
+        try:
+            raw = self._read().get(k, db=self._stat)
+            entries = {} if raw is None else self._unpack(b"stat", k, raw)
+            if not isinstance(entries, dict) or not all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[1], list) for e in entries.values()
+            ):
+                raise CacheCorrupt(self._where, "a stat entry is not [stat fields, chunk ids]")
+        except (lmdb.Error, CacheCorrupt) as e:
+            self._recover(e)
+            entries = {}
+        self._folder = (folder, self._stat_gen, entries)
+        return entries
+
+    def stat_put_many(self, items: Iterable[tuple[bytes, list]]) -> None:
+        by_folder: dict[bytes, dict] = {}
+        for key, chunks in items:
+            folder, name, fields = _split_stat_key(key)
+            by_folder.setdefault(folder, {})[name] = [fields, list(chunks)]
+        if not by_folder:
+            return
+
+        def put(txn: lmdb.Transaction) -> None:
+            for folder, new in by_folder.items():
+                k = self._stat_key(folder)
+                raw = txn.get(k, db=self._stat)
+                entries = {} if raw is None else self._unpack(b"stat", k, raw)
+                if not isinstance(entries, dict):
+                    raise CacheCorrupt(self._where, "a stat folder is not a map")
+                entries.update(new)
+                txn.put(k, self._seal(b"stat", k, msgpack.packb(entries)), db=self._stat)
+
+        self._write(put)
+        self._stat_gen += 1
+
+
+def _split_stat_key(key: bytes) -> tuple[bytes, bytes, bytes]:
+    """`<folder>/<name> 0x00 <stat fields>` -> (folder with its separator, name, stat fields)."""
+    path, _, fields = key.partition(b"\0")
+    cut = max(path.rfind(b"/"), path.rfind(_SEP)) + 1
+    return path[:cut], path[cut:], fields

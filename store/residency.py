@@ -91,3 +91,23 @@ def grown(limit: int) -> bool:
 
 def mark() -> None:
     _GROWTH.reset()
+
+
+class IdFilter:
+    """The blob ids an index may hold: false positives, never a false negative. A bit per 24-bit prefix of the id
+    (ids are keyed hashes, spread evenly): 2 MiB whatever the index's size, ~1.8 % false positives at 300 000 ids,
+    ~6 % at 1 000 000. A lookup of an id it lacks (a first import's every new chunk) is answered without touching
+    the map: no B-tree descent, no page mapped (store/cache.py `Cache.lookup`)."""
+
+    BITS = 1 << 24
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS >> 3)
+
+    def add(self, blob_id: bytes) -> None:
+        i = int.from_bytes(blob_id[:3], "big")
+        self._bits[i >> 3] |= 1 << (i & 7)
+
+    def may_hold(self, blob_id: bytes) -> bool:
+        i = int.from_bytes(blob_id[:3], "big")
+        return bool(self._bits[i >> 3] >> (i & 7) & 1)
