@@ -343,9 +343,7 @@ def _stage_and_commit(
     meta = replace(fm.meta, problems=len(problems), dated_by=dated.source, **decrypted_meta(run.decrypt))
     snap = writer.commit(f"folder:{folder}", meta=meta.encode(), time_us=dated.time_us)
     # Only after the commit: a stat-cache entry must never point at chunks no snapshot holds.
-    for batch in new_stat:
-        repo.cache.stat_put_many(batch)
-        repo.cache.trim()
+    repo.cache.stat_put_many(item for batch in new_stat for item in batch)
     if catalog:  # so ls/extract/diff of this snapshot start at once
         store_catalog(repo, snap, catalog.packed)
     elif listing is not None:
@@ -393,7 +391,7 @@ def _plan(
         # A file stored decrypted is never in the stat cache: its cached chunks would be the ciphertext's.
         cached = repo.cache.stat_get(key) if run.decrypt is None or not run.decrypt.keyed(rel) else None
         if cached is not None:
-            plan.cached.append((rel, full, st, key, tuple(bytes(c) for c in cached)))
+            plan.cached.append((rel, full, st, key, tuple(cached)))  # bytes, as msgpack decodes bin
         else:
             plan.to_read.append((rel, full, st, key))
     return plan
