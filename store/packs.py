@@ -10,20 +10,21 @@ pack-id = unkeyed BLAKE3 of the pack's bytes: `check --read-data` verifies a pac
 `PackWriter` fills one pack; data and tree blobs go to separate writers so tree packs stay small and hot in any cache. A
 pack that takes media chunks, or whose data blobs grow past SMALL_PACK, is from then on written as it fills when the
 backend can (its `spool`: a local disk, store/backends/local.py): to a temporary file in packs/, small blobs gathered up
-to SPOOL_STAGE (1 MiB) per write, the pack id hashed as bytes are appended, and published by fsync and rename, so the
-pack is written once and never held whole. Import, warm alternating A/B, load 7-17: 1.1 GB phone (3 rounds each) peak
-128 -> 91 MB, 13.4 -> 11.8 CPU s; 3.3 GB (5 each) 135 -> 102 MB, 31.6 -> 28.4 CPU s; wall within the noise (1.1 GB at
-load 2-4, 3 each: 12.4 -> 11.0 s). Hashing the id from the file at `finish`, off the caller's thread, cost more CPU (3.3
-GB: 29.6 against 26.9 s). A blob of it is read back with pread (no map: a file's mapped pages count in the resident
-set). Elsewhere (S3, a wrapper) it moves its bytes to an anonymous map taken from a process-wide pool (`PackBuffers`)
-and given back as soon as the pack is written (`finish`; it is then read from the backend), so a vault written pack
-after pack reuses pages already mapped instead of faulting in (and zeroing) 16 MiB of fresh memory for every pack: on a
-virtual machine a copy into fresh pages runs at ~1.3 GB/s, into mapped ones at ~8 GB/s. A pack of tree, delta and
-catalog blobs never takes a pooled buffer and is full at TREE_PACK_SIZE (4 MiB).
-Memory: a spooled data pack ≤ SMALL_PACK before it spools, then ≤ SPOOL_STAGE + header; otherwise the buffers of
-the data packs open or being written (a blob sink: 1 + its writes in flight, counting one waiting for a writing
-thread, store/blobsink.py), each ≤ target size + one blob + header, plus ≤ PackBuffers.KEEP (1) free one, which
-keeps ≤ target size of pages; a tree pack ≤ TREE_PACK_SIZE + one blob, in its own bytes.
+to SPOOL_STAGE (1 MiB) per write, the pack id hashed as bytes are appended (both on one appending thread, in order,
+behind the caller), and published by fsync and rename, so the pack is written once and never held whole. Import, warm
+alternating A/B, load 7-17: 1.1 GB phone (3 rounds each) peak 128 -> 91 MB, 13.4 -> 11.8 CPU s; 3.3 GB (5 each) 135 ->
+102 MB, 31.6 -> 28.4 CPU s; wall within the noise (1.1 GB at load 2-4, 3 each: 12.4 -> 11.0 s). Hashing the id from the
+file at `finish`, off the caller's thread, cost more CPU (3.3 GB: 29.6 against 26.9 s). A blob of it is read back with
+pread (no map: a file's mapped pages count in the resident set). Elsewhere (S3, a wrapper) it moves its bytes to an
+anonymous map taken from a process-wide pool (`PackBuffers`) and given back as soon as the pack is written (`finish`; it
+is then read from the backend), so a vault written pack after pack reuses pages already mapped instead of faulting in
+(and zeroing) 16 MiB of fresh memory for every pack: on a virtual machine a copy into fresh pages runs at ~1.3 GB/s,
+into mapped ones at ~8 GB/s. A pack of tree, delta and catalog blobs never takes a pooled buffer and is full at
+TREE_PACK_SIZE (4 MiB).
+Memory: a spooled data pack ≤ SMALL_PACK before it spools, then ≤ SPOOL_STAGE + header + the piece being written;
+otherwise the buffers of the data packs open or being written (a blob sink: 1 + its writes in flight, counting one
+waiting for a writing thread, store/blobsink.py), each ≤ target size + one blob + header, plus ≤ PackBuffers.KEEP (1)
+free one, which keeps ≤ target size of pages; a tree pack ≤ TREE_PACK_SIZE + one blob, in its own bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import mmap
 import struct
 import threading
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 
 import msgpack
@@ -58,6 +61,23 @@ POOL_BLOB = 256 << 10
 TREE_PACK_SIZE = SMALL_PACK
 # A spooled pack (one on a backend with `spool`) gathers blobs smaller than this in memory and writes them at once.
 SPOOL_STAGE = 1 << 20
+# A spooled pack's writes (hashing the bytes for the pack id, then the write) run on one appending thread of the
+# process, in order, while the caller goes on chunking: on the caller's thread they were a quarter of a first import's
+# busiest thread (2.2 GB phone, py-spy). One piece at a time: the caller hands the next only once the last is written
+# (~0.3 ms for 1 MiB, against ~4 ms to chunk, hash and seal the next), so it holds one piece more at most.
+_appender: ThreadPoolExecutor | None = None
+_appender_lock = threading.Lock()
+
+
+def _appending() -> ThreadPoolExecutor:
+    """The process's one appending thread (one is enough: a disk takes the writes one after another; a single thread
+    keeps each pack's pieces in order without more)."""
+    global _appender
+    with _appender_lock:
+        if _appender is None:
+            _appender = ThreadPoolExecutor(1, thread_name_prefix="pack-append")
+        return _appender
+
 
 # blob types
 DATA, TREE, DELTA = 0, 1, 2
@@ -215,8 +235,9 @@ class PackWriter:
         self._lock = threading.Lock()  # `sealed` (the caller's thread) against `finish` giving the buffer back
         # A spooled pack (the backend's `spool`): its first `_spooled` bytes are in the file, the rest in `_buf`.
         self._spool = None
-        self._spooled = 0
-        self._hash = None  # crypto.content_hasher of every byte appended, for the pack id
+        self._spooled = 0  # bytes handed to the appending thread (written, or being written: `_ahead`)
+        self._hash = None  # crypto.content_hasher of every byte appended, for the pack id (on the appending thread)
+        self._ahead: Future[None] | None = None  # the last piece handed to the appending thread
         self._spool_error: BaseException | None = None  # a failed write, raised by `finish` (and `sealed`)
 
     def __len__(self) -> int:
@@ -242,8 +263,7 @@ class PackWriter:
         if self._release is None and (spool := getattr(self._backend, "spool", None)) is not None:
             self._spool = spool("packs")  # to a file from here on: given up (removed) if this writer is dropped
             self._release = weakref.finalize(self, self._spool.close)
-            self._hash = content_hasher()
-            self._hash.update(self._buf)
+            self._hash = content_hasher()  # fed every byte written, from the stage's first (`_write_piece`)
             self._spool_append(data, end)
             return
         if self._release is None or end > len(self._buf):  # to the pool, or (rare) past twice the target
@@ -257,29 +277,45 @@ class PackWriter:
         self._size = end
 
     def _spool_append(self, data: bytes | bytearray | memoryview, end: int) -> None:
-        """Append to a spooled pack: small pieces gather in `_buf` up to SPOOL_STAGE, then go to the file in one write.
-        A failed write is kept, not raised: the caller may take an OSError for its source file's and go on."""
-        self._hash.update(data)
+        """Append to a spooled pack: small pieces gather in `_buf` up to SPOOL_STAGE, then go to the file in one write
+        (on the appending thread: `data` must not change afterwards; a sealed blob never does)."""
         if len(self._buf) + len(data) > SPOOL_STAGE:
             self._flush_spool()
-        if len(data) >= SPOOL_STAGE and self._spool_error is None:
-            try:
-                self._spool.append(data)
-            except OSError as e:
-                self._spool_error = e
-            self._spooled += len(data)
+        if len(data) >= SPOOL_STAGE:
+            self._write_out(data)
         else:
             self._buf += data
         self._size = end
 
     def _flush_spool(self) -> None:
-        if self._buf and self._spool_error is None:
-            try:
-                self._spool.append(self._buf)
-            except OSError as e:
-                self._spool_error = e
-        self._spooled += len(self._buf)
+        if self._buf:
+            self._write_out(self._buf)
         self._buf = bytearray()
+
+    def _write_out(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand `data`, the next bytes of the file, to the appending thread, once the piece before it is written."""
+        self._spooled += len(data)
+        if self._spool_error is not None:
+            return
+        self._settle()
+        self._ahead = _appending().submit(self._write_piece, data)
+
+    def _write_piece(self, data: bytes | bytearray | memoryview) -> None:
+        """On the appending thread. A failed write is kept, not raised: the caller may take an OSError for its source
+        file's and go on; `finish` (and `sealed`) raise it."""
+        if self._spool_error is not None:
+            return
+        self._hash.update(data)
+        try:
+            self._spool.append(data)
+        except OSError as e:
+            self._spool_error = e
+
+    def _settle(self) -> None:
+        """Wait until every piece handed to the appending thread is written (or failed: `_spool_error`)."""
+        if self._ahead is not None:
+            self._ahead.result()
+            self._ahead = None
 
     def add(self, blob_id: bytes, blob_type: int, sealed: bytes | bytearray, raw_length: int) -> None:
         if len(blob_id) != 32:
@@ -305,6 +341,9 @@ class PackWriter:
                     raise self._spool_error
                 if offset >= self._spooled:  # a blob is in the file or in the stage, whole
                     return bytes(self._buf[offset - self._spooled : offset - self._spooled + length])
+                self._settle()  # in the file once the appending thread wrote it
+                if self._spool_error is not None:
+                    raise self._spool_error
                 return self._spool.pread(offset, length)
         return self._backend.get_range(self._written, offset, length)
 
@@ -338,6 +377,7 @@ class PackWriter:
         try:
             with self._lock:  # `sealed` may be reading the stage
                 self._flush_spool()
+                self._settle()
             if self._spool_error is not None:
                 raise self._spool_error
             pack_id = self._hash.hexdigest()
@@ -345,6 +385,8 @@ class PackWriter:
             return pack_id
         except BaseException:
             with self._lock:
+                with suppress(BaseException):
+                    self._settle()  # nothing may still write to the descriptor `_release` closes
                 self._release()  # the temporary file goes now, not when the writer is dropped
                 self._spool_error = self._spool_error or OSError("pack write failed")
             raise

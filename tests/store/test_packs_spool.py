@@ -136,6 +136,7 @@ for n in (POOL_BLOB, 3 << 20, 500):
     plain = rnd.randbytes(n)
     blob_id = key.blob_id(plain)
     w.add(blob_id, DATA, seal_blob(key, blob_id, plain, False), n)
+w._settle()  # written (the appending thread writes behind the caller)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
