@@ -24,18 +24,19 @@ Faults: a failed pack write is re-raised in the caller's thread at the next blob
 pack write and go on to commit a snapshot whose blobs were never written. The commit point stays the event segment's
 put_exclusive, which store/writer.py makes only after `flush()` returned.
 
-Memory bound: (2 open + P in flight) packs, P = `backend.pack_writes`; plus the sealing queue: its plaintexts
-≤ SEAL_QUEUE_BYTES (8 MiB) + one blob, and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`'s data blobs
-come sealed, `put_sealed`, and never wait in it). On a disk (P = 1) a data pack is written to its file as it fills
-(store/packs.py, spooled): ≤ SMALL_PACK (4 MiB) before, ≤ SPOOL_STAGE (1 MiB) + its header after, and the tree
-pack ≤ 4 MiB + one blob, so the packs hold ≤ 4 + 1 + 4 MiB + one blob (whatever the folder's size) and with the
-queue ~25 MiB typical, ≤ 50 MiB worst (it was 64 and 104 with the packs in memory); on S3 (P = 4) each pack
-≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B, the coarse chunk maximum, store/chunker.py) + its
-header: 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or
-in-flight pack, ~190 bytes more (its 57-byte record, its id and the id's entry in the pack's `pending` map,
-store/packs.py), and ~500 while its pack is written: a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 3 MB a pack,
-~8 MB more for a moment, whatever the number of files. A written pack is let go at the next blob added, not at the
-next hand-off: otherwise it stayed held, buffer and records, for as long as the next pack took to fill.
+Memory bound: (2 open + P in flight) packs, P = `backend.pack_writes`; plus the sealing queue: its plaintexts ≤
+SEAL_QUEUE_BYTES (8 MiB) + one blob (a chunk given as a read-only view, store/chunker.py, holds the buffer it views
+until sealed: ≤ one chunker buffer, 10 MiB, more), and at most as many sealed bytes again (≤ 2 × 16 MiB; `copy`'s data
+blobs come sealed, `put_sealed`, and never wait in it). On a disk (P = 1) a data pack is written to its file as it fills
+(store/packs.py, spooled): ≤ SMALL_PACK (4 MiB) before, ≤ SPOOL_STAGE (1 MiB) + its header + the piece its appending
+thread writes after, and the tree pack ≤ 4 MiB + one blob, so the packs hold ≤ 4 + 1 + 4 MiB + two blobs (whatever the
+folder's size) and with the queue ~25 MiB typical, ≤ 50 MiB worst (it was 64 and 104 with the packs in memory); on S3 (P
+= 4) each pack ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B, the coarse chunk maximum,
+store/chunker.py) + its header: 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or in-flight pack, ~190 bytes more
+(its 57-byte record, its id and the id's entry in the pack's `pending` map, store/packs.py), and ~500 while its pack is
+written: a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 3 MB a pack, ~8 MB more for a moment, whatever the number of
+files. A written pack is let go at the next blob added, not at the next hand-off: otherwise it stayed held, buffer and
+records, for as long as the next pack took to fill.
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
 `verify_packs` checks that every pack the snapshot depends on still exists.
@@ -156,7 +157,7 @@ class BlobSink:
     def get(self, blob_id: bytes) -> bytes:
         """Read a blob, including one still being sealed or in an open or not yet written pack."""
         if (plain := self._unsealed.get(blob_id)) is not None:
-            return plain
+            return bytes(plain)
         if (writer := self._holding(blob_id)) is not None:
             return open_blob(self.repo.key, blob_id, writer.sealed(blob_id), "open pack")
         return self.repo.get_blob(blob_id)
@@ -177,7 +178,9 @@ class BlobSink:
                 raise PackPruned(pack)  # the first missing in sorted order, as before
             self._verified.add(pack)
 
-    def put(self, blob_type: int, plaintext: bytes, compress: bool, stored: bytes | None = None) -> tuple[bytes, bool]:
+    def put(
+        self, blob_type: int, plaintext: bytes | memoryview, compress: bool, stored: bytes | None = None
+    ) -> tuple[bytes, bool]:
         """Store a blob unless known; returns (id, was new). `stored`: its stored form in another vault (copy), sealed
         as it is instead of compressing `plaintext` again (store/packs.py `seal_blob`)."""
         blob_id = self.repo.key.blob_id(plaintext)
@@ -187,7 +190,11 @@ class BlobSink:
             sealed = seal_blob(self.repo.key, blob_id, plaintext, compress, stored)
             self._add(blob_type, blob_id, sealed, len(plaintext))
             return blob_id, True
-        plaintext = bytes(plaintext)  # sealed later: the caller's buffer may change meanwhile (no copy of bytes)
+        if not (isinstance(plaintext, memoryview) and plaintext.readonly):
+            # Sealed later: the caller's buffer may change meanwhile. No copy of bytes, nor of a read-only view,
+            # which callers hand over only of memory nothing writes again (store/chunker.py: bytes sliced, a
+            # finished chunker's buffer).
+            plaintext = bytes(plaintext)
         self._batch.append((blob_type, blob_id, plaintext, compress, stored))
         self._unsealed[blob_id] = plaintext
         self._batch_bytes += len(plaintext)

@@ -162,23 +162,30 @@ class StreamChunker:
         buf.move(0, last, self._len - last)
         self._len -= last
 
-    def finish(self) -> Iterator[bytes]:
+    def finish(self) -> Iterator[bytes | memoryview]:
+        """The last chunks, as read-only views of the buffer, not copies: nothing writes it again (a file of up to
+        the cut threshold, most media files, is chunked only here, and its copy per chunk was as much work as reading
+        it). The buffer is unmapped once the last view of it goes (BlobSink seals a new blob from its view)."""
         buf, self._buf = self._buf, None
         if buf is None:
             return
         if self._len:
-            with memoryview(buf) as whole:
-                for c in self._cdc.cut_buf(whole[: self._len]):
-                    yield bytes(c.data)
-        self._len = 0  # the buffer is unmapped once the last view of it goes, with this generator
+            whole = memoryview(buf).toreadonly()
+            for off, length in [(c.offset, c.length) for c in self._cdc.cut_buf(whole[: self._len])]:
+                yield whole[off : off + length]
+        self._len = 0
 
 
-def chunk_bytes(data: bytes, profile: ChunkProfile) -> list[bytes]:
-    """Cut a whole buffer (import's small files, tests): the same chunks as a StreamChunker fed the same bytes."""
+def chunk_bytes(data: bytes, profile: ChunkProfile) -> list[bytes | memoryview]:
+    """Cut a whole buffer (import's small files, tests): the same chunks as a StreamChunker fed the same bytes; of a
+    bytes object, read-only views of it (no copy), else copies."""
     made = _cutters.__dict__
     cdc = made.get(profile)
     if cdc is None:
         from pyfastcdc import FastCDC
 
         cdc = made[profile] = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
+    if isinstance(data, bytes):
+        view = memoryview(data)
+        return [view[c.offset : c.offset + c.length] for c in cdc.cut_buf(data)]
     return [bytes(c.data) for c in cdc.cut_buf(data)]
