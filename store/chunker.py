@@ -103,6 +103,18 @@ def choose_policy(head: bytes) -> Policy:
 
 
 FEED_ROOM = 1 << 20  # room past the cut threshold, so a block of up to this much is copied in one go
+HUGE_PAGE = 2 << 20
+
+
+def _buffer(size: int) -> mmap.mmap:
+    """A chunker's buffer: pages mapped as written. One of whole 2 MiB huge pages (the coarse profile's 10 MiB) asks
+    for transparent huge pages: filling a fresh map 4 KiB page by page faulted and zeroed each one, ~1.2 GB/s read
+    into it against ~3 GB/s in 2 MiB pages (2.2 GB phone's media files). A file holds ≤ 2 MiB more than its bytes
+    while it is read and its chunks sealed, none once they are."""
+    buf = anonymous_map(size)
+    if size % HUGE_PAGE == 0 and (advice := getattr(mmap, "MADV_HUGEPAGE", None)) is not None:
+        buf.madvise(advice)
+    return buf
 
 
 class StreamChunker:
@@ -122,7 +134,7 @@ class StreamChunker:
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
         if self._buf is None:
-            self._buf = anonymous_map(self._threshold + FEED_ROOM)  # pages mapped as written
+            self._buf = _buffer(self._threshold + FEED_ROOM)
         buf, room = self._buf, len(self._buf)
         with memoryview(data) as view:
             pos, n = 0, view.nbytes
@@ -138,7 +150,7 @@ class StreamChunker:
         """Read up to `limit` bytes of `f` straight into the buffer (no block object, no copy); 0 at its end. The
         chunks it completes come from `ready()`."""
         if self._buf is None:
-            self._buf = anonymous_map(self._threshold + FEED_ROOM)  # pages mapped as written
+            self._buf = _buffer(self._threshold + FEED_ROOM)
         want = min(limit, len(self._buf) - self._len)
         with memoryview(self._buf) as whole:
             n = f.readinto(whole[self._len : self._len + want]) or 0

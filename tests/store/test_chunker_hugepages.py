@@ -1,0 +1,43 @@
+"""A coarse chunker's buffer (10 MiB, whole 2 MiB pages) is advised for transparent huge pages, a fine one's (1.07 MiB)
+is not; the chunks are the same either way (tests/store/test_chunker.py). Read from the kernel's own account of the
+mapping (/proc/self/smaps VmFlags: `hg` = MADV_HUGEPAGE), whether or not huge pages were free to back it."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+import pytest
+
+from phonevault.store.chunker import COARSE, FINE, StreamChunker
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.exists("/proc/self/smaps"), reason="Linux THP advice"
+)
+
+
+def vm_flags(buf: mmap.mmap) -> set[str]:
+    probe = ctypes.c_char.from_buffer(buf)
+    addr = ctypes.addressof(probe)
+    del probe
+    region = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                region = lo <= addr < hi
+            elif region and line.startswith("VmFlags:"):
+                return set(line.split()[1:])
+    raise AssertionError("buffer not found in /proc/self/smaps")
+
+
+def test_a_coarse_buffer_asks_for_huge_pages_and_a_fine_one_does_not():
+    data = os.urandom(3 << 20)
+    coarse, fine = StreamChunker(COARSE), StreamChunker(FINE)
+    assert list(coarse.feed(data)) == []  # below the cut threshold: all still in the buffer
+    list(fine.feed(data[: 512 << 10]))
+    assert "hg" in vm_flags(coarse._buf)
+    assert "hg" not in vm_flags(fine._buf)
+    assert b"".join(coarse.finish()) == data
