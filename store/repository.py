@@ -4,8 +4,7 @@ config (version 1) is sealed with ad=b"phonevault/v1/config": msgpack {"version"
 Reads go: blob id -> LMDB cache (synced with index/ on open) -> one ranged read of a pack -> open + verify. A blob
 a snapshot needs but the cache does not know is looked for again after reloading the blob index from the vault (once
 per repository), so a cache that lost an entry is never reported as a missing object. Many blobs at once
-(`read_located`, export's small files) are read in (pack, offset) order, neighbours merged into one read of up to
-MERGED_READ bytes, gaps of up to MERGE_GAP read through: one read per run of a pack instead of one per blob.
+(export's small files: sync/writeout.py `read_located`) are read in (pack, offset) order, neighbours merged.
 Event logs are read incrementally: a segment is used from the cache only if its cached copy was made from the very
 object the vault holds now (same name, size and first 12 bytes, its nonce; see cache.py), which costs a listing and a
 12-byte read per segment; otherwise it is fetched and opened again.
@@ -32,6 +31,7 @@ import zstandard
 from . import keys as keyring
 from .backends import Backend
 from .backends.local import LocalBackend
+from .backends.readonly import ReadOnlyBackend
 from .cache import Cache
 from .chunker import PROFILES
 from .crypto import NONCE_LEN, OVERHEAD, MasterKey
@@ -47,13 +47,11 @@ from .errors import (
 )
 from .events import Event, decode_events, parse_segment_name, seal_segment, segment_name
 from .index import decode_index
-from .packs import STORED, ZSTD, BlobLocation, dctx, open_blob, pack_name
+from .packs import STORED, ZSTD, BlobLocation, open_blob, pack_name
 from .projections import DeviceView, project
 from .trees import FileEntry
 
 CONFIG_FORMAT = 1
-MERGE_GAP = 64 << 10  # read through a gap this small rather than seek past it (a pack's other files' blobs)
-MERGED_READ = 4 << 20  # one read of neighbouring blobs is at most this long
 PACK_MOVED_RETRIES = 3  # a prune repacks a pack at most once per run; three runs while one blob is read is plenty
 INDEX_RELISTS = 3  # likewise for an index object a prune deletes between a listing and its read
 # The cache's mapped pages (store/residency.py), one policy: every TRIM_LOOKUPS lookups, unmapped if file-backed
@@ -245,69 +243,39 @@ class Repository:
                 loc = None
         raise AssertionError("unreachable")
 
-    def read_located(self, located: list[tuple[bytes, BlobLocation]]) -> dict[bytes, bytes | memoryview]:
-        """The plaintexts (bytes, or a view of a buffer of their own) of blobs already located (blob id -> where), read in (pack, offset) order with neighbours
-        merged (MERGE_GAP, MERGED_READ). Touches no cache, so it may run on another thread than the lookups. A blob
-        that cannot be read or opened here (a pack moved by prune, a short read, damage) is left out: the caller
-        reads it again with `get_blob`, which retries a move and raises the error that names it."""
-        out: dict[bytes, bytes] = {}
-        todo = sorted(((loc.pack, loc.offset, loc.length, bid) for bid, loc in located), key=lambda t: t[:2])
-        i = 0
-        while i < len(todo):
-            pack, start, length, _ = todo[i]
-            end, j = start + length, i + 1
-            while j < len(todo):
-                p2, off2, len2, _ = todo[j]
-                if p2 != pack or off2 - end > MERGE_GAP or off2 + len2 - start > MERGED_READ:
-                    break
-                end, j = max(end, off2 + len2), j + 1
-            name = pack_name(pack)
-            try:
-                data = self.backend.get_range(name, start, end - start)
-            except PhonevaultError:
-                data = b""
-            view = memoryview(data)
-            for _p, off, ln, bid in todo[i:j]:
-                if bid in out or off - start + ln > len(data):
-                    continue
-                try:
-                    out[bid] = self._open_one(bid, view[off - start : off - start + ln], name)
-                except PhonevaultError:
-                    pass
-            i = j
-        return out
-
-    def _open_one(self, blob_id: bytes, sealed: memoryview, name: str) -> bytes | memoryview:
-        """A blob's plaintext opened straight out of a merged read into a buffer of its own: a stored blob's is a
-        view of it past the flag byte (`open_blob` copied the sealed bytes, the ciphertext, and the payload)."""
-        n = len(sealed) - OVERHEAD
-        buf = bytearray(max(n, 0) + 15)
-        self.key.open_into(sealed, blob_id, name, buf)
-        view = memoryview(buf)[:n]
-        if n and view[0] == STORED[0]:
-            return view[1:]
-        if n and view[0] == ZSTD[0]:
-            try:
-                return dctx().decompress(view[1:])
-            except zstandard.ZstdError as e:
-                raise CorruptObject(name, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
-        raise CorruptObject(name, f"blob {blob_id.hex()[:16]} has unknown flag {bytes(view[:1])!r}")
-
     def will_need(self, loc: BlobLocation) -> None:
         """Ask the kernel to read a blob's bytes into the page cache now, without waiting for them (a local vault;
         elsewhere nothing): a reader that handles one chunk before it reads the next (ChunkReader) then finds the
         next one read while it decrypted and wrote this one. Keeps the last pack's descriptor open."""
-        backend = getattr(self.backend, "inner", self.backend)  # a read-only view of a local vault
-        if not isinstance(backend, LocalBackend) or not hasattr(os, "posix_fadvise"):
-            return
+        if (fd := self._pack_fd(loc)) is not None and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, loc.offset, loc.length, os.POSIX_FADV_WILLNEED)
+
+    def read_into(self, loc: BlobLocation, buf: mmap.mmap) -> memoryview | None:
+        """A local vault's blob read (`preadv`) into the caller's kept buffer, through the descriptor `will_need`
+        keeps: no fresh `bytes` of up to 8 MiB per chunk for glibc's heaps to keep. None where that is not possible
+        (not a local vault, a pack moved by prune, a short read): the caller reads it with `sealed_blob`."""
+        view = memoryview(buf)[: loc.length]
+        try:
+            if (fd := self._pack_fd(loc)) is None or os.preadv(fd, [view], loc.offset) != loc.length:
+                return None
+        except OSError:
+            return None
+        return view
+
+    def _pack_fd(self, loc: BlobLocation) -> int | None:
+        backend = self.backend
+        if isinstance(backend, ReadOnlyBackend):  # a read-only view of a local vault (not a faulty one: its faults)
+            backend = backend.inner
+        if not isinstance(backend, LocalBackend):
+            return None
         name = pack_name(loc.pack)
         if self._ahead is None or self._ahead[0] != name:
             self._close_ahead()
             try:
                 self._ahead = (name, os.open(backend.root / name, os.O_RDONLY | os.O_CLOEXEC))
             except OSError:  # a pack moved by prune: the read that follows retries it
-                return
-        os.posix_fadvise(self._ahead[1], loc.offset, loc.length, os.POSIX_FADV_WILLNEED)
+                return None
+        return self._ahead[1]
 
     def _close_ahead(self) -> None:
         if self._ahead is not None:
@@ -421,17 +389,18 @@ class ChunkReader:
     """A large file's chunks one after another (export, extract), each opened (MasterKey.open_into) into a buffer
     kept from chunk to chunk and file to file. `get_blob` made four fresh copies of every chunk (the read, the
     joined ciphertext, the plaintext, the payload after the flag), up to 8 MiB each, which glibc then kept in its
-    heaps; here a chunk costs its read (bytes, from the backend) and nothing more, and a compressed chunk is
-    decompressed into a second kept buffer (zstd frames carry their size). The next chunk is not read here, but
+    heaps; here a chunk is read into a kept buffer too (a local vault: `read_into`; else `bytes`), and a compressed
+    chunk is decompressed into one more (zstd frames carry their size). The next chunk is not read here, but
     the kernel is told to read it (`will_need`) while this one is opened and written: its own read-ahead follows
     one pack, and a file's next chunk is often the first of the next pack.
-    Memory: one sealed chunk, and the largest opened and decompressed chunk (each rounded up to 1 MiB) while a
-    file is read, given back after it.
+    Memory: the largest sealed, opened and decompressed chunk (each rounded up to 1 MiB) while a file is read,
+    given back after it.
     Errors are `get_blob`'s (a moved pack is retried, a missing or damaged chunk raises), raised for the chunk they
     concern, when it is reached."""
 
     def __init__(self, repo: Repository) -> None:
         self._repo = repo
+        self._sealed = _NO_BUFFER  # the current chunk as stored (a local vault's, read into it)
         self._opened = _NO_BUFFER  # flag || payload of the current chunk
         self._raw = _NO_BUFFER  # a compressed chunk's plaintext
         self._dctx = zstandard.ZstdDecompressor()  # this reader's own: a zstd context is not thread-safe
@@ -440,7 +409,7 @@ class ChunkReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._opened = self._raw = _NO_BUFFER
+        self._sealed = self._opened = self._raw = _NO_BUFFER
 
     def pieces(self, entry: FileEntry) -> Iterator[memoryview]:
         """Each chunk's plaintext in order, as a view that is valid until the next one is asked for. The buffers'
@@ -455,12 +424,17 @@ class ChunkReader:
                     self._repo.will_need(ahead)  # read by the kernel while this chunk is opened and written
                 yield self._open(blob_id, loc)
         finally:
-            for buf in (self._opened, self._raw):
+            for buf in (self._sealed, self._opened, self._raw):
                 if len(buf):
                     buf.madvise(mmap.MADV_DONTNEED)
 
     def _open(self, blob_id: bytes, loc: BlobLocation | None = None) -> memoryview:
-        sealed, name = self._repo.sealed_blob(blob_id, loc)
+        if loc is not None and len(self._sealed) < loc.length:
+            self._sealed = _buffer(loc.length)
+        if loc is None or (sealed := self._repo.read_into(loc, self._sealed)) is None:
+            sealed, name = self._repo.sealed_blob(blob_id, loc)
+        else:
+            name = pack_name(loc.pack)
         n = len(sealed) - OVERHEAD
         if len(self._opened) < n + 15:  # a new buffer, never resized: the caller may still hold a view of the old
             self._opened = _buffer(n + 15)

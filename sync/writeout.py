@@ -4,7 +4,7 @@ by one thread in bundles, large ones a chunk at a time.
 `ReadAhead` cuts the snapshot's shards into batches of at most `ReadAhead.BATCH` bytes of small files, looks their
 chunks up in the cache (on the caller's thread: the cache's read transaction is not shared between threads) and
 hands each batch to one reader thread, which reads the chunks in (pack, offset) order with neighbours merged into
-one read and decrypts them (`Repository.read_located`) while the caller writes the batch before. A chunk the reader
+one read and decrypts them (`read_located`) while the caller writes the batch before. A chunk the reader
 could not give is read again by `take` with `get_blob`, which retries a pack moved by prune and raises the error
 that names the file.
 A file whose chunks cannot be read back from the vault raises PhonevaultError before anything of it is left behind
@@ -27,11 +27,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 
-from phonevault.store.packs import BlobLocation
+import zstandard
+
+from phonevault.store.crypto import OVERHEAD
+from phonevault.store.errors import CorruptObject, PhonevaultError
+from phonevault.store.packs import STORED, ZSTD, BlobLocation, dctx, pack_name
 from phonevault.store.repository import ChunkReader, Repository
 from phonevault.store.trees import FileEntry
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+MERGE_GAP = 64 << 10  # read through a gap this small rather than seek past it (a pack's other files' blobs)
+MERGED_READ = 4 << 20  # one read of neighbouring blobs is at most this long
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _REPLACE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
@@ -205,7 +211,7 @@ class ReadAhead:
     def batches(self, shards: Iterable[list[FileEntry]]) -> Iterator[list[FileEntry]]:
         pending: tuple[list[FileEntry], Future] | None = None
         for batch in self._cut(shards):
-            ahead = (batch, self._pool.submit(self._repo.read_located, self._locate(batch)))
+            ahead = (batch, self._pool.submit(read_located, self._repo, self._locate(batch)))
             if pending is not None:
                 yield self._ready(pending)
             pending = ahead
@@ -263,3 +269,54 @@ class ReadAhead:
 
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_located(repo: Repository, located: list[tuple[bytes, BlobLocation]]) -> dict[bytes, bytes | memoryview]:
+    """The plaintexts (bytes, or a view of a buffer of their own) of blobs already located (blob id -> where), read
+    in (pack, offset) order with neighbours merged into one read of up to MERGED_READ bytes, gaps of up to MERGE_GAP
+    read through: one read per run of a pack instead of one per blob. Touches no cache, so it may run on another thread than the lookups. A blob
+    that cannot be read or opened here (a pack moved by prune, a short read, damage) is left out: the caller
+    reads it again with `get_blob`, which retries a move and raises the error that names it."""
+    out: dict[bytes, bytes] = {}
+    todo = sorted(((loc.pack, loc.offset, loc.length, bid) for bid, loc in located), key=lambda t: t[:2])
+    i = 0
+    while i < len(todo):
+        pack, start, length, _ = todo[i]
+        end, j = start + length, i + 1
+        while j < len(todo):
+            p2, off2, len2, _ = todo[j]
+            if p2 != pack or off2 - end > MERGE_GAP or off2 + len2 - start > MERGED_READ:
+                break
+            end, j = max(end, off2 + len2), j + 1
+        name = pack_name(pack)
+        try:
+            data = repo.backend.get_range(name, start, end - start)
+        except PhonevaultError:
+            data = b""
+        view = memoryview(data)
+        for _p, off, ln, bid in todo[i:j]:
+            if bid in out or off - start + ln > len(data):
+                continue
+            try:
+                out[bid] = _open_one(repo, bid, view[off - start : off - start + ln], name)
+            except PhonevaultError:
+                pass
+        i = j
+    return out
+
+
+def _open_one(repo: Repository, blob_id: bytes, sealed: memoryview, name: str) -> bytes | memoryview:
+    """A blob's plaintext opened straight out of a merged read into a buffer of its own: a stored blob's is a
+    view of it past the flag byte (`open_blob` copied the sealed bytes, the ciphertext, and the payload)."""
+    n = len(sealed) - OVERHEAD
+    buf = bytearray(max(n, 0) + 15)
+    repo.key.open_into(sealed, blob_id, name, buf)
+    view = memoryview(buf)[:n]
+    if n and view[0] == STORED[0]:
+        return view[1:]
+    if n and view[0] == ZSTD[0]:
+        try:
+            return dctx().decompress(view[1:])
+        except zstandard.ZstdError as e:
+            raise CorruptObject(name, f"blob {blob_id.hex()[:16]} does not decompress: {e}") from None
+    raise CorruptObject(name, f"blob {blob_id.hex()[:16]} has unknown flag {bytes(view[:1])!r}")

@@ -5,7 +5,9 @@ files stays bit-exact; and looking up thousands of chunks keeps the cache's map 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import mmap
 import os
 import random
 from pathlib import Path
@@ -154,3 +156,16 @@ def test_the_next_chunks_read_ahead_is_advice_only(repo):
         assert joined(reader, big) == b"".join(repo.read_file(big))
     repo.close()
     assert fds() <= before
+
+
+def test_a_local_vaults_chunks_are_read_into_the_kept_buffer(repo):
+    """`read_into` (ChunkReader's read of a local vault) puts the sealed bytes `sealed_blob` gives into the buffer it
+    is handed; a short read (a location past the pack's end) or a pack that is not there gives None: the caller
+    then reads the chunk the usual way, which retries a move and names the damage."""
+    (big,) = stored_files(repo, [(3 << 20, False)])
+    buf = mmap.mmap(-1, 8 << 20)
+    for c in big.chunks:
+        loc = repo.cache.lookup(c)
+        assert bytes(repo.read_into(loc, buf)) == repo.sealed_blob(c, loc)[0]
+    assert repo.read_into(dataclasses.replace(loc, offset=loc.offset + (1 << 30)), buf) is None
+    assert repo.read_into(dataclasses.replace(loc, pack="ef" * 32), buf) is None

@@ -1,4 +1,4 @@
-"""Export's read path at scale: many blobs read at once (`Repository.read_located`: sorted, merged reads), read a
+"""Export's read path at scale: many blobs read at once (`sync.writeout.read_located`: sorted, merged reads), read a
 batch ahead on a second thread (`writeout.ReadAhead`), into a fresh target (`paths.Target(fresh=True)`). What is
 read ahead must equal what `get_blob` gives, a blob the merged read cannot give must fall back to the usual read
 (which names it), and the export stays bit-exact."""
@@ -20,7 +20,7 @@ from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.export import export_snapshot
 from phonevault.sync.mobilesync import import_folder
 from phonevault.sync.paths import Target
-from phonevault.sync.writeout import FileWriters, ReadAhead, small_plain
+from phonevault.sync.writeout import FileWriters, ReadAhead, read_located, small_plain
 from tests.conftest import reopen
 
 
@@ -46,7 +46,7 @@ def test_read_located_gives_what_get_blob_gives_and_leaves_out_a_damaged_blob(re
     snap = import_folder(repo, dev).snapshot
     ids = sorted({c for e in snapshot_entries(repo, snap) for c in e.chunks})
     located = [(b, repo.cache.lookup(b)) for b in ids]
-    got = repo.read_located(located)
+    got = read_located(repo, located)
     assert got.keys() == set(ids)
     assert all(got[b] == repo.get_blob(b) for b in ids)
 
@@ -58,7 +58,7 @@ def test_read_located_gives_what_get_blob_gives_and_leaves_out_a_damaged_blob(re
     data[loc.offset + loc.length // 2] ^= 1
     os.chmod(path, 0o644)
     path.write_bytes(bytes(data))
-    again = repo.read_located(located)
+    again = read_located(repo, located)
     assert again.keys() == set(ids) - {victim}
     assert all(again[b] == got[b] for b in again)
     with pytest.raises(PhonevaultError):
