@@ -246,6 +246,7 @@ def bench_case(case: Case, work: Path, peers: list[str], log: Path, frugal: bool
             "generate_s": out["generate_s"], "bytes": nbytes, "files": files, "disk_bytes": blocks}) + "\n")  # fmt: skip
     else:
         suite.remove(root)
+    suite.empty_trash()  # the case's deferred deletes (suite.py): the next case's first steps settle after them
     out["load_end"] = os.getloadavg()
     out["case_s"] = time.perf_counter() - started
     return out
@@ -367,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     peers = available_peers(args.peers, args.skip_peers, notes)
     suite.SETTLE = args.settle
+    suite.use(work)
     cold = drop_caches()
     if not cold:
         notes.append("the page cache could not be dropped: every step ran warm")

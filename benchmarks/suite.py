@@ -21,12 +21,19 @@ before, never against the folder), and written again at day 0 before the next to
 recorded (`Source.regenerate_s`), never inside a measured step. The disk then holds at most two of the three.
 
 Settling. A step that creates many files (a first backup, a full restore, `cp -r`) waits, after a `sync`, until
-SETTLE seconds have passed since this suite last deleted a tree (`remove`). On ext4 without a journal (this VM's
-disk) every file created within ~60 s of a large delete walks the inode bitmap past the just-freed inodes
-(`recently_deleted` in fs/ext4/ialloc.c: 60 s once their inode table is written back, 360 s before): perf showed
-~70 % of the machine there during an export written right after the previous tool's restore was deleted, so the
-order of the tools decided part of their times. The wait is outside every measured step and the same for every
-tool; `--settle 0` turns it off.
+SETTLE seconds have passed since the last delete of a tree (`remove`, `empty_trash`; the time is kept in the work
+folder, so the next run.py of a chain waits too). On ext4 without a journal (this VM's disk) every file created
+soon after a large delete walks the inode bitmap past the just-freed inodes (`recently_deleted` in
+fs/ext4/ialloc.c: 60 s once their inode table block is written back, 360 s while it is dirty, and creating files
+dirties it again): perf showed ~70 % of the machine there during an export written right after the previous tool's
+restore was deleted, so the order of the tools decided part of their times. The wait is outside every measured step
+and the same for every tool; `--settle 0` turns it off.
+
+Deferred deletes. Because creating files dirties the inode table again, a wait alone does not cover a delete of many
+small files (a 300 000-file restore). So a tree under DEFER_BYTES (a restore, a repository or the source of a
+many-files case) is not deleted inside a case: `remove` renames it into the work folder's trash, which frees no
+inode, and `empty_trash` deletes it all at the end of the case. A larger tree (the 6 GB and 20 GB cases' restores
+and sources: few, large files) is deleted at once, as the disk needs its room.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,23 +50,55 @@ from measure import Measurement, StepFailed, timed, tree_bytes
 from tools import Tool
 
 SETTLE = 65.0  # seconds after a delete before a step that creates many files (see Settling); run.py --settle
-_deleted_at = 0.0  # time.monotonic() of this suite's last `remove`
+DEFER_BYTES = 2 * 10**9  # a tree under this is moved to the trash, not deleted, until the case ends (see Deferred)
+WORK: Path | None = None  # run.py's work folder: the trash and the last delete's time live there (`use`)
+TRASH, STAMP = ".trash", ".last-delete"  # under WORK
+_deleted_at = 0.0  # time.time() of the last delete of a tree (this run's, or the stamp a previous run left)
+
+
+def use(work: Path) -> None:
+    """Keep the trash and the time of the last delete under `work`; a trash an interrupted run left is emptied."""
+    global WORK, _deleted_at
+    WORK = work
+    with suppress(OSError, ValueError):
+        _deleted_at = float((work / STAMP).read_text())
+    empty_trash()
+
+
+def _stamp() -> None:
+    global _deleted_at
+    _deleted_at = time.time()
+    if WORK is not None:
+        (WORK / STAMP).write_text(f"{_deleted_at}\n")
 
 
 def remove(path: Path) -> None:
-    """Delete a tree (a restore, a repository, a copy, a frugal source) and remember when, for `settle`."""
-    global _deleted_at
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-        _deleted_at = time.monotonic()
+    """Delete a tree (a restore, a repository, a copy, a frugal source), or, under DEFER_BYTES with a work folder in
+    `use`, move it into the trash until `empty_trash` (see Deferred deletes)."""
+    if not path.exists():
+        return
+    if WORK is not None and tree_bytes(path) < DEFER_BYTES:
+        trash = WORK / TRASH
+        trash.mkdir(exist_ok=True)
+        path.rename(trash / f"{len(list(trash.iterdir()))}-{path.name}")
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    _stamp()
+
+
+def empty_trash() -> None:
+    """Delete what `remove` deferred (at the end of a case), and stamp the time for `settle`."""
+    if WORK is not None and (trash := WORK / TRASH).exists():
+        shutil.rmtree(trash, ignore_errors=True)
+        _stamp()
 
 
 def settle() -> None:
-    """Before a step that creates many files: wait until SETTLE seconds after the last `remove` (see Settling)."""
-    left = SETTLE - (time.monotonic() - _deleted_at)
+    """Before a step that creates many files: wait until SETTLE seconds after the last delete (see Settling)."""
+    left = SETTLE - (time.time() - _deleted_at)
     if SETTLE > 0 and left > 0:
         subprocess.run(["sync"], check=False)
-        time.sleep(max(0.0, SETTLE - (time.monotonic() - _deleted_at)))
+        time.sleep(max(0.0, SETTLE - (time.time() - _deleted_at)))
 
 
 FIRST, UNCHANGED, DAY2 = "first backup", "unchanged backup", "day-2 backup"
