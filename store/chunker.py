@@ -22,6 +22,7 @@ from __future__ import annotations
 import mmap
 import threading
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -113,7 +114,8 @@ def _buffer(size: int) -> mmap.mmap:
     while it is read and its chunks sealed, none once they are."""
     buf = anonymous_map(size)
     if size % HUGE_PAGE == 0 and (advice := getattr(mmap, "MADV_HUGEPAGE", None)) is not None:
-        buf.madvise(advice)
+        with suppress(OSError):  # a kernel built without transparent huge pages refuses the advice (EINVAL)
+            buf.madvise(advice)
     return buf
 
 

@@ -13,7 +13,10 @@ import pytest
 from phonevault.store.chunker import COARSE, FINE, StreamChunker
 
 pytestmark = pytest.mark.skipif(
-    not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.exists("/proc/self/smaps"), reason="Linux THP advice"
+    not hasattr(mmap, "MADV_HUGEPAGE")
+    or not os.path.exists("/proc/self/smaps")
+    or not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
+    reason="Linux with transparent huge pages",
 )
 
 
