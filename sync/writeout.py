@@ -274,9 +274,9 @@ class ReadAhead:
 def read_located(repo: Repository, located: list[tuple[bytes, BlobLocation]]) -> dict[bytes, bytes | memoryview]:
     """The plaintexts (bytes, or a view of a buffer of their own) of blobs already located (blob id -> where), read
     in (pack, offset) order with neighbours merged into one read of up to MERGED_READ bytes, gaps of up to MERGE_GAP
-    read through: one read per run of a pack instead of one per blob. Touches no cache, so it may run on another thread than the lookups. A blob
-    that cannot be read or opened here (a pack moved by prune, a short read, damage) is left out: the caller
-    reads it again with `get_blob`, which retries a move and raises the error that names it."""
+    read through: one read per run of a pack instead of one per blob. Touches no cache, so it may run on another
+    thread than the lookups. A blob that cannot be read or opened here (a pack moved by prune, a short read, damage)
+    is left out: the caller reads it again with `get_blob`, which retries a move and raises the error that names it."""
     out: dict[bytes, bytes] = {}
     todo = sorted(((loc.pack, loc.offset, loc.length, bid) for bid, loc in located), key=lambda t: t[:2])
     i = 0
