@@ -51,7 +51,8 @@ memory proportional to nothing but LMDB's page cache, however large the reposito
 pay for it, a 2 MiB filter of the index's ids (residency.IdFilter) answers most misses without the map. The map's
 pages a command touched count as its resident memory until `trim` unmaps them (after each shard;
 store/residency.py); a write transaction copies the pages it dirties into memory LMDB keeps until the env closes, so
-index locations are written INDEX_BATCH at a time in key order and derived values DERIVED_BATCH bytes at a time (store/derived.py).
+index locations are written INDEX_BATCH at a time in key order and derived values DERIVED_BATCH bytes at a time
+(store/derived.py).
 """
 
 from __future__ import annotations
