@@ -260,7 +260,7 @@ def store_catalog(repo: Repository, snap: SnapshotRecord, packed: bytes) -> None
 
 
 def store_catalog_shards(
-    repo: Repository, snap: SnapshotRecord, shards: Iterable[tuple[str, list]], stream: ManifestStream
+    repo: Repository, snap: SnapshotRecord, shards: Iterable[tuple[str, bytes, int]], stream: ManifestStream
 ) -> None:
     """Cache the catalog an import streamed (its shards spooled meanwhile), under the key a later load computes."""
     key, _source = _listing(repo, snap, MANIFEST_DB)
@@ -358,7 +358,7 @@ class _ParsedHere:
         self._dup_problems: list = []
         self.conforming = True
 
-    def rows(self) -> Iterator[tuple[str, list]]:
+    def rows(self) -> Iterator[tuple[str, bytes, int]]:
         memo = MemoWriter(self._repo, self._device_key)
         for message in self._messages:
             got = unpack_shard(message)
@@ -369,7 +369,7 @@ class _ParsedHere:
             self._dup_problems += got.dup_problems
             self.conforming = self.conforming and got.conforming
             memo.add(got.shard, got.memo)
-            yield got.shard, got.rows
+            yield got.shard, got.rows, got.count
             self._repo.cache.trim()  # the cache pages this shard's rows and memo touched (store/residency.py)
         memo.finish()
 

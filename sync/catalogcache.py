@@ -29,15 +29,17 @@ from .manifest import FLAG_FILE, CatalogEntry
 CATALOG_SHARDS_FORMAT = 3
 
 
-def write_cached(repo: Repository, key: bytes, shards: Iterable[tuple[str, list]], head: Callable[[], tuple]) -> None:
-    """A catalog into the cache under `key` (format in the module docstring): every shard, then the head, whose
-    problems and conformance `head()` gives once the shards are written."""
+def write_cached(
+    repo: Repository, key: bytes, shards: Iterable[tuple[str, bytes, int]], head: Callable[[], tuple]
+) -> None:
+    """A catalog into the cache under `key` (format in the module docstring): every shard (its name, its rows
+    packed, their number), then the head, whose problems and conformance `head()` gives once the shards are written."""
     counts = []
 
     def values() -> Iterator[tuple[bytes, bytes]]:
-        for shard, rows in shards:
-            counts.append([shard, len(rows)])
-            yield key + b"/" + shard.encode(errors="surrogatepass"), msgpack.packb(rows)
+        for shard, rows, count in shards:
+            counts.append([shard, count])
+            yield key + b"/" + shard.encode(errors="surrogatepass"), rows
 
     repo.cache.derived_put_many(values())
     problems, ok = head()
@@ -124,7 +126,8 @@ class CachedListing(ShardStream):
         rows = msgpack.unpackb(raw)  # catalog._row packs: [file_id, domain, path, flags, size, …, has key]
         files = [r for r in rows if r[3] == FLAG_FILE]
         sizes = {r[0]: r[4] for r in files}
-        return CatalogShard(shard, rows, sizes, frozenset(r[0] for r in files if r[9]), [], [], None, True)
+        keyed = frozenset(r[0] for r in files if r[9])
+        return CatalogShard(shard, raw, len(rows), sizes, keyed, [], [], None, True)
 
     def _next(self) -> CatalogShard | None:
         if self._pending is not None:
@@ -174,7 +177,7 @@ class FolderCompare:
             for got in self.stream.upto(shard):
                 self._problems += MANIFEST_DB.compare(present if got.shard == shard else {}, got.sizes, got.keyed)
                 if not self.cached:
-                    self.listed.append([got.shard, got.rows])
+                    self.listed.append([got.shard, got.rows, got.count])
         except ManifestInvalid as e:
             raise BackupFolderInvalid(self._folder, f"unreadable catalog: {e.reason}") from None
 

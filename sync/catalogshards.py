@@ -2,13 +2,14 @@
 shards (`xx` = the fileID's first two characters, the folder's own `xx/` sharding), so no command holds every row.
 
 Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are neighbours; each shard is packed as
-soon as its last row is read: [shard, rows (catalog._row packs), file sizes [[fileID, size, keyed], …], the row
-problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems of
-this shard, this shard's fresh memo (nil if it equals the old memo's shard, which the cache keeps)]. An import
-parses in a forked child (decoding MBFile archives is pure Python; on the other core it overlaps the reads and
-sealing) which sends each packed shard through a pipe as it is done, at most PIPE_AHEAD bytes ahead of the import
-(the pipe's buffer, in the kernel): the parent compares it with the folder's shard and spools it.
-Without a second process the same generator runs in the parent, pulled shard by shard.
+soon as its last row is read: [shard, rows (msgpack of the catalog._row packs, on their own: the cache's value for the
+shard, which the import spools and caches as is, never unpacked), their number, file sizes [[fileID, size, keyed], …],
+the row problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems
+of this shard, this shard's fresh memo (nil if it equals the old memo's shard, which the cache keeps)]. An import parses
+in a forked child (decoding MBFile archives is pure Python; on the other core it overlaps the reads and sealing) which
+sends each packed shard through a pipe as it is done, at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer,
+in the kernel): the parent compares it with the folder's shard and spools it. Without a second process the same
+generator runs in the parent, pulled shard by shard.
 
 MBFile memo (MEMO_FORMAT 2). Decoding a row costs ~120 µs and almost every row's archive is the same bytes from one
 backup to the next, so the decoded fields are kept per device and shard: `mbfile-memo/2/<device>/<shard>` ->
@@ -20,9 +21,10 @@ old memo through a sealed, unlinked spool written before it is forked (it must n
 
 The cache of a parsed catalog (a shard read back at a time, an import compared with it): sync/catalogcache.py.
 
-Memory: one shard's rows as CatalogEntry objects (one being read back, or the shard being parsed and the one the
-parent compares), two shards of the old memo, the problems; a Manifest.db from the vault is read through a sealed
-image in the cache (sync/sealeddb.py), so SQLite holds its page cache, not the file.
+Memory: one shard's rows as CatalogEntry objects (one being read back, or the shard being parsed), the packed rows and
+sizes of the shard the parent compares (~200 bytes a row), two shards of the old memo, the problems; a Manifest.db from
+the vault is read through a sealed image in the cache (sync/sealeddb.py), so SQLite holds its page cache, not the
+file.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class CatalogShard:
     """One shard of a parsed catalog, as the import uses it."""
 
     shard: str
-    rows: list  # catalog._row packs, in fileID order
+    rows: bytes  # msgpack of the catalog._row packs, in fileID order (the cache's value as is: never unpacked here)
+    count: int  # rows in `rows`
     sizes: dict[str, int]  # file rows: fileID -> size
     keyed: frozenset[str]  # file rows whose bytes the phone encrypted
     row_problems: list  # [path, message] of unusable rows read since the previous shard (any shard)
@@ -223,7 +226,10 @@ def parse_shards(
         # A shard whose rows used exactly the old memo's shard (an unchanged Manifest.db's) sends None: the cache
         # keeps that memo, and nobody packs, unpacks, seals and writes it again.
         same = fresh == memo.old(shard)
-        return msgpack.packb([b"shard", shard, out_rows, sizes, probs, dups, None if same else fresh, conforming])
+        # The rows go packed on their own: the import only spools them for the cache, whose value they are.
+        packed_rows = msgpack.packb(out_rows)
+        memo_out = None if same else fresh
+        return msgpack.packb([b"shard", shard, packed_rows, len(out_rows), sizes, probs, dups, memo_out, conforming])
 
     for c in read_manifest_db(source, memo, row_problems, where):
         s = shard_of_id(c.file_id)
@@ -247,9 +253,9 @@ def unpack_shard(message: bytes) -> CatalogShard | list:
         return got[1]
     if got[0] == b"error":
         raise ManifestInvalid(got[1], got[2])
-    _kind, shard, rows, sizes, probs, dups, fresh, conforming = got
+    _kind, shard, rows, count, sizes, probs, dups, fresh, conforming = got
     return CatalogShard(
-        shard, rows, {f: s for f, s, _k in sizes}, frozenset(f for f, _s, k in sizes if k), probs, dups, fresh,
+        shard, rows, count, {f: s for f, s, _k in sizes}, frozenset(f for f, _s, k in sizes if k), probs, dups, fresh,
         conforming,
     )  # fmt: skip
 

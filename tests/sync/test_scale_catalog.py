@@ -88,7 +88,9 @@ def streamed(messages) -> tuple[list, list, dict, set, list[CatalogShard]]:
             rowprobs += got
             break
         shards.append(got)
-        rows += got.rows
+        shard_rows = msgpack.unpackb(got.rows)  # sent packed: the cache's value as is
+        assert got.count == len(shard_rows)
+        rows += shard_rows
         rowprobs += got.row_problems
         dups += got.dup_problems
         sizes.update(got.sizes)
@@ -108,7 +110,7 @@ def test_streamed_shards_are_the_whole_read(tmp_path_factory, rows):
     assert sizes_s == sizes_w and list(sizes_s) == list(sizes_w)
     assert keyed_s == keyed_w
     assert [s.shard for s in shards] == sorted({s.shard for s in shards})  # each shard once, in order
-    assert all(r[0][:2] == s.shard for s in shards for r in s.rows)
+    assert all(r[0][:2] == s.shard for s in shards for r in msgpack.unpackb(s.rows))
     # A second parse with the first one's memo (what every later import has) reads the same rows.
     memo = [(s.shard, s.memo) for s in shards]
     assert streamed(parse_shards(path, iter(memo), None, *FUNCS))[:4] == (rows_w, probs_w, sizes_w, keyed_w)
@@ -134,7 +136,9 @@ def test_child_stream_and_cache_give_the_whole_read(repo, tmp_path):
         compare = FolderCompare(stream, listed, str(dev))
         compare.shard("zz")  # everything up to "zz" at once: nothing is in the folder for them
         compare.finish()
-        got = [r for _s, shard_rows in listed for r in shard_rows]
+        spooled = list(listed)
+        got = [r for _s, shard_rows, _n in spooled for r in msgpack.unpackb(shard_rows)]
+        assert [n for _s, _r, n in spooled] == [len(msgpack.unpackb(r)) for _s, r, _n in spooled]
     stream.close()
     assert got == rows_w
     assert [p for _p, p in stream.problems] == [m for _p, m in probs_w]
