@@ -29,14 +29,14 @@ SEAL_QUEUE_BYTES (4 MiB) + one blob (a chunk given as a read-only view, store/ch
 until sealed: ≤ one chunker buffer, 10 MiB, more), and at most as many sealed bytes again (≤ 2 × 12 MiB; `copy`'s data
 blobs come sealed, `put_sealed`, and never wait in it). On a disk (P = 1) a data pack is written to its file as it fills
 (store/packs.py, spooled): ≤ SMALL_PACK (4 MiB) before, ≤ SPOOL_STAGE (1 MiB) + its header + the piece its appending
-thread writes after, and the tree pack ≤ 4 MiB + one blob, so the packs hold ≤ 4 + 1 + 4 MiB + two blobs (whatever the
-folder's size) and with the queue ~17 MiB typical, ≤ 42 MiB worst (it was 64 and 104 with the packs in memory); on S3 (P
-= 4) each pack ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B, the coarse chunk maximum,
-store/chunker.py) + its header: 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or in-flight pack, ~190 bytes more
-(its 57-byte record, its id and the id's entry in the pack's `pending` map, store/packs.py), and ~500 while its pack is
-written: a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 3 MB a pack, ~8 MB more for a moment, whatever the number of
-files. A written pack is let go at the next blob added, not at the next hand-off: otherwise it stayed held, buffer and
-records, for as long as the next pack took to fill.
+thread writes after, and the tree pack, spooled likewise, ≤ SPOOL_STAGE + one blob, so the packs hold ≤ 4 + 1 + 1 MiB +
+two blobs (whatever the folder's size) and with the queue ~14 MiB typical, ≤ 39 MiB worst (it was 64 and 104 with the
+packs in memory); on S3 (P = 4) each pack ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B, the coarse
+chunk maximum, store/chunker.py) + its header: 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or in-flight
+pack, ~190 bytes more (its 57-byte record, its id and the id's entry in the pack's `pending` map, store/packs.py), and
+~500 while its pack is written: a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 3 MB a pack, ~8 MB more for a moment,
+whatever the number of files. A written pack is let go at the next blob added, not at the next hand-off: otherwise it
+stayed held, buffer and records, for as long as the next pack took to fill.
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
 `verify_packs` checks that every pack the snapshot depends on still exists.
