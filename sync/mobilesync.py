@@ -9,10 +9,11 @@ by one in the blob index (`_inherit_shard`); a Manifest.db the stat cache knows,
 not parsed again: the folder is compared with the cached shards (catalogcache.CachedListing).
 
 Memory: one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache and the next
-WALKERS being listed, its staged entries, the parent's shard while diffed, its Manifest.db rows), ≤ 8 MiB of small
-files read ahead (a child process, ~20 MB: sync/smallreads.py), one delta group and two packs; the cache's pages
-unmapped after each shard (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3): one shard, its list parsed
-whole, ~28 bytes a file (`_Present`). A file changed between walk and read: stored as read, named in `problems`.
+WALKERS being listed, held packed until handed out: sync/folderwalk.py `_Packed`, its staged entries, the parent's shard
+while diffed, its Manifest.db rows, packed: sync/catalogshards.py), ≤ 8 MiB of small files read ahead (a child process,
+~20 MB: sync/smallreads.py), one delta group and two packs; the cache's pages unmapped after each shard
+(store/residency.py). A flat layout (iOS 4–9, iPhone OS 3): one shard, its list parsed whole, ~28 bytes a file
+(`_Present`). A file changed between walk and read: stored as read, named in `problems`.
 
 Layouts (sync/layouts.py, recorded in the snapshot): Manifest.db with xx/<fileID> (iOS 10+), Manifest.mbdb with
 flat <fileID> files (iOS 4–9, parsed whole first), .mdinfo/.mddata pairs (iPhone OS 3, likewise). A snapshot is
