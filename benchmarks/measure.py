@@ -10,7 +10,9 @@ two processes at once (phonevault's import reads small files in a child) would s
 therefore sums the proportional set size (Pss, /proc/<pid>/smaps_rollup: each shared page split between the
 processes that map it, so pages a forked child shares with its parent count once) over the command's whole process
 tree every SAMPLE_S seconds, and a step's peak RSS is the larger of that sum's peak and %M. A process's Pss is never
-above its RSS, so for a one-process tool %M stands.
+above its RSS, so for a one-process tool %M stands. The sampler also keeps the peak of the sum's anonymous part
+(`peak_anon_mb`: heap and private mappings, without mapped files and shared libraries, whose Pss moves with what
+else maps them).
 
 Cold cache. Before each step `sync; echo 3 > /proc/sys/vm/drop_caches` writes dirty pages back and empties the page
 cache, so a step reads its input from disk. If that is not permitted (not root, a container), steps run warm and
@@ -88,9 +90,10 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_pss_kib(root: int) -> int:
-    """The sum of Pss over every descendant of `root` (GNU time, the measurer), in KiB (0 once they have ended)."""
-    kids, total = _children(), 0
+def tree_pss_kib(root: int) -> tuple[int, int]:
+    """The sums of Pss and of its anonymous part (Pss_Anon: heap, stacks, private mappings; not the files and shared
+    libraries mapped) over every descendant of `root` (GNU time, the measurer), in KiB (0 once they have ended)."""
+    kids, total, anon = _children(), 0, 0
     todo = list(kids.get(root, []))
     while todo:
         pid = todo.pop()
@@ -102,21 +105,25 @@ def tree_pss_kib(root: int) -> int:
         for line in rollup.splitlines():
             if line.startswith("Pss:"):
                 total += int(line.split()[1])
-    return total
+            elif line.startswith("Pss_Anon:"):
+                anon += int(line.split()[1])
+    return total, anon
 
 
 class TreeRss:
-    """Samples the summed Pss of a process tree on a thread until stopped; `peak_kib` is the largest sum seen."""
+    """Samples the summed Pss of a process tree on a thread until stopped; `peak_kib` is the largest sum seen, and
+    `peak_anon_kib` the largest sum of its anonymous part (its own peak, not necessarily at the same moment)."""
 
     def __init__(self, root: int) -> None:
-        self.root, self.peak_kib = root, 0
+        self.root, self.peak_kib, self.peak_anon_kib = root, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-rss", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_S):
-            self.peak_kib = max(self.peak_kib, tree_pss_kib(self.root))
+            pss, anon = tree_pss_kib(self.root)
+            self.peak_kib, self.peak_anon_kib = max(self.peak_kib, pss), max(self.peak_anon_kib, anon)
 
     def stop(self) -> int:
         self._stop.set()
@@ -163,6 +170,9 @@ def timed(
     user, system, rss_kib = (float(x) for x in fields[-3:]) if len(fields) >= 3 else (0.0, 0.0, 0.0)
     m = Measurement(step, wall, user + system, max(rss_kib, tree_kib) / 1024, nbytes, was_cold)
     m.extra["largest_process_rss_mb"] = round(rss_kib / 1024, 1)
+    # The memory the command itself allocated, without the files and libraries it maps, whose share of a page
+    # depends on what else maps it: the figure to compare when peak RSS moves a few MB.
+    m.extra["peak_anon_mb"] = round(sampler.peak_anon_kib / 1024, 1)
     m.extra["system_s"] = round(system, 2)  # the kernel's share of cpu_s (file system, page faults, locks)
     if rc != 0:
         raise StepFailed(f"{step}: `{' '.join(map(str, cmd))}` exited {rc} (see {log})")
