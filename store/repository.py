@@ -93,7 +93,6 @@ class Repository:
         self._damaged: dict[str, list[str]] = {}
         self._index_reloaded = False  # the blob index was reloaded from the vault after a miss (once is enough)
         self._lookups = 0  # `locate_needed` calls (the trim policy: TRIM_LOOKUPS)
-        self._ahead: tuple[str, int] | None = None  # (pack, descriptor) `will_need` last advised
         cache.on_reset = self.sync_index  # a damaged cache starts empty: the blob index comes back from the vault
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -155,7 +154,6 @@ class Repository:
         return repo
 
     def close(self) -> None:
-        self._close_ahead()
         self.cache.close()
         self.backend.close()
 
@@ -242,45 +240,6 @@ class Repository:
                 self.sync_index()
                 loc = None
         raise AssertionError("unreachable")
-
-    def will_need(self, loc: BlobLocation) -> None:
-        """Ask the kernel to read a blob's bytes into the page cache now, without waiting for them (a local vault;
-        elsewhere nothing): a reader that handles one chunk before it reads the next (ChunkReader) then finds the
-        next one read while it decrypted and wrote this one. Keeps the last pack's descriptor open."""
-        if (fd := self._pack_fd(loc)) is not None and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, loc.offset, loc.length, os.POSIX_FADV_WILLNEED)
-
-    def read_into(self, loc: BlobLocation, buf: mmap.mmap) -> memoryview | None:
-        """A local vault's blob read (`preadv`) into the caller's kept buffer, through the descriptor `will_need`
-        keeps: no fresh `bytes` of up to 8 MiB per chunk for glibc's heaps to keep. None where that is not possible
-        (not a local vault, a pack moved by prune, a short read): the caller reads it with `sealed_blob`."""
-        view = memoryview(buf)[: loc.length]
-        try:
-            if (fd := self._pack_fd(loc)) is None or os.preadv(fd, [view], loc.offset) != loc.length:
-                return None
-        except OSError:
-            return None
-        return view
-
-    def _pack_fd(self, loc: BlobLocation) -> int | None:
-        backend = self.backend
-        if isinstance(backend, ReadOnlyBackend):  # a read-only view of a local vault (not a faulty one: its faults)
-            backend = backend.inner
-        if not isinstance(backend, LocalBackend):
-            return None
-        name = pack_name(loc.pack)
-        if self._ahead is None or self._ahead[0] != name:
-            self._close_ahead()
-            try:
-                self._ahead = (name, os.open(backend.root / name, os.O_RDONLY | os.O_CLOEXEC))
-            except OSError:  # a pack moved by prune: the read that follows retries it
-                return None
-        return self._ahead[1]
-
-    def _close_ahead(self) -> None:
-        if self._ahead is not None:
-            os.close(self._ahead[1])
-            self._ahead = None
 
     def read_file(self, entry: FileEntry) -> Iterator[bytes]:
         for chunk in entry.chunks:
@@ -389,10 +348,11 @@ class ChunkReader:
     """A large file's chunks one after another (export, extract), each opened (MasterKey.open_into) into a buffer
     kept from chunk to chunk and file to file. `get_blob` made four fresh copies of every chunk (the read, the
     joined ciphertext, the plaintext, the payload after the flag), up to 8 MiB each, which glibc then kept in its
-    heaps; here a chunk is read into a kept buffer too (a local vault: `read_into`; else `bytes`), and a compressed
-    chunk is decompressed into one more (zstd frames carry their size). The next chunk is not read here, but
-    the kernel is told to read it (`will_need`) while this one is opened and written: its own read-ahead follows
-    one pack, and a file's next chunk is often the first of the next pack.
+    heaps; here a chunk is read into a kept buffer too (a local vault: `PackFiles.read_into`, through a descriptor of
+    the reader's own; else `bytes`), and a compressed chunk is decompressed into one more (zstd frames carry their
+    size). The next chunk is not read here, but the kernel is told to read it (`will_need`) while this one is
+    opened and written: its own read-ahead follows one pack, and a file's next chunk is often the first of the next
+    pack.
     Memory: the largest sealed, opened and decompressed chunk (each rounded up to 1 MiB) while a file is read,
     given back after it.
     Errors are `get_blob`'s (a moved pack is retried, a missing or damaged chunk raises), raised for the chunk they
@@ -404,34 +364,48 @@ class ChunkReader:
         self._opened = _NO_BUFFER  # flag || payload of the current chunk
         self._raw = _NO_BUFFER  # a compressed chunk's plaintext
         self._dctx = zstandard.ZstdDecompressor()  # this reader's own: a zstd context is not thread-safe
+        self._packs = PackFiles(repo.backend)  # its own descriptor: a reader may run on a thread of its own
 
     def __enter__(self) -> ChunkReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._sealed = self._opened = self._raw = _NO_BUFFER
+        self._packs.close()
 
     def pieces(self, entry: FileEntry) -> Iterator[memoryview]:
         """Each chunk's plaintext in order, as a view that is valid until the next one is asked for. The buffers'
         pages go back to the system once the file is read (an export's small files between two large ones then do
         not sit on top of them): faulting them in again costs once per large file, not once per chunk."""
-        chunks = entry.chunks
+        return self._pieces(entry.chunks, [self._repo.locate_needed(c) for c in entry.chunks[:1]])
+
+    def located_pieces(self, entry: FileEntry, located: list[BlobLocation]) -> Iterator[memoryview]:
+        """`pieces` of chunks already located (`located[i]` is where `entry.chunks[i]` is), touching no cache, so
+        on any thread; a chunk that cannot be read here as located raises NotReadHere (the caller reads the file
+        the usual way, which retries a pack moved by prune and names damage)."""
+        return self._pieces(entry.chunks, located, here=True)
+
+    def _pieces(self, chunks: tuple, located: list, here: bool = False) -> Iterator[memoryview]:
         try:
-            ahead = self._repo.locate_needed(chunks[0]) if chunks else None
+            ahead = located[0] if chunks else None
             for i, blob_id in enumerate(chunks):
                 loc = ahead
-                if i + 1 < len(chunks) and (ahead := self._repo.locate_needed(chunks[i + 1])) is not None:
-                    self._repo.will_need(ahead)  # read by the kernel while this chunk is opened and written
-                yield self._open(blob_id, loc)
+                if i + 1 < len(chunks):
+                    ahead = located[i + 1] if here else self._repo.locate_needed(chunks[i + 1])
+                    if ahead is not None:
+                        self._packs.will_need(ahead)  # read by the kernel while this chunk is opened and written
+                yield self._open(blob_id, loc, here)
         finally:
             for buf in (self._sealed, self._opened, self._raw):
                 if len(buf):
                     buf.madvise(mmap.MADV_DONTNEED)
 
-    def _open(self, blob_id: bytes, loc: BlobLocation | None = None) -> memoryview:
+    def _open(self, blob_id: bytes, loc: BlobLocation | None = None, here: bool = False) -> memoryview:
         if loc is not None and len(self._sealed) < loc.length:
             self._sealed = _buffer(loc.length)
-        if loc is None or (sealed := self._repo.read_into(loc, self._sealed)) is None:
+        if loc is None or (sealed := self._packs.read_into(loc, self._sealed)) is None:
+            if here:
+                raise NotReadHere(blob_id.hex())
             sealed, name = self._repo.sealed_blob(blob_id, loc)
         else:
             name = pack_name(loc.pack)
@@ -463,6 +437,56 @@ class ChunkReader:
         if got != size:
             raise CorruptObject(name, f"blob {blob_id.hex()[:16]} decompresses to {got} bytes, its frame says {size}")
         return out[:size]
+
+
+class NotReadHere(Exception):
+    """A chunk `ChunkReader.located_pieces` cannot read as located (not a local vault, a moved pack, a short read)."""
+
+
+class PackFiles:
+    """A local vault's pack files read through one kept descriptor, of the last pack used (one holder per thread)."""
+
+    def __init__(self, backend: Backend) -> None:
+        if isinstance(backend, ReadOnlyBackend):  # a read-only view of a local vault (not a faulty one: its faults)
+            backend = backend.inner
+        self._root = backend.root if isinstance(backend, LocalBackend) else None
+        self._fd: tuple[str, int] | None = None  # (pack, descriptor)
+
+    def will_need(self, loc: BlobLocation) -> None:
+        """Ask the kernel to read a blob's bytes into the page cache now, without waiting (elsewhere: nothing): a
+        reader that handles one chunk before it reads the next (ChunkReader) then finds the next one read while it
+        decrypted and wrote this one."""
+        if (fd := self._open(loc)) is not None and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, loc.offset, loc.length, os.POSIX_FADV_WILLNEED)
+
+    def read_into(self, loc: BlobLocation, buf: mmap.mmap) -> memoryview | None:
+        """A blob read (`preadv`) into the caller's kept buffer: no fresh `bytes` of up to 8 MiB per chunk for
+        glibc's heaps to keep. None where that is not possible (not a local vault, a pack moved by prune, a short
+        read): the caller reads it with `Repository.sealed_blob`."""
+        view = memoryview(buf)[: loc.length]
+        try:
+            if (fd := self._open(loc)) is None or os.preadv(fd, [view], loc.offset) != loc.length:
+                return None
+        except OSError:
+            return None
+        return view
+
+    def _open(self, loc: BlobLocation) -> int | None:
+        if self._root is None:
+            return None
+        name = pack_name(loc.pack)
+        if self._fd is None or self._fd[0] != name:
+            self.close()
+            try:
+                self._fd = (name, os.open(self._root / name, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:  # a pack moved by prune: the read that follows retries it
+                return None
+        return self._fd[1]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd[1])
+            self._fd = None
 
 
 def _buffer(n: int) -> mmap.mmap:

@@ -8,9 +8,12 @@ tree node) cannot be read is left out and named by its domain path (sync/damage.
 (`damaged`, exit 3); with `strict`, nothing is left in the target. A tree node that cannot be read costs nothing
 while the snapshot's deltas fold (store/check.py `ReadableShards`).
 
-Memory: one shard's entries, the next 8 MiB batch of small files read ahead (sync/writeout.py `ReadAhead`) and up
-to 2 bundles of small files (~1 MiB each, sync/writeout.py `FileWriters`) waiting for the writer thread; larger files
-stream chunk by chunk through one kept buffer (store/repository.py `ChunkReader`).
+Files are written on three threads beside the caller's: small files by two writers, each in folders of its own,
+large ones by the caller and one more thread (sync/writeout.py `FileWriters`, `LargeWriter`).
+Memory: one shard's entries, the next 8 MiB batch of small files read ahead (sync/writeout.py `ReadAhead`), bundles
+of small files waiting for each of the 2 writers (under 2 MiB before the last one is queued, each bundle under
+1 MiB + one 4 MiB file); larger files stream chunk by chunk through two readers' kept buffers (store/repository.py
+`ChunkReader`: the caller's and LargeWriter's).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .damage import describe
 from .decrypted import write_as_sent
 from .errors import StrictRefused, TargetConflict
 from .paths import Target, safe_component
-from .writeout import FileWriters, ReadAhead, small_plain, write_large
+from .writeout import FileWriters, LargeWriter, ReadAhead, small_plain, write_large
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -114,7 +117,12 @@ def _export_into(
     total = shards.size
     done = files = 0
     place = Placement(tmp, target)
-    with FileWriters() as writers, ReadAhead(repo, small_plain) as ahead, ChunkReader(repo) as chunks:
+    with (
+        FileWriters() as writers,
+        ReadAhead(repo, small_plain) as ahead,
+        ChunkReader(repo) as chunks,
+        LargeWriter(repo) as large,
+    ):
         for entries in ahead.batches(shards):  # the next batch's small files are read meanwhile (writeout.py)
             repo.cache.trim()  # the cache pages the last batch's lookups mapped (store/residency.py)
             for e in entries:
@@ -127,8 +135,9 @@ def _export_into(
                         data = ahead.take(e)
                         writers.submit(local, e, data)
                         done += len(data)
-                    else:
-                        write_large(chunks, e, local, progress, done, total)
+                    else:  # on the second thread if it is free (writeout.py), else here
+                        if not large.offer(e, local):
+                            write_large(chunks, e, local, progress, done, total)
                         done += e.size
                 except PhonevaultError as exc:  # a chunk that is missing or damaged: this file only
                     damaged[e.path] = str(exc)
@@ -136,6 +145,12 @@ def _export_into(
                 files += 1
                 if progress:
                     progress(done, total)
+        for e, local in large.returned():  # what the second thread could not write: the usual way, or named
+            try:
+                write_large(chunks, e, local, None, 0, 0)
+            except PhonevaultError as exc:
+                damaged[e.path] = str(exc)
+                files, done = files - 1, done - e.size
     damaged.update(shards.lost)
     place.finish()
     lost = describe(repo, snap, damaged, "exported") if damaged else []

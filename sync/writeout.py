@@ -1,5 +1,5 @@
 """Writing a snapshot's files into a local folder (export): small files read ahead a batch at a time and written
-by one thread in bundles, large ones a chunk at a time.
+by two threads in bundles, large ones a chunk at a time on two threads.
 
 `ReadAhead` cuts the snapshot's shards into batches of at most `ReadAhead.BATCH` bytes of small files, looks their
 chunks up in the cache (on the caller's thread: the cache's read transaction is not shared between threads) and
@@ -9,19 +9,18 @@ could not give is read again by `take` with `get_blob`, which retries a pack mov
 that names the file.
 A file whose chunks cannot be read back from the vault raises PhonevaultError before anything of it is left behind
 (a large file is removed again), so the caller can name it and go on. Memory: two batches of small files (the one
-being written, shrinking as its files are taken; the one being read: 2 × BATCH), at most `FileWriters.MAX_BUNDLES`
-bundles of small files (each under BUNDLE + SMALL bytes) waiting for a writer thread, a large file's opened chunk
-(`ChunkReader`, given back after the file), and the cache pages `Repository.locate_needed`'s trim policy lets map;
-nothing grows with the number of files beyond one shard's entries.
+being written, shrinking as its files are taken; the one being read: 2 × BATCH), bundles of small files waiting for
+each writer thread (under `FileWriters.WAITING` + BUNDLE + SMALL bytes each), the large files' opened chunks (a
+`ChunkReader` on each of two threads, given back after each file), and the cache pages `Repository.locate_needed`'s
+trim policy lets map; nothing grows with the number of files beyond one shard's entries.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import stat
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -60,67 +59,109 @@ def _umask() -> int | None:
 
 
 class FileWriters:
-    """Creates small files on WRITERS (1) thread, handed over in bundles of up to BUNDLE_FILES files or BUNDLE bytes:
-    creating a file costs ~100 µs of syscalls here (most of it ext4's create), a backup folder holds up to a million
-    small ones, and the syscalls release the GIL, so they overlap decryption and lookups in the caller. One hand-over
-    per file (a future, a semaphore, a queue put and a wake-up each) cost more than the file: 30 futex calls a file,
-    10 of 20 system CPU seconds of a 120 000-file export, with four threads queueing on one folder's lock and the GIL.
-    At most MAX_BUNDLES bundles wait (each under BUNDLE + SMALL bytes). A file's mode is given to `open` when the
-    umask lets it through unchanged (no `fchmod`); its times are set through the descriptor (by path, each is one
-    more lookup in the folder). One thread, not two: a snapshot's files come a folder (shard) at a time, so two
-    writers create files in one folder, and while one create holds the folder's lock (i_rwsem) and ext4 looks for
-    a free inode (slow after recent deletes: `recently_deleted`), the other spins on it. Exporting the 1 GB phone,
-    3 rounds alternated (load 9-16): 2 threads 12.0/7.8/16.9 CPU s, 33.5/21.2/48.4 s; 1 thread 4.6/6.1/15.1 CPU s,
-    14.0/14.8/50.0 s (the third round ~2 minutes after deleting 4 exports). The first failed write is raised in
-    the caller (by `submit` or on leaving the `with`); the rest of the queue is dropped."""
+    """Creates small files on WRITERS (2) threads, handed over in bundles of up to BUNDLE_FILES files or BUNDLE bytes
+    of one folder: creating a file costs ~100 µs of syscalls here (most of it ext4's create), a backup folder holds
+    up to a million small ones, and the syscalls release the GIL, so they overlap decryption and lookups in the
+    caller and each other. One hand-over per file (a future, a semaphore, a queue put and a wake-up each) cost more
+    than the file: 30 futex calls a file, 10 of 20 system CPU seconds of a 120 000-file export.
+    Each writer has its own queue, and a folder's bundles go to the writer that has some of that folder's waiting,
+    else to the one with the fewest bytes waiting: no two writers create files in one folder at once. Two writers
+    in one folder (a shared queue: a snapshot's files come a folder, a shard, at a time) queue on the folder's lock
+    (i_rwsem) while ext4 looks for a free inode (slow after recent deletes: `recently_deleted`), and spin on it:
+    exporting the 1 GB phone that way, 3 rounds alternated (load 9-16), 2 threads 12.0/7.8/16.9 CPU s, 1 thread
+    4.6/6.1/15.1. In different folders the creates run side by side. A writer takes no more bundles while WAITING
+    bytes or MAX_BUNDLES bundles wait for it (the one being written included), so at most WRITERS × (WAITING +
+    BUNDLE + SMALL) bytes wait; enough for the caller to go on to the next folder while the last one is written. A
+    file's mode is given to `open` when the umask lets it through unchanged (no `fchmod`); its times are set
+    through the descriptor (by path, each is one more lookup in the folder). The first failed write is raised in
+    the caller (by `submit` or on leaving the `with`); the rest of the queues is dropped."""
 
     SMALL = 4 << 20
     BUNDLE = 1 << 20
     BUNDLE_FILES = 64
-    # 2, not 4: each waiting bundle may hold a 4 MiB file; on the 6 GB phone, 4 waiting bundles and 16 MiB batches
-    # had export peak 113-130 MB (in-process, under load), 2 and 8 MiB 87-104 MB.
-    MAX_BUNDLES = 2
-    WRITERS = 1
+    # Bytes waiting per writer. On the 6 GB phone, 4 waiting bundles of one writer (each may hold a 4 MiB file) and
+    # 16 MiB batches had export peak 113-130 MB (in-process, under load), 2 and 8 MiB 87-104 MB.
+    WAITING = 2 << 20
+    MAX_BUNDLES = 16
+    WRITERS = 2
 
     def __init__(self, writers: int | None = None) -> None:
         self._umask = _umask()
-        self._queue: queue.SimpleQueue[list | None] = queue.SimpleQueue()
-        self._budget = threading.BoundedSemaphore(self.MAX_BUNDLES)
+        self._cv = threading.Condition()
         self._bundle: list[tuple[str, bytes | memoryview, int, int]] = []
         self._bytes = 0
+        self._folder: str | None = None  # the folder of the bundle being filled
+        self._to: _Queue | None = None  # the writer that folder's bundles go to
+        self._last: _Queue | None = None  # the writer the last folder went to
         self._error: BaseException | None = None
+        self._closed = False
         n = self.WRITERS if writers is None else writers
-        self._threads = [threading.Thread(target=self._run, name=f"export-{i}", daemon=True) for i in range(n)]
+        self._queues = [_Queue() for _ in range(n)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(q,), name=f"export-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
         for t in self._threads:
             t.start()
 
     def submit(self, path: str | Path, entry: FileEntry, data: bytes | memoryview) -> None:
         if self._error is not None:
             raise self._error
-        self._bundle.append((os.fspath(path), data, stat.S_IMODE(entry.mode), entry.mtime_ns))
+        path = os.fspath(path)
+        folder = path[: path.rfind("/") + 1]
+        if folder != self._folder:
+            self._flush()
+            self._folder, self._to = folder, None
+        self._bundle.append((path, data, stat.S_IMODE(entry.mode), entry.mtime_ns))
         self._bytes += len(data)
         if self._bytes >= self.BUNDLE or len(self._bundle) >= self.BUNDLE_FILES:
             self._flush()
 
     def _flush(self) -> None:
-        bundle, self._bundle, self._bytes = self._bundle, [], 0
+        bundle, n, self._bundle, self._bytes = self._bundle, self._bytes, [], 0
         if not bundle:
             return
         if not self._threads:
             self._write(bundle)
             return
-        self._budget.acquire()
-        self._queue.put(bundle)
+        with self._cv:
+            if (q := self._to) is None:  # a new folder: the writer that still has some of it, else the one with the
+                last, folder = self._last, self._folder  # least to do (not the last folder's on a tie)
+                held = [q for q in self._queues if folder in q.folders]
+                q = held[0] if held else min(self._queues, key=lambda q: (q.bytes, len(q.bundles), q is last))
+                self._to = self._last = q
+            while self._error is None and (q.bytes >= self.WAITING or len(q.bundles) >= self.MAX_BUNDLES):
+                self._cv.wait()
+            if self._error is not None:
+                raise self._error
+            q.bundles.append((bundle, n, self._folder))
+            q.bytes += n
+            q.folders[self._folder] += 1
+            self._cv.notify_all()
 
-    def _run(self) -> None:
-        while (bundle := self._queue.get()) is not None:
+    def _run(self, q: _Queue) -> None:
+        cv = self._cv
+        while True:
+            with cv:
+                while not q.bundles and not self._closed:
+                    cv.wait()
+                if not q.bundles:
+                    return
+                bundle, n, folder = q.bundles[0]  # left in the queue (and counted) while it is written
             try:
                 if self._error is None:
                     self._write(bundle)
             except BaseException as e:  # noqa: BLE001  (raised again in the caller's thread)
                 self._error = e
             finally:
-                self._budget.release()
+                with cv:
+                    q.bundles.popleft()
+                    q.bytes -= n
+                    if (left := q.folders[folder] - 1) > 0:
+                        q.folders[folder] = left
+                    else:
+                        del q.folders[folder]
+                    cv.notify_all()
 
     def _write(self, bundle: list[tuple[str, bytes | memoryview, int, int]]) -> None:
         umask = self._umask
@@ -146,16 +187,36 @@ class FileWriters:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self._flush()
-        else:
-            self._bundle = []
-        for _ in self._threads:
-            self._queue.put(None)
-        for t in self._threads:
-            t.join()
+        try:
+            if exc_type is None:
+                self._flush()
+        finally:
+            self._close(exc_type is not None)
         if exc_type is None and self._error is not None:
             raise self._error
+
+    def _close(self, failed: bool) -> None:
+        self._bundle = []
+        with self._cv:
+            if failed:  # nothing more is written: the queued bundles are dropped
+                for q in self._queues:
+                    while len(q.bundles) > 1:
+                        q.bundles.pop()
+            self._closed = True
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join()
+
+
+class _Queue:
+    """One writer thread's bundles (the first is being written), their bytes and their folders."""
+
+    __slots__ = ("bundles", "bytes", "folders")
+
+    def __init__(self) -> None:
+        self.bundles: deque[tuple[list, int, str | None]] = deque()
+        self.bytes = 0
+        self.folders: Counter[str | None] = Counter()
 
 
 def write_pieces(
@@ -187,6 +248,53 @@ def write_large(
     write_pieces(chunks.pieces(e), local, e, (lambda n: progress(done + n, total)) if progress else None)
 
 
+class LargeWriter:
+    """Large files written on one more thread beside the caller's: writing a phone's media is mostly the kernel
+    copying into the page cache (23 of 29 CPU s exporting the 6 GB phone on one thread), which two threads do side
+    by side. `offer(e, local)` hands `e` to the thread when it is free, with every chunk located on the caller's
+    thread (the cache is not shared between threads), and says whether it did; otherwise the caller writes `e`
+    itself. The thread reads with a ChunkReader of its own (its buffers and pack descriptor) and never asks the
+    cache: a file it cannot read as located (a pack moved by prune, damage, a failed write) is removed and given
+    back by `returned()`, for the caller to write the usual way, which retries a move and names what is damaged.
+    Memory: one more ChunkReader's buffers (the largest chunk sealed, opened and decompressed) while it writes."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._reader = ChunkReader(repo)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-large")
+        self._busy: Future[None] | None = None
+        self._back: list[tuple[FileEntry, str]] = []  # files the thread did not write
+
+    def offer(self, e: FileEntry, local: str) -> bool:
+        if self._busy is not None and not self._busy.done():
+            return False
+        located = [self._repo.locate_needed(c) for c in e.chunks]
+        if any(loc is None for loc in located):
+            return False
+        self._busy = self._pool.submit(self._write, e, local, located)
+        return True
+
+    def _write(self, e: FileEntry, local: str, located: list[BlobLocation]) -> None:
+        try:
+            write_pieces(self._reader.located_pieces(e, located), local, e)
+        except Exception:  # noqa: BLE001  (the caller writes it again, and meets the error itself)
+            self._back.append((e, local))
+
+    def returned(self) -> list[tuple[FileEntry, str]]:
+        """The files handed over that the thread did not write, once it has finished them all."""
+        if self._busy is not None:
+            self._busy.result()
+        back, self._back = self._back, []
+        return back
+
+    def __enter__(self) -> LargeWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._reader.__exit__()
+
+
 def small_plain(e: FileEntry) -> bool:
     """A file export writes whole from memory, as stored: what `ReadAhead` reads ahead."""
     return e.size <= FileWriters.SMALL and not e.cipher_key and not e.is_dir
@@ -199,7 +307,7 @@ class ReadAhead:
     batch, the next one's chunks are read. `take(e)` gives a small file's bytes from its batch (or raises what
     reading it raises), for files that `wanted(e)` says are read ahead; any other file the caller reads itself."""
 
-    BATCH = 8 << 20  # bytes of small files per batch (two are held: see FileWriters.MAX_BUNDLES for what 16 cost)
+    BATCH = 8 << 20  # bytes of small files per batch (two are held: see FileWriters.WAITING for what 16 cost)
 
     def __init__(self, repo: Repository, wanted: Callable[[FileEntry], bool]) -> None:
         self._repo = repo

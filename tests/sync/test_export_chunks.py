@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from phonevault.store.errors import CorruptObject, MissingObject
 from phonevault.store.packs import BlobLocation, pack_name
 from phonevault.store.records import DeviceRecord
-from phonevault.store.repository import TRIM_LOOKUPS, ChunkReader
+from phonevault.store.repository import TRIM_LOOKUPS, ChunkReader, NotReadHere, PackFiles
 from phonevault.store.writer import SnapshotWriter
 from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.export import export_snapshot
@@ -142,20 +142,26 @@ def test_locating_thousands_of_chunks_keeps_the_caches_map_bounded(repo):
 def test_the_next_chunks_read_ahead_is_advice_only(repo):
     """`will_need` (ChunkReader asks it for the next chunk while this one is written) keeps one descriptor, of the
     last pack it advised; a pack gone meanwhile (moved by prune) is no error there: the read that follows retries
-    it. Closing the vault closes the descriptor."""
+    it. Each ChunkReader has its own (readers on two threads), closed when it is left."""
     (big,) = stored_files(repo, [(12 << 20, False)])
+    want = b"".join(repo.read_file(big))  # the backend's own descriptors, if it keeps any, counted in `before`
     fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
     before = fds()
-    repo.will_need(repo.cache.lookup(big.chunks[1]))
-    repo.will_need(repo.cache.lookup(big.chunks[2]))
+    packs = PackFiles(repo.backend)
+    packs.will_need(repo.cache.lookup(big.chunks[1]))
+    packs.will_need(repo.cache.lookup(big.chunks[2]))
     assert fds() == before + 1
-    repo.will_need(BlobLocation("ef" * 32, 0, 100, 100, 0))  # no such pack: the last descriptor goes, none comes
+    packs.will_need(BlobLocation("ef" * 32, 0, 100, 100, 0))  # no such pack: the last descriptor goes, none comes
     assert fds() == before
-    repo.will_need(repo.cache.lookup(big.chunks[0]))
-    with ChunkReader(repo) as reader:
-        assert joined(reader, big) == b"".join(repo.read_file(big))
-    repo.close()
-    assert fds() <= before
+    packs.will_need(repo.cache.lookup(big.chunks[0]))
+    with ChunkReader(repo) as reader, ChunkReader(repo) as other:
+        assert joined(reader, big) == want
+        assert fds() == before + 2
+        assert joined(other, big) == want
+        assert fds() == before + 3
+    assert fds() == before + 1
+    packs.close()
+    assert fds() == before
 
 
 def test_a_local_vaults_chunks_are_read_into_the_kept_buffer(repo):
@@ -164,8 +170,24 @@ def test_a_local_vaults_chunks_are_read_into_the_kept_buffer(repo):
     then reads the chunk the usual way, which retries a move and names the damage."""
     (big,) = stored_files(repo, [(3 << 20, False)])
     buf = mmap.mmap(-1, 8 << 20)
+    packs = PackFiles(repo.backend)
     for c in big.chunks:
         loc = repo.cache.lookup(c)
-        assert bytes(repo.read_into(loc, buf)) == repo.sealed_blob(c, loc)[0]
-    assert repo.read_into(dataclasses.replace(loc, offset=loc.offset + (1 << 30)), buf) is None
-    assert repo.read_into(dataclasses.replace(loc, pack="ef" * 32), buf) is None
+        assert bytes(packs.read_into(loc, buf)) == repo.sealed_blob(c, loc)[0]
+    assert packs.read_into(dataclasses.replace(loc, offset=loc.offset + (1 << 30)), buf) is None
+    assert packs.read_into(dataclasses.replace(loc, pack="ef" * 32), buf) is None
+    packs.close()
+
+
+def test_located_pieces_read_without_the_cache_or_refuse(repo):
+    """`located_pieces` (a large file written on export's second thread) gives `read_file`'s bytes from locations
+    found beforehand, and a chunk it cannot read as located (a pack that is not there) raises NotReadHere instead
+    of asking the cache (not shared between threads) or naming damage: the caller writes that file itself."""
+    (big,) = stored_files(repo, [(12 << 20, True)])
+    located = [repo.cache.lookup(c) for c in big.chunks]
+    with ChunkReader(repo) as reader:
+        assert b"".join(bytes(p) for p in reader.located_pieces(big, located)) == b"".join(repo.read_file(big))
+        moved = [*located[:-1], dataclasses.replace(located[-1], pack="ef" * 32)]
+        with pytest.raises(NotReadHere):
+            for _piece in reader.located_pieces(big, moved):
+                pass
