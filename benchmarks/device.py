@@ -41,10 +41,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_emulator(data: Path, size: str, log: Path) -> Emulator:
+def start_emulator(data: Path, size: str, log: Path, many_files: int = 0) -> Emulator:
     """Start `phonevault emulator serve` and wait (with a deadline) for the line announcing its address."""
     port = free_port()
     argv = [str(VENV_BIN / "phonevault"), "emulator", "serve", "--port", str(port), "--data", str(data), "--size", size]
+    argv += ["--many-files", str(many_files)] if many_files else []
     env = base_env(data.parent / "emulator-home")
     with open(log, "a") as err:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -81,15 +82,16 @@ def without_info(digest: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in digest.items() if k != "Info.plist"}
 
 
-def bench_device(work: Path, size: str, log: Path) -> dict:
-    """Both clients against one emulator; returns {'phone_bytes', 'phonevault': m, 'pymobiledevice3': m}."""
+def bench_device(work: Path, size: str, log: Path, many_files: int = 0) -> dict:
+    """Both clients against one emulator (of a phone with `many_files` small plists, if given); returns
+    {'phone_bytes', 'phone_files', 'phonevault': m, 'pymobiledevice3': m}."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    emu = start_emulator(work / "emulator", size, log)
+    emu = start_emulator(work / "emulator", size, log, many_files)
     try:
         phone_bytes = tree_bytes(emu.folder)
         expected = without_info(folder_digest(emu.folder))
-        out: dict = {"phone_bytes": phone_bytes, "udid": emu.udid}
+        out: dict = {"phone_bytes": phone_bytes, "phone_files": len(expected), "udid": emu.udid}
         for name, run in (("phonevault", _phonevault), ("pymobiledevice3", _pmd3)):
             try:
                 out[name] = run(work / name, emu, phone_bytes, expected, log).to_json()

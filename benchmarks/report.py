@@ -198,12 +198,21 @@ def targets(results: dict) -> list[tuple[str, Target]]:
             what = f"peak RSS of {_name(step)} flat, {lo['label']} → {hi['label']}"
             rows.append((name, Target(what, _rss(hi, "phonevault", step), _rss(lo, "phonevault", step), FLAT,
                                       "itself", "MB")))  # fmt: skip
-    devs = sorted(devices(results), key=lambda d: d.get("phone_bytes", 0))
-    if len(devs) >= 2:
-        lo, hi = (d.get("phonevault") or {} for d in (devs[0], devs[-1]))
-        what = f"peak RSS of device backup flat, {devs[0]['label']} → {devs[-1]['label']}"
-        rows.append(("device", Target(what, hi.get("peak_rss_mb"), lo.get("peak_rss_mb"), FLAT, "itself", "MB")))
+    for name, series in device_series(results):
+        lo, hi = (d.get("phonevault") or {} for d in (series[0], series[-1]))
+        what = f"peak RSS of device backup flat, {series[0]['label']} → {series[-1]['label']}"
+        rows.append((name, Target(what, hi.get("peak_rss_mb"), lo.get("peak_rss_mb"), FLAT, "itself", "MB")))
     return rows
+
+
+def device_series(results: dict) -> list[tuple[str, list[dict]]]:
+    """The device cases as the regular ones: over size (the `device-SIZE` cases) and over the number of files
+    (`device-many-N`, from the `device-SIZE` case of the same phone size), each of two cases or more."""
+    devs = devices(results)
+    by_size = sorted((d for d in devs if not d.get("many_files")), key=lambda d: d.get("phone_bytes", 0))
+    many = sorted((d for d in devs if d.get("many_files")), key=lambda d: d["many_files"])
+    by_files = [d for d in by_size if many and d.get("size") == many[0].get("size")][:1] + many
+    return [(name, s) for name, s in (("device size", by_size), ("device files", by_files)) if len(s) >= 2]
 
 
 def _name(step: str) -> str:
@@ -337,7 +346,11 @@ def device_table(results: dict) -> list[str]:
     if not devs:
         return []
     lines = ["### Device path (emulated phone over usbmux/lockdown/TLS; cells: the client's figures)", ""]
-    heads = [f"{d['label']} ({d.get('phone_bytes', 0) / 1e9:.2f} GB)" for d in devs]
+    heads = [
+        f"{d['label']} ({d.get('phone_bytes', 0) / 1e9:.2f} GB"
+        + (f", {d['phone_files']:,} files)" if d.get("phone_files") else ")")
+        for d in devs
+    ]
     lines += ["| client | " + " | ".join(heads) + " | time × / RSS ×, largest ÷ smallest |",
               "|---|" + "---|" * (len(devs) + 1)]  # fmt: skip
     for name, label in (("phonevault", "`phonevault backup` (into a vault)"),

@@ -6,7 +6,8 @@
 
 Cases (`--cases`, comma-separated, run in the order given): a folder size (`1GB`, `6GB`, `20GB`: a synthetic phone
 of that size), `many-N` (a `--many-files-size` phone with N small plists: the number-of-files series, whose
-smallest point is the regular case of the same size), `device-SIZE` (a device backup from the emulator). Without
+smallest point is the regular case of the same size), `device-SIZE` (a device backup from the emulator) and
+`device-many-N` (the same from an emulated `--many-files-size` phone with N small plists). Without
 `--cases` they come from --sizes, --with-20gb, --device-size and --many-files, as before.
 
 Writes `benchmarks/results/STEM.{json,md}` (STEM = --out, default `results`; `quick` for --quick) and
@@ -92,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parse_case(token: str, many_size: int) -> Case:
+    if token.startswith("device-many-"):
+        return Case(
+            token, "device", many_size, int(token.removeprefix("device-many-").replace(",", "").replace("_", ""))
+        )
     if token.startswith("device-"):
         return Case(token, "device", parse_size(token.removeprefix("device-")))
     if token.startswith("many-"):
@@ -254,11 +259,11 @@ def bench_case(case: Case, work: Path, peers: list[str], log: Path, frugal: bool
 
 def run_device(case: Case, work: Path, log: Path) -> dict:
     out = case_meta(case)
-    size = case.label.removeprefix("device-")
+    size = str(case.size) if case.many_files else case.label.removeprefix("device-")
     print(f"[{case.label}] …", flush=True)
     started = time.perf_counter()
     try:
-        out |= bench_device(work, size, log)
+        out |= bench_device(work, size, log, case.many_files)
     except StepFailed as e:
         out["error"] = str(e)
     finally:

@@ -197,8 +197,13 @@ def emulator() -> None:
 @click.option("--day", default=0, show_default=True, help="Day of the synthetic phone's life.")
 @click.option("--size", default="64MB", show_default=True, help="Size of the synthetic phone, e.g. 2GB.")
 @click.option("--seed", default=1, show_default=True)
-def emulator_serve(port: int, data: Path | None, day: int, size: str, seed: int) -> None:
+@click.option(
+    "--many-files", default=0, show_default=True, help="That many small plists besides its media (0: the default)."
+)
+def emulator_serve(port: int, data: Path | None, day: int, size: str, seed: int, many_files: int) -> None:
     """Run an emulated iPhone until interrupted; point clients at it with USBMUXD_SOCKET_ADDRESS."""
     from phonevault.sync.emulator import serve
 
-    serve(port, data or default_emulator_dir(), day=day, size=parse_size(size), seed=seed)
+    if many_files < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--many-files")
+    serve(port, data or default_emulator_dir(), day=day, size=parse_size(size), seed=seed, many_files=many_files)

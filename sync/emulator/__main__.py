@@ -1,4 +1,4 @@
-"""`python -m phonevault.sync.emulator serve --port P --data DIR [--day N] [--size 2GB] [--seed S]`
+"""`python -m phonevault.sync.emulator serve --port P --data DIR [--day N] [--size 2GB] [--seed S] [--many-files N]`
 or `… write OUT [--day N] [--size 2GB] [--seed S] [--password PW] [--many-files N]` (the synthetic phone's
 backup folder after day N, at OUT/<udid>, without serving it)."""
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--day", type=int, default=0, help="which day of the synthetic phone's life to serve")
     run.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="phone size, e.g. 64MB, 2GB")
     run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--many-files", type=int, default=0, metavar="N", help="N small plists instead of the default")
     run.add_argument("-v", "--verbose", action="store_true")
     write = commands.add_parser("write", help="write the synthetic iPhone's backup folder to OUT/<udid>")
     write.add_argument("out", type=Path, help="backup root; the folder is OUT/<udid>")
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         print(phone.write_backup(args.out, args.day))
         return
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
-    serve(args.port, args.data, day=args.day, size=args.size, seed=args.seed)
+    serve(args.port, args.data, day=args.day, size=args.size, seed=args.seed, many_files=args.many_files)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ class Emulator:
 
     ``backup_password`` sets the phone up with backup encryption on (kept in ``data_dir`` across restarts, as the
     phone keeps it; ChangePassword over MobileBackup2 changes it); ``kdf_iterations`` is its keybag's DPIC.
+    ``many_files`` (a count) makes it a heavy Messages user's phone: that many small plists besides its media
+    (sync/emulator/phone.py), for the benchmarks' device path at scale.
     """
 
     def __init__(
@@ -46,10 +48,13 @@ class Emulator:
         fault: Fault | None = None,
         backup_password: str | None = None,
         kdf_iterations: int = DEFAULT_KDF_ITERATIONS,
+        many_files: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._device = Device(self.data_dir, SyntheticPhone(seed=seed, size=size), fault, kdf_iterations)
+        self._device = Device(
+            self.data_dir, SyntheticPhone(seed=seed, size=size, many_files=many_files or False), fault, kdf_iterations
+        )
         self._device.content.ensure_day(day)
         if backup_password is not None and not self._device.backup_keys.verify(backup_password):
             # A phone set up with this backup password (kept across restarts: the same password changes nothing).
@@ -187,9 +192,10 @@ def serve(
     day: int = 0,
     size: int = DEFAULT_SIZE,
     seed: int = 1,
+    many_files: int = 0,
 ) -> None:
     """Run an emulator in the foreground until interrupted (the `phonevault emulator serve` command)."""
-    emulator = Emulator(data_dir, seed=seed, size=size, day=day, port=port).start()
+    emulator = Emulator(data_dir, seed=seed, size=size, day=day, port=port, many_files=many_files).start()
     print(f"USBMUXD_SOCKET_ADDRESS={emulator.address}  udid={emulator.udid}", flush=True)
     try:
         emulator.serve_forever()

@@ -137,3 +137,25 @@ def test_a_tool_skipped_at_the_largest_case_is_compared_over_the_cases_it_ran() 
     rows = [ln for ln in report.series_table("files", report.files_series(merged), None) if "| import / backup |" in ln]
     assert "| 1.25 |" in rows[0]  # phonevault over the whole series: 250 / 200
     assert "| 1.50 (1GB → many-300000) |" in rows[1]  # restic over the cases it ran: 150 / 100
+
+
+def _device(label: str, size: int, files: int, many: int, rss: float) -> dict:
+    return {"label": label, "kind": "device", "size": size, "many_files": many, "phone_bytes": size,
+            "phone_files": files, "commit": "abc", "date": "2026-11-27 00:00 UTC", "phonevault": _m(10.0, rss),
+            "pymobiledevice3": _m(20.0, 50.0)}  # fmt: skip
+
+
+def test_device_cases_are_flat_over_size_and_over_files_apart() -> None:
+    gb = 2**30
+    cases = [_device("device-many-300000", gb, 300_000, 300_000, 130), _device("device-6GB", 6 * gb, 62_000, 0, 110),
+             _device("device-1GB", gb, 33_000, 0, 100), _device("device-2GB", 2 * gb, 40_000, 0, 105)]  # fmt: skip
+    assert run.parse_case("device-many-300000", gb) == run.Case("device-many-300000", "device", gb, 300_000)
+    assert run.parse_case("device-6GB", gb) == run.Case("device-6GB", "device", 6 * gb)
+    results = _run("abc") | {"devices": cases}
+    series = dict(report.device_series(results))
+    assert [d["label"] for d in series["device size"]] == ["device-1GB", "device-2GB", "device-6GB"]
+    assert [d["label"] for d in series["device files"]] == ["device-1GB", "device-many-300000"]
+    flat = {case: t for case, t in report.targets(results) if case.startswith("device")}
+    assert (flat["device size"].ratio, flat["device size"].verdict) == (1.1, "pass")
+    assert (flat["device files"].ratio, flat["device files"].verdict) == (1.3, "miss")
+    assert "device-many-300000 (1.07 GB, 300,000 files)" in report.markdown(results)

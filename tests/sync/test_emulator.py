@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from phonevault.sync.emulator import Emulator, Fault
+from phonevault.sync.emulator.phone import SyntheticPhone
 from phonevault.sync.manifest import FLAG_FILE, read_manifest_rows
 
 PMD3 = Path(sys.executable).with_name("pymobiledevice3")
@@ -303,3 +304,12 @@ def test_pair_record_survives_a_restart(tmp_path: Path) -> None:
     with Emulator(tmp_path / "emulator", seed=3, size=SIZE) as second:
         assert pair_record(second) == record
     assert plistlib.loads(record)["HostCertificate"].startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_a_many_files_phone_serves_that_many_small_plists(tmp_path: Path) -> None:
+    """`emulator serve --many-files N` (the benchmarks' device path at scale): N plists besides the media."""
+    default = len(SyntheticPhone(seed=3, size=SIZE).files())
+    with Emulator(tmp_path / "emulator", seed=3, size=SIZE, many_files=3000) as emu:
+        entries = [entry for entry, _ in catalog(emu.device_dir).values()]
+    plists = [e for e in entries if e.relative_path.endswith(".plist")]
+    assert len(plists) >= 3000 and len(entries) > default
