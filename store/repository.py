@@ -352,9 +352,9 @@ class ChunkReader:
     the reader's own; else `bytes`), and a compressed chunk is decompressed into one more (zstd frames carry their
     size). The next chunk is not read here, but the kernel is told to read it (`will_need`) while this one is
     opened and written: its own read-ahead follows one pack, and a file's next chunk is often the first of the next
-    pack.
-    Memory: the largest sealed, opened and decompressed chunk (each rounded up to 1 MiB) while a file is read,
-    given back after it.
+    pack. A local vault's chunk is opened in place (GCM writes each byte over its ciphertext): one 8 MiB buffer less.
+    Memory: the largest sealed and decompressed chunk (each rounded up to 1 MiB; a vault elsewhere: and the opened
+    chunk) while a file is read, given back after it.
     Errors are `get_blob`'s (a moved pack is retried, a missing or damaged chunk raises), raised for the chunk they
     concern, when it is reached."""
 
@@ -407,14 +407,16 @@ class ChunkReader:
             if here:
                 raise NotReadHere(blob_id.hex())
             sealed, name = self._repo.sealed_blob(blob_id, loc)
-        else:
-            name = pack_name(loc.pack)
-        n = len(sealed) - OVERHEAD
-        if len(self._opened) < n + 15:  # a new buffer, never resized: the caller may still hold a view of the old
-            self._opened = _buffer(n + 15)
-        self._repo.key.open_into(sealed, blob_id, name, self._opened)
+            n = len(sealed) - OVERHEAD
+            if len(self._opened) < n + 15:  # a new buffer, never resized: the caller may hold a view of the old
+                self._opened = _buffer(n + 15)
+            opened = memoryview(self._opened)
+        else:  # opened in place: GCM writes each byte where its ciphertext was, the tag after it left alone
+            name, n = pack_name(loc.pack), len(sealed) - OVERHEAD  # n + 15 bytes of room: buffer >= loc.length
+            opened = memoryview(self._sealed)[NONCE_LEN:]
+        self._repo.key.open_into(sealed, blob_id, name, opened)
         del sealed
-        view = memoryview(self._opened)[:n]
+        view = opened[:n]
         if n and view[0] == STORED[0]:
             return view[1:]
         if n and view[0] == ZSTD[0]:
