@@ -65,8 +65,13 @@ class Measurement:
         return {**asdict(self), "mbps": self.mbps}
 
 
+WARM = False  # benchmarks/run.py --warm: never drop the page cache (a machine others are measuring on)
+
+
 def drop_caches() -> bool:
-    """Write back and drop the page cache; True if the kernel let us."""
+    """Write back and drop the page cache; True if the kernel let us (never under `WARM`)."""
+    if WARM:
+        return False
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import measure
 import suite
 from dataset import (
     UnrealisticMedia,
@@ -84,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=HERE / "work", help="generated data (default: benchmarks/work/)")
     p.add_argument("--keep-data", action="store_true", help="keep each case's source folder (at day 0) afterwards")
     p.add_argument("--frugal", action="store_true", help="delete the source during restores even when it fits")
+    p.add_argument("--warm", action="store_true", help="never drop the page cache (others measure on this machine)")
     p.add_argument("--live-code", action="store_true", help="measure the working tree as it changes, not HEAD frozen")
     p.add_argument("--settle", type=float, default=suite.SETTLE, metavar="S",
                    help="seconds after a delete before a step that creates many files (suite.py, Settling; 0: off)")  # fmt: skip
@@ -374,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     peers = available_peers(args.peers, args.skip_peers, notes)
     suite.SETTLE = args.settle
     suite.use(work)
+    measure.WARM = args.warm
     cold = drop_caches()
-    if not cold:
+    if args.warm:
+        notes.append("--warm: the page cache was kept, every step ran warm")
+    elif not cold:
         notes.append("the page cache could not be dropped: every step ran warm")
     stem = args.out or ("quick" if args.quick else "results")
     out_dir = HERE / "results"
