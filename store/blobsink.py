@@ -25,12 +25,12 @@ pack write and go on to commit a snapshot whose blobs were never written. The co
 put_exclusive, which store/writer.py makes only after `flush()` returned.
 
 Memory bound: (2 open + P in flight) packs, P = `backend.pack_writes`; plus the sealing queue: its plaintexts ≤
-SEAL_QUEUE_BYTES (4 MiB) + one blob (a chunk given as a read-only view, store/chunker.py, holds the buffer it views
-until sealed: ≤ one chunker buffer, 10 MiB, more), and at most as many sealed bytes again (≤ 2 × 12 MiB; `copy`'s data
+SEAL_QUEUE_BYTES (2 MiB) + one blob (a chunk given as a read-only view, store/chunker.py, holds the buffer it views
+until sealed: ≤ one chunker buffer, 10 MiB, more), and at most as many sealed bytes again (≤ 2 × 10 MiB; `copy`'s data
 blobs come sealed, `put_sealed`, and never wait in it). On a disk (P = 1) a data pack is written to its file as it fills
 (store/packs.py, spooled): ≤ SMALL_PACK (4 MiB) before, ≤ SPOOL_STAGE (1 MiB) + its header + the piece its appending
 thread writes after, and the tree pack, spooled likewise, ≤ SPOOL_STAGE + one blob, so the packs hold ≤ 4 + 1 + 1 MiB +
-two blobs (whatever the folder's size) and with the queue ~14 MiB typical, ≤ 39 MiB worst (it was 64 and 104 with the
+two blobs (whatever the folder's size) and with the queue ~12 MiB typical, ≤ 35 MiB worst (it was 64 and 104 with the
 packs in memory); on S3 (P = 4) each pack ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B, the coarse
 chunk maximum, store/chunker.py) + its header: 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or in-flight
 pack, ~190 bytes more (its 57-byte record, its id and the id's entry in the pack's `pending` map, store/packs.py), and
@@ -58,11 +58,12 @@ from .repository import Repository
 
 DEFAULT_PACK_WRITES = 2  # a backend that does not say (one outside this package)
 MAX_SEALERS = 4
-# Plaintext waiting for or in sealing: enough to keep the workers busy on 1 MiB chunks. Sealed batches are taken back
-# only at the next put, so between two puts (a video's next 9 MiB read into the chunker, the next file opened) a full
-# queue holds its plaintexts and their sealed bytes both: at a 6.5 GB phone's import peak (videos streamed, chunks
-# copied out of the chunker) that was 12-13 MB with 8 MiB here, 6.5-7 MB with 4, at the same CPU.
-SEAL_QUEUE_BYTES = 4 << 20
+# Plaintext waiting for or in sealing: an average media chunk (1 MiB) for each of two workers. Sealed batches are taken
+# back only at the next put, so between two puts (a video's next 9 MiB read into the chunker, the next file opened) a
+# full queue holds its plaintexts and their sealed bytes both: at a 6.5 GB phone's import peak (videos streamed, chunks
+# copied out of the chunker) that was 12-13 MB with 8 MiB here, 6.5-7 MB with 4. With 2 the importing process's peak
+# fell ~5 MB more at a 3.3 GB phone (Pss 63 -> 58 MB, tree 92 -> 87, medians of 3 alternating), at the same CPU.
+SEAL_QUEUE_BYTES = 2 << 20
 SEAL_BATCH_BYTES = 256 << 10  # a batch goes to a worker once it holds this much ...
 SEAL_BATCH_BLOBS = 64  # ... or this many blobs (~20 µs of sealing each for a fine chunk: a hand-off costs as much)
 # A pack is handed off at TARGET_PACK_SIZE or at this many blobs, whichever comes first: each blob of an open or

@@ -49,6 +49,6 @@ def test_the_queue_holds_at_most_its_bound_and_the_packs_are_as_without_it(tmp_p
 
 
 def test_the_bound_leaves_room_for_two_workers_of_average_coarse_chunks() -> None:
-    """Each of two sealing workers has an average media chunk to seal and another waits behind each."""
-    assert SEAL_QUEUE_BYTES >= 2 * 2 * COARSE.avg_size
-    assert SEAL_QUEUE_BYTES <= 4 << 20  # at 8 MiB the 6.5 GB phone's import peak held ~6 MB more (its comment)
+    """Each of two sealing workers has an average media chunk to seal (the caller's next waits beside them)."""
+    assert SEAL_QUEUE_BYTES >= 2 * COARSE.avg_size
+    assert SEAL_QUEUE_BYTES <= 2 << 20  # at 4 MiB a 3.3 GB phone's import peak held ~5 MB more (its comment)
