@@ -58,11 +58,14 @@ _new_tuple = tuple.__new__
 Listing = tuple[str, list[tuple[str, Stat]], list[tuple[str, Stat]]]  # (shard, files and other entries, empty dirs)
 
 
-def walk(folder: Path, pool: ThreadPoolExecutor | None = None, ahead: int = 0) -> Iterator[Listing]:
+def walk(
+    folder: Path, pool: ThreadPoolExecutor | None = None, ahead: int = 0, *, packed: bool = False
+) -> Iterator[Listing]:
     """(shard, its regular files and other entries, its empty directories) per shard, paths relative to `folder`,
     sorted within a shard; shards in sorted order, the top level ("", which also holds an empty top-level folder:
     store/trees.py `shard_of`) last. Lazy: with a `pool`, the next `ahead` shards are listed on its threads while
-    the caller takes this one (at most `ahead` + 1 shards' listings held); without, one at a time here.
+    the caller takes this one (at most `ahead` + 1 shards' listings held); without, one at a time here. With
+    `packed`, each shard's files come as the `_Packed` they were listed in, not unpacked into a list.
 
     Why several shards at once: on a cold page cache each lstat reads its inode from the disk, one at a time, and an
     unchanged re-import waited on those reads (~10 s of 300 000 files listed one shard at a time, 4 folders at once
@@ -85,8 +88,8 @@ def walk(folder: Path, pool: ThreadPoolExecutor | None = None, ahead: int = 0) -
             (name, files, empty_dirs), empty_top = got
             if empty_top is not None:
                 top_empty.append(empty_top)
-            yield name, files.unpacked(), empty_dirs
-    yield "", top_files, sorted(top_empty)
+            yield name, files if packed else files.unpacked(), empty_dirs
+    yield "", _Packed.of(top_files) if packed else top_files, sorted(top_empty)
 
 
 def _links_are_files(dirpath: str | Path, dirs: list[str], names: list[str]) -> None:
@@ -97,14 +100,44 @@ def _links_are_files(dirpath: str | Path, dirs: list[str], names: list[str]) -> 
         names.append(link)
 
 
-class _Packed(NamedTuple):
-    """A shard's files as listed, until the walk hands the shard out (`unpacked`): the names, and their stat fields in
-    two arrays (size, mode, mtime, ctime; inode, unsigned), ~150 bytes a file where a list of (name, Stat) is ~450.
-    The shards listed ahead (WALKERS of them, each ~files/256 at 1 000 000 files: ~3 900) are held this way."""
+class _Packed:
+    """A shard's files as listed: the names, and their stat fields in two arrays (size, mode, mtime, ctime; inode,
+    unsigned), ~150 bytes a file where a list of (name, Stat) is ~450. The shards listed ahead (WALKERS of them, each
+    ~files/256 at 1 000 000 files: ~3 900) are held this way, and so is the shard an import plans and stages
+    (`walk_ahead`): `packed[i]` and iteration make file i's (name, Stat) only as it is asked for."""
 
-    names: list[str]
-    fields: array  # "q": size, mode, mtime_ns, ctime_ns per file
-    inodes: array  # "Q"
+    __slots__ = ("names", "fields", "inodes")
+
+    def __init__(self, names: list[str], fields: array, inodes: array) -> None:
+        self.names, self.fields, self.inodes = names, fields, inodes  # fields "q": size, mode, mtime_ns, ctime_ns
+
+    @classmethod
+    def of(cls, files: list[tuple[str, Stat]]) -> _Packed:
+        packed = cls([], array("q"), array("Q"))
+        for name, st in files:
+            packed.names.append(name)
+            packed.fields.extend((st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns))
+            packed.inodes.append(st.st_ino)
+        return packed
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple[str, Stat]:
+        f, j = self.fields, 4 * i
+        return self.names[i], _new_tuple(Stat, (f[j], f[j + 1], f[j + 2], self.inodes[i], f[j + 3]))
+
+    def __iter__(self) -> Iterator[tuple[str, Stat]]:
+        return map(self.__getitem__, range(len(self.names)))
+
+    def sizes_at(self, picked: list[int]) -> array:
+        """The sizes of files `picked` (indices), in that order."""
+        f = self.fields
+        return array("q", [f[4 * i] for i in picked])
+
+    def sizes(self) -> Iterator[tuple[str, int]]:
+        """(name, size) of each file, in order."""
+        return zip(self.names, self.fields[0::4], strict=True)
 
     def unpacked(self) -> list[tuple[str, Stat]]:
         f, new = self.fields.tolist(), _new_tuple
@@ -112,6 +145,23 @@ class _Packed(NamedTuple):
             (name, new(Stat, (f[4 * i], f[4 * i + 1], f[4 * i + 2], ino, f[4 * i + 3])))
             for i, (name, ino) in enumerate(zip(self.names, self.inodes.tolist(), strict=True))
         ]
+
+
+class Paths:
+    """The full paths of some of a packed shard's files (`picked`, indices into it), made as they are asked for: the
+    reads of a shard (sync/smallreads.py, `ReadAhead`) index them, and a list held a path string (~130 bytes) per
+    file of the shard being staged and of the next one."""
+
+    __slots__ = ("base", "_names", "_picked")
+
+    def __init__(self, base: str, files: _Packed, picked: list[int]) -> None:
+        self.base, self._names, self._picked = base, files.names, picked
+
+    def __len__(self) -> int:
+        return len(self._picked)
+
+    def __getitem__(self, i: int) -> str:
+        return self.base + self._names[self._picked[i]].replace("/", os.sep)
 
 
 def _walk_shard(folder: Path, name: str) -> tuple[Listing, tuple[str, Stat] | None] | None:
@@ -140,7 +190,7 @@ def _list_dir(path: str, rel: str, files: _Packed, empty_dirs: list[tuple[str, S
     if not entries:
         return True
     base, prefix, lstat = path + os.sep, rel + "/", os.lstat
-    names, fields, inodes = files
+    names, fields, inodes = files.names, files.fields, files.inodes
     for n, is_dir in entries:
         if not is_dir:
             st = lstat(base + n)
@@ -340,8 +390,8 @@ def walk_ahead(folder: Path, pool: ThreadPoolExecutor, ahead: int = WALKERS) -> 
     """`walk`, listing the next shards on the threads of `pool` (one shard each) while the caller stages this one:
     their lstat calls then do not give up the caller's hold on the GIL (each took longer to get back than to run: 2
     of 20 s of a 120 000-file import), and a cold disk reads several folders' inodes at once. Holds at most
-    `ahead` + 1 shards' listings (`pool` should have `ahead` threads)."""
-    return walk(folder, pool, ahead)
+    `ahead` + 1 shards' listings (`pool` should have `ahead` threads), each packed (`_Packed`)."""
+    return walk(folder, pool, ahead, packed=True)
 
 
 def default_locations() -> list[Path]:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from phonevault.store.errors import UnsupportedFormat
 
+from .errors import ManifestInvalid
+from .manifest import check_manifest_db
 from .paths import shown
 from .records import BackupMeta
 
@@ -107,3 +109,12 @@ def detect_layout(folder: Path) -> Layout | None:
         return MBDB
     with os.scandir(folder) as it:
         return MDINFO if any(e.name.endswith(".mdinfo") for e in it) else None
+
+
+def opens_as_database(manifest_db: Path) -> bool:
+    """Whether a Manifest.db opens as a database (plaintext) rather than as the bytes a phone encrypted."""
+    try:
+        check_manifest_db(manifest_db)
+    except ManifestInvalid:
+        return False
+    return True

@@ -9,7 +9,7 @@ by one in the blob index (`_inherit_shard`); a Manifest.db the stat cache knows,
 not parsed again: the folder is compared with the cached shards (catalogcache.CachedListing).
 
 Memory: one shard (a top-level `xx/` folder: its listing, the next one's looked up in the stat cache and the next
-WALKERS being listed, held packed until handed out: sync/folderwalk.py `_Packed`, its staged entries, the parent's shard
+WALKERS being listed, all held packed: sync/folderwalk.py `_Packed`, its staged entries, the parent's shard
 while diffed, its Manifest.db rows, packed: sync/catalogshards.py), ≤ 8 MiB of small files read ahead (a child process,
 ~20 MB: sync/smallreads.py), one delta group and two packs; the cache's pages unmapped after each shard
 (store/residency.py). A flat layout (iOS 4–9, iPhone OS 3): one shard, its list parsed whole, ~28 bytes a file
@@ -53,16 +53,17 @@ from .encrypted import BackupPassword
 from .errors import BackupFolderInvalid, ManifestInvalid
 from .folderwalk import WALKERS as _WALKERS
 from .folderwalk import FileAhead as _FileAhead
+from .folderwalk import Paths as _Paths
 from .folderwalk import Present as _Present
 from .folderwalk import ReadAhead as _ReadAhead
 from .folderwalk import Stat as _Stat
 from .folderwalk import Total as _Total
+from .folderwalk import _Packed
 from .folderwalk import find_backup_folders as find_backup_folders  # the import command finds folders here
 from .folderwalk import is_utf8 as _is_utf8
 from .folderwalk import stat_key as _stat_key
 from .folderwalk import walk_ahead as _walk_ahead
-from .layouts import LAYOUTS, MANIFEST_DB, MDINFO, Layout, detect_layout
-from .manifest import check_manifest_db
+from .layouts import LAYOUTS, MANIFEST_DB, MDINFO, Layout, detect_layout, opens_as_database
 from .paths import shown, unsafe_reason
 from .plists import DeviceInfo, read_info_plist_dated, read_manifest_plist, read_status_plist
 from .records import BackupMeta, device_record
@@ -70,6 +71,7 @@ from .smallreads import ReaderProcess as _ReaderProcess
 from .smallreads import SmallReads as _SmallReads
 
 BLOCK = 1 << 20
+STAT_PIECE = 512  # stat-cache updates spooled at a time (a list of a shard's was ~1.4 MB at 1 000 000 files)
 METADATA = ("Info.plist", "Manifest.plist", "Manifest.db", "Status.plist")
 
 Progress = Callable[[int, int | None], None]  # (bytes done, bytes total: None until it is counted)
@@ -135,7 +137,7 @@ def read_folder_meta(folder: Path, repo: Repository) -> FolderMeta:
     if layout is not MANIFEST_DB:
         catalog, encrypted = _legacy_catalog(folder, layout, encrypted, problems)
     elif encrypted is None:
-        encrypted = not _opens_as_database(manifest_db)
+        encrypted = not opens_as_database(manifest_db)
         problems.append(
             "Manifest.db is encrypted (not a database): stored as it is, not browsable"
             if encrypted
@@ -198,14 +200,6 @@ def _legacy_catalog(
         problems.append(f"{layout.listing}: {secret} file(s) encrypted by the phone: the backup is taken as "
                         f"{'' if encrypted else 'not '}encrypted")  # fmt: skip
     return (None if encrypted and layout is MDINFO else ReadyParse(parsed)), encrypted
-
-
-def _opens_as_database(manifest_db: Path) -> bool:
-    try:
-        check_manifest_db(manifest_db)
-    except ManifestInvalid:
-        return False
-    return True
 
 
 @dataclass(slots=True)
@@ -272,14 +266,15 @@ class _Staging:
 @dataclass(slots=True)
 class _Plan:
     """One listed shard looked up in the stat cache, nothing of it staged yet (the writer holds one shard), and the
-    reads of its small files, begun while the shard before it is staged."""
+    reads of its small files, begun while the shard before it is staged. Its files stay packed (indices into them)."""
 
     shard: str
-    files: list[tuple[str, _Stat]]
+    files: _Packed
     empty_dirs: list[tuple[str, _Stat]]
     problems: list[str]
-    cached: list[tuple[str, str, _Stat, bytes, tuple[bytes, ...]]]  # (rel, full path, stat, stat key, chunk ids)
-    to_read: list[tuple[str, str, _Stat, bytes]]
+    cached: list[tuple[int, tuple[bytes, ...]]]  # (index in files, chunk ids)
+    to_read: list[int]  # indices in files
+    paths: _Paths
     small: _SmallReads | None = None
 
 
@@ -312,16 +307,16 @@ def _stage_and_commit(
     plan_next()
     while ahead:
         plan = ahead.pop()
-        new_stat.append(_stage_shard(writer, run, plan, progress, plan_next))
+        _stage_shard(writer, run, plan, progress, plan_next, new_stat)
         for rel, st in plan.empty_dirs:
             if _is_utf8(rel):
                 writer.add_dir(rel, st.st_mode, st.st_mtime_ns)
             else:
                 run.problems.append(f"{shown(rel)}: the name is not UTF-8, so it is no name a phone writes (skipped)")
         if listing is None:
-            run.present.add_shard([(rel, st.st_size) for rel, st in plan.files])
+            run.present.add_shard(list(plan.files.sizes()))
         elif plan.shard:
-            listing.shard(plan.shard, [(rel, st.st_size) for rel, st in plan.files])
+            listing.shard(plan.shard, plan.files.sizes())
         if plan.shard:  # the top level ("") is written at the commit: it also holds empty top-level folders
             writer.seal_shard(plan.shard)
         plan_next()
@@ -371,14 +366,14 @@ def _plan(
     folder: Path,
     run: _Staging,
     shard: str,
-    files: list[tuple[str, _Stat]],
+    files: _Packed,
     empty_dirs: list[tuple[str, _Stat]],
 ) -> _Plan:
     """Look one listed shard up in the stat cache; nothing is staged (that is `_stage_shard`, in shard order)."""
-    plan = _Plan(shard, files, empty_dirs, [], [], [])
+    base, to_read = str(folder) + os.sep, []
+    plan = _Plan(shard, files, empty_dirs, [], [], to_read, _Paths(base, files, to_read))
     run.total.add(shard, files)
-    base = str(folder) + os.sep
-    for rel, st in files:
+    for i, (rel, st) in enumerate(files):
         full = base + rel.replace("/", os.sep)
         if stat.S_ISREG(st.st_mode) and (run.newest is None or st.st_mtime_ns > run.newest):
             run.newest = st.st_mtime_ns
@@ -392,53 +387,59 @@ def _plan(
         # A file stored decrypted is never in the stat cache: its cached chunks would be the ciphertext's.
         cached = repo.cache.stat_get(key) if run.decrypt is None or not run.decrypt.keyed(rel) else None
         if cached is not None:
-            plan.cached.append((rel, full, st, key, tuple(cached)))  # bytes, as msgpack decodes bin
+            plan.cached.append((i, tuple(cached)))  # bytes, as msgpack decodes bin
         else:
-            plan.to_read.append((rel, full, st, key))
+            to_read.append(i)
     return plan
 
 
 def _begin_reads(run: _Staging, plan: _Plan) -> None:
-    paths, sizes = [full for _rel, full, _st, _key in plan.to_read], [st.st_size for *_x, st, _k in plan.to_read]
-    plan.small = _SmallReads(run.readers, paths, sizes, run.window)
+    plan.small = _SmallReads(run.readers, plan.paths, plan.files.sizes_at(plan.to_read), run.window)
     plan.small.fill()
 
 
 def _stage_shard(
-    writer: SnapshotWriter, run: _Staging, plan: _Plan, progress: Progress | None, plan_next: Callable[[], None]
-) -> list[tuple[bytes, list]]:
+    writer: SnapshotWriter, run: _Staging, plan: _Plan, progress: Progress | None, plan_next: Callable[[], None], spool
+) -> None:
     """Stage one planned shard: each file from the stat cache if its chunks are still known, else read. Once every
-    small file of it is asked for, `plan_next` begins the next shard's reads. Returns its stat-cache updates."""
+    small file of it is asked for, `plan_next` begins the next shard's reads. Its stat-cache updates go to `spool`
+    STAT_PIECE at a time."""
     new_stat: list[tuple[bytes, list]] = []
     run.problems += plan.problems
-    late: list[tuple[str, str, _Stat, bytes]] = []  # in the stat cache, but a chunk of it is gone: read after all
+    late: list[int] = []  # in the stat cache, but a chunk of it is gone: read after all
+    files = plan.files
     if _inherit_shard(writer, run, plan):
-        run.done += sum(st.st_size for _rel, _full, st, _key, _chunks in plan.cached)
+        run.done += sum(files.fields[4 * i] for i, _chunks in plan.cached)
     else:
-        for rel, full, st, key, chunks in plan.cached:
+        for i, chunks in plan.cached:
+            rel, st = files[i]
             if writer.put_entry(FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, chunks)):
                 run.done += st.st_size
             else:
-                late.append((rel, full, st, key))
+                late.append(i)
     if progress:
         progress(run.done, run.total.value())
     if plan.small is None:
         _begin_reads(run, plan)
-    small = plan.small
-    ahead = _ReadAhead([full for _rel, full, _st, _key in plan.to_read], [st.st_size for *_x, st, _k in plan.to_read])
+    small, paths = plan.small, plan.paths
+    ahead = _ReadAhead(paths, files.sizes_at(plan.to_read))
     try:
-        for i, (rel, full, st, key) in enumerate(plan.to_read):
-            ahead.advance(i)
+        for n, i in enumerate(plan.to_read):
+            ahead.advance(n)
             if small.all_asked:
                 plan_next()
-            _stage_file(writer, run, rel, full, st, key, small.take(i), progress, new_stat)
-        for rel, full, st, key in late:
-            _stage_file(writer, run, rel, full, st, key, None, progress, new_stat)
+            rel, st = files[i]
+            _stage_file(writer, run, rel, paths[n], st, small.take(n), progress, new_stat)
+            if len(new_stat) >= STAT_PIECE:
+                spool.append(new_stat)
+                new_stat.clear()
+        for rel, st in map(files.__getitem__, late):
+            _stage_file(writer, run, rel, paths.base + rel.replace("/", os.sep), st, None, progress, new_stat)
     finally:
         small.close()
     if progress:
         progress(run.done, run.total.value())
-    return new_stat
+    spool.append(new_stat)
 
 
 def _inherit_shard(writer: SnapshotWriter, run: _Staging, plan: _Plan) -> bool:
@@ -450,7 +451,8 @@ def _inherit_shard(writer: SnapshotWriter, run: _Staging, plan: _Plan) -> bool:
     ref = run.parent.get(plan.shard)
     if ref is None or plan.to_read or plan.empty_dirs or len(plan.cached) != ref.files:
         return False
-    entries = [FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, c) for rel, _f, st, _k, c in plan.cached]
+    pairs = ((plan.files[i], c) for i, c in plan.cached)
+    entries = [FileEntry(rel, st.st_size, st.st_mode, st.st_mtime_ns, c) for (rel, st), c in pairs]
     return writer.put_parent_shard(ref.node, entries)
 
 
@@ -460,7 +462,6 @@ def _stage_file(
     rel: str,
     full: str,
     st: _Stat,
-    key: bytes,
     data: bytes | OSError | None,
     progress: Progress | None,
     new_stat: list[tuple[bytes, list]],
@@ -481,7 +482,7 @@ def _stage_file(
         run.problems.append(f"{rel}: unreadable ({e.strerror})")
         return
     if entry.size == st.st_size:
-        new_stat.append((key, list(entry.chunks)))
+        new_stat.append((_stat_key(full, st), list(entry.chunks)))
     else:  # stored as read; never put in the stat cache, so the next import reads it again
         run.problems.append(f"{rel}: changed while it was read ({st.st_size} bytes listed, {entry.size} read)")
 
