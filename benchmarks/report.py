@@ -369,6 +369,11 @@ def device_table(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _warm(results: dict) -> str:
+    kept = any(n.startswith("--warm") for n in results.get("notes", []))
+    return "**warm** (--warm: the page cache was kept)" if kept else "**warm** (could not drop caches)"
+
+
 def _load(v: list[float] | None) -> str:
     return "—" if not v else "/".join(f"{x:.1f}" for x in v)
 
@@ -420,7 +425,7 @@ def markdown(results: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']:.0f} GiB RAM, {m['kernel']}; Python {m['python']}; "
         f"{', '.join(f'{k} {v}' for k, v in results['versions'].items())} (commit {results.get('commit', '?')}).",
-        f"Cache: {'cold (page cache dropped before every step)' if results['cold'] else '**warm** (could not drop caches)'}"
+        f"Cache: {'cold (page cache dropped before every step)' if results['cold'] else _warm(results)}"
         f"{settled(results)}. "
         f"Cells: wall time · throughput · peak RSS · CPU seconds (user+system, and the system part). Command: `{results['command']}`.",
         "",
