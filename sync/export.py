@@ -12,7 +12,7 @@ Files are written on three threads beside the caller's: small files by two write
 large ones by the caller and one more thread (sync/writeout.py `FileWriters`, `LargeWriter`).
 Memory: one shard's entries, the next 8 MiB batch of small files read ahead (sync/writeout.py `ReadAhead`), bundles
 of small files waiting for each of the 2 writers (under 2 MiB before the last one is queued, each bundle under
-1 MiB + one 4 MiB file); larger files stream chunk by chunk through two readers' kept buffers (store/repository.py
+1 MiB + one file of up to 1 MiB); larger files stream chunk by chunk through two readers' kept buffers (store/repository.py
 `ChunkReader`: the caller's and LargeWriter's).
 """
 

@@ -76,10 +76,14 @@ class FileWriters:
     through the descriptor (by path, each is one more lookup in the folder). The first failed write is raised in
     the caller (by `submit` or on leaving the `with`); the rest of the queues is dropped."""
 
-    SMALL = 4 << 20
+    # Files up to SMALL are read ahead whole and written from memory; larger ones stream through ChunkReader's kept
+    # buffers. At 4 MiB, each 1-4 MiB photo got a fresh plaintext block; glibc raised its mmap threshold to the
+    # largest freed, so those blocks came from the reading thread's heap, which grew with the bytes exported (export
+    # peak 70-75 MB at 1 GB, 82-86 MB at 3.3 GB); at 1 MiB both are 66 MB, CPU the same (3 rounds each, tmpfs target).
+    SMALL = 1 << 20
     BUNDLE = 1 << 20
     BUNDLE_FILES = 64
-    # Bytes waiting per writer. On the 6 GB phone, 4 waiting bundles of one writer (each may hold a 4 MiB file) and
+    # Bytes waiting per writer. On the 6 GB phone, 4 waiting bundles of one writer (each could hold a 4 MiB file) and
     # 16 MiB batches had export peak 113-130 MB (in-process, under load), 2 and 8 MiB 87-104 MB.
     WAITING = 2 << 20
     MAX_BUNDLES = 16

@@ -294,7 +294,7 @@ def test_a_file_the_vault_cannot_give_is_a_file_error_on_the_wire_and_the_next_f
 def test_a_large_file_failing_midway_leaves_no_half_file_in_the_export(repo, tmp_path):
     """Files above FileWriters.SMALL are written a chunk at a time: one whose third chunk is damaged is removed
     again, named, and the export goes on."""
-    big, small = os.urandom(FileWriters.SMALL + (3 << 20)), b"small" * 100
+    big, small = os.urandom(FileWriters.SMALL + (6 << 20)), b"small" * 100
     with SnapshotWriter(repo, UDID, DeviceRecord("p"), incremental=False) as w:
         for path, data in (("ab/big", big), ("cd/small", small)):
             fw = w.open_file(path)
