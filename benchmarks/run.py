@@ -96,14 +96,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def parse_case(token: str, many_size: int) -> Case:
     if token.startswith("device-many-"):
-        return Case(
-            token, "device", many_size, int(token.removeprefix("device-many-").replace(",", "").replace("_", ""))
-        )
+        return Case(token, "device", many_size, _count(token.removeprefix("device-many-")))
     if token.startswith("device-"):
         return Case(token, "device", parse_size(token.removeprefix("device-")))
     if token.startswith("many-"):
-        return Case(token, "many", many_size, int(token.removeprefix("many-").replace(",", "").replace("_", "")))
+        return Case(token, "many", many_size, _count(token.removeprefix("many-")))
     return Case(token, "size", parse_size(token))
+
+
+def _count(text: str) -> int:
+    return int(text.replace(",", "").replace("_", ""))
 
 
 def cases(args: argparse.Namespace) -> list[Case]:

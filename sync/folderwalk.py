@@ -161,7 +161,11 @@ class Paths:
         return len(self._picked)
 
     def __getitem__(self, i: int) -> str:
-        return self.base + self._names[self._picked[i]].replace("/", os.sep)
+        return self.of(self._names[self._picked[i]])
+
+    def of(self, rel: str) -> str:
+        """The full path of the shard's file `rel` (a path relative to the folder)."""
+        return self.base + rel.replace("/", os.sep)
 
 
 def _walk_shard(folder: Path, name: str) -> tuple[Listing, tuple[str, Stat] | None] | None:

@@ -370,11 +370,11 @@ def _plan(
     empty_dirs: list[tuple[str, _Stat]],
 ) -> _Plan:
     """Look one listed shard up in the stat cache; nothing is staged (that is `_stage_shard`, in shard order)."""
-    base, to_read = str(folder) + os.sep, []
-    plan = _Plan(shard, files, empty_dirs, [], [], to_read, _Paths(base, files, to_read))
+    to_read: list[int] = []
+    plan = _Plan(shard, files, empty_dirs, [], [], to_read, _Paths(str(folder) + os.sep, files, to_read))
     run.total.add(shard, files)
     for i, (rel, st) in enumerate(files):
-        full = base + rel.replace("/", os.sep)
+        full = plan.paths.of(rel)
         if stat.S_ISREG(st.st_mode) and (run.newest is None or st.st_mtime_ns > run.newest):
             run.newest = st.st_mtime_ns
         if not _is_utf8(rel):
@@ -434,7 +434,7 @@ def _stage_shard(
                 spool.append(new_stat)
                 new_stat.clear()
         for rel, st in map(files.__getitem__, late):
-            _stage_file(writer, run, rel, paths.base + rel.replace("/", os.sep), st, None, progress, new_stat)
+            _stage_file(writer, run, rel, paths.of(rel), st, None, progress, new_stat)
     finally:
         small.close()
     if progress:
