@@ -32,7 +32,9 @@ class DerivedValues:
         self.derived_put_many([(key, value)])
 
     def derived_put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """Several values, up to DERIVED_BATCH bytes per transaction (each commit is an fsync)."""
+        """Several values, up to DERIVED_BATCH bytes per transaction (each commit is an fsync), the map trimmed after
+        each: writing overflow values maps pages of data.mdb (LMDB looks through its free list for runs of free pages),
+        and a 1 000 000-file import's catalog (~100 MB of values) mapped 47 MB, the import's peak RSS."""
         batch: list[tuple[bytes, bytes]] = []
         size = 0
         for key, value in items:
@@ -41,9 +43,11 @@ class DerivedValues:
             size += len(value)
             if size >= DERIVED_BATCH:
                 self._write(partial(self._put_derived, batch))
+                self.trim()
                 batch, size = [], 0
         if batch:
             self._write(partial(self._put_derived, batch))
+            self.trim()
 
     def _put_derived(self, batch: list[tuple[bytes, bytes]], txn: lmdb.Transaction) -> None:
         for k, v in batch:

@@ -6,6 +6,7 @@ import's lookups (store/writer.py) do. Real LMDB cache, this process's own /proc
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 
 import pytest
@@ -54,3 +55,19 @@ def test_growth_counts_file_backed_pages_as_they_are_mapped(tmp_path) -> None:
             assert growth.past(2 << 20)
             growth.reset()
             assert not growth.past(2 << 20)
+
+
+def test_writing_derived_values_leaves_the_map_unmapped(repo) -> None:
+    """Writing overflow values maps pages of data.mdb (LMDB looks through its free list for runs of free pages):
+    ~7 MB here, 47 MB for a 1 000 000-file import's catalog, its peak RSS. `derived_put_many` unmaps after each
+    transaction."""
+    cache = repo.cache
+    mdb = (cache.path / "data.mdb").resolve()
+    for _round in range(4):  # the same keys rewritten: their old pages go to LMDB's free list
+        cache.derived_put_many((b"churn %d" % i, os.urandom(300_000)) for i in range(40))
+    cache.trim()
+    catalog = [(b"catalog %d" % i, os.urandom(330_000)) for i in range(120)]  # 40 MB, 10 transactions
+    cache.derived_put_many(catalog)
+    assert mapped(mdb) < 2 << 20  # 7 MB before
+    assert cache.derived_get(b"catalog 7") == catalog[7][1]
+    assert cache.notes == []
