@@ -5,7 +5,8 @@ Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are
 soon as its last row is read: [shard, rows (msgpack of the catalog._row packs, on their own: the cache's value for the
 shard, which the import spools and caches as is, never unpacked), their number, file sizes [[fileID, size, keyed], …],
 the row problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems
-of this shard, this shard's fresh memo (nil if it equals the old memo's shard, which the cache keeps)]. An import parses
+of this shard, this shard's fresh memo packed on its own, the cache's value as is (nil if it equals the old memo's
+shard, which the cache keeps)]. An import parses
 in a forked child (decoding MBFile archives is pure Python; on the other core it overlaps the reads and sealing) which
 sends each packed shard through a pipe as it is done, at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer,
 in the kernel): the parent compares it with the folder's shard and spools it. Without a second process the same
@@ -84,7 +85,7 @@ class CatalogShard:
     keyed: frozenset[str]  # file rows whose bytes the phone encrypted
     row_problems: list  # [path, message] of unusable rows read since the previous shard (any shard)
     dup_problems: list  # [path, message] of rows sharing a fileID in this shard
-    memo: dict | None  # this shard's fresh MBFile memo; None: the same as the old one (kept in the cache)
+    memo: bytes | None  # this shard's fresh MBFile memo, packed (the cache's value); None: the old one stays
     conforming: bool
 
 
@@ -108,12 +109,11 @@ class MemoWriter:
         self._size = 0
         self.shards: list[str] = []
 
-    def add(self, shard: str, memo: dict | None) -> None:
-        """`memo` None: the shard's memo is the one the cache holds (`parse_shards`), which stays."""
+    def add(self, shard: str, packed: bytes | None) -> None:
+        """`packed` None: the shard's memo is the one the cache holds (`parse_shards`), which stays."""
         self.shards.append(shard)
-        if memo is None:
+        if packed is None:
             return
-        packed = msgpack.packb(memo)
         self._pending.append((_memo_key(self._device_key, shard), packed))
         self._size += len(packed)
         if self._size >= self.BATCH:
@@ -226,9 +226,10 @@ def parse_shards(
         # A shard whose rows used exactly the old memo's shard (an unchanged Manifest.db's) sends None: the cache
         # keeps that memo, and nobody packs, unpacks, seals and writes it again.
         same = fresh == memo.old(shard)
-        # The rows go packed on their own: the import only spools them for the cache, whose value they are.
+        # The rows and the memo go packed on their own: the import only spools or writes them for the cache, whose
+        # values they are (unpacked and packed again, a 1 000 000-file import's memo was ~5 MB of objects a shard).
         packed_rows = msgpack.packb(out_rows)
-        memo_out = None if same else fresh
+        memo_out = None if same else msgpack.packb(fresh)
         return msgpack.packb([b"shard", shard, packed_rows, len(out_rows), sizes, probs, dups, memo_out, conforming])
 
     for c in read_manifest_db(source, memo, row_problems, where):

@@ -112,7 +112,7 @@ def test_streamed_shards_are_the_whole_read(tmp_path_factory, rows):
     assert [s.shard for s in shards] == sorted({s.shard for s in shards})  # each shard once, in order
     assert all(r[0][:2] == s.shard for s in shards for r in msgpack.unpackb(s.rows))
     # A second parse with the first one's memo (what every later import has) reads the same rows.
-    memo = [(s.shard, s.memo) for s in shards]
+    memo = [(s.shard, msgpack.unpackb(s.memo, strict_map_key=False)) for s in shards]
     assert streamed(parse_shards(path, iter(memo), None, *FUNCS))[:4] == (rows_w, probs_w, sizes_w, keyed_w)
 
 
