@@ -6,10 +6,10 @@ soon as its last row is read: [shard, rows (msgpack of the catalog._row packs, o
 shard, which the import spools and caches as is, never unpacked), their number, file sizes [[fileID, size, keyed], …],
 the row problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems
 of this shard, this shard's fresh memo packed on its own, the cache's value as is (nil if it equals the old memo's
-shard, which the cache keeps)]. An import parses
-in a forked child (decoding MBFile archives is pure Python; on the other core it overlaps the reads and sealing) which
-sends each packed shard through a pipe as it is done, at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer,
-in the kernel): the parent compares it with the folder's shard and spools it. Without a second process the same
+shard, which the cache keeps)]. An import parses in a forked child (decoding MBFile archives is pure Python; on the
+other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is done, at most
+PIPE_AHEAD bytes ahead of the import (the pipe's buffer, in the kernel): the parent compares it with the folder's
+shard and spools it. Without a second process the same
 generator runs in the parent, pulled shard by shard.
 
 MBFile memo (MEMO_FORMAT 2). Decoding a row costs ~120 µs and almost every row's archive is the same bytes from one
