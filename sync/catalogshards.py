@@ -121,9 +121,8 @@ class MemoWriter:
             self._flush()
 
     def _flush(self) -> None:
-        self._repo.cache.derived_put_many(self._pending)
+        self._repo.cache.derived_put_many(self._pending)  # which unmaps the pages its writes mapped
         self._pending, self._size = [], 0
-        self._repo.cache.trim()  # the pages of the index this write walked (store/residency.py)
 
     def finish(self) -> None:
         self._pending.append((_memo_head(self._device_key), msgpack.packb(self.shards)))
