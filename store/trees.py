@@ -223,11 +223,19 @@ def diff_states(old: Mapping[str, FileEntry], new: Mapping[str, FileEntry]) -> I
 class DeltaWriter:
     """Delta blobs written as changes stream in: each group of DELTA_GROUP changes is put as soon as it fills, so
     memory holds one group, however many files changed. `finish()` puts the rest (an empty delta if nothing
-    changed at all) and returns every blob id in order."""
+    changed at all) and returns every blob id in order.
+
+    The group's puts are held packed, each entry's msgpack as it comes, and the blob is those bytes behind its array
+    headers: byte for byte `msgpack.packb([format, "delta", puts, removes])`. As encoded lists they held every
+    entry's path and chunk ids until the group was put: ~330 bytes an entry of one chunk (~6.5 MB a full group of a
+    first import of small files), packed ~90."""
 
     def __init__(self, put_delta: PutBlob) -> None:
         self._put = put_delta
-        self._puts: list[list] = []
+        self._packer = msgpack.Packer()
+        self._puts = bytearray()  # the packed entries put, one after another
+        self._count = 0  # entries in `_puts`
+        self._format = TREE_FORMAT  # CIPHER_FORMAT once an entry carries a cipher_key (`_format`)
         self._removes: list[str] = []
         self.ids: list[bytes] = []
 
@@ -235,16 +243,23 @@ class DeltaWriter:
         if c.new is None:
             self._removes.append(c.path)
         else:
-            self._puts.append(c.new.encode())
-        if len(self._puts) + len(self._removes) >= DELTA_GROUP:
+            item = c.new.encode()
+            if len(item) > 5:
+                self._format = CIPHER_FORMAT
+            self._puts += self._packer.pack(item)
+            self._count += 1
+        if self._count + len(self._removes) >= DELTA_GROUP:
             self._emit()
 
     def _emit(self) -> None:
-        self.ids.append(self._put(msgpack.packb([_format(self._puts), "delta", self._puts, self._removes])))
-        self._puts, self._removes = [], []
+        p = self._packer
+        head = p.pack_array_header(4) + p.pack(self._format) + p.pack("delta") + p.pack_array_header(self._count)
+        blob = b"".join((head, self._puts, p.pack(self._removes)))
+        self._count, self._format, self._puts, self._removes = 0, TREE_FORMAT, bytearray(), []
+        self.ids.append(self._put(blob))
 
     def finish(self) -> tuple[bytes, ...]:
-        if self._puts or self._removes or not self.ids:
+        if self._count or self._removes or not self.ids:
             self._emit()
         return tuple(self.ids)
 

@@ -5,7 +5,7 @@ plus a folder index of ~40 bytes per entry once a device moves or copies somethi
 tree). A writer that is told a shard is complete (`seal_shard`: a folder import, after each `xx/` folder) writes
 that shard's tree node and its changes against the parent's shard at once and drops its entries, so it holds one
 shard, not the snapshot; the rest is written at the commit. Deltas stream (trees.DeltaWriter): one group of
-changes (≤ DELTA_GROUP) is held, whatever the number of files. Files arrive as pushed blocks
+changes (≤ DELTA_GROUP, packed: ~120 bytes an entry of one chunk) is held, whatever the number of files. Files arrive as pushed blocks
 (`open_file(...).write(block)`), so a 4 GB video costs the same memory as a 4 MB photo: one chunker buffer
 (≤ 10 MiB), one open data pack and one being written (≤ 16 MiB each, plus one blob).
 Memory bound, folder import: one shard's entries + the parent's same shard (diffed) + one delta group + two packs,
