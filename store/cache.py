@@ -63,7 +63,8 @@ import shutil
 import stat
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,7 @@ from .backends.local import mkdirs_private
 from .crypto import MasterKey
 from .derived import DerivedValues, SegmentEntries, StatEntries
 from .errors import CacheCorrupt, PhonevaultError
-from .packs import BlobLocation
+from .packs import BlobLocation, PackLocations
 from .residency import TRIM_GROWTH, IdFilter, drop, find_map, grown, mark
 
 if TYPE_CHECKING:
@@ -417,31 +418,37 @@ class Cache(DerivedValues, SegmentEntries, StatEntries):
             return self.index_plan(by_key.values())
         return [name for k, name in by_key.items() if k not in loaded], bool(loaded - by_key.keys())
 
-    def add_index(self, name: str, locations: dict[bytes, BlobLocation]) -> None:
+    def add_index(self, name: str, locations: Mapping[bytes, BlobLocation]) -> None:
         """Record one index object's locations. May run on the pack writer's thread: if LMDB fails here the repair
         waits for the next read; the index object is in the vault already, so a rebuilt cache gets it back. In key
         order, INDEX_BATCH per transaction (the name with the last: a crash between loads the index object again),
-        trimmed as the puts map TRIM_GROWTH (fault-around maps ~150 KB a put: 4096 mapped 87 MB at 300 000 files)."""
+        trimmed as the puts map TRIM_GROWTH (fault-around maps ~150 KB a put: 4096 mapped 87 MB at 300 000 files).
+        A written pack's locations (packs.PackLocations) are put from its records in id order, one row at a time."""
         key = self._ck.key(b"indexes", name.encode())
-        items = sorted(locations.items())
+        if isinstance(locations, PackLocations):
+            pack = bytes.fromhex(locations.pack)
+            rows = ((bid, (pack, off, length, raw, typ)) for bid, typ, off, length, raw in locations.by_id())
+        else:
+            rows = (
+                (bid, (bytes.fromhex(loc.pack), loc.offset, loc.length, loc.raw_length, loc.type))
+                for bid, loc in sorted(locations.items())
+            )
+        count = len(locations)
         try:
             with self._lock:
                 if self._deferred is not None:
                     return
-                for at in range(0, max(len(items), 1), INDEX_BATCH):
+                for at in range(0, max(count, 1), INDEX_BATCH):
                     with self.env.begin(write=True) as txn:
                         w = self._writing(txn)
                         f = self._filter
-                        for n, (bid, loc) in enumerate(items[at : at + INDEX_BATCH], 1):
+                        for n, (bid, value) in enumerate(islice(rows, INDEX_BATCH), 1):
                             if f is not None:
                                 f.add(bid)  # before the put is visible: the filter never lacks a held id
-                            value = msgpack.packb(
-                                [bytes.fromhex(loc.pack), loc.offset, loc.length, loc.raw_length, loc.type]
-                            )
-                            txn.put(bid, self._seal(b"blobs", bid, value), db=self._blobs)
+                            txn.put(bid, self._seal(b"blobs", bid, msgpack.packb(value)), db=self._blobs)
                             if n % 32 == 0:  # safe mid-transaction: LMDB's dirty pages are copies, not the map's
                                 self.trim(TRIM_GROWTH)
-                        if at + INDEX_BATCH >= len(items):
+                        if at + INDEX_BATCH >= count:
                             txn.put(key, self._seal(b"indexes", key, b""), db=self._indexes)
                     self._wrote(w)
                     self._gen += 1

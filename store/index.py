@@ -8,12 +8,14 @@ again from its pack's header by `check --repair-index` (store/repair.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgpack
 
 from .backends import Backend
 from .crypto import MasterKey
 from .errors import CorruptObject, MissingObject, UnsupportedFormat
-from .packs import BlobLocation
+from .packs import BlobLocation, PackLocations, pack_entries
 
 INDEX_FORMAT = 1
 INDEX_AD = b"phonevault/v1/index"
@@ -23,10 +25,17 @@ def index_name(pack_id: str) -> str:
     return f"index/{pack_id}"
 
 
-def write_index(backend: Backend, key: MasterKey, pack_id: str, locations: dict[bytes, BlobLocation]) -> str:
-    entries = [[bid, loc.type, loc.offset, loc.length, loc.raw_length] for bid, loc in locations.items()]
+def write_index(backend: Backend, key: MasterKey, pack_id: str, locations: Mapping[bytes, BlobLocation]) -> str:
+    """`locations`: a written pack's (PackWriter.finish), whose header's packed entries are the index's too, or any
+    map of one pack's blobs (a header read back, `check --repair-index`), whose entries are packed in its order."""
+    if isinstance(locations, PackLocations) and locations.pack == pack_id:
+        entries = locations.entries
+    else:
+        rows = ((bid, loc.type, loc.offset, loc.length, loc.raw_length) for bid, loc in locations.items())
+        entries = pack_entries(rows, len(locations))
+    head = msgpack.packb([INDEX_FORMAT, pack_id, []])[:-1]  # the plaintext up to its entries
     name = index_name(pack_id)
-    backend.put(name, key.seal(msgpack.packb([INDEX_FORMAT, pack_id, entries]), INDEX_AD))
+    backend.put(name, key.seal_flagged(head, entries, INDEX_AD))  # msgpack [INDEX_FORMAT, pack id, entries]
     return name
 
 

@@ -34,6 +34,8 @@ import mmap
 import struct
 import threading
 import weakref
+from array import array
+from collections.abc import ItemsView, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -160,6 +162,63 @@ def open_stored(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> tu
 
 
 _RECORD = struct.Struct("<32sBQQQ")  # an open pack's blob: id, type, offset, length, raw length
+_HEADER_HEAD = msgpack.packb([PACK_FORMAT, []])[:-1]  # a header's plaintext up to its entries: [PACK_FORMAT, ...]
+
+
+def pack_entries(rows: Iterable[tuple[bytes, int, int, int, int]], count: int) -> bytearray:
+    """`msgpack.packb` of the list of `count` rows [blob id, type, offset, length, raw length], a row at a time: a pack
+    header's entries, which its index object repeats (as lists a row cost ~300 bytes, and were built three times)."""
+    packer = msgpack.Packer(buf_size=256)  # a row at a time: the output alone is held, not a packer's 256 KiB more
+    out = bytearray(packer.pack_array_header(count))
+    for row in rows:
+        out += packer.pack(row)  # a tuple packs as the array a list does
+    return out
+
+
+class PackLocations(Mapping[bytes, BlobLocation]):
+    """A written pack's blob locations, read from its records (57 bytes a blob, the writer's own) rather than held as
+    a dict of BlobLocation (~200 bytes a blob), and `entries`, its header's packed entries (store/index.py reuses
+    them). Iterated in pack order; `[id]` searches the records (a blob sink loads them into the cache by `by_id`)."""
+
+    __slots__ = ("pack", "_records", "entries")
+
+    def __init__(self, pack: str, records: bytes | bytearray, entries: bytes | bytearray) -> None:
+        self.pack, self._records, self.entries = pack, records, entries
+
+    def __len__(self) -> int:
+        return len(self._records) // _RECORD.size
+
+    def __getitem__(self, blob_id: bytes) -> BlobLocation:
+        at = self._records.find(blob_id) if len(blob_id) == 32 else -1
+        while at > 0 and at % _RECORD.size:  # an id is found only where a record starts
+            at = self._records.find(blob_id, at + 1)
+        if at < 0:
+            raise KeyError(blob_id)
+        _bid, typ, offset, length, raw = _RECORD.unpack_from(self._records, at)
+        return BlobLocation(self.pack, offset, length, raw, typ)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (row[0] for row in _RECORD.iter_unpack(self._records))
+
+    def items(self) -> ItemsView[bytes, BlobLocation]:
+        return _Items(self)
+
+    def by_id(self) -> Iterator[tuple[bytes, int, int, int, int]]:
+        """The rows (id, type, offset, length, raw length) in id order, as LMDB keys them: record numbers bucketed by
+        the id's first byte (4 bytes a blob), each bucket sorted when reached (~1/256 of the rows' keys at once)."""
+        records, size = self._records, _RECORD.size
+        buckets = [array("I") for _ in range(256)]
+        for n in range(len(self)):
+            buckets[records[n * size]].append(n)
+        for bucket in buckets:
+            for n in sorted(bucket, key=lambda n: records[n * size : n * size + 32]):
+                yield _RECORD.unpack_from(records, n * size)
+
+
+class _Items(ItemsView):
+    def __iter__(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        pack = self._mapping.pack
+        return ((b, BlobLocation(pack, o, n, r, t)) for b, t, o, n, r in _RECORD.iter_unpack(self._mapping._records))
 
 
 def anonymous_map(size: int) -> mmap.mmap:
@@ -357,18 +416,23 @@ class PackWriter:
                 return self._spool.pread(offset, length)
         return self._backend.get_range(self._written, offset, length)
 
-    def finish(self) -> tuple[str, dict[bytes, BlobLocation]] | None:
+    def finish(self) -> tuple[str, PackLocations | dict[bytes, BlobLocation]] | None:
         """Write the pack (durable when this returns); returns its id and the locations of its blobs.
         A writer writes one pack: start a new one for the next (this one stays readable, `sealed`, from the backend).
         Its buffer goes back at once, not when the writer is dropped: a blob sink keeps a written pack until it
         retires it at a later hand-off, and with its pages that was one more full pack buffer most of the time."""
         if not self._records:
             return None
-        entries = [[bid, typ, off, length, raw] for bid, typ, off, length, raw in _RECORD.iter_unpack(self._records)]
-        header = self._key.seal(msgpack.packb([PACK_FORMAT, entries]), HEADER_AD)
+        entries = pack_entries(_RECORD.iter_unpack(self._records), len(self))
+        header = self._key.seal_flagged(_HEADER_HEAD, entries, HEADER_AD)  # msgpack [PACK_FORMAT, entries]
+        header += TRAILER.pack(len(header), MAGIC, PACK_FORMAT)
         with self._lock:  # `sealed` (the caller's thread) may be reading the bytes these move (a spool's stage)
-            self._append(header, False)
-            self._append(TRAILER.pack(len(header), MAGIC, PACK_FORMAT), False)
+            if self._spool is None:
+                self._append(header, False)
+            else:  # after the stage, a piece of its own: not copied into it (~0.75 MB at PACK_BLOBS blobs)
+                self._flush_spool()
+                self._write_out(header)
+                self._size += len(header)
         if self._spool is not None:
             pack_id = self._publish()
         else:
@@ -380,7 +444,8 @@ class PackWriter:
             self._buf = bytearray()
             if self._release is not None:
                 self._release()
-        return pack_id, {e[0]: BlobLocation(pack_id, e[2], e[3], e[4], e[1]) for e in entries}
+        locations = PackLocations(pack_id, self._records, entries)  # an id added twice: a dict of the last's, as ever
+        return pack_id, locations if len(self.pending) == len(self) else dict(locations.items())
 
     def _publish(self) -> str:
         """A spooled pack's last bytes to its file, then the file published under the pack's name."""
