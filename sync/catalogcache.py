@@ -12,6 +12,7 @@ Memory: one shard's rows (CatalogEntry objects, or a CatalogShard) and the probl
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -123,11 +124,11 @@ class CachedListing(ShardStream):
         raw = self._repo.cache.derived_get(self.head.key + b"/" + shard.encode(errors="surrogatepass"))
         if raw is None:
             return None
-        rows = msgpack.unpackb(raw)  # catalog._row packs: [file_id, domain, path, flags, size, …, has key]
-        files = [r for r in rows if r[3] == FLAG_FILE]
-        sizes = {r[0]: r[4] for r in files}
-        keyed = frozenset(r[0] for r in files if r[9])
-        return CatalogShard(shard, raw, len(rows), sizes, keyed, [], [], None, True)
+        rows = msgpack.Unpacker(io.BytesIO(raw), read_size=1 << 14)  # a row at a time, not all the shard's at once
+        count = rows.read_array_header()
+        # catalog._row packs: [file_id, domain, path, flags, size, …, has key]; the file rows as the parse sends them
+        files = msgpack.packb([[r[0], r[4], r[9]] for r in rows if r[3] == FLAG_FILE])
+        return CatalogShard(shard, raw, count, files, [], [], None, True)
 
     def _next(self) -> CatalogShard | None:
         if self._pending is not None:
@@ -175,7 +176,7 @@ class FolderCompare:
         present = dict(files)
         try:
             for got in self.stream.upto(shard):
-                self._problems += MANIFEST_DB.compare(present if got.shard == shard else {}, got.sizes, got.keyed)
+                self._problems += MANIFEST_DB.compare_files(present if got.shard == shard else {}, got.file_rows())
                 if not self.cached:
                     self.listed.append([got.shard, got.rows, got.count])
         except ManifestInvalid as e:

@@ -1,16 +1,15 @@
 """A Manifest.db catalog a shard at a time: parsed, compared with the folder, cached and read back in fileID-prefix
 shards (`xx` = the fileID's first two characters, the folder's own `xx/` sharding), so no command holds every row.
 
-Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are neighbours; each shard is packed as
-soon as its last row is read: [shard, rows (msgpack of the catalog._row packs, on their own: the cache's value for the
-shard, which the import spools and caches as is, never unpacked), their number, file sizes [[fileID, size, keyed], …],
-the row problems read since the previous shard ([path, message] as catalog._row_problem), the duplicate-fileID problems
-of this shard, this shard's fresh memo packed on its own, the cache's value as is (nil if it equals the old memo's
-shard, which the cache keeps)]. An import parses in a forked child (decoding MBFile archives is pure Python; on the
-other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is done, at most
-PIPE_AHEAD bytes ahead of the import (the pipe's buffer, in the kernel): the parent compares it with the folder's
-shard and spools it. Without a second process the same
-generator runs in the parent, pulled shard by shard.
+Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are neighbours; each row is packed as it is
+read, each shard sent once its last row is: [shard, rows (msgpack of the catalog._row packs, on their own: the cache's
+value for the shard, which the import spools and caches as is, never unpacked), their number, file sizes [[fileID, size,
+keyed], …], the row problems read since the previous shard ([path, message] as catalog._row_problem), the
+duplicate-fileID problems of this shard, this shard's fresh memo packed on its own, the cache's value as is (nil if it
+equals the old memo's shard, which the cache keeps)]. An import parses in a forked child (decoding MBFile archives is
+pure Python; on the other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is
+done, at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer, in the kernel): the parent compares it with the
+folder's shard and spools it. Without a second process the same generator runs in the parent, pulled shard by shard.
 
 MBFile memo (MEMO_FORMAT 2). Decoding a row costs ~120 µs and almost every row's archive is the same bytes from one
 backup to the next, so the decoded fields are kept per device and shard: `mbfile-memo/2/<device>/<shard>` ->
@@ -22,10 +21,11 @@ old memo through a sealed, unlinked spool written before it is forked (it must n
 
 The cache of a parsed catalog (a shard read back at a time, an import compared with it): sync/catalogcache.py.
 
-Memory: one shard's rows as CatalogEntry objects (one being read back, or the shard being parsed), the packed rows and
-sizes of the shard the parent compares (~200 bytes a row), two shards of the old memo, the problems; a Manifest.db from
-the vault is read through a sealed image in the cache (sync/sealeddb.py), so SQLite holds its page cache, not the
-file.
+Memory: the shard being parsed packed as its rows are read (rows and file sizes, ~180 bytes a row at 1 000 000 files;
+the rows of one fileID as CatalogEntry objects) with its fresh memo (the values it used), the packed rows and file
+sizes of the shards the parent holds (~180 bytes a row, ~3 shards), two shards of the old memo, the problems; a shard
+read back from the cache as CatalogEntry objects; a Manifest.db from the vault is read through a sealed image in the
+cache (sync/sealeddb.py), so SQLite holds its page cache, not the file.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import io
 import multiprocessing
 import os
 import signal
@@ -82,12 +83,28 @@ class CatalogShard:
     shard: str
     rows: bytes  # msgpack of the catalog._row packs, in fileID order (the cache's value as is: never unpacked here)
     count: int  # rows in `rows`
-    sizes: dict[str, int]  # file rows: fileID -> size
-    keyed: frozenset[str]  # file rows whose bytes the phone encrypted
+    files: bytes  # msgpack [[fileID, size, keyed], …] of the file rows in fileID order, keyed: the phone encrypted its
+    # bytes (kept packed, ~50 bytes a row: as a dict and a set they were ~150, and the import holds ~3 shards)
     row_problems: list  # [path, message] of unusable rows read since the previous shard (any shard)
     dup_problems: list  # [path, message] of rows sharing a fileID in this shard
     memo: bytes | None  # this shard's fresh MBFile memo, packed (the cache's value); None: the old one stays
     conforming: bool
+
+    def file_rows(self) -> Iterator[list]:
+        """[fileID, size, keyed] of each file row, in fileID order, unpacked one at a time."""
+        unpacker = msgpack.Unpacker(io.BytesIO(self.files), read_size=1 << 14)  # buffers 16 KiB, not a copy
+        unpacker.read_array_header()
+        return unpacker
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """fileID -> size of the file rows."""
+        return {f: s for f, s, _k in self.file_rows()}
+
+    @property
+    def keyed(self) -> frozenset[str]:
+        """The file rows whose bytes the phone encrypted."""
+        return frozenset(f for f, _s, k in self.file_rows() if k)
 
 
 def _memo_head(device_key: str) -> bytes:
@@ -193,6 +210,62 @@ class _WindowMemo(Memo):
             self.update(memo)
 
 
+def _bin_header(n: int) -> bytes:
+    """msgpack's bin header for `n` bytes, the smallest one, as `packb` writes it (msgpack.Packer has none)."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    return b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big")
+
+
+class _ShardPacker:
+    """One shard's message, packed row by row as the rows are read: its rows and file sizes as msgpack bytes, the
+    rows of the current fileID (duplicates are neighbours in fileID order) and the duplicates' problems; no row is
+    kept as an object past the next fileID."""
+
+    def __init__(self, shard: str, pack_row: PackRow, duplicates: Duplicates) -> None:
+        self.shard, self._pack_row, self._duplicates = shard, pack_row, duplicates
+        self._packer = msgpack.Packer()
+        self._rows, self._sizes = bytearray(), bytearray()
+        self._count = self._files = 0
+        self._group: list[CatalogEntry] = []
+        self._dups: list[list] = []
+        self._conforming = True
+
+    def add(self, c: CatalogEntry) -> None:
+        if self._group and self._group[0].file_id != c.file_id:
+            self._close_group()
+        self._group.append(c)
+        pack = self._packer.pack
+        self._rows += pack(self._pack_row(c))
+        self._count += 1
+        self._conforming = self._conforming and conforms(c)
+        if c.flags == FLAG_FILE:
+            self._sizes += pack([c.file_id, c.size, c.has_encryption_key])
+            self._files += 1
+
+    def _close_group(self) -> None:
+        if len(self._group) > 1:
+            self._dups += self._duplicates(self._group)
+        self._group = []
+
+    def message(self, probs: list, memo: bytes | None) -> bytes:
+        """[b"shard", shard, rows packed, their number, sizes, probs, dups, memo, conforming], packed: the bytes
+        msgpack.packb gives for that list. The shard's buffers are let go (the parse keeps this object until the
+        next shard's first row)."""
+        self._close_group()
+        pack, p = self._packer.pack, self._packer
+        rows_head = p.pack_array_header(self._count)
+        memo_bin = (pack(None),) if memo is None else (_bin_header(len(memo)), memo)  # not copied into the packer
+        message = b"".join(
+            (p.pack_array_header(9), pack(b"shard"), pack(self.shard),
+             _bin_header(len(rows_head) + len(self._rows)), rows_head, self._rows, pack(self._count),
+             p.pack_array_header(self._files), self._sizes, pack(probs), pack(self._dups), *memo_bin,
+             pack(self._conforming))
+        )  # fmt: skip
+        self._rows, self._sizes = bytearray(), bytearray()
+        return message
+
+
 def parse_shards(
     source: ManifestSource,
     old: Iterator[tuple[str, dict]],
@@ -204,61 +277,44 @@ def parse_shards(
     """Every shard of a Manifest.db packed as the module docstring says, in order, then [b"end", row problems]."""
     memo = _WindowMemo(old)
     row_problems: list[RowProblem] = []
-    shard: str | None = None
-    rows: list[CatalogEntry] = []
+    shard: _ShardPacker | None = None
     fresh: dict[bytes, list] = {}
 
-    def packed() -> bytes:
-        out_rows, sizes, dups, group = [], [], [], []
-        conforming = True
-        for c in rows:
-            if group and group[0].file_id != c.file_id:
-                dups += duplicates(group) if len(group) > 1 else []
-                group = []
-            group.append(c)
-            out_rows.append(pack_row(c))
-            conforming = conforming and conforms(c)
-            if c.flags == FLAG_FILE:
-                sizes.append([c.file_id, c.size, c.has_encryption_key])
-        dups += duplicates(group) if len(group) > 1 else []
+    def packed(shard: _ShardPacker) -> bytes:
         probs = [row_problem(p, MANIFEST_DB.record) for p in row_problems]
         row_problems.clear()
         # A shard whose rows used exactly the old memo's shard (an unchanged Manifest.db's) sends None: the cache
         # keeps that memo, and nobody packs, unpacks, seals and writes it again.
-        same = fresh == memo.old(shard)
         # The rows and the memo go packed on their own: the import only spools or writes them for the cache, whose
         # values they are (unpacked and packed again, a 1 000 000-file import's memo was ~5 MB of objects a shard).
-        packed_rows = msgpack.packb(out_rows)
-        memo_out = None if same else msgpack.packb(fresh)
-        return msgpack.packb([b"shard", shard, packed_rows, len(out_rows), sizes, probs, dups, memo_out, conforming])
+        memo_out = None if fresh == memo.old(shard.shard) else msgpack.packb(fresh)
+        return shard.message(probs, memo_out)
 
     for c in read_manifest_db(source, memo, row_problems, where):
         s = shard_of_id(c.file_id)
-        if s != shard:
+        if shard is None or s != shard.shard:
             if shard is not None:
-                yield packed()
-            shard, rows, fresh = s, [], {}
+                yield packed(shard)
+            shard, fresh = _ShardPacker(s, pack_row, duplicates), {}
             memo.at(s)
-        rows.append(c)
+        shard.add(c)
         fresh.update(memo.fresh)
         memo.fresh.clear()
     if shard is not None:
-        yield packed()
+        yield packed(shard)
     yield msgpack.packb([b"end", [row_problem(p, MANIFEST_DB.record) for p in row_problems]])
 
 
 def unpack_shard(message: bytes) -> CatalogShard | list:
-    """A packed shard as CatalogShard; the end message as its trailing row problems (a list)."""
+    """A packed shard as CatalogShard (its file sizes packed again: kept as bytes); the end message as its trailing
+    row problems (a list)."""
     got = msgpack.unpackb(message, strict_map_key=False)
     if got[0] == b"end":
         return got[1]
     if got[0] == b"error":
         raise ManifestInvalid(got[1], got[2])
     _kind, shard, rows, count, sizes, probs, dups, fresh, conforming = got
-    return CatalogShard(
-        shard, rows, count, {f: s for f, s, _k in sizes}, frozenset(f for f, _s, k in sizes if k), probs, dups, fresh,
-        conforming,
-    )  # fmt: skip
+    return CatalogShard(shard, rows, count, msgpack.packb(sizes), probs, dups, fresh, conforming)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -276,6 +332,7 @@ def _child(conn: Connection, parent: int, path: str, spool: Spool | None, funcs:
         old = iter(spool) if spool is not None else iter(())
         for message in parse_shards(Path(path), (tuple(x) for x in old), None, *funcs):
             conn.send_bytes(message)
+            del message  # not held while the next shard is parsed
     except ManifestInvalid as e:
         conn.send_bytes(msgpack.packb([b"error", e.path, e.reason]))
     finally:

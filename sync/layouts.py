@@ -16,7 +16,7 @@ years, a cost noted rather than paid for with a second tree format.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,25 +45,33 @@ class Layout:
         return f"{file_id[:2]}/{file_id}" if self.subfolders else file_id + self.suffix
 
     def compare(self, present: Mapping[str, int], sizes: Mapping[str, int], keyed: AbstractSet[str]) -> list[str]:
-        """A folder's files (`present`: path -> size) against its list (`sizes`: fileID -> size): what the list
-        names but the folder lacks at this layout's path, or holds at another size (a file the phone encrypted,
-        `keyed`, is padded to a multiple of 16: 1 to 16 bytes more); in a flat folder, also the files nothing names
-        (a companion file names its file even where the catalog could not use it: that is the catalog's to say)."""
-        problems = []
+        """A folder's files (`present`: path -> size) against its list (`sizes`: fileID -> size, `keyed`: the files
+        the phone encrypted): `compare_files`."""
+        return self.compare_files(present, ((fid, size, fid in keyed) for fid, size in sizes.items()))
+
+    def compare_files(self, present: Mapping[str, int], files: Iterable[Sequence]) -> list[str]:
+        """A folder's files (`present`: path -> size) against its list (`files`: [fileID, size, keyed] each): what
+        the list names but the folder lacks at this layout's path, or holds at another size (a file the phone
+        encrypted, keyed, is padded to a multiple of 16: 1 to 16 bytes more); in a flat folder, also the files
+        nothing names (a companion file names its file even where the catalog could not use it: that is the
+        catalog's to say)."""
+        problems, listed = [], []
         subfolders, suffix, get = self.subfolders, self.suffix, present.get
-        for fid, size in sizes.items():
+        for fid, size, keyed in _one_per_file(files):
             # Once per row of every import: `backup_path` inlined, and a row present at its size done at once.
             rel = f"{fid[:2]}/{fid}" if subfolders else fid + suffix
+            if not subfolders:
+                listed.append(rel)
             if (have := get(rel)) is None:
                 problems.append(f"{shown(rel)}: listed in {self.listing} but missing from the folder")
-            elif have == size and fid not in keyed:
+            elif have == size and not keyed:
                 continue
-            elif fid in keyed and not (have % 16 == 0 and size < have <= size + 16):
+            elif keyed and not (have % 16 == 0 and size < have <= size + 16):
                 problems.append(f"{shown(rel)}: {have} bytes, {self.listing} says {size} before padding (truncated?)")
-            elif fid not in keyed and have != size:
+            elif not keyed and have != size:
                 problems.append(f"{shown(rel)}: {have} bytes, {self.listing} says {size} (truncated?)")
         if not self.subfolders:
-            named = {self.backup_path(fid) for fid in sizes} | self.metadata
+            named = set(listed) | self.metadata
             for rel in sorted(present.keys() - named):
                 if self.companion and (
                     rel.endswith(self.companion) or rel.removesuffix(self.suffix) + self.companion in present
@@ -71,6 +79,22 @@ class Layout:
                     continue
                 problems.append(f"{shown(rel)}: no {self.record} names it (stored as it is)")
         return problems
+
+
+def _one_per_file(files: Iterable[Sequence]) -> Iterator[tuple[str, int, bool]]:
+    """The rows of one fileID (neighbours: a list is in fileID order) as one, as a dict and a set of them had them:
+    the last one's size, keyed if any of them is."""
+    it = iter(files)
+    if (first := next(it, None)) is None:
+        return
+    fid, size, keyed = first
+    for f, s, k in it:
+        if f == fid:
+            size, keyed = s, keyed or k
+            continue
+        yield fid, size, keyed
+        fid, size, keyed = f, s, k
+    yield fid, size, keyed
 
 
 MANIFEST_DB = Layout("manifest-db", "Manifest.db", "Manifest.db row", True)
