@@ -75,7 +75,7 @@ from .backends.local import mkdirs_private
 from .crypto import MasterKey
 from .derived import DerivedValues, SegmentEntries, StatEntries
 from .errors import CacheCorrupt, PhonevaultError
-from .packs import BlobLocation, PackLocations
+from .index import BlobLocation, PackLocations
 from .residency import TRIM_GROWTH, IdFilter, drop, find_map, grown, mark
 
 if TYPE_CHECKING:

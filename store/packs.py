@@ -34,11 +34,8 @@ import mmap
 import struct
 import threading
 import weakref
-from array import array
-from collections.abc import ItemsView, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
 
 import msgpack
 import zstandard
@@ -46,6 +43,7 @@ import zstandard
 from .backends import Backend
 from .crypto import MasterKey, content_hash, content_hasher
 from .errors import CorruptObject, UnsupportedFormat
+from .index import BlobLocation, PackLocations, pack_entries  # BlobLocation: imported from here too
 
 PACK_FORMAT = 1
 TRAILER = struct.Struct(">I3sB")
@@ -109,17 +107,6 @@ def dctx() -> zstandard.ZstdDecompressor:
         return _zstd.d
 
 
-@dataclass(frozen=True, slots=True)
-class BlobLocation:
-    """Where a blob lives: what an index entry says."""
-
-    pack: str
-    offset: int
-    length: int
-    raw_length: int
-    type: int
-
-
 def pack_name(pack_id: str) -> str:
     return f"packs/{pack_id[:2]}/{pack_id}"
 
@@ -161,64 +148,7 @@ def open_stored(key: MasterKey, blob_id: bytes, sealed: bytes, where: str) -> tu
     raise CorruptObject(where, f"blob {blob_id.hex()[:16]} has unknown flag {flag!r}")
 
 
-_RECORD = struct.Struct("<32sBQQQ")  # an open pack's blob: id, type, offset, length, raw length
 _HEADER_HEAD = msgpack.packb([PACK_FORMAT, []])[:-1]  # a header's plaintext up to its entries: [PACK_FORMAT, ...]
-
-
-def pack_entries(rows: Iterable[tuple[bytes, int, int, int, int]], count: int) -> bytearray:
-    """`msgpack.packb` of the list of `count` rows [blob id, type, offset, length, raw length], a row at a time: a pack
-    header's entries, which its index object repeats (as lists a row cost ~300 bytes, and were built three times)."""
-    packer = msgpack.Packer(buf_size=256)  # a row at a time: the output alone is held, not a packer's 256 KiB more
-    out = bytearray(packer.pack_array_header(count))
-    for row in rows:
-        out += packer.pack(row)  # a tuple packs as the array a list does
-    return out
-
-
-class PackLocations(Mapping[bytes, BlobLocation]):
-    """A written pack's blob locations, read from its records (57 bytes a blob, the writer's own) rather than held as
-    a dict of BlobLocation (~200 bytes a blob), and `entries`, its header's packed entries (store/index.py reuses
-    them). Iterated in pack order; `[id]` searches the records (a blob sink loads them into the cache by `by_id`)."""
-
-    __slots__ = ("pack", "_records", "entries")
-
-    def __init__(self, pack: str, records: bytes | bytearray, entries: bytes | bytearray) -> None:
-        self.pack, self._records, self.entries = pack, records, entries
-
-    def __len__(self) -> int:
-        return len(self._records) // _RECORD.size
-
-    def __getitem__(self, blob_id: bytes) -> BlobLocation:
-        at = self._records.find(blob_id) if len(blob_id) == 32 else -1
-        while at > 0 and at % _RECORD.size:  # an id is found only where a record starts
-            at = self._records.find(blob_id, at + 1)
-        if at < 0:
-            raise KeyError(blob_id)
-        _bid, typ, offset, length, raw = _RECORD.unpack_from(self._records, at)
-        return BlobLocation(self.pack, offset, length, raw, typ)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return (row[0] for row in _RECORD.iter_unpack(self._records))
-
-    def items(self) -> ItemsView[bytes, BlobLocation]:
-        return _Items(self)
-
-    def by_id(self) -> Iterator[tuple[bytes, int, int, int, int]]:
-        """The rows (id, type, offset, length, raw length) in id order, as LMDB keys them: record numbers bucketed by
-        the id's first byte (4 bytes a blob), each bucket sorted when reached (~1/256 of the rows' keys at once)."""
-        records, size = self._records, _RECORD.size
-        buckets = [array("I") for _ in range(256)]
-        for n in range(len(self)):
-            buckets[records[n * size]].append(n)
-        for bucket in buckets:
-            for n in sorted(bucket, key=lambda n: records[n * size : n * size + 32]):
-                yield _RECORD.unpack_from(records, n * size)
-
-
-class _Items(ItemsView):
-    def __iter__(self) -> Iterator[tuple[bytes, BlobLocation]]:
-        pack = self._mapping.pack
-        return ((b, BlobLocation(pack, o, n, r, t)) for b, t, o, n, r in _RECORD.iter_unpack(self._mapping._records))
 
 
 def anonymous_map(size: int) -> mmap.mmap:
@@ -275,10 +205,10 @@ _BUFFERS = PackBuffers()
 
 
 class PackWriter:
-    """One pack being filled: its bytes (a pooled buffer, see the module docstring), and one fixed-size record per
-    blob (57 bytes in one bytearray; as a list of five objects each blob cost ~250 bytes, and a pack of small plists
-    holds ~35 000 blobs), plus `pending`, the id -> record number map that deduplicates within the pack and finds a
-    blob still in it."""
+    """One pack being filled: its bytes (a pooled buffer, see the module docstring), and `pending`, its blobs' records
+    and ids (store/index.py PackLocations: 73 to 89 bytes a blob; as a list of five objects each blob cost ~250 bytes,
+    and a dict of id -> record number beside the records ~190 more), which deduplicates within the pack, finds a blob
+    still in it, and is the written pack's locations."""
 
     def __init__(self, backend: Backend, key: MasterKey, target_size: int = TARGET_PACK_SIZE) -> None:
         self._backend = backend
@@ -288,8 +218,7 @@ class PackWriter:
         self._buf: bytearray | mmap.mmap = bytearray()
         self._size = 0  # bytes of _buf in use
         self._release: weakref.finalize | None = None  # gives the pooled buffer back (written, or dropped)
-        self._records = bytearray()  # _RECORD per blob, in the order added
-        self.pending: dict[bytes, int] = {}  # blob id -> its record number
+        self.pending = PackLocations()  # its blobs' records and ids: deduplicates within the pack, finds a blob in it
         self._written: str | None = None  # the pack's name once written: its blobs are read from the backend
         self._full_at = min(TREE_PACK_SIZE, target_size)  # until a data blob comes: then target_size
         self._lock = threading.Lock()  # `sealed` (the caller's thread) against `finish` giving the buffer back
@@ -301,7 +230,7 @@ class PackWriter:
         self._spool_error: BaseException | None = None  # a failed write, raised by `finish` (and `sealed`)
 
     def __len__(self) -> int:
-        return len(self._records) // _RECORD.size
+        return self.pending.records
 
     @property
     def size(self) -> int:
@@ -391,17 +320,16 @@ class PackWriter:
             raise ValueError(f"a blob id is 32 bytes, not {len(blob_id)}")
         if blob_type == DATA:
             self._full_at = self._target
-        self.pending[blob_id] = len(self._records) // _RECORD.size
-        self._records += _RECORD.pack(blob_id, blob_type, self._size, len(sealed), raw_length)
+        self.pending.add(blob_id, blob_type, self._size, len(sealed), raw_length)
         self._append(sealed, blob_type == DATA)
 
     def sealed(self, blob_id: bytes) -> bytes | None:
         """A blob of this pack, open or in flight (readers of a staged snapshot may need it before the blob sink
         has the pack's index): from the buffer until the pack is written, then from the backend."""
-        pos = self.pending.get(blob_id)
-        if pos is None:
+        row = self.pending.row(blob_id)
+        if row is None:
             return None
-        _bid, _type, offset, length, _raw = _RECORD.unpack_from(self._records, pos * _RECORD.size)
+        _bid, _type, offset, length, _raw = row
         with self._lock:
             if self._written is None:
                 if self._spool is None:
@@ -421,9 +349,9 @@ class PackWriter:
         A writer writes one pack: start a new one for the next (this one stays readable, `sealed`, from the backend).
         Its buffer goes back at once, not when the writer is dropped: a blob sink keeps a written pack until it
         retires it at a later hand-off, and with its pages that was one more full pack buffer most of the time."""
-        if not self._records:
+        if not len(self):
             return None
-        entries = pack_entries(_RECORD.iter_unpack(self._records), len(self))
+        entries = pack_entries(self.pending.rows(), len(self))
         header = self._key.seal_flagged(_HEADER_HEAD, entries, HEADER_AD)  # msgpack [PACK_FORMAT, entries]
         header += TRAILER.pack(len(header), MAGIC, PACK_FORMAT)
         with self._lock:  # `sealed` (the caller's thread) may be reading the bytes these move (a spool's stage)
@@ -444,8 +372,9 @@ class PackWriter:
             self._buf = bytearray()
             if self._release is not None:
                 self._release()
-        locations = PackLocations(pack_id, self._records, entries)  # an id added twice: a dict of the last's, as ever
-        return pack_id, locations if len(self.pending) == len(self) else dict(locations.items())
+        locations = self.pending
+        locations.pack, locations.entries = pack_id, entries  # an id added twice: a dict of the last's, as ever
+        return pack_id, locations if len(locations) == len(self) else dict(locations.items())
 
     def _publish(self) -> str:
         """A spooled pack's last bytes to its file, then the file published under the pack's name."""

@@ -1,11 +1,11 @@
 """A written pack's entries are packed once, from its records: the pack header, the index object and the cache's
 locations must be exactly what the lists and maps built per blob gave before (the old construction is the oracle),
-and writing a pack of PACK_BLOBS small blobs must not build a Python object per blob (tracemalloc bound)."""
+and writing a pack of PACK_BLOBS small blobs must not build a Python object per blob (tracemalloc bound). A pack's
+blobs are found by id through PackLocations' own table, which must answer as a dict of id -> last record does."""
 
 from __future__ import annotations
 
 import random
-import struct
 import tracemalloc
 
 import msgpack
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from phonevault.store.backends.memory import MemoryBackend
 from phonevault.store.blobsink import PACK_BLOBS
 from phonevault.store.crypto import MasterKey
-from phonevault.store.index import INDEX_AD, decode_index, index_name, write_index
+from phonevault.store.index import INDEX_AD, RECORD, decode_index, index_name, write_index
 from phonevault.store.packs import (
     DATA,
     DELTA,
@@ -32,7 +32,6 @@ from phonevault.store.packs import (
 )
 
 KEY = MasterKey(bytes(range(32)))
-RECORD = struct.Struct("<32sBQQQ")  # a PackWriter's record of a blob
 U64 = st.integers(0, 2**64 - 1)
 rows = st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.integers(0, 255), U64, U64, U64), max_size=40)
 
@@ -144,3 +143,46 @@ def test_writing_a_pack_of_many_small_blobs_builds_no_object_per_blob(repo):
         tracemalloc.stop()
     assert peak < 150 * PACK_BLOBS, peak / PACK_BLOBS
     assert repo.cache.lookup(next(iter(locations))) is not None
+
+
+# ids drawn from few 8-byte prefixes, so that many share a first slot and probe past each other
+ids = st.builds(
+    lambda p, t: p + t, st.sampled_from([bytes(8), b"\xff" * 8, b"a" * 8]), st.binary(min_size=24, max_size=24)
+)
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(ids, st.integers(0, 2), U64), max_size=300), st.lists(ids, max_size=20))
+def test_pack_locations_find_a_blob_as_a_dict_of_its_last_record_does(added, others):
+    locations, model, rows = PackLocations(), {}, []
+    for n, (blob_id, typ, raw) in enumerate(added):
+        locations.add(blob_id, typ, n, n + 1, raw)
+        model[blob_id] = (blob_id, typ, n, n + 1, raw)
+        rows.append(model[blob_id])
+        assert len(locations) == len(model) and locations.records == len(rows)
+    for blob_id in list(model) + others:
+        assert locations.row(blob_id) == model.get(blob_id)
+        assert (blob_id in locations) == (blob_id in model)
+    assert list(locations.rows()) == rows
+    assert dict(locations.items()) == {b: BlobLocation("", r[2], r[3], r[4], r[1]) for b, r in model.items()}
+    assert "text" not in locations and locations.get(b"short") is None
+
+
+def test_a_pack_being_filled_holds_no_object_per_blob(repo):
+    """A PackWriter of PACK_BLOBS small blobs, their ids and sealed bytes let go by the caller as a blob sink does: its
+    records and id table, ~73-89 bytes a blob beside its bytes; ~195 with a dict of id -> record number."""
+    rnd = random.Random(8)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        w = PackWriter(repo.backend, repo.key)
+        for _ in range(PACK_BLOBS):
+            plain = rnd.randbytes(240)
+            blob_id = repo.key.blob_id(plain)
+            w.add(blob_id, DATA, seal_blob(repo.key, blob_id, plain, False), len(plain))
+        del plain, blob_id
+        held = tracemalloc.get_traced_memory()[0] - start - len(w._buf)  # less its bytes not yet written out
+    finally:
+        tracemalloc.stop()
+    assert held < 100 * PACK_BLOBS, held / PACK_BLOBS
+    w.finish()
