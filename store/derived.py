@@ -15,11 +15,17 @@ import lmdb
 import msgpack
 
 from .errors import CacheCorrupt
+from .residency import TRIM_GROWTH
 
 DERIVED_BATCH = 4 << 20  # bytes of values per write transaction (each commit is an fsync)
 _SEP = os.sep.encode()
 _POSIX = _SEP == b"/"
 STAT_GROUP = 4096  # stat entries per write transaction (~150 bytes each: ~0.6 MB of values and LMDB's dirty pages)
+# ... and at most this many bytes of folder values a transaction (past it, the folder being written is the last): a
+# folder's value holds every file of it, ~100 bytes each (~390 KB for a folder of a 1 000 000-file phone), so the
+# day-2 import's few changed files, one or two in each of ~40 folders, rewrote ~15 MB of values in one transaction:
+# LMDB's dirty copies of their pages in memory and the old values' pages mapped, the import's peak RSS at its end.
+STAT_TXN_BYTES = 2 << 20
 
 
 class DerivedValues:
@@ -140,19 +146,36 @@ class StatEntries:
             self._put_stat(by_folder)
 
     def _put_stat(self, by_folder: dict[bytes, dict]) -> None:
-        def put(txn: lmdb.Transaction) -> None:
-            for folder, new in by_folder.items():
-                k = self._stat_key(folder)
-                raw = txn.get(k, db=self._stat)
-                entries = {} if raw is None else self._unpack(b"stat", k, raw)
-                if not isinstance(entries, dict):
-                    raise CacheCorrupt(self._where, "a stat folder is not a map")
-                entries.update(new)
-                txn.put(k, self._seal(b"stat", k, msgpack.packb(entries)), db=self._stat)
+        """Each folder's value read, updated and written again, STAT_TXN_BYTES of values a transaction at most (past
+        it, the folder written is the transaction's last), the map trimmed as the old values' pages map it."""
+        folders = list(by_folder.items())
+        at = 0
+        while at < len(folders):
+            taken = 0
 
-        self._write(put)
-        self._stat_gen += 1
-        self.trim()
+            def put(txn: lmdb.Transaction, start: int = at) -> None:
+                nonlocal taken
+                taken = written = 0  # from `start` again if the cache was rebuilt and this runs once more
+                for folder, new in folders[start:]:
+                    k = self._stat_key(folder)
+                    raw = txn.get(k, db=self._stat)
+                    entries = {} if raw is None else self._unpack(b"stat", k, raw)
+                    if not isinstance(entries, dict):
+                        raise CacheCorrupt(self._where, "a stat folder is not a map")
+                    entries.update(new)
+                    value = self._seal(b"stat", k, msgpack.packb(entries))
+                    txn.put(k, value, db=self._stat)
+                    taken, written = taken + 1, written + len(value)
+                    self.trim(TRIM_GROWTH)  # safe mid-transaction: LMDB's dirty pages are copies, not the map's
+                    if written >= STAT_TXN_BYTES:
+                        return
+
+            self._write(put)
+            self._stat_gen += 1
+            self.trim()
+            if not taken:  # the cache failed twice (`_write` repairs it once): the rest is not written either
+                return
+            at += taken
 
 
 def _split_stat_key(key: bytes) -> tuple[bytes, bytes, bytes]:

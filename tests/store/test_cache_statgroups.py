@@ -42,3 +42,28 @@ def test_entries_read_back_as_last_written_whatever_the_grouping(make_repo, grou
     finally:
         derived.STAT_GROUP = saved
         repo.close()
+
+
+def test_a_transaction_writes_at_most_stat_txn_bytes_of_folder_values(make_repo) -> None:
+    """One new file in each of 40 large folders (a day-2 import at 1 000 000 files: ~3 900 files a folder) is not one
+    transaction rewriting every folder's value, but several of at most STAT_TXN_BYTES (+ the folder that crossed it)."""
+    repo = make_repo("large-folders")
+    cache = repo.cache
+    try:
+        chunk = bytes(32)
+        for f in range(40):  # ~60 KB a folder's value
+            cache.stat_put_many((f"/src/{f:02x}/{n:040x}\0s".encode(), [chunk]) for n in range(600))
+        value = len(cache.env.begin(db=cache._stat).get(cache._stat_key(b"/src/00/")))
+        saved, derived.STAT_TXN_BYTES = derived.STAT_TXN_BYTES, 5 * value
+        try:
+            before = cache.env.info()["last_txnid"]
+            cache.stat_put_many((f"/src/{f:02x}/new\0s".encode(), [chunk]) for f in range(40))
+            txns = cache.env.info()["last_txnid"] - before
+        finally:
+            derived.STAT_TXN_BYTES = saved
+        assert txns == 8  # 5 folders a transaction (the fifth reaches the limit): 40 / 5
+        for f in range(40):
+            assert cache.stat_get(f"/src/{f:02x}/new\0s".encode()) == [chunk]
+            assert cache.stat_get(f"/src/{f:02x}/{599:040x}\0s".encode()) == [chunk]
+    finally:
+        repo.close()
