@@ -6,7 +6,8 @@ runs them, for PACK_BLOBS (16 384) blobs of a many-file phone's size (~270 seale
 
 Run it with PYTHONPATH set to a folder holding a `phonevault` package to measure another checkout (an A/B: alternate
 the two). The memory round is traced (tracemalloc: Python allocations only, not LMDB's), the CPU rounds are not;
-the peak is counted from just before `finish`, (a local backend's data pack is written to its file as it fills: its bytes are not counted).
+the peak is counted from just before `finish` (a local backend's data pack is written to its file as it fills: its
+bytes are not in it).
 """
 
 from __future__ import annotations

@@ -33,10 +33,10 @@ thread writes after, and the tree pack, spooled likewise, ≤ SPOOL_STAGE + one 
 two blobs (whatever the folder's size) and with the queue ~12 MiB typical, ≤ 35 MiB worst (it was 64 and 104 with the
 packs in memory); on S3 (P = 4) each pack ≤ TARGET_PACK_SIZE (16 MiB) + one sealed blob (≤ 8 MiB + 29 B, the coarse
 chunk maximum, store/chunker.py) + its header: 112 MiB typical, ≤ 176 MiB worst. Per blob in an open or in-flight
-pack, ~190 bytes more (its 57-byte record, its id and the id's entry in the pack's `pending` map, store/packs.py), and
+pack, 73 to 89 bytes more (its 57-byte record and its slot in the pack's id table: `pending`, index.PackLocations), and
 ~100 while its pack is written (its header's entries packed once from the records, which the index object reuses, and
-the sealed header or index: packs.PackLocations): a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 3 MB a pack, ~1.6 MB
-more for a moment, whatever the number of files. A written pack is let go at the next blob added, not at the next hand-off: otherwise it
+the sealed header or index): a pack holds ≤ PACK_BLOBS (16 384) blobs, so ≤ 1.5 MB a pack, ~1.6 MB more for a moment,
+whatever the number of files. A written pack is let go at the next blob added, not at the next hand-off: otherwise it
 stayed held, buffer and records, for as long as the next pack took to fill.
 
 A blob in a candidate pack of a running prune is never deduplicated against (store/prune.py), and before a commit
@@ -68,7 +68,7 @@ SEAL_QUEUE_BYTES = 2 << 20
 SEAL_BATCH_BYTES = 256 << 10  # a batch goes to a worker once it holds this much ...
 SEAL_BATCH_BLOBS = 64  # ... or this many blobs (~20 µs of sealing each for a fine chunk: a hand-off costs as much)
 # A pack is handed off at TARGET_PACK_SIZE or at this many blobs, whichever comes first: each blob of an open or
-# in-flight pack costs ~190 bytes (its record, its id and the id's `pending` entry, store/packs.py) and writing the
+# in-flight pack costs 73 to 89 bytes (its record and its slot in `pending`; ~190 with a dict of ids) and writing the
 # pack ~100 more for a moment (its packed entries and a sealed copy; ~500 as lists and maps). A 16 MiB pack of small
 # plists (~270 sealed bytes each) held ~62 000 blobs: ~12 MB of records while it filled, ~30 MB more while written,
 # and the first such pack came only past ~60 000 files, so a device backup's peak grew with the files up to there.
