@@ -181,6 +181,7 @@ def test_a_pack_being_filled_holds_no_object_per_blob(repo):
             blob_id = repo.key.blob_id(plain)
             w.add(blob_id, DATA, seal_blob(repo.key, blob_id, plain, False), len(plain))
         del plain, blob_id
+        w._settle()  # the last stage handed to the appending thread (≤ 1 MiB) is written and let go
         held = tracemalloc.get_traced_memory()[0] - start - len(w._buf)  # less its bytes not yet written out
     finally:
         tracemalloc.stop()
