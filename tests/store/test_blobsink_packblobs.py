@@ -11,6 +11,7 @@ with the next pack far from full. Real LocalBackend vaults, real LMDB caches.
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 from concurrent.futures import wait
 
@@ -66,8 +67,12 @@ def test_a_written_pack_is_let_go_at_the_next_put(repo) -> None:
     sink = BlobSink(repo, pack_writes=2, sealers=0, pack_blobs=4)
     try:
         first = weakref.ref(sink._writer(DATA))
+        # The write waits until the hand-off is checked: a write that ended first was retired at once (flaky).
+        gate, write = threading.Event(), sink._write_pack
+        sink._write_pack = lambda writer: (gate.wait(DEADLINE_S), write(writer))[1]
         ids = [sink.put(DATA, b"plist %d " % i * 20, True)[0] for i in range(4)]  # the 4th hands the pack off
         assert first() is not None and sink.stats.packs == []
+        gate.set()
         done, _ = wait([future for _writer, future in sink._inflight], timeout=DEADLINE_S)
         assert len(done) == 1, "the pack write did not end in time"
         later = sink.put(DATA, b"the next pack's first blob", True)[0]
