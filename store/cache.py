@@ -11,17 +11,20 @@ name, file name, domain or source path, and a value cannot be moved under anothe
   value  = nonce (12 random bytes) ‖ AES-256-GCM(the cache encryption key, plaintext, ad = `<db>/` ‖ key) ‖ tag (16)
 Both keys are derived from the master secret with HKDF-SHA256 (crypto.CacheKey), apart from the vault's subkeys.
 Databases, natural key -> plaintext:
-  meta      "format" -> CACHE_FORMAT. A cache without it (an older, plaintext one) is wiped, not read.
+  meta      "format" -> CACHE_FORMAT. A cache without it (an older, plaintext one) is wiped, not read. "stat-format"
+            -> derived.STAT_FORMAT: a cache without it, or of another, has its `stat` database emptied on opening.
   blobs     blob id -> msgpack [pack id (32 bytes), offset, length, raw length, type]. The key is the blob id
             itself, already a keyed hash.
   indexes   index object name -> b"": which index objects `blobs` holds.
   segments  (16 bytes of H("segdev", device key)) ‖ (16 bytes of H("segments", name 0x00 size 0x00 first 12
             bytes)) -> the segment's plaintext. The 16-byte device prefix lets one device's entries be scanned.
-  stat      a source folder -> msgpack {file name: [stat fields, [chunk ids]]}. Callers pass one file's key,
+  stat      a source folder -> msgpack {file name: [stat fields, [chunk ids]]} while that packs into
+            derived.STAT_BUCKET_BYTES, else a sorted list of bucket starts ([b"", name, ...]), and
+            `<folder> 0x00 <start>` -> the map of the names from that start to the next. Callers pass one file's key,
             `<path> 0x00 <stat fields>` (sync/mobilesync.py makes it); entries are grouped by the path's folder, so
-            an unchanged re-import opens one sealed value per folder (a MobileSync folder has 257, walked in order)
-            rather than one per file, and a file's newer stat replaces its older one. The folder being read is
-            held decoded (one folder's entries, ~200 bytes a file).
+            an unchanged re-import opens about one sealed value per STAT_BUCKET_BYTES of a folder, walked in name
+            order, rather than one per file, and a file's newer stat replaces its older one. The bucket being read
+            is held decoded (at most ~32 KB packed, ~200 bytes a file), and its folder's list of starts.
   derived   "<kind>/<content id>" -> bytes (a snapshot's catalog, the MBFile decoding memo)
 Spools (`Cache.spool()`, store/spool.py): sealed temporary files in the cache directory, unlinked as they are made.
 The sidecar file `state` is sealed (ad "cache-state") msgpack [size, mtime ns, ctime ns, inode] of data.mdb as the
@@ -126,7 +129,10 @@ class Cache(DerivedValues, SegmentEntries, StatEntries):
         self._deferred: CacheCorrupt | None = None  # found on another thread; repaired by the next read
         self._format_key = self._ck.key(b"meta", b"format")
         self._stat_key, self._derived_key = self._ck.hasher(b"stat"), self._ck.hasher(b"derived")
-        self._folder: tuple[bytes, int, dict] | None = None  # (folder, _stat_gen, its entries) last read
+        # The stat bucket last read (folder, _stat_gen, its first name, the next bucket's or None, entries) and the
+        # root of its folder (folder, _stat_gen, its entries or its buckets' starts).
+        self._folder: tuple[bytes, int, bytes, bytes | None, dict] | None = None
+        self._stat_root: tuple[bytes, int, dict | list | None] | None = None
         self._stat_gen = 0  # bumped by every write of stat entries and every reset
         self.env: lmdb.Environment | None = None
         self._map: tuple[int, int] | None = None  # where data.mdb is mapped while `env` is open (`trim`)
@@ -188,6 +194,8 @@ class Cache(DerivedValues, SegmentEntries, StatEntries):
                         txn.put(self._format_key, self._seal(b"meta", self._format_key, CACHE_FORMAT), db=self._meta)
                 elif self._open(b"meta", self._format_key, raw) != CACHE_FORMAT:
                     problem = "older format"
+                if problem is None:
+                    self._check_stat_format(txn, self._ck.key(b"meta", b"stat-format"))
         if problem is not None:
             self._close_env()
         return problem

@@ -8,8 +8,10 @@ which provides the LMDB environment, the sealing and the repair.
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 from collections.abc import Iterable
 from functools import partial
+from itertools import pairwise
 
 import lmdb
 import msgpack
@@ -26,6 +28,10 @@ STAT_GROUP = 4096  # stat entries per write transaction (~150 bytes each: ~0.6 M
 # day-2 import's few changed files, one or two in each of ~40 folders, rewrote ~15 MB of values in one transaction:
 # LMDB's dirty copies of their pages in memory and the old values' pages mapped, the import's peak RSS at its end.
 STAT_TXN_BYTES = 2 << 20
+# A folder's stat entries packed past this are buckets of consecutive names (~300 files of a MobileSync folder): a
+# folder of a 33 000-file phone (~130 files, ~13 KB) stays one value, one of 1 000 000 (~3 900 files) is ~13-26.
+STAT_BUCKET_BYTES = 32 << 10
+STAT_FORMAT = b"2"  # the stat values' (meta "stat-format"): 2 buckets a large folder; a cache without it had one value
 
 
 class DerivedValues:
@@ -98,38 +104,55 @@ class SegmentEntries:
 
 
 class StatEntries:
-    """`stat_get` / `stat_put_many` over the Cache's `stat` database (format: store/cache.py)."""
+    """`stat_get` / `stat_put_many` over the Cache's `stat` database (format: store/cache.py). A folder's entries are
+    one value while they pack into STAT_BUCKET_BYTES, else buckets of consecutive names under a root value listing
+    where each bucket begins: a lookup holds one bucket (and the root's list), a write rewrites the buckets it
+    touches, so neither grows with the folder (a MobileSync folder holds ~3 900 files at 1 000 000, ~390 KB)."""
 
     def stat_get(self, key: bytes) -> list | None:
         """The chunk ids recorded for a file whose key (`<path> 0x00 <stat fields>`) is exactly this, or None. Once per
-        file of every import: `_split_stat_key` and the held folder's check inlined."""
+        file of every import: `_split_stat_key` and the held bucket's check inlined."""
         path, _, fields = key.partition(b"\0")
         cut = (path.rfind(b"/") if _POSIX else max(path.rfind(b"/"), path.rfind(_SEP))) + 1
-        folder, held = path[:cut], self._folder
-        if held is not None and held[0] == folder and held[1] == self._stat_gen:
-            entry = held[2].get(path[cut:])
+        folder, name, held = path[:cut], path[cut:], self._folder
+        if (
+            held is not None
+            and held[0] == folder
+            and held[1] == self._stat_gen
+            and held[2] <= name
+            and (held[3] is None or name < held[3])
+        ):
+            entry = held[4].get(name)
         else:
-            entry = self._stat_folder(folder).get(path[cut:])
+            entry = self._stat_bucket(folder, name).get(name)
         if entry is not None and entry[0] == fields:
             return entry[1]
         return None
 
-    def _stat_folder(self, folder: bytes) -> dict:
-        held = self._folder
-        if held is not None and held[0] == folder and held[1] == self._stat_gen:
-            return held[2]
-        k = self._stat_key(folder)
+    def _stat_bucket(self, folder: bytes, name: bytes) -> dict:
+        """The entries of the bucket of `folder` that `name` falls in, held (with the root's list of bucket starts) for
+        the next lookups: the walk visits a folder's names in order, so each bucket is read once."""
+        lo, hi = b"", None
+        self._folder = None  # the bucket held is let go before the next is decoded
         try:
-            raw = self._read().get(k, db=self._stat)
-            entries = {} if raw is None else self._unpack(b"stat", k, raw)
-            if not isinstance(entries, dict) or not all(
-                isinstance(e, list) and len(e) == 2 and isinstance(e[1], list) for e in entries.values()
-            ):
-                raise CacheCorrupt(self._where, "a stat entry is not [stat fields, chunk ids]")
+            txn = self._read()
+            root = self._stat_root
+            if root is None or root[0] != folder or root[1] != self._stat_gen:
+                k = self._stat_key(folder)
+                raw = txn.get(k, db=self._stat)
+                root = (folder, self._stat_gen, _checked(self, None if raw is None else self._unpack(b"stat", k, raw)))
+                self._stat_root = root
+            entries = {} if root[2] is None else root[2]
+            if isinstance(entries, list):
+                i = bisect_right(entries, name) - 1
+                lo, hi = entries[i], entries[i + 1] if i + 1 < len(entries) else None
+                k = self._stat_key(folder + b"\0" + lo)
+                raw = txn.get(k, db=self._stat)
+                entries = _checked(self, {} if raw is None else self._unpack(b"stat", k, raw), bucket=True)
         except (lmdb.Error, CacheCorrupt) as e:
             self._recover(e)
-            entries = {}
-        self._folder = (folder, self._stat_gen, entries)
+            lo, hi, entries = b"", None, {}
+        self._folder = (folder, self._stat_gen, lo, hi, entries)
         return entries
 
     def stat_put_many(self, items: Iterable[tuple[bytes, list]]) -> None:
@@ -146,8 +169,9 @@ class StatEntries:
             self._put_stat(by_folder)
 
     def _put_stat(self, by_folder: dict[bytes, dict]) -> None:
-        """Each folder's value read, updated and written again, STAT_TXN_BYTES of values a transaction at most (past
-        it, the folder written is the transaction's last), the map trimmed as the old values' pages map it."""
+        """Each folder's touched buckets read, updated and written again, STAT_TXN_BYTES of values a transaction at
+        most (past it, the folder written is the transaction's last), the map trimmed as the old values' pages map
+        it. A folder is written in one transaction (its root and its buckets agree in every snapshot)."""
         folders = list(by_folder.items())
         at = 0
         while at < len(folders):
@@ -157,15 +181,8 @@ class StatEntries:
                 nonlocal taken
                 taken = written = 0  # from `start` again if the cache was rebuilt and this runs once more
                 for folder, new in folders[start:]:
-                    k = self._stat_key(folder)
-                    raw = txn.get(k, db=self._stat)
-                    entries = {} if raw is None else self._unpack(b"stat", k, raw)
-                    if not isinstance(entries, dict):
-                        raise CacheCorrupt(self._where, "a stat folder is not a map")
-                    entries.update(new)
-                    value = self._seal(b"stat", k, msgpack.packb(entries))
-                    txn.put(k, value, db=self._stat)
-                    taken, written = taken + 1, written + len(value)
+                    written += self._put_folder(txn, folder, new)
+                    taken += 1
                     self.trim(TRIM_GROWTH)  # safe mid-transaction: LMDB's dirty pages are copies, not the map's
                     if written >= STAT_TXN_BYTES:
                         return
@@ -176,6 +193,86 @@ class StatEntries:
             if not taken:  # the cache failed twice (`_write` repairs it once): the rest is not written either
                 return
             at += taken
+
+    def _put_folder(self, txn: lmdb.Transaction, folder: bytes, new: dict) -> int:
+        """One folder's new entries written; returns the bytes of values written."""
+        k = self._stat_key(folder)
+        raw = txn.get(k, db=self._stat)
+        root = _checked(self, None if raw is None else self._unpack(b"stat", k, raw))
+        if not isinstance(root, list):  # one value (or none yet)
+            root = root or {}
+            root.update(new)
+            pieces = _pieces(sorted(root.items()))
+            if len(pieces) == 1:
+                return self._put_value(txn, k, pieces[0][1])
+            starts = [b""] + [first for first, _ in pieces[1:]]
+            written = sum(
+                self._put_value(txn, self._stat_key(folder + b"\0" + s), p)
+                for s, (_, p) in zip(starts, pieces, strict=True)
+            )
+            return written + self._put_value(txn, k, msgpack.packb(starts))
+        by_bucket: dict[int, dict] = {}
+        for name, entry in new.items():
+            by_bucket.setdefault(bisect_right(root, name) - 1, {})[name] = entry
+        starts, written = list(root), 0
+        for i, part in by_bucket.items():
+            bk = self._stat_key(folder + b"\0" + root[i])
+            raw = txn.get(bk, db=self._stat)
+            entries = _checked(self, {} if raw is None else self._unpack(b"stat", bk, raw), bucket=True)
+            entries.update(part)
+            pieces = _pieces(sorted(entries.items()))
+            written += self._put_value(txn, bk, pieces[0][1])  # the first piece keeps the bucket's start
+            for first, packed in pieces[1:]:
+                written += self._put_value(txn, self._stat_key(folder + b"\0" + first), packed)
+                starts.append(first)
+        if len(starts) > len(root):
+            starts.sort()
+            written += self._put_value(txn, k, msgpack.packb(starts))
+        return written
+
+    def _put_value(self, txn: lmdb.Transaction, k: bytes, packed: bytes) -> int:
+        value = self._seal(b"stat", k, packed)
+        txn.put(k, value, db=self._stat)
+        return len(value)
+
+    def _check_stat_format(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """On opening (`txn` writes): a cache whose stat entries are of another STAT_FORMAT (or of none: before the
+        buckets) has its `stat` database emptied, so they are never read as this format's; the rest is kept."""
+        raw = txn.get(key, db=self._meta)
+        if raw is None or self._open(b"meta", key, raw) != STAT_FORMAT:
+            txn.drop(self._stat, delete=False)
+            txn.put(key, self._seal(b"meta", key, STAT_FORMAT), db=self._meta)
+
+
+def _checked(cache, value, bucket: bool = False):
+    """A stat value as read: a folder's (or a bucket's, `bucket`) entries {name: [stat fields, chunk ids]}, or a root's
+    list of bucket starts (sorted, the first b""); None stays None. Anything else is CacheCorrupt."""
+    if isinstance(value, dict):
+        if all(isinstance(e, list) and len(e) == 2 and isinstance(e[1], list) for e in value.values()):
+            return value
+        raise CacheCorrupt(cache._where, "a stat entry is not [stat fields, chunk ids]")
+    if value is None and not bucket:
+        return None
+    if (
+        not bucket
+        and isinstance(value, list)
+        and len(value) > 1
+        and value[0] == b""
+        and all(isinstance(a, bytes) and isinstance(b, bytes) and a < b for a, b in pairwise(value))
+    ):
+        return value
+    raise CacheCorrupt(cache._where, "a stat value is neither a folder's entries nor its buckets' starts")
+
+
+def _pieces(items: list[tuple[bytes, list]]) -> list[tuple[bytes, bytes]]:
+    """Sorted entries packed as one map, or as several of consecutive names if one would pass STAT_BUCKET_BYTES:
+    [(first name, packed map)]."""
+    packed = msgpack.packb(dict(items))
+    if len(packed) <= STAT_BUCKET_BYTES or len(items) == 1:
+        return [(items[0][0], packed)]
+    n = len(items)
+    k = min(n, -(-len(packed) // STAT_BUCKET_BYTES))
+    return [p for j in range(k) for p in _pieces(items[j * n // k : (j + 1) * n // k])]
 
 
 def _split_stat_key(key: bytes) -> tuple[bytes, bytes, bytes]:

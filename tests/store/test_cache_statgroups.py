@@ -51,8 +51,8 @@ def test_a_transaction_writes_at_most_stat_txn_bytes_of_folder_values(make_repo)
     cache = repo.cache
     try:
         chunk = bytes(32)
-        for f in range(40):  # ~60 KB a folder's value
-            cache.stat_put_many((f"/src/{f:02x}/{n:040x}\0s".encode(), [chunk]) for n in range(600))
+        for f in range(40):  # ~20 KB a folder's value: one value (under STAT_BUCKET_BYTES), all rewritten
+            cache.stat_put_many((f"/src/{f:02x}/{n:040x}\0s".encode(), [chunk]) for n in range(200))
         value = len(cache.env.begin(db=cache._stat).get(cache._stat_key(b"/src/00/")))
         saved, derived.STAT_TXN_BYTES = derived.STAT_TXN_BYTES, 5 * value
         try:
@@ -64,6 +64,6 @@ def test_a_transaction_writes_at_most_stat_txn_bytes_of_folder_values(make_repo)
         assert txns == 8  # 5 folders a transaction (the fifth reaches the limit): 40 / 5
         for f in range(40):
             assert cache.stat_get(f"/src/{f:02x}/new\0s".encode()) == [chunk]
-            assert cache.stat_get(f"/src/{f:02x}/{599:040x}\0s".encode()) == [chunk]
+            assert cache.stat_get(f"/src/{f:02x}/{199:040x}\0s".encode()) == [chunk]
     finally:
         repo.close()
