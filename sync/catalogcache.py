@@ -12,7 +12,6 @@ Memory: one shard's rows (CatalogEntry objects, or a CatalogShard) and the probl
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ from phonevault.store.spool import Spool
 from .catalogshards import CatalogShard, ManifestStream, ShardStream, shard_of_id
 from .errors import BackupFolderInvalid, ManifestInvalid
 from .layouts import MANIFEST_DB
-from .manifest import FLAG_FILE, CatalogEntry
+from .manifest import CatalogEntry
 
 CATALOG_SHARDS_FORMAT = 3
 
@@ -120,15 +119,10 @@ class CachedListing(ShardStream):
         self._stream: ManifestStream | None = None
         self.conforming = head.conforming
 
-    def _read(self, shard: str) -> CatalogShard | None:
+    def _read(self, shard: str, count: int) -> CatalogShard | None:
+        """The cached rows as they lie: the comparison reads them a row at a time (`CatalogShard.file_rows`)."""
         raw = self._repo.cache.derived_get(self.head.key + b"/" + shard.encode(errors="surrogatepass"))
-        if raw is None:
-            return None
-        rows = msgpack.Unpacker(io.BytesIO(raw), read_size=1 << 14)  # a row at a time, not all the shard's at once
-        count = rows.read_array_header()
-        # catalog._row packs: [file_id, domain, path, flags, size, …, has key]; the file rows as the parse sends them
-        files = msgpack.packb([[r[0], r[4], r[9]] for r in rows if r[3] == FLAG_FILE])
-        return CatalogShard(shard, raw, count, files, [], [], None, True)
+        return None if raw is None else CatalogShard(shard, raw, count, [], [], None, True)
 
     def _next(self) -> CatalogShard | None:
         if self._pending is not None:
@@ -138,7 +132,7 @@ class CachedListing(ShardStream):
             shard = next(self._left, None)
             if shard is None:
                 return None
-            got = self._read(shard[0])
+            got = self._read(*shard)
             if got is not None:
                 self._last = got.shard
                 return got

@@ -3,10 +3,10 @@ shards (`xx` = the fileID's first two characters, the folder's own `xx/` shardin
 
 Parse. Rows are read `ORDER BY fileID` (sync/manifest.py), so a shard's rows are neighbours; each row is packed as it is
 read, each shard sent once its last row is: [shard, rows (msgpack of the catalog._row packs, on their own: the cache's
-value for the shard, which the import spools and caches as is, never unpacked), their number, file sizes [[fileID, size,
-keyed], …], the row problems read since the previous shard ([path, message] as catalog._row_problem), the
-duplicate-fileID problems of this shard, this shard's fresh memo packed on its own, the cache's value as is (nil if it
-equals the old memo's shard, which the cache keeps)]. An import parses in a forked child (decoding MBFile archives is
+value for the shard, which the import spools and caches as is, and compares with the folder a row at a time,
+`CatalogShard.file_rows`), their number, the row problems read since the previous shard ([path, message] as
+catalog._row_problem), the duplicate-fileID problems of this shard, this shard's fresh memo packed on its own, the
+cache's value as is (nil if it equals the old memo's shard, which the cache keeps)]. An import parses in a forked child (decoding MBFile archives is
 pure Python; on the other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is
 done, at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer, in the kernel): the parent compares it with the
 folder's shard and spools it. Without a second process the same generator runs in the parent, pulled shard by shard.
@@ -21,9 +21,9 @@ old memo through a sealed, unlinked spool written before it is forked (it must n
 
 The cache of a parsed catalog (a shard read back at a time, an import compared with it): sync/catalogcache.py.
 
-Memory: the shard being parsed packed as its rows are read (rows and file sizes, ~180 bytes a row at 1 000 000 files;
-the rows of one fileID as CatalogEntry objects) with its fresh memo (the values it used), the packed rows and file
-sizes of the shards the parent holds (~180 bytes a row, ~3 shards), two shards of the old memo, the problems; a shard
+Memory: the shard being parsed packed as its rows are read (~130 bytes a row at 1 000 000 files; the rows of one
+fileID as CatalogEntry objects) with its fresh memo (the values it used), the packed rows of the shards the parent
+holds (~130 bytes a row, ~3 shards), two shards of the old memo, the problems; a shard
 read back from the cache as CatalogEntry objects; a Manifest.db from the vault is read through a sealed image in the
 cache (sync/sealeddb.py), so SQLite holds its page cache, not the file.
 """
@@ -81,20 +81,20 @@ class CatalogShard:
     """One shard of a parsed catalog, as the import uses it."""
 
     shard: str
-    rows: bytes  # msgpack of the catalog._row packs, in fileID order (the cache's value as is: never unpacked here)
+    rows: bytes  # msgpack of the catalog._row packs, in fileID order (the cache's value as is, or the parse's)
     count: int  # rows in `rows`
-    files: bytes  # msgpack [[fileID, size, keyed], …] of the file rows in fileID order, keyed: the phone encrypted its
-    # bytes (kept packed, ~50 bytes a row: as a dict and a set they were ~150, and the import holds ~3 shards)
     row_problems: list  # [path, message] of unusable rows read since the previous shard (any shard)
     dup_problems: list  # [path, message] of rows sharing a fileID in this shard
     memo: bytes | None  # this shard's fresh MBFile memo, packed (the cache's value); None: the old one stays
     conforming: bool
 
-    def file_rows(self) -> Iterator[list]:
-        """[fileID, size, keyed] of each file row, in fileID order, unpacked one at a time."""
-        unpacker = msgpack.Unpacker(io.BytesIO(self.files), read_size=1 << 14)  # buffers 16 KiB, not a copy
+    def file_rows(self) -> Iterator[tuple[str, int, bool]]:
+        """(fileID, size, keyed) of each file row, in fileID order, keyed: the phone encrypted its bytes; read from
+        `rows` a row at a time (no list of them, no second packing of the sizes to unpack again)."""
+        unpacker = msgpack.Unpacker(io.BytesIO(self.rows), read_size=1 << 14)  # buffers 16 KiB, not a copy
         unpacker.read_array_header()
-        return unpacker
+        # catalog._row packs: [file_id, domain, path, flags, size, mode, mtime, target, protection class, has key]
+        return ((r[0], r[4], r[9]) for r in unpacker if r[3] == FLAG_FILE)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -218,15 +218,15 @@ def _bin_header(n: int) -> bytes:
 
 
 class _ShardPacker:
-    """One shard's message, packed row by row as the rows are read: its rows and file sizes as msgpack bytes, the
-    rows of the current fileID (duplicates are neighbours in fileID order) and the duplicates' problems; no row is
+    """One shard's message, packed row by row as the rows are read: its rows as msgpack bytes, the rows of the
+    current fileID (duplicates are neighbours in fileID order) and the duplicates' problems; no row is
     kept as an object past the next fileID."""
 
     def __init__(self, shard: str, pack_row: PackRow, duplicates: Duplicates) -> None:
         self.shard, self._pack_row, self._duplicates = shard, pack_row, duplicates
         self._packer = msgpack.Packer()
-        self._rows, self._sizes = bytearray(), bytearray()
-        self._count = self._files = 0
+        self._rows = bytearray()
+        self._count = 0
         self._group: list[CatalogEntry] = []
         self._dups: list[list] = []
         self._conforming = True
@@ -235,13 +235,9 @@ class _ShardPacker:
         if self._group and self._group[0].file_id != c.file_id:
             self._close_group()
         self._group.append(c)
-        pack = self._packer.pack
-        self._rows += pack(self._pack_row(c))
+        self._rows += self._packer.pack(self._pack_row(c))
         self._count += 1
         self._conforming = self._conforming and conforms(c)
-        if c.flags == FLAG_FILE:
-            self._sizes += pack([c.file_id, c.size, c.has_encryption_key])
-            self._files += 1
 
     def _close_group(self) -> None:
         if len(self._group) > 1:
@@ -249,7 +245,7 @@ class _ShardPacker:
         self._group = []
 
     def message(self, probs: list, memo: bytes | None) -> bytes:
-        """[b"shard", shard, rows packed, their number, sizes, probs, dups, memo, conforming], packed: the bytes
+        """[b"shard", shard, rows packed, their number, probs, dups, memo, conforming], packed: the bytes
         msgpack.packb gives for that list. The shard's buffers are let go (the parse keeps this object until the
         next shard's first row)."""
         self._close_group()
@@ -257,12 +253,11 @@ class _ShardPacker:
         rows_head = p.pack_array_header(self._count)
         memo_bin = (pack(None),) if memo is None else (_bin_header(len(memo)), memo)  # not copied into the packer
         message = b"".join(
-            (p.pack_array_header(9), pack(b"shard"), pack(self.shard),
+            (p.pack_array_header(8), pack(b"shard"), pack(self.shard),
              _bin_header(len(rows_head) + len(self._rows)), rows_head, self._rows, pack(self._count),
-             p.pack_array_header(self._files), self._sizes, pack(probs), pack(self._dups), *memo_bin,
-             pack(self._conforming))
+             pack(probs), pack(self._dups), *memo_bin, pack(self._conforming))
         )  # fmt: skip
-        self._rows, self._sizes = bytearray(), bytearray()
+        self._rows = bytearray()
         return message
 
 
@@ -306,15 +301,14 @@ def parse_shards(
 
 
 def unpack_shard(message: bytes) -> CatalogShard | list:
-    """A packed shard as CatalogShard (its file sizes packed again: kept as bytes); the end message as its trailing
-    row problems (a list)."""
+    """A packed shard as CatalogShard; the end message as its trailing row problems (a list)."""
     got = msgpack.unpackb(message, strict_map_key=False)
     if got[0] == b"end":
         return got[1]
     if got[0] == b"error":
         raise ManifestInvalid(got[1], got[2])
-    _kind, shard, rows, count, sizes, probs, dups, fresh, conforming = got
-    return CatalogShard(shard, rows, count, msgpack.packb(sizes), probs, dups, fresh, conforming)
+    _kind, shard, rows, count, probs, dups, fresh, conforming = got
+    return CatalogShard(shard, rows, count, probs, dups, fresh, conforming)
 
 
 def _die_with_parent(parent: int) -> None:

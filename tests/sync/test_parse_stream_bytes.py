@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from phonevault.sync.catalog import _duplicate_problems, _row, _row_problem
 from phonevault.sync.catalogshards import _WindowMemo, conforms, parse_shards, shard_of_id
 from phonevault.sync.layouts import MANIFEST_DB
-from phonevault.sync.manifest import FLAG_FILE, MANIFEST_DB_SCHEMA, CatalogEntry, RowProblem, read_manifest_db
+from phonevault.sync.manifest import MANIFEST_DB_SCHEMA, CatalogEntry, RowProblem, read_manifest_db
 from phonevault.sync.mbfile import encode_mbfile
 from tests.sync.test_scale_catalog import rows_st, write_db
 
@@ -22,7 +22,8 @@ FUNCS = (_row, _row_problem, _duplicate_problems)
 
 
 def parse_shards_before(source, old, where, pack_row, row_problem, duplicates) -> Iterator[bytes]:
-    """`parse_shards` as it was at ebca90b: a shard's rows held, then packed at once (the oracle)."""
+    """`parse_shards` as it was at ebca90b, less the file sizes it sent beside the rows (the rows hold them): a
+    shard's rows held, then packed at once (the oracle)."""
     memo = _WindowMemo(old)
     row_problems: list[RowProblem] = []
     shard: str | None = None
@@ -30,7 +31,7 @@ def parse_shards_before(source, old, where, pack_row, row_problem, duplicates) -
     fresh: dict[bytes, list] = {}
 
     def packed() -> bytes:
-        out_rows, sizes, dups, group = [], [], [], []
+        out_rows, dups, group = [], [], []
         conforming = True
         for c in rows:
             if group and group[0].file_id != c.file_id:
@@ -39,15 +40,13 @@ def parse_shards_before(source, old, where, pack_row, row_problem, duplicates) -
             group.append(c)
             out_rows.append(pack_row(c))
             conforming = conforming and conforms(c)
-            if c.flags == FLAG_FILE:
-                sizes.append([c.file_id, c.size, c.has_encryption_key])
         dups += duplicates(group) if len(group) > 1 else []
         probs = [row_problem(p, MANIFEST_DB.record) for p in row_problems]
         row_problems.clear()
         same = fresh == memo.old(shard)
         packed_rows = msgpack.packb(out_rows)
         memo_out = None if same else msgpack.packb(fresh)
-        return msgpack.packb([b"shard", shard, packed_rows, len(out_rows), sizes, probs, dups, memo_out, conforming])
+        return msgpack.packb([b"shard", shard, packed_rows, len(out_rows), probs, dups, memo_out, conforming])
 
     for c in read_manifest_db(source, memo, row_problems, where):
         s = shard_of_id(c.file_id)
@@ -67,7 +66,7 @@ def parse_shards_before(source, old, where, pack_row, row_problem, duplicates) -
 def memo_of(messages: list[bytes]) -> list[tuple[str, dict]]:
     """The old memo the next import would have: each shard's fresh memo (None: none sent)."""
     got = [msgpack.unpackb(m, strict_map_key=False) for m in messages[:-1]]
-    return [(g[1], msgpack.unpackb(g[7], strict_map_key=False)) for g in got if g[7] is not None]
+    return [(g[1], msgpack.unpackb(g[6], strict_map_key=False)) for g in got if g[6] is not None]
 
 
 def same_bytes(path) -> None:
@@ -110,5 +109,5 @@ def test_large_shards_same_bytes(tmp_path):
     conn.close()
     messages = list(parse_shards(path, iter(()), None, *FUNCS))
     shard = msgpack.unpackb(messages[0], strict_map_key=False)
-    assert shard[1] == "ab" and len(shard[2]) > 1 << 16 and len(shard[7]) > 1 << 16 and shard[6]
+    assert shard[1] == "ab" and len(shard[2]) > 1 << 16 and len(shard[6]) > 1 << 16 and shard[5]
     same_bytes(path)

@@ -1,7 +1,7 @@
-"""The import compares its folder with each catalog shard's file rows as they were sent, packed
-(sync/catalogshards.py `CatalogShard.files`, sync/layouts.py `compare_files`): the same problems, in the same order, as
-the comparison with a dict of sizes and a set of keyed files it replaced, duplicates (neighbours) included; and a
-shard unpacked keeps its rows, memo and problems as they were packed."""
+"""The import compares its folder with each catalog shard's file rows read from its packed rows (sync/catalogshards.py
+`CatalogShard.file_rows`, sync/layouts.py `compare_files`): the same problems, in the same order, as the comparison
+with a dict of sizes and a set of keyed files it replaced, duplicates (neighbours) included; and a shard unpacked keeps
+its rows, memo and problems as they were packed."""
 
 from __future__ import annotations
 
@@ -29,17 +29,19 @@ def test_compare_files_is_compare_over_a_dict_and_a_set(files, present, layout):
     assert layout.compare_files(present, [list(r) for r in files]) == layout.compare(present, sizes, keyed)
 
 
-@given(files_st, st.lists(st.tuples(st.text(max_size=3), st.text(max_size=5)).map(list), max_size=3),
+@given(st.lists(st.tuples(fids, st.sampled_from([1, 1, 2, 4]), st.integers(0, 40), st.booleans()), max_size=12),
+       st.lists(st.tuples(st.text(max_size=3), st.text(max_size=5)).map(list), max_size=3),
        st.none() | st.binary(max_size=70000), st.booleans())  # fmt: skip
 @settings(max_examples=100, deadline=None)
-def test_unpacked_shard_is_what_was_packed(files, probs, memo, conforming):
-    rows = msgpack.packb([["0a" + str(i), "D", "p", 1, i] for i in range(len(files))])
-    sent = [[f, s, k] for f, s, k in files]
-    message = msgpack.packb([b"shard", "0a", rows, len(files), sent, probs, probs[:1], memo, conforming])
+def test_unpacked_shard_is_what_was_packed(listed, probs, memo, conforming):
+    # catalog._row packs: [file_id, domain, path, flags, size, mode, mtime, target, protection class, has key]
+    rows = msgpack.packb([[f, "D", "p", flags, s, 0o100644, 7, None, 3, k] for f, flags, s, k in listed])
+    message = msgpack.packb([b"shard", "0a", rows, len(listed), probs, probs[:1], memo, conforming])
     got = unpack_shard(message)
     assert isinstance(got, CatalogShard)
     fields = (got.shard, got.rows, got.count, got.row_problems, got.dup_problems, got.memo, got.conforming)
-    assert fields == ("0a", rows, len(files), probs, probs[:1], memo, conforming)
-    assert list(got.file_rows()) == sent
+    assert fields == ("0a", rows, len(listed), probs, probs[:1], memo, conforming)
+    files = [(f, s, k) for f, flags, s, k in listed if flags == 1]  # the file rows (flags 1), in their order
+    assert list(got.file_rows()) == files
     assert got.sizes == {f: s for f, s, _k in files} and got.keyed == {f for f, _s, k in files if k}
     assert unpack_shard(msgpack.packb([b"end", probs])) == probs
