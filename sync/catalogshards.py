@@ -96,16 +96,6 @@ class CatalogShard:
         # catalog._row packs: [file_id, domain, path, flags, size, mode, mtime, target, protection class, has key]
         return ((r[0], r[4], r[9]) for r in unpacker if r[3] == FLAG_FILE)
 
-    @property
-    def sizes(self) -> dict[str, int]:
-        """fileID -> size of the file rows."""
-        return {f: s for f, s, _k in self.file_rows()}
-
-    @property
-    def keyed(self) -> frozenset[str]:
-        """The file rows whose bytes the phone encrypted."""
-        return frozenset(f for f, _s, k in self.file_rows() if k)
-
 
 def _memo_head(device_key: str) -> bytes:
     return b"mbfile-memo/%d/" % MEMO_FORMAT + device_key.encode()

@@ -43,5 +43,4 @@ def test_unpacked_shard_is_what_was_packed(listed, probs, memo, conforming):
     assert fields == ("0a", rows, len(listed), probs, probs[:1], memo, conforming)
     files = [(f, s, k) for f, flags, s, k in listed if flags == 1]  # the file rows (flags 1), in their order
     assert list(got.file_rows()) == files
-    assert got.sizes == {f: s for f, s, _k in files} and got.keyed == {f for f, _s, k in files if k}
     assert unpack_shard(msgpack.packb([b"end", probs])) == probs

@@ -93,8 +93,9 @@ def streamed(messages) -> tuple[list, list, dict, set, list[CatalogShard]]:
         rows += shard_rows
         rowprobs += got.row_problems
         dups += got.dup_problems
-        sizes.update(got.sizes)
-        keyed |= got.keyed
+        for f, s, k in got.file_rows():  # duplicates: the last size, keyed if any is (as the whole read's dict, set)
+            sizes[f] = s
+            keyed |= {f} if k else set()
     return rows, rowprobs + dups, sizes, keyed, shards
 
 
