@@ -2,7 +2,7 @@
 the chunker.
 
 `walk` hands back one shard at a time (the top level last), listing the next few on a pool's threads, so an import holds
-a few shards' listings (`walk_ahead`: WALKERS + 1; those not yet handed back packed, ~150 bytes a file); `Present` keeps
+a few shards' listings (`walk_ahead`: WALKERS + 1; those not yet handed back packed, ~100 bytes a file); `Present` keeps
 the walk's sizes for the comparison with the file list in ~28 bytes a file; `ReadAhead` has the kernel read the next
 large files while one is chunked, `FileAhead` the local cache's file at the start; the small ones are read by a child
 process, ≤ 8 MiB ahead (sync/smallreads.py). Used by sync/mobilesync.py.
@@ -100,20 +100,53 @@ def _links_are_files(dirpath: str | Path, dirs: list[str], names: list[str]) -> 
         names.append(link)
 
 
+class _Names:
+    """Names appended one by one and kept as one run of UTF-8 bytes with their end offsets: ~50 bytes a
+    `xx/<fileID>` name, where a list of str holds ~100. `surrogatepass` gives back exactly the str appended, including
+    the lone surrogates os.scandir makes of bytes that are not UTF-8 (`is_utf8` names those later)."""
+
+    __slots__ = ("_bytes", "_ends")
+
+    def __init__(self) -> None:
+        self._bytes, self._ends = bytearray(), array("I")
+
+    def append(self, name: str) -> None:
+        self._bytes += name.encode("utf-8", "surrogatepass")
+        self._ends.append(len(self._bytes))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> str:
+        ends = self._ends
+        if i < 0:
+            i += len(ends)
+            if i < 0:
+                raise IndexError(i - len(ends))
+        end = ends[i]  # IndexError past the end, as a list's
+        return self._bytes[ends[i - 1] if i else 0 : end].decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        data, start = self._bytes, 0
+        for end in self._ends:
+            yield data[start:end].decode("utf-8", "surrogatepass")
+            start = end
+
+
 class _Packed:
-    """A shard's files as listed: the names, and their stat fields in two arrays (size, mode, mtime, ctime; inode,
-    unsigned), ~150 bytes a file where a list of (name, Stat) is ~450. The shards listed ahead (WALKERS of them, each
-    ~files/256 at 1 000 000 files: ~3 900) are held this way, and so is the shard an import plans and stages
-    (`walk_ahead`): `packed[i]` and iteration make file i's (name, Stat) only as it is asked for."""
+    """A shard's files as listed: the names (`_Names`), and their stat fields in two arrays (size, mode, mtime, ctime;
+    inode, unsigned), ~100 bytes a file where a list of (name, Stat) is ~450. The shards listed ahead (WALKERS of
+    them, each ~files/256 at 1 000 000 files: ~3 900) are held this way, and so is the shard an import plans and
+    stages (`walk_ahead`): `packed[i]` and iteration make file i's (name, Stat) only as it is asked for."""
 
     __slots__ = ("names", "fields", "inodes")
 
-    def __init__(self, names: list[str], fields: array, inodes: array) -> None:
+    def __init__(self, names: _Names, fields: array, inodes: array) -> None:
         self.names, self.fields, self.inodes = names, fields, inodes  # fields "q": size, mode, mtime_ns, ctime_ns
 
     @classmethod
     def of(cls, files: list[tuple[str, Stat]]) -> _Packed:
-        packed = cls([], array("q"), array("Q"))
+        packed = cls(_Names(), array("q"), array("Q"))
         for name, st in files:
             packed.names.append(name)
             packed.fields.extend((st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns))
@@ -171,7 +204,7 @@ class Paths:
 def _walk_shard(folder: Path, name: str) -> tuple[Listing, tuple[str, Stat] | None] | None:
     """One top-level folder's listing (its files `_Packed`), and the folder itself if it is empty (the top level's
     empty folder); None if it cannot be listed (os.walk skips such a folder, as the whole-folder walk did)."""
-    files = _Packed([], array("q"), array("Q"))
+    files = _Packed(_Names(), array("q"), array("Q"))
     empty_dirs: list[tuple[str, Stat]] = []
     top = os.path.join(folder, name)
     empty = _list_dir(top, name, files, empty_dirs)
