@@ -174,3 +174,32 @@ def test_a_cache_of_the_stat_format_before_buckets_drops_its_stat_entries_keeps_
         assert import_folder(repo, src).reused_files > 0
     finally:
         repo.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda starts: [b"", *reversed(starts[1:])],  # starts out of order
+        lambda starts: starts[1:],  # not beginning at b""
+        lambda starts: [b"", 7],  # a start that is no name
+    ],
+)
+def test_a_damaged_root_is_the_cache_s_damage_not_a_misread(make_repo, damage) -> None:
+    """A root whose starts are not sorted names from b"" is CacheCorrupt: the cache is rebuilt, said in one line of
+    notes, the lookup a miss, and the rebuilt cache takes entries again."""
+    repo = make_repo(f"damaged-{next(_vaults)}")
+    cache = repo.cache
+    try:
+        keys = _big_folder(cache, 1000)
+        k = cache._stat_key(b"/src/ab/")
+        with cache.env.begin(db=cache._stat) as txn:
+            starts = cache._unpack(b"stat", k, txn.get(k))
+        assert isinstance(starts, list) and len(starts) > 2
+        cache._write(lambda txn: cache._put_value(txn, k, msgpack.packb(damage(starts))))
+        cache._stat_gen += 1
+        assert cache.stat_get(keys[500]) is None
+        assert len(cache.notes) == 1 and "neither a folder's entries nor its buckets' starts" in cache.notes[0]
+        cache.stat_put_many([(keys[500], [CHUNK])])
+        assert cache.stat_get(keys[500]) == [CHUNK] and cache.stat_get(keys[501]) is None
+    finally:
+        repo.close()
