@@ -259,7 +259,7 @@ class _Staging:
     newest: int | None = None  # the newest mtime of a regular file
     present: _Present = field(default_factory=_Present)
     decrypt: Decrypting | None = None
-    window: list[int] = field(default_factory=lambda: [0])  # small files' bytes asked for, not yet staged
+    window: list[int] = field(default_factory=lambda: [0, 0])  # small files' bytes and files asked for, not yet staged
     parent: dict[str, ShardRef] = field(default_factory=dict)  # the parent snapshot's shards (`_inherit_shard`)
 
 

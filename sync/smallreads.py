@@ -23,15 +23,21 @@ from .folderwalk import ReadAhead
 
 class SmallReads:
     """Reads the small files of a shard (< ReadAhead.MIN_SIZE, which advises the larger ones) in a `ReaderProcess`,
-    in batches of ≤ BATCH_FILES files or ≥ BATCH_BYTES, up to WINDOW listed bytes ahead of the one being staged;
-    the caller takes each file's bytes in the walk's order (packs come out the same whatever the reader's timing).
+    in batches of ≤ BATCH_FILES files or ≥ BATCH_BYTES, up to WINDOW listed bytes or WINDOW_FILES files ahead of the
+    one being staged; the caller takes each file's bytes in the walk's order (packs come out the same whatever the
+    reader's timing).
 
     `take(i)` gives file i's bytes, the OSError that reading it raised, or None: not read here (a large file, or
     one that grew past MIN_SIZE since it was listed: the caller streams it). Read to EOF, so a file that changed
-    since it was listed comes back as it was read. Memory: ≤ WINDOW + one batch of file contents."""
+    since it was listed comes back as it was read. Memory: ≤ WINDOW + one batch of file contents, and ~250 bytes a
+    file asked for (its path, its request, its answer's object), for ≤ WINDOW_FILES + BATCH_FILES files."""
 
     MAX = ReadAhead.MIN_SIZE  # read here if listed smaller than this
     WINDOW = 8 << 20
+    # The files of a 1 000 000-file phone average ~300 bytes, so 8 MiB was ~28 000 files, and each shard's ~3 900
+    # were asked for at once (a shard's reads begin when the last one's are all asked): ~2 MB of paths and requests
+    # in this process and as much in the reader's, growing with the files. 1 024 is 16 batches in flight.
+    WINDOW_FILES = 1024
     BATCH_FILES = 64
     BATCH_BYTES = 1 << 20
 
@@ -40,7 +46,7 @@ class SmallReads:
         self._batches: deque[tuple[int, list[int], int]] = deque()  # (first index, indices, the reader's ticket)
         self._got: dict[int, bytes | OSError | None] = {}  # taken from a finished batch, not yet by the caller
         self._next = 0  # first file not yet submitted
-        self._window = window  # [listed bytes submitted and not yet taken], shared with the next shard's reads
+        self._window = window  # [listed bytes, files] submitted and not yet taken, shared with the next shard's reads
 
     @property
     def all_asked(self) -> bool:
@@ -49,7 +55,7 @@ class SmallReads:
 
     def fill(self) -> None:
         n = len(self._paths)
-        while self._next < n and self._window[0] < self.WINDOW:
+        while self._next < n and self._window[0] < self.WINDOW and self._window[1] < self.WINDOW_FILES:
             batch, size = [], 0
             while self._next < n and len(batch) < self.BATCH_FILES and size < self.BATCH_BYTES:
                 if self._sizes[self._next] < self.MAX:
@@ -60,6 +66,7 @@ class SmallReads:
                 ticket = self._reader.submit([(self._paths[i], self._sizes[i]) for i in batch])
                 self._batches.append((batch[0], batch, ticket))
                 self._window[0] += size
+                self._window[1] += len(batch)
 
     def take(self, i: int) -> bytes | OSError | None:
         self.fill()
@@ -69,6 +76,7 @@ class SmallReads:
         if i not in self._got:
             return None  # a file not read here
         self._window[0] -= self._sizes[i]
+        self._window[1] -= 1
         got = self._got.pop(i)
         self.fill()
         return got
@@ -78,7 +86,9 @@ class SmallReads:
         for _first, batch, ticket in self._batches:
             self._reader.discard(ticket)
             self._window[0] -= sum(self._sizes[i] for i in batch)
+            self._window[1] -= len(batch)
         self._window[0] -= sum(self._sizes[i] for i in self._got)
+        self._window[1] -= len(self._got)
         self._batches.clear()
         self._got.clear()
 

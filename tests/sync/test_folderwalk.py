@@ -119,19 +119,25 @@ def test_the_child_exits_when_the_import_is_gone(tmp_path):
 
 
 @settings(max_examples=10, deadline=None)
-@given(st.lists(st.integers(0, 3000), min_size=1, max_size=40), st.integers(1, 9))
-def test_small_reads_take_every_file_in_walk_order(tmp_path_factory, sizes, batch):
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=40), st.integers(1, 9), st.integers(1, 50))
+def test_small_reads_take_every_file_in_walk_order(tmp_path_factory, sizes, batch, cap):
     root = tmp_path_factory.mktemp("small")
     files = _files(root, sizes)
-    window = [0]
-    old = SmallReads.BATCH_FILES
-    SmallReads.BATCH_FILES = batch
+    window = [0, 0]
+    old = SmallReads.BATCH_FILES, SmallReads.WINDOW_FILES
+    SmallReads.BATCH_FILES, SmallReads.WINDOW_FILES = batch, cap
+    in_flight = []
     try:
         with ReaderProcess() as reader:
             small = SmallReads(reader, [p for p, _ in files], sizes, window)
-            got = [small.take(i) for i in range(len(files))]
+            got = []
+            for i in range(len(files)):
+                got.append(small.take(i))
+                in_flight.append(window[1])
             small.close()
     finally:
-        SmallReads.BATCH_FILES = old
+        SmallReads.BATCH_FILES, SmallReads.WINDOW_FILES = old
     assert got == [Path(p).read_bytes() for p, _ in files]
-    assert window == [0]
+    assert window == [0, 0]
+    # asked for ahead: at most the cap, overshot by one batch begun below it
+    assert max(in_flight) <= cap + batch - 1
