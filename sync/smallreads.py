@@ -141,9 +141,9 @@ class ReaderProcess:
     Tickets are answered strictly in order; `discard` drops a ticket's answer when it comes. The child starts with
     the first `submit` (none for an import that reads no small file). If the child cannot be started or dies, every
     batch not yet answered is read here instead (`_read_small`), so the import goes on.
-    Memory: the batches asked for and not yet taken (bounded by the callers' window, SmallReads.WINDOW) and the
-    pipes' buffers (PIPE_BYTES each way, filled only as far as that window: the requests of 8 MiB of small files
-    are ~0.5 MiB of paths, so `submit` does not wait on a child busy reading)."""
+    Memory: the batches asked for and not yet taken (bounded by the callers' window, SmallReads.WINDOW and
+    WINDOW_FILES) and the pipes' buffers (PIPE_BYTES each way, filled only as far as that window: the requests of
+    1 024 files are ~0.15 MiB of paths, so `submit` does not wait on a child busy reading)."""
 
     READERS = 4
     PIPE_BYTES = 1 << 20
