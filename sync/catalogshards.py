@@ -17,7 +17,8 @@ msgpack {BLAKE3-128 of the archive: [size, mode, mtime, target, protection class
 `mbfile-memo/2/<device>` -> msgpack [shard, …] (the shards last written, sorted). A shard's new memo holds only what
 that shard's rows used, so it never outgrows one Manifest.db. The parse holds two shards of the old memo: the shard of
 the row being read and the next one (rows keep their fileID, hence their shard, across backups). The child gets the
-old memo through a sealed, unlinked spool written before it is forked (it must not touch LMDB).
+old memo through a sealed, unlinked spool written before it is forked (it must not touch LMDB), each shard's as the
+cache holds it (the child unpacks it as it parses).
 
 The cache of a parsed catalog (a shard read back at a time, an import compared with it): sync/catalogcache.py.
 
@@ -39,7 +40,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -136,13 +137,24 @@ class MemoWriter:
         self._flush()
 
 
-def old_memo(repo: Repository, device_key: str) -> Iterator[tuple[str, dict]]:
-    """The device's last memo, shard by shard in order (read lazily from the cache)."""
+def old_memo_packed(repo: Repository, device_key: str) -> Iterator[tuple[str, bytes]]:
+    """The device's last memo, shard by shard in order, each shard's as the cache holds it (read lazily)."""
     head = repo.cache.derived_get(_memo_head(device_key))
     for shard in msgpack.unpackb(head) if head else ():
         raw = repo.cache.derived_get(_memo_key(device_key, shard))
         if raw is not None:
-            yield shard, msgpack.unpackb(raw, strict_map_key=False)
+            yield shard, raw
+
+
+def unpacked_memo(packed: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, dict]]:
+    """Each shard's memo unpacked only once it is reached."""
+    for shard, raw in packed:
+        yield shard, msgpack.unpackb(raw, strict_map_key=False)
+
+
+def old_memo(repo: Repository, device_key: str) -> Iterator[tuple[str, dict]]:
+    """The device's last memo, shard by shard in order (read lazily from the cache)."""
+    return unpacked_memo(old_memo_packed(repo, device_key))
 
 
 class Memo(dict):
@@ -313,8 +325,8 @@ def _die_with_parent(parent: int) -> None:
 def _child(conn: Connection, parent: int, path: str, spool: Spool | None, funcs: tuple) -> None:
     _die_with_parent(parent)
     try:
-        old = iter(spool) if spool is not None else iter(())
-        for message in parse_shards(Path(path), (tuple(x) for x in old), None, *funcs):
+        old = unpacked_memo((shard, raw) for shard, raw in spool) if spool is not None else iter(())
+        for message in parse_shards(Path(path), old, None, *funcs):
             conn.send_bytes(message)
             del message  # not held while the next shard is parsed
     except ManifestInvalid as e:
@@ -370,16 +382,23 @@ class ManifestStream(ShardStream):
         if self._conn is None:
             self._local = self._parse_here()
 
-    def _start_child(self) -> None:
-        # Written before the fork: the child reads the old memo from this spool, never from LMDB.
-        # The memo's cache pages are unmapped as they are read (a 1 000 000-file phone's old memo mapped 72 MB of
-        # data.mdb before one trim at the end, a day-2 import's peak), and not held through the import nor by the child.
-        self._spool = self._repo.cache.spool()
-        for shard, memo in old_memo(self._repo, self._device_key):
-            self._spool.append([shard, memo])
+    def _spool_old_memo(self) -> Spool:
+        """The old memo, written before the fork: the child reads it from this spool, never from LMDB. Each shard's
+        as the cache holds it, packed (unpacked only by the child, as it parses): unpacked here, a 1 000 000-file
+        phone's memo was ~100 MB of values made and dropped by the import before the fork, the last shard's (~1.5 MB
+        of objects) held by this loop through the fork, so by the child to its end.
+        The memo's cache pages are unmapped as they are read (a 1 000 000-file phone's old memo mapped 72 MB of
+        data.mdb before one trim at the end, a day-2 import's peak), and not held through the import nor by the child."""
+        spool = self._repo.cache.spool()
+        for shard, raw in old_memo_packed(self._repo, self._device_key):
+            spool.append([shard, raw])
             self._repo.cache.trim(TRIM_GROWTH)
-        self._spool.flush()
+        spool.flush()
         self._repo.cache.trim()
+        return spool
+
+    def _start_child(self) -> None:
+        self._spool = self._spool_old_memo()
         reader, writer = multiprocessing.get_context("fork").Pipe(duplex=False)
         with contextlib.suppress(OSError):  # room for the child to run ahead of a slower shard (Linux; else 64 KiB)
             fcntl.fcntl(writer.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_AHEAD)
