@@ -31,6 +31,9 @@ STAT_TXN_BYTES = 2 << 20
 # A folder's stat entries packed past this are buckets of consecutive names (~300 files of a MobileSync folder): a
 # folder of a 33 000-file phone (~130 files, ~13 KB) stays one value, one of 1 000 000 (~3 900 files) is ~13-26.
 STAT_BUCKET_BYTES = 32 << 10
+# A value past STAT_BUCKET_BYTES holds one file whose entry alone passes it (Manifest.db's, ~60 000 chunk ids at
+# 1 000 000 files, ~4.4 MB decoded): it is not held after its lookup, which the Manifest parse child would inherit.
+_SEALING = 28  # nonce and tag
 STAT_FORMAT = b"2"  # the stat values' (meta "stat-format"): 2 buckets a large folder; a cache without it had one value
 
 
@@ -132,7 +135,7 @@ class StatEntries:
     def _stat_bucket(self, folder: bytes, name: bytes) -> dict:
         """The entries of the bucket of `folder` that `name` falls in, held (with the root's list of bucket starts) for
         the next lookups: the walk visits a folder's names in order, so each bucket is read once."""
-        lo, hi = b"", None
+        lo, hi, hold = b"", None, True
         self._folder = None  # the bucket held is let go before the next is decoded
         try:
             txn = self._read()
@@ -141,7 +144,8 @@ class StatEntries:
                 k = self._stat_key(folder)
                 raw = txn.get(k, db=self._stat)
                 root = (folder, self._stat_gen, _checked(self, None if raw is None else self._unpack(b"stat", k, raw)))
-                self._stat_root = root
+                hold = raw is None or len(raw) <= STAT_BUCKET_BYTES + _SEALING
+                self._stat_root = root if hold else None
             entries = {} if root[2] is None else root[2]
             if isinstance(entries, list):
                 i = bisect_right(entries, name) - 1
@@ -149,10 +153,13 @@ class StatEntries:
                 k = self._stat_key(folder + b"\0" + lo)
                 raw = txn.get(k, db=self._stat)
                 entries = _checked(self, {} if raw is None else self._unpack(b"stat", k, raw), bucket=True)
+                hold = raw is None or len(raw) <= STAT_BUCKET_BYTES + _SEALING
         except (lmdb.Error, CacheCorrupt) as e:
             self._recover(e)
             lo, hi, entries = b"", None, {}
-        self._folder = (folder, self._stat_gen, lo, hi, entries)
+        # Past the limit a value is one file's entry (a split keeps the rest below it): the next name is elsewhere.
+        if hold:
+            self._folder = (folder, self._stat_gen, lo, hi, entries)
         return entries
 
     def stat_put_many(self, items: Iterable[tuple[bytes, list]]) -> None:

@@ -203,3 +203,27 @@ def test_a_damaged_root_is_the_cache_s_damage_not_a_misread(make_repo, damage) -
         assert cache.stat_get(keys[500]) == [CHUNK] and cache.stat_get(keys[501]) is None
     finally:
         repo.close()
+
+
+def test_a_file_whose_entry_alone_passes_the_limit_is_not_held_after_its_lookup(make_repo) -> None:
+    """A backup folder's Manifest.db (890 MB at 1 000 000 files: ~60 000 chunk ids, ~4.4 MB decoded) is looked up once
+    before the Manifest parse child is forked; holding its decoded bucket, the child inherited it. Its neighbours'
+    small bucket is held as before."""
+    repo = make_repo("big-entry")
+    cache = repo.cache
+    try:
+        big = [i.to_bytes(32, "big") for i in range(20_000)]
+        small = [(b"/src/Info.plist\0s", [CHUNK]), (b"/src/Status.plist\0s", [CHUNK])]
+        cache.stat_put_many([(b"/src/Manifest.db\0s", big), *small])
+        tracemalloc.start()
+        try:
+            assert cache.stat_get(b"/src/Manifest.db\0s") == big
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert held < 64_000  # the bucket decoded: ~1.5 MB
+        assert cache._folder is None
+        assert cache.stat_get(b"/src/Info.plist\0s") == [CHUNK] and cache._folder is not None
+        assert cache.stat_get(b"/src/Manifest.db\0s") == big  # read again when asked again
+    finally:
+        repo.close()
