@@ -6,10 +6,11 @@ read, each shard sent once its last row is: [shard, rows (msgpack of the catalog
 value for the shard, which the import spools and caches as is, and compares with the folder a row at a time,
 `CatalogShard.file_rows`), their number, the row problems read since the previous shard ([path, message] as
 catalog._row_problem), the duplicate-fileID problems of this shard, this shard's fresh memo packed on its own, the
-cache's value as is (nil if it equals the old memo's shard, which the cache keeps)]. An import parses in a forked child (decoding MBFile archives is
-pure Python; on the other core it overlaps the reads and sealing) which sends each packed shard through a pipe as it is
-done, at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer, in the kernel): the parent compares it with the
-folder's shard and spools it. Without a second process the same generator runs in the parent, pulled shard by shard.
+cache's value as is (nil if it equals the old memo's shard, which the cache keeps)]. An import parses in a forked
+child (decoding MBFile archives is pure Python; on the other core it overlaps the reads and sealing) which sends each
+packed shard through a pipe as it is done, at most PIPE_AHEAD bytes ahead of the import (the pipe's buffer, in the
+kernel): the parent compares it with the folder's shard and spools it. Without a second process the same generator
+runs in the parent, pulled shard by shard.
 
 MBFile memo (MEMO_FORMAT 2). Decoding a row costs ~120 µs and almost every row's archive is the same bytes from one
 backup to the next, so the decoded fields are kept per device and shard: `mbfile-memo/2/<device>/<shard>` ->
@@ -388,7 +389,8 @@ class ManifestStream(ShardStream):
         phone's memo was ~100 MB of values made and dropped by the import before the fork, the last shard's (~1.5 MB
         of objects) held by this loop through the fork, so by the child to its end.
         The memo's cache pages are unmapped as they are read (a 1 000 000-file phone's old memo mapped 72 MB of
-        data.mdb before one trim at the end, a day-2 import's peak), and not held through the import nor by the child."""
+        data.mdb before one trim at the end, a day-2 import's peak), and not held through the import nor by the
+        child."""
         spool = self._repo.cache.spool()
         for shard, raw in old_memo_packed(self._repo, self._device_key):
             spool.append([shard, raw])
