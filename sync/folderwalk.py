@@ -5,7 +5,7 @@ the chunker.
 a few shards' listings (`walk_ahead`: WALKERS + 1; those not yet handed back packed, ~100 bytes a file); `Present` keeps
 the walk's sizes for the comparison with the file list in ~28 bytes a file; `ReadAhead` has the kernel read the next
 large files while one is chunked, `FileAhead` the local cache's file at the start; the small ones are read by a child
-process, ≤ 8 MiB ahead (sync/smallreads.py). Used by sync/mobilesync.py.
+process, ≤ 8 MiB or 1 024 files ahead (sync/smallreads.py). Used by sync/mobilesync.py.
 """
 
 from __future__ import annotations

@@ -429,7 +429,7 @@ def _stage_shard(
             if small.all_asked:
                 plan_next()
             rel, st = files[i]
-            _stage_file(writer, run, rel, paths[n], st, small.take(n), progress, new_stat)
+            _stage_file(writer, run, rel, paths.of(rel), st, small.take(n), progress, new_stat)  # rel decoded once
             if len(new_stat) >= STAT_PIECE:
                 spool.append(new_stat)
                 new_stat.clear()
