@@ -12,20 +12,13 @@ packed shard through a pipe as it is done, at most PIPE_AHEAD bytes ahead of the
 kernel): the parent compares it with the folder's shard and spools it. Without a second process the same generator
 runs in the parent, pulled shard by shard.
 
-MBFile memo (MEMO_FORMAT 2). Decoding a row costs ~120 µs and almost every row's archive is the same bytes from one
-backup to the next, so the decoded fields are kept per device and shard: `mbfile-memo/2/<device>/<shard>` ->
-msgpack {BLAKE3-128 of the archive: [size, mode, mtime, target, protection class, has key, RelativePath]} and
-`mbfile-memo/2/<device>` -> msgpack [shard, …] (the shards last written, sorted). A shard's new memo holds only what
-that shard's rows used, so it never outgrows one Manifest.db. The parse holds two shards of the old memo: the shard of
-the row being read and the next one (rows keep their fileID, hence their shard, across backups). The child gets the
-old memo through a sealed, unlinked spool written before it is forked (it must not touch LMDB), each shard's as the
-cache holds it (the child unpacks it as it parses).
+MBFile memo: sync/mbfilememo.py (what the parse child is given, what it sends back).
 
 The cache of a parsed catalog (a shard read back at a time, an import compared with it): sync/catalogcache.py.
 
 Memory: the shard being parsed packed as its rows are read (~130 bytes a row at 1 000 000 files; the rows of one
 fileID as CatalogEntry objects) with its fresh memo (the values it used), the packed rows of the shards the parent
-holds (~130 bytes a row, ~3 shards), two shards of the old memo, the problems; a shard
+holds (~130 bytes a row, ~3 shards), two shards of the old memo packed (sync/mbfilememo.py), the problems; a shard
 read back from the cache as CatalogEntry objects; a Manifest.db from the vault is read through a sealed image in the
 cache (sync/sealeddb.py), so SQLite holds its page cache, not the file.
 """
@@ -41,7 +34,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,9 +48,10 @@ from phonevault.store.spool import Spool
 from .errors import ManifestInvalid
 from .layouts import MANIFEST_DB
 from .manifest import FLAG_FILE, CatalogEntry, ManifestSource, RowProblem, check_manifest_db, read_manifest_db
+from .mbfilememo import Memo as Memo  # sync/catalog.py's, from here
+from .mbfilememo import MemoWriter, WindowMemo, bin_header, old_memo, old_memo_packed, unpacked_memo
 
 PIPE_AHEAD = 1 << 20  # bytes of parsed shards the child may send before the import takes them (the pipe's buffer)
-MEMO_FORMAT = 2
 
 PackRow = Callable[[CatalogEntry], list]
 RowProblemText = Callable[[RowProblem, str], list]
@@ -99,127 +93,6 @@ class CatalogShard:
         return ((r[0], r[4], r[9]) for r in unpacker if r[3] == FLAG_FILE)
 
 
-def _memo_head(device_key: str) -> bytes:
-    return b"mbfile-memo/%d/" % MEMO_FORMAT + device_key.encode()
-
-
-def _memo_key(device_key: str, shard: str) -> bytes:
-    return _memo_head(device_key) + b"/" + shard.encode(errors="surrogatepass")
-
-
-class MemoWriter:
-    """A parse's new memo into the cache, a shard at a time as it comes, several shards per write transaction (each
-    commit is an fsync); the head, naming the shards, last (`finish`)."""
-
-    BATCH = 1 << 20
-
-    def __init__(self, repo: Repository, device_key: str) -> None:
-        self._repo, self._device_key = repo, device_key
-        self._pending: list[tuple[bytes, bytes]] = []
-        self._size = 0
-        self.shards: list[str] = []
-
-    def add(self, shard: str, packed: bytes | None) -> None:
-        """`packed` None: the shard's memo is the one the cache holds (`parse_shards`), which stays."""
-        self.shards.append(shard)
-        if packed is None:
-            return
-        self._pending.append((_memo_key(self._device_key, shard), packed))
-        self._size += len(packed)
-        if self._size >= self.BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._repo.cache.derived_put_many(self._pending)  # which unmaps the pages its writes mapped
-        self._pending, self._size = [], 0
-
-    def finish(self) -> None:
-        self._pending.append((_memo_head(self._device_key), msgpack.packb(self.shards)))
-        self._flush()
-
-
-def old_memo_packed(repo: Repository, device_key: str) -> Iterator[tuple[str, bytes]]:
-    """The device's last memo, shard by shard in order, each shard's as the cache holds it (read lazily)."""
-    head = repo.cache.derived_get(_memo_head(device_key))
-    for shard in msgpack.unpackb(head) if head else ():
-        raw = repo.cache.derived_get(_memo_key(device_key, shard))
-        if raw is not None:
-            yield shard, raw
-
-
-def unpacked_memo(packed: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, dict]]:
-    """Each shard's memo unpacked only once it is reached."""
-    for shard, raw in packed:
-        yield shard, msgpack.unpackb(raw, strict_map_key=False)
-
-
-def old_memo(repo: Repository, device_key: str) -> Iterator[tuple[str, dict]]:
-    """The device's last memo, shard by shard in order (read lazily from the cache)."""
-    return unpacked_memo(old_memo_packed(repo, device_key))
-
-
-class Memo(dict):
-    """The previous Manifest.db's decoded rows; remembers in `fresh` every row this parse used or decoded, so the
-    stored memo only ever holds one Manifest.db's worth of rows."""
-
-    def __init__(self, old: dict) -> None:
-        super().__init__(old)
-        self.fresh: dict[bytes, list] = {}
-
-    def get(self, key, default=None):
-        value = super().get(key, default)
-        if value is not None:
-            self.fresh[key] = value
-        return value
-
-    def __setitem__(self, key, value) -> None:
-        super().__setitem__(key, value)
-        self.fresh[key] = value
-
-
-class _WindowMemo(Memo):
-    """The memo `read_manifest_db` asks: the old memo's shard of the row being read and the next one; records what
-    each row used or decoded (`fresh`) so it is stored with that row's shard."""
-
-    def __init__(self, old: Iterator[tuple[str, dict]]) -> None:
-        super().__init__({})
-        self._old = old
-        self._window: list[tuple[str, dict]] = []
-        self._exhausted = False
-        self._pull()
-
-    def _pull(self) -> bool:
-        if self._exhausted:
-            return False
-        got = next(self._old, None)
-        if got is None:
-            self._exhausted = True
-            return False
-        self._window.append(got)
-        self.update(got[1])
-        return True
-
-    def old(self, shard: str) -> dict | None:
-        """The old memo's `shard`, if the window holds it."""
-        return next((memo for s, memo in self._window if s == shard), None)
-
-    def at(self, shard: str) -> None:
-        """A row of `shard` was read: keep the old memo's `shard` and the shard after it, drop those before."""
-        while self._window and self._window[-1][0] <= shard and self._pull():
-            pass
-        self._window = [w for w in self._window if w[0] >= shard]
-        self.clear()  # what the shards before decoded went with them (into their `fresh`)
-        for _s, memo in self._window:
-            self.update(memo)
-
-
-def _bin_header(n: int) -> bytes:
-    """msgpack's bin header for `n` bytes, the smallest one, as `packb` writes it (msgpack.Packer has none)."""
-    if n < 1 << 8:
-        return b"\xc4" + n.to_bytes(1, "big")
-    return b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big")
-
-
 class _ShardPacker:
     """One shard's message, packed row by row as the rows are read: its rows as msgpack bytes, the rows of the
     current fileID (duplicates are neighbours in fileID order) and the duplicates' problems; no row is
@@ -254,10 +127,10 @@ class _ShardPacker:
         self._close_group()
         pack, p = self._packer.pack, self._packer
         rows_head = p.pack_array_header(self._count)
-        memo_bin = (pack(None),) if memo is None else (_bin_header(len(memo)), memo)  # not copied into the packer
+        memo_bin = (pack(None),) if memo is None else (bin_header(len(memo)), memo)  # not copied into the packer
         message = b"".join(
             (p.pack_array_header(8), pack(b"shard"), pack(self.shard),
-             _bin_header(len(rows_head) + len(self._rows)), rows_head, self._rows, pack(self._count),
+             bin_header(len(rows_head) + len(self._rows)), rows_head, self._rows, pack(self._count),
              pack(probs), pack(self._dups), *memo_bin, pack(self._conforming))
         )  # fmt: skip
         self._rows = bytearray()
@@ -273,10 +146,9 @@ def parse_shards(
     duplicates: Duplicates,
 ) -> Iterator[bytes]:
     """Every shard of a Manifest.db packed as the module docstring says, in order, then [b"end", row problems]."""
-    memo = _WindowMemo(old)
+    memo = WindowMemo(old, shard_of_id)
     row_problems: list[RowProblem] = []
     shard: _ShardPacker | None = None
-    fresh: dict[bytes, list] = {}
 
     def packed(shard: _ShardPacker) -> bytes:
         probs = [row_problem(p, MANIFEST_DB.record) for p in row_problems]
@@ -285,19 +157,15 @@ def parse_shards(
         # keeps that memo, and nobody packs, unpacks, seals and writes it again.
         # The rows and the memo go packed on their own: the import only spools or writes them for the cache, whose
         # values they are (unpacked and packed again, a 1 000 000-file import's memo was ~5 MB of objects a shard).
-        memo_out = None if fresh == memo.old(shard.shard) else msgpack.packb(fresh)
-        return shard.message(probs, memo_out)
+        return shard.message(probs, memo.take(shard.shard))
 
     for c in read_manifest_db(source, memo, row_problems, where):
         s = shard_of_id(c.file_id)
         if shard is None or s != shard.shard:
             if shard is not None:
                 yield packed(shard)
-            shard, fresh = _ShardPacker(s, pack_row, duplicates), {}
-            memo.at(s)
+            shard = _ShardPacker(s, pack_row, duplicates)
         shard.add(c)
-        fresh.update(memo.fresh)
-        memo.fresh.clear()
     if shard is not None:
         yield packed(shard)
     yield msgpack.packb([b"end", [row_problem(p, MANIFEST_DB.record) for p in row_problems]])

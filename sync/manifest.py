@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import blake3
 
@@ -257,9 +257,17 @@ def _decode(fid: Any, domain: Any, relative_path: Any, flags: Any, blob: Any) ->
     return entry_from_row(fid, domain, rel, flags, mbfile), mbfile
 
 
+class ShardMemo(Protocol):
+    """A memo `read_manifest_db` tells each row's fileID (`at_row`) before it looks the row's archive up."""
+
+    def at_row(self, file_id: str) -> None: ...
+    def get(self, key: bytes, default: list | None = None) -> list | None: ...
+    def __setitem__(self, key: bytes, value: list) -> None: ...
+
+
 def read_manifest_db(
     source: ManifestSource,
-    memo: MutableMapping[bytes, list] | None = None,
+    memo: MutableMapping[bytes, list] | ShardMemo | None = None,
     problems: list[RowProblem] | None = None,
     where: str | None = None,
 ) -> Iterator[CatalogEntry]:
@@ -271,12 +279,16 @@ def read_manifest_db(
     `memo` maps a row's MBFile archive (by BLAKE3) to its decoded fields. Decoding costs ~120 µs a row in
     pure Python, and from one backup to the next almost every row's archive is the same bytes, so a memo kept from
     the previous Manifest.db of a device turns a 300 000-row parse from ~40 s into a hash and a lookup per row.
-    The memo is filled with every row read."""
+    The memo is filled with every row read; one kept a shard at a time (`ShardMemo`) is told each row's fileID
+    before the row's lookup."""
     where = _where(source, where)
     conn = _open_checked(source, where)
+    at_row = getattr(memo, "at_row", None)
 
     def entries() -> Iterator[CatalogEntry]:
         for fid, domain, relative_path, flags, blob in _raw_rows(conn, where):
+            if at_row is not None and isinstance(fid, str):
+                at_row(fid)
             key = blake3.blake3(blob).digest()[:16] if memo is not None and isinstance(blob, bytes) else b""
             hit = memo.get(key) if key else None
             if hit is not None and isinstance(fid, str) and isinstance(domain, str) and isinstance(flags, int):

@@ -5,9 +5,11 @@ last shard's ~1.5 MB of memo objects so). Real LMDB cache, real Manifest.db, a r
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing.process
 import os
 import tracemalloc
+from array import array
 
 import msgpack
 
@@ -15,6 +17,7 @@ from phonevault.store.spool import Spool
 from phonevault.sync.catalog import _duplicate_problems, _row, _row_problem
 from phonevault.sync.catalogshards import ManifestStream, MemoWriter
 from phonevault.sync.manifest import CatalogEntry, file_id, write_manifest_db
+from phonevault.sync.mbfilememo import MEMO_FORMAT
 
 FUNCS = (_row, _row_problem, _duplicate_problems)
 
@@ -30,12 +33,17 @@ def test_the_old_memo_is_spooled_packed_and_not_held_at_the_fork(repo, tmp_path,
     want = [(s.shard, s.rows) for s in first.upto(None)]
     first.close()
     memo = MemoWriter(repo, device)
-    for i in range(16):  # and 16 shards of 4 000 more: ~1.2 MB of objects each once unpacked
-        shard = {os.urandom(16): [j, 0o100644, j, None, 3, False, f"p/{j}"] for j in range(4000)}
-        memo.add(f"z{i:x}", msgpack.packb(shard))
+    for i in range(16):  # and 16 shards of 8 000 more: ~0.5 MB each, packed (MEMO_FORMAT 3)
+        values = [
+            msgpack.packb([j, 0o100644, j, None, 3, False, f"Media/DCIM/100APPLE/IMG_{j:05d}.HEIC"])
+            for j in range(8000)
+        ]
+        ends = array("I", itertools.accumulate(len(v) for v in values))
+        memo.add(f"z{i:x}", msgpack.packb([os.urandom(16 * 8000), b"".join(values), ends.tobytes()]))
     memo.finish()
     in_cache = dict(
-        (s, repo.cache.derived_get(b"mbfile-memo/2/%s/%s" % (device.encode(), s.encode()))) for s in memo.shards
+        (s, repo.cache.derived_get(b"mbfile-memo/%d/%s/%s" % (MEMO_FORMAT, device.encode(), s.encode())))
+        for s in memo.shards
     )
     spooled: list[tuple[str, bool]] = []  # each shard, and whether it went as the cache's bytes (none kept here)
     append = Spool.append
@@ -61,7 +69,7 @@ def test_the_old_memo_is_spooled_packed_and_not_held_at_the_fork(repo, tmp_path,
         assert [s for s, _same in spooled] == memo.shards
         assert all(same for _s, same in spooled)  # the cache's bytes, not unpacked and packed again
         assert len(at_fork) == 1, "no child was forked: the test would show nothing"
-        assert at_fork[0] - before < 256 << 10  # one shard unpacked is ~1.2 MB
+        assert at_fork[0] - before < 256 << 10  # one shard is ~0.5 MB
         # The child unpacks the memo as it parses: the rows it sends are those decoded before.
         assert [(s.shard, s.rows) for s in stream.upto(None)] == want
     finally:
