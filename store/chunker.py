@@ -8,13 +8,15 @@ Files change in two different ways, so they are cut two different ways:
   (min 256 KiB / avg 1 MiB / max 8 MiB) keep the index small; media formats are never compressed.
 The kind is sniffed from the first bytes of a file (backup folders name files by hash, so there is no extension).
 
-`StreamChunker` is push-based, because device uploads arrive as blocks we do not control. It keeps at most
-max chunk size + average + FEED_ROOM (10 MiB for coarse) of a file in memory, whatever the file's size, in a
-buffer of its own (an anonymous map whose pages are mapped as they are written, unmapped after `finish`). Keeping
-one for the next file spared media imports some page faults but held up to 11 MiB through the small files between
-them: the peak of a 120 000-file import rose 152 -> 159 MB. The cut points it produces are exactly those of
-`FastCDC.cut_buf` over the whole file: a cut is decided by the bytes from the chunk's start up to at most
-max_size, so every chunk but the last in the buffer is final.
+`StreamChunker` is push-based, because device uploads arrive as blocks we do not control. It cuts as soon as
+CUT_AHEAD (2 MiB; a fine profile's max + average, 72 KiB) of a file is buffered, so it typically keeps ~3 MiB of a
+coarse file in memory, whatever the file's size, and at most max chunk size + average + FEED_ROOM (10 MiB for
+coarse) while one chunk runs longer than that. The buffer is its own (an anonymous map whose pages are mapped as they
+are written, unmapped after `finish`). Keeping one for the next file spared media imports some page faults but held
+up to 11 MiB through the small files between them: the peak of a 120 000-file import rose 152 -> 159 MB. The cut
+points it produces are exactly those of `FastCDC.cut_buf` over the whole file: a cut is decided by the bytes from
+the chunk's start up to at most max_size, so every chunk but the last in the buffer is final, however short the
+buffer (and the last, which may run on, is cut again with what follows).
 """
 
 from __future__ import annotations
@@ -105,6 +107,12 @@ def choose_policy(head: bytes) -> Policy:
 
 FEED_ROOM = 1 << 20  # room past the cut threshold, so a block of up to this much is copied in one go
 HUGE_PAGE = 2 << 20
+# Cut once this much is buffered (or max + average, if smaller). A video's import held the whole 10 MiB buffer
+# mapped (cut only at 9 MiB) for as long as the file took: at 1 000 000 files, where the Manifest parse runs beside
+# the whole import, that was the import's peak (parent ~57 MB anonymous while an 86 MB video streamed, 44-46 between).
+# Cutting at 2 MiB keeps ~3-4 MiB of it mapped (whole huge pages), at the same CPU (256 MiB chunked: 0.13-0.18 s
+# either way); a chunk's bytes are copied out of the buffer once either way.
+CUT_AHEAD = 2 << 20
 
 
 def _buffer(size: int) -> mmap.mmap:
@@ -120,23 +128,25 @@ def _buffer(size: int) -> mmap.mmap:
 
 
 class StreamChunker:
-    """Cut a stream fed in arbitrary blocks into FastCDC chunks with bounded memory: one buffer of threshold +
-    FEED_ROOM (10 MiB for coarse), compacted in place, and each chunk copied out of it once."""
+    """Cut a stream fed in arbitrary blocks into FastCDC chunks with bounded memory: one buffer of max + average +
+    FEED_ROOM (10 MiB for coarse), cut from CUT_AHEAD on, compacted in place, each chunk copied out of it once."""
 
     def __init__(self, profile: ChunkProfile) -> None:
         from pyfastcdc import FastCDC  # here, not at the top: reading a vault (extract, export) never cuts
 
         self._cdc = FastCDC(profile.avg_size, min_size=profile.min_size, max_size=profile.max_size)
-        # Cut once a full max-size chunk plus some slack is buffered: every chunk but the last is then final, and the
-        # first always is (no chunk is longer than max_size). One average chunk of slack, not two: a media file's
-        # import holds this buffer whole, and cutting every ~8 MiB instead of ~9 costs nothing measurable.
-        self._threshold = profile.max_size + profile.avg_size
+        # Room for a full max-size chunk plus some slack and a block: once that much is buffered, the first chunk is
+        # final (none is longer than max_size), so a cut always frees room. Cutting starts earlier, at CUT_AHEAD: a cut
+        # that finds only one chunk (a chunk running past the buffer) frees nothing and the buffer fills on.
+        self._room = profile.max_size + profile.avg_size + FEED_ROOM
+        self._threshold = min(profile.max_size + profile.avg_size, CUT_AHEAD)
+        self._cut_at = self._threshold  # past a cut that found no final chunk: FEED_ROOM more (a rescan per MiB)
         self._buf: mmap.mmap | None = None  # taken at the first block: a file that is never fed holds none
         self._len = 0
 
     def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
         if self._buf is None:
-            self._buf = _buffer(self._threshold + FEED_ROOM)
+            self._buf = _buffer(self._room)
         buf, room = self._buf, len(self._buf)
         with memoryview(data) as view:
             pos, n = 0, view.nbytes
@@ -145,14 +155,14 @@ class StreamChunker:
                 buf[self._len : self._len + take] = view[pos : pos + take]
                 self._len += take
                 pos += take
-                if self._len >= self._threshold:
+                if self._len >= self._cut_at:
                     yield from self._cut()
 
     def read_from(self, f: BinaryIO, limit: int) -> int:
         """Read up to `limit` bytes of `f` straight into the buffer (no block object, no copy); 0 at its end. The
         chunks it completes come from `ready()`."""
         if self._buf is None:
-            self._buf = _buffer(self._threshold + FEED_ROOM)
+            self._buf = _buffer(self._room)
         want = min(limit, len(self._buf) - self._len)
         with memoryview(self._buf) as whole:
             n = f.readinto(whole[self._len : self._len + want]) or 0
@@ -161,7 +171,7 @@ class StreamChunker:
 
     def ready(self) -> Iterator[bytes]:
         """The chunks that are final once the buffer holds the cut threshold (none before)."""
-        if self._len >= self._threshold:
+        if self._len >= self._cut_at:
             yield from self._cut()
 
     def _cut(self) -> Iterator[bytes]:
@@ -175,11 +185,14 @@ class StreamChunker:
         last = cuts[-1][0]
         buf.move(0, last, self._len - last)
         self._len -= last
+        # Cut again once the buffer is past the threshold; after a cut that freed nothing (one chunk running on), only
+        # once FEED_ROOM more came, so small blocks do not rescan the buffer each.
+        self._cut_at = self._threshold if last else min(self._len + FEED_ROOM, self._room)
 
     def finish(self) -> Iterator[bytes | memoryview]:
         """The last chunks, as read-only views of the buffer, not copies: nothing writes it again (a file of up to
-        the cut threshold, most media files, is chunked only here, and its copy per chunk was as much work as reading
-        it). The buffer is unmapped once the last view of it goes (BlobSink seals a new blob from its view)."""
+        the cut threshold, 2 MiB, is chunked only here, and its copy per chunk was as much work as reading it).
+        The buffer is unmapped once the last view of it goes (BlobSink seals a new blob from its view)."""
         buf, self._buf = self._buf, None
         if buf is None:
             return

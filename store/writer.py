@@ -7,7 +7,8 @@ that shard's tree node and its changes against the parent's shard at once and dr
 shard, not the snapshot; the rest is written at the commit. Deltas stream (trees.DeltaWriter): one group of
 changes (≤ DELTA_GROUP, packed: ~120 bytes an entry of one chunk) is held, whatever the number of files. Files arrive as pushed blocks
 (`open_file(...).write(block)`), so a 4 GB video costs the same memory as a 4 MB photo: one chunker buffer
-(≤ 10 MiB), one open data pack and one being written (≤ 16 MiB each, plus one blob).
+(≤ 10 MiB, ~3-4 MiB of it mapped: store/chunker.py CUT_AHEAD), one open data pack and one being written (≤ 16 MiB
+each, plus one blob).
 Memory bound, folder import: one shard's entries + the parent's same shard (diffed) + one delta group + two packs,
 plus the cache's index pages mapped between two trims: ≤ TRIM_GROWTH (8 MiB) and TRIM_CHECK lookups' worth more (~150
 KB a lookup), the map being trimmed once it grew that much, every TRIM_LOOKUPS lookups and at each shard.

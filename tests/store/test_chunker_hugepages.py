@@ -37,7 +37,7 @@ def vm_flags(buf: mmap.mmap) -> set[str]:
 
 
 def test_a_coarse_buffer_asks_for_huge_pages_and_a_fine_one_does_not():
-    data = os.urandom(3 << 20)
+    data = os.urandom(3 << 19)
     coarse, fine = StreamChunker(COARSE), StreamChunker(FINE)
     assert list(coarse.feed(data)) == []  # below the cut threshold: all still in the buffer
     list(fine.feed(data[: 512 << 10]))
