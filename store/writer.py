@@ -10,7 +10,7 @@ changes (≤ DELTA_GROUP, packed: ~120 bytes an entry of one chunk) is held, wha
 (≤ 10 MiB, ~3-4 MiB of it mapped: store/chunker.py CUT_AHEAD), one open data pack and one being written (≤ 16 MiB
 each, plus one blob).
 Memory bound, folder import: one shard's entries + the parent's same shard (diffed) + one delta group + two packs,
-plus the cache's index pages mapped between two trims: ≤ TRIM_GROWTH (8 MiB) and TRIM_CHECK lookups' worth more (~150
+plus the cache's index pages mapped between two trims: ≤ TRIM_GROWTH (2 MiB) and TRIM_CHECK lookups' worth more (~150
 KB a lookup), the map being trimmed once it grew that much, every TRIM_LOOKUPS lookups and at each shard.
 
 Write order, which crash safety rests on: data packs (+ their index objects) as they fill; tree nodes and delta
