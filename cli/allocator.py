@@ -10,6 +10,9 @@ limit; a command whose buffers have a known size does better with fixed values:
   copy went from 340 000 to 75 000. A heap then holds at most 16 MiB free, one per thread that allocated.
 - export keeps glibc's default: a 1 MiB threshold there made every decrypted chunk a fresh map, faulted in and zeroed
   (a 6.55 GB export took 27.7-29.5 s against 17.5-17.8 s without, same vault, back to back).
+Two more touch the allocator where their work is, below this package: a folder import gives its heaps' free pages
+back after each shard (store/residency.py `release_free_heap`, called by store/writer.py `seal_shard`), and the
+Manifest parse child sets its own mmap threshold (sync/catalogshards.py `_return_shard_buffers`).
 Not glibc (musl, macOS: no `mallopt`): the allocator is left as it is.
 """
 

@@ -22,6 +22,7 @@ import sys
 
 _MADV_DONTNEED = 4
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_trim = getattr(_libc, "malloc_trim", None)  # glibc only (musl has none)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -94,6 +95,18 @@ def grown(limit: int) -> bool:
 
 def mark() -> None:
     _GROWTH.reset()
+
+
+def release_free_heap() -> None:
+    """Give the whole free pages inside glibc's heaps back to the system (`malloc_trim(0)`: each arena's free chunks
+    are madvised away, not only the heap's top). A folder import calls it after each shard (store/writer.py
+    `seal_shard`): the shard's buffers (listings, rows, the cache's write transactions, on the walk, sealing and pack
+    threads, each with its own arena) are freed in an order that leaves holes no later block fills, so at 1 000 000
+    files the import's heaps held ~9-10 MB free against ~4-5 at 33 000 (mallinfo2, same moments), and its anonymous
+    memory sat ~7 MB higher. Python's own small-object arenas are not glibc's and are not touched. A few ms a call
+    at most; a no-op where there is no glibc."""
+    if _trim is not None:
+        _trim(0)
 
 
 class IdFilter:

@@ -53,7 +53,7 @@ from .projections import SnapshotRecord
 from .prune import WRITER_REFRESH_S, seal_writer_marker, writer_marker_name
 from .records import DeviceRecord, SnapshotStats
 from .repository import Repository, now_us
-from .residency import TRIM_GROWTH
+from .residency import TRIM_GROWTH, release_free_heap
 from .staged import StagedTree, check_path
 from .trees import (
     DeltaWriter,
@@ -369,6 +369,7 @@ class SnapshotWriter:
         this after each `xx/` folder, so it holds one shard rather than the snapshot."""
         self._write_shard(shard, self.tree.take_shard(shard))
         self.repo.cache.trim()  # the cache pages this shard's lookups mapped (store/residency.py)
+        release_free_heap()  # and the heap pages its buffers left free
 
     def _put_tree(self, data: bytes) -> bytes:
         return self.sink.put(TREE, data, True)[0]
