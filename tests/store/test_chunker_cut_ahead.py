@@ -5,7 +5,6 @@ blocks. Pages are read from the kernel's account of the buffer's mapping (/proc/
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 import random
@@ -13,22 +12,11 @@ import random
 import pytest
 
 from phonevault.store.chunker import COARSE, CUT_AHEAD, FEED_ROOM, HUGE_PAGE, StreamChunker, chunk_bytes
+from tests.store.smaps import mapping_field
 
 
 def mapped_bytes(buf) -> int:
-    probe = ctypes.c_char.from_buffer(buf)
-    addr = ctypes.addressof(probe)
-    del probe
-    region = None
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                region = lo <= addr < hi
-            elif region and line.startswith("Rss:"):
-                return int(line.split()[1]) << 10
-    raise AssertionError("buffer not found in /proc/self/smaps")
+    return int(mapping_field(buf, "Rss").split()[0]) << 10
 
 
 def read_through(data: bytes, block: int) -> tuple[list, StreamChunker]:

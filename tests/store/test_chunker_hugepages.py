@@ -4,13 +4,13 @@ mapping (/proc/self/smaps VmFlags: `hg` = MADV_HUGEPAGE), whether or not huge pa
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 
 import pytest
 
 from phonevault.store.chunker import COARSE, FINE, StreamChunker
+from tests.store.smaps import mapping_field
 
 pytestmark = pytest.mark.skipif(
     not hasattr(mmap, "MADV_HUGEPAGE")
@@ -21,19 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def vm_flags(buf: mmap.mmap) -> set[str]:
-    probe = ctypes.c_char.from_buffer(buf)
-    addr = ctypes.addressof(probe)
-    del probe
-    region = None
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                region = lo <= addr < hi
-            elif region and line.startswith("VmFlags:"):
-                return set(line.split()[1:])
-    raise AssertionError("buffer not found in /proc/self/smaps")
+    return set(mapping_field(buf, "VmFlags").split())
 
 
 def test_a_coarse_buffer_asks_for_huge_pages_and_a_fine_one_does_not():
