@@ -200,7 +200,7 @@ class StreamChunker:
             whole = memoryview(buf).toreadonly()
             for off, length in [(c.offset, c.length) for c in self._cdc.cut_buf(whole[: self._len])]:
                 yield whole[off : off + length]
-        self._len = 0
+        self._len, self._cut_at = 0, self._threshold  # ready for another file, cut from CUT_AHEAD on again
 
 
 def chunk_bytes(data: bytes, profile: ChunkProfile) -> list[bytes | memoryview]:

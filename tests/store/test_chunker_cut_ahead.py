@@ -53,3 +53,16 @@ def test_chunks_running_past_the_cut_ahead_come_out_as_one_cut_gives_them(block)
     for i in range(0, len(data), block):
         fed += list(sc.feed(data[i : i + block]))
     assert fed + list(sc.finish()) == whole
+
+
+def test_a_chunker_used_again_after_a_long_chunk_cuts_from_the_cut_ahead_again():
+    """After a file whose last cuts freed nothing (zeros), the next file fed to the same chunker is cut from CUT_AHEAD
+    on, not only past where the last file's buffer stood."""
+    sc = StreamChunker(COARSE)
+    zeros = bytes(5 << 20)
+    assert list(sc.feed(zeros)) == []  # one cut at 5 MiB frees nothing (zeros are cut at 8 MiB): the next at 6
+    assert b"".join(sc.finish()) == zeros
+    data = random.Random(11).randbytes(CUT_AHEAD + (1 << 20))
+    fed = list(sc.feed(data))
+    assert fed  # cut at CUT_AHEAD: the chunks before the last are out already
+    assert fed + list(sc.finish()) == chunk_bytes(data, COARSE)
