@@ -13,32 +13,23 @@ limit; a command whose buffers have a known size does better with fixed values:
 Two more touch the allocator where their work is, below this package: a folder import gives its heaps' free pages
 back after each shard (store/residency.py `release_free_heap`, called by store/writer.py `seal_shard`), and the
 Manifest parse child sets its own mmap threshold (sync/catalogshards.py `_return_shard_buffers`).
-Not glibc (musl, macOS: no `mallopt`): the allocator is left as it is.
+All three set glibc through store/residency.py `set_malloc`. Not glibc (musl, macOS: no `mallopt`): the allocator is
+left as it is.
 """
 
 from __future__ import annotations
 
-import ctypes
+from phonevault.store.residency import set_malloc
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 LARGE_BUFFER = 1 << 20
 HEAP_BLOCK = 8 << 20
 
 
-def _mallopt(**settings: int) -> None:
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    for name, value in settings.items():
-        mallopt({"mmap_threshold": _M_MMAP_THRESHOLD, "trim_threshold": _M_TRIM_THRESHOLD}[name], value)
-
-
 def return_large_buffers() -> None:
     """Import's policy: blocks of LARGE_BUFFER or more get their own map, returned to the system when freed."""
-    _mallopt(mmap_threshold=LARGE_BUFFER)
+    set_malloc(mmap_threshold=LARGE_BUFFER)
 
 
 def keep_freed_blocks() -> None:
     """Copy's policy: blocks below HEAP_BLOCK come from the heaps, which keep up to 2 × HEAP_BLOCK free at their top."""
-    _mallopt(mmap_threshold=HEAP_BLOCK, trim_threshold=2 * HEAP_BLOCK)
+    set_malloc(mmap_threshold=HEAP_BLOCK, trim_threshold=2 * HEAP_BLOCK)

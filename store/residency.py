@@ -23,6 +23,8 @@ import sys
 _MADV_DONTNEED = 4
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 _trim = getattr(_libc, "malloc_trim", None)  # glibc only (musl has none)
+_mallopt = getattr(_libc, "mallopt", None)
+_MALLOPT = {"trim_threshold": -1, "mmap_threshold": -3}  # glibc's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD (malloc.h)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -95,6 +97,14 @@ def grown(limit: int) -> bool:
 
 def mark() -> None:
     _GROWTH.reset()
+
+
+def set_malloc(**settings: int) -> None:
+    """Fix glibc's `mmap_threshold` and/or `trim_threshold` (bytes) for this process; a no-op without glibc. The
+    policies that call it say why: cli/allocator.py for each command, sync/catalogshards.py for the parse child."""
+    if _mallopt is not None:
+        for name, value in settings.items():
+            _mallopt(_MALLOPT[name], value)
 
 
 def release_free_heap() -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import msgpack
 
 from phonevault.store.repository import Repository
-from phonevault.store.residency import TRIM_GROWTH
+from phonevault.store.residency import TRIM_GROWTH, set_malloc
 from phonevault.store.spool import Spool
 
 from .errors import ManifestInvalid
@@ -199,9 +199,7 @@ def _return_shard_buffers() -> None:
     buffers (its rows, message, memos: 0.1-1 MB each at 1 000 000 files, made and freed shard after shard at other
     sizes) left holes in the heap: an in-process parse of a 1 000 000-file day-2 Manifest.db grew 6-7 MB of anonymous
     memory with 1 MiB, 3-4 with this (2 runs each, CPU the same)."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).mallopt(-3, SHARD_BUFFER)  # M_MMAP_THRESHOLD (malloc.h)
+    set_malloc(mmap_threshold=SHARD_BUFFER)
 
 
 def _child(conn: Connection, parent: int, path: str, spool: Spool | None, funcs: tuple) -> None:
